@@ -1,0 +1,5 @@
+//! argv → logging → dispatch → exit code.
+
+fn main() {
+    std::process::exit(ferry::cli::main());
+}

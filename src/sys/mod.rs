@@ -1,0 +1,3 @@
+//! Small wrappers over kernel interfaces shared by the runtime: signals, /proc, fds.
+
+pub mod signal;
