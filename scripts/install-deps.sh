@@ -62,7 +62,7 @@ else
     ls criu_*.orig.tar.xz >/dev/null 2>&1 || fail "criu_*.orig.tar.xz did not download; check 'apt-get source --download-only criu' in $work"
   fi
   tarball=$(ls criu_*.orig.tar.xz | sort -V | tail -1)
-  dir=$(tar tf "$tarball" | head -1 | cut -d/ -f1)
+  dir=$(tar tf "$tarball" | awk -F/ 'NR==1 {print $1}')  # awk reads all: no SIGPIPE under pipefail
   [ -d "$dir" ] || tar xf "$tarball"
   say "building CRIU in $work/$dir (about a minute)"
   make -C "$dir" -j"$(nproc)" criu >build.log 2>&1 || { tail -30 build.log >&2; fail "CRIU build; full log in $work/build.log"; }

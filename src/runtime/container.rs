@@ -1,74 +1,236 @@
-//! One container: its persisted record under `<root>/<id>/` and the verbs that act on it.
+//! One container: its persisted record under `<root>/<id>/` and how its status is derived.
+//! The verbs live in their own files (`start.rs`, `kill.rs`, …) as methods on `Container`.
 
-use crate::runtime::error::Result;
-use crate::runtime::{ExecOptions, OciState, Runtime, Status};
-use oci_spec::runtime::{LinuxResources, Spec};
+use crate::runtime::cgroups::{self, Cgroup};
+use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::{OciState, Runtime, Status};
+use crate::sys::proc;
+use chrono::{DateTime, Utc};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "state.json";
+/// Exists from create until start: the init waits on it before it execs the process.
+pub const EXEC_FIFO: &str = "exec.fifo";
+/// The exit status, written by the ferry process that supervised the container, if any.
+pub const EXIT_FILE: &str = "exit";
+
+/// What ferry remembers about a container between invocations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// Host pid of the container's init.
+    pub pid: i32,
+    /// Its start time, so a reused pid is not mistaken for the init.
+    pub pid_start: u64,
+    pub created: DateTime<Utc>,
+    pub owner: String,
+    /// The spec the container was created with (the bundle may change afterwards).
+    pub spec: Spec,
+}
 
 pub struct Container {
     pub runtime: Runtime,
     pub id: String,
+    pub dir: PathBuf,
+    pub record: Record,
 }
 
-impl Container {
-    pub fn spec(&self) -> Result<Spec> {
-        todo!()
-    }
-    pub fn status(&self) -> Result<Status> {
-        todo!()
-    }
-    pub fn state(&self) -> Result<OciState> {
-        todo!()
-    }
-    pub fn start(&self) -> Result<()> {
-        todo!()
-    }
-    /// Sends `signal` to the init (or every process with `all`).
-    pub fn kill(&self, signal: nix::sys::signal::Signal, all: bool) -> Result<()> {
-        let _ = (signal, all);
-        todo!()
-    }
-    pub fn delete(self, force: bool) -> Result<()> {
-        let _ = force;
-        todo!()
-    }
-    pub fn pause(&self) -> Result<()> {
-        todo!()
-    }
-    pub fn resume(&self) -> Result<()> {
-        todo!()
-    }
-    /// Runs a process inside. Detached: returns 0 once it started (its pid in the pid file);
-    /// otherwise waits and returns its exit code (128+signal when killed).
-    pub fn exec(&self, opts: &ExecOptions) -> Result<i32> {
-        let _ = opts;
-        todo!()
-    }
-    /// Host pids of every process of the container.
-    pub fn processes(&self) -> Result<Vec<i32>> {
-        todo!()
-    }
-    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
-        let _ = resources;
-        todo!()
+/// Ids become directory names and appear in cgroup paths: keep them to a safe alphabet.
+pub fn validate_id(id: &str) -> Result<()> {
+    let why = if id.is_empty() {
+        Some("it is empty")
+    } else if id == "." || id == ".." {
+        Some("it is a path component")
+    } else if id.len() > 1024 {
+        Some("it is longer than 1024 bytes")
+    } else if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c))
+    {
+        Some("use only letters, digits and _ + - .")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::InvalidId {
+            id: id.to_string(),
+            why,
+        }),
+        None => Ok(()),
     }
 }
 
 impl Runtime {
-    pub fn load(&self, id: &str) -> Result<Container> {
-        let _ = id;
-        todo!()
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
     }
+
+    pub fn load(&self, id: &str) -> Result<Container> {
+        validate_id(id)?;
+        let dir = self.container_dir(id);
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    id: id.to_string(),
+                    root: self.root.clone(),
+                });
+            }
+            Err(e) => return Err(e).ctx(|| format!("read {}", path.display())),
+        };
+        let record: Record = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            msg: format!("corrupt container state ({e}); `ferry delete --force {id}` removes it"),
+        })?;
+        Ok(Container {
+            runtime: self.clone(),
+            id: id.to_string(),
+            dir,
+            record,
+        })
+    }
+
     /// Every container under the root, sorted by id; unreadable entries are skipped with a warning.
     pub fn list(&self) -> Result<Vec<Container>> {
-        todo!()
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e).ctx(|| format!("read {}", self.root.display())),
+        };
+        let mut out = vec![];
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.path().join(STATE_FILE).exists() {
+                continue;
+            }
+            match self.load(&name) {
+                Ok(c) => out.push(c),
+                Err(e) => tracing::warn!("skipping {name}: {e}"),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
-    pub fn create(&self, opts: &crate::runtime::CreateOptions) -> Result<Container> {
-        let _ = opts;
-        todo!()
+}
+
+impl Container {
+    pub fn spec(&self) -> Result<Spec> {
+        Ok(self.record.spec.clone())
     }
-    /// Returns the exit code `ferry run` should exit with.
-    pub fn run(&self, opts: &crate::runtime::RunOptions) -> Result<i32> {
-        let _ = opts;
-        todo!()
+
+    pub fn pid(&self) -> i32 {
+        self.record.pid
+    }
+
+    pub fn cgroup(&self) -> Result<Box<dyn Cgroup>> {
+        cgroup_of(&self.record.spec, &self.id)
+    }
+
+    pub fn is_init_alive(&self) -> bool {
+        proc::is_alive(self.record.pid, self.record.pid_start)
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        if !self.is_init_alive() {
+            return Ok(Status::Stopped);
+        }
+        if self.dir.join(EXEC_FIFO).exists() {
+            return Ok(Status::Created);
+        }
+        if self.cgroup()?.is_frozen().unwrap_or(false) {
+            return Ok(Status::Paused);
+        }
+        Ok(Status::Running)
+    }
+
+    pub fn state(&self) -> Result<OciState> {
+        let status = self.status()?;
+        Ok(OciState {
+            oci_version: self.record.spec.version().clone(),
+            id: self.id.clone(),
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.record.pid
+            },
+            status,
+            bundle: self.record.bundle.clone(),
+            rootfs: self.record.rootfs.clone(),
+            created: self.record.created,
+            annotations: self.record.spec.annotations().clone().unwrap_or_default(),
+            owner: self.record.owner.clone(),
+        })
+    }
+
+    /// The status recorded by the ferry process that supervised the container (`run`).
+    pub fn exit_code(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join(EXIT_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Host pids of every process of the container.
+    pub fn processes(&self) -> Result<Vec<i32>> {
+        let mut pids = self.cgroup()?.pids()?;
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    pub fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let status = self.status()?;
+        if status == Status::Stopped {
+            return Err(self.invalid("update", status, ""));
+        }
+        self.cgroup()?.set(resources)
+    }
+
+    pub(crate) fn invalid(&self, op: &'static str, status: Status, hint: &'static str) -> Error {
+        Error::InvalidState {
+            id: self.id.clone(),
+            op,
+            status: status.to_string(),
+            hint,
+        }
+    }
+
+    pub(crate) fn save(&self) -> Result<()> {
+        write_record(&self.dir, &self.record)
+    }
+}
+
+pub(crate) fn cgroup_of(spec: &Spec, id: &str) -> Result<Box<dyn Cgroup>> {
+    let path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone());
+    cgroups::for_container(path.as_deref(), id)
+}
+
+/// Writes the record atomically (temp file + rename) so a reader never sees half of it.
+pub(crate) fn write_record(dir: &Path, record: &Record) -> Result<()> {
+    let tmp = dir.join(".state.json.tmp");
+    let text = serde_json::to_vec(record).map_err(|e| Error::Other(e.to_string()))?;
+    std::fs::write(&tmp, text).ctx(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(STATE_FILE)).ctx(|| format!("rename {}", tmp.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("c1").is_ok());
+        assert!(validate_id("a.b_c+d-e").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "x\n"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -2,13 +2,25 @@
 //! Everything here is synchronous and may fork; an async caller runs it in a blocking task
 //! or spawns the ferry binary.
 
+pub mod bundle;
 pub mod capabilities;
 pub mod cgroups;
+pub mod console;
 pub mod container;
+pub mod create;
+pub mod delete;
+pub mod exec;
 pub mod error;
 pub mod features;
+pub mod hooks;
+pub mod kill;
+pub mod namespaces;
+pub mod pause;
+pub mod process;
+pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
+pub mod start;
 pub mod state;
 
 pub use container::Container;

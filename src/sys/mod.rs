@@ -1,3 +1,4 @@
 //! Small wrappers over kernel interfaces shared by the runtime: signals, /proc, fds.
 
+pub mod proc;
 pub mod signal;

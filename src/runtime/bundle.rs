@@ -1,0 +1,130 @@
+//! A bundle directory: `config.json` parsed and checked, and the rootfs it names.
+
+use crate::runtime::error::{Error, Result};
+use oci_spec::runtime::Spec;
+use std::path::{Path, PathBuf};
+
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    /// Reads `<dir>/config.json`. Every error names the file and, where it can, the field.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = std::path::absolute(dir).map_err(|e| Error::Io {
+            context: format!("bundle {}", dir.display()),
+            source: e,
+        })?;
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Config {
+            path: path.clone(),
+            msg: if e.kind() == std::io::ErrorKind::NotFound {
+                "not found; a bundle needs a config.json (`ferry spec` writes one)".into()
+            } else {
+                e.to_string()
+            },
+        })?;
+        let spec = parse_spec(&text).map_err(|msg| Error::Config {
+            path: path.clone(),
+            msg,
+        })?;
+        let root = spec.root().as_ref().ok_or_else(|| Error::Config {
+            path: path.clone(),
+            msg: "field `root` is missing: it names the container's root filesystem".into(),
+        })?;
+        let rootfs = dir.join(root.path());
+        if !rootfs.is_dir() {
+            return Err(Error::Config {
+                path,
+                msg: format!(
+                    "field `root.path`: {} is not a directory",
+                    rootfs.display()
+                ),
+            });
+        }
+        let rootfs = rootfs.canonicalize().map_err(|e| Error::Io {
+            context: format!("rootfs {}", rootfs.display()),
+            source: e,
+        })?;
+        check(&spec).map_err(|msg| Error::Config {
+            path: path.clone(),
+            msg,
+        })?;
+        Ok(Bundle { dir, spec, rootfs })
+    }
+}
+
+/// Parses config.json text; a failure says which field and where, as serde_path_to_error would.
+pub fn parse_spec(text: &str) -> std::result::Result<Spec, String> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))?;
+    serde_json::from_value::<Spec>(value.clone()).map_err(|e| {
+        // serde_json's message names the type that failed; find the field by decoding the
+        // top-level sections one by one.
+        let field = value
+            .as_object()
+            .and_then(|o| {
+                o.iter().find_map(|(k, v)| {
+                    let mut probe = serde_json::Map::new();
+                    probe.insert("ociVersion".into(), "1.0.0".into());
+                    probe.insert(k.clone(), v.clone());
+                    serde_json::from_value::<Spec>(serde_json::Value::Object(probe))
+                        .err()
+                        .map(|_| k.clone())
+                })
+            })
+            .unwrap_or_else(|| "?".into());
+        format!("field `{field}`: {e}")
+    })
+}
+
+/// What the spec must say for ferry to run it.
+fn check(spec: &Spec) -> std::result::Result<(), String> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or("field `process` is missing: it says what to run")?;
+    match process.args() {
+        Some(a) if !a.is_empty() => {}
+        _ => return Err("field `process.args` is empty: name the program to run".into()),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(format!(
+            "field `process.cwd`: {:?} must be an absolute path",
+            process.cwd()
+        ));
+    }
+    if spec.linux().is_none() {
+        return Err("field `linux` is missing: ferry runs Linux containers only".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_json_names_line() {
+        let e = parse_spec("{\n \"ociVersion\": \"1.0.2\",\n oops }").unwrap_err();
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_field() {
+        let e = parse_spec(r#"{"ociVersion":"1.0.2","process":{"args":"sh","cwd":"/"}}"#)
+            .unwrap_err();
+        assert!(e.contains("`process`"), "{e}");
+    }
+
+    #[test]
+    fn missing_args_is_reported() {
+        let spec = parse_spec(
+            r#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":0,"gid":0}},"linux":{}}"#,
+        )
+        .unwrap();
+        assert!(check(&spec).unwrap_err().contains("process.args"));
+    }
+}

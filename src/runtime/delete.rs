@@ -1,0 +1,78 @@
+//! `delete`: removes a stopped container (or, with `--force`, kills a running one first),
+//! its cgroup and its state, then runs the poststop hooks.
+
+use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::{hooks, Container, Status};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+impl Container {
+    pub fn delete(self, force: bool) -> Result<()> {
+        let status = self.status()?;
+        match status {
+            Status::Stopped => {}
+            // runc deletes a created container without --force: it never ran the user's program.
+            Status::Created | Status::Creating => self.kill_all_and_wait()?,
+            Status::Running | Status::Paused if force => self.kill_all_and_wait()?,
+            _ => {
+                return Err(self.invalid(
+                    "delete",
+                    status,
+                    "; stop it with `ferry kill` first, or use `ferry delete --force`",
+                ));
+            }
+        }
+        let cgroup = self.cgroup()?;
+        let mut errors = vec![];
+        if let Err(e) = cgroup.destroy() {
+            errors.push(e);
+        }
+        let state = self.state_with(Status::Stopped);
+        if let Err(e) = hooks::run("poststop", &hooks::of(&self.record.spec, "poststop"), &state) {
+            // Poststop failures are logged: the container is gone either way (runtime-spec).
+            tracing::warn!("{e}");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir).ctx(|| format!("remove {}", self.dir.display())) {
+            errors.push(e);
+        }
+        match errors.into_iter().reduce(|a, b| Error::WithCleanup {
+            error: Box::new(a),
+            cleanup: Box::new(b),
+        }) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGKILL to every process of the container, then wait until the init is gone (a zombie
+    /// counts as gone) and the cgroup is empty.
+    fn kill_all_and_wait(&self) -> Result<()> {
+        let cgroup = self.cgroup()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGKILL);
+        self.kill(Signal::SIGKILL, true)?;
+        if cgroup.is_frozen().unwrap_or(false) {
+            cgroup.thaw()?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = cgroup.pids().unwrap_or_default();
+            let alive: Vec<i32> = left
+                .into_iter()
+                .filter(|p| crate::sys::proc::stat(*p).is_some_and(|(s, _)| s != 'Z'))
+                .collect();
+            if !self.is_init_alive() && alive.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "container {:?}: processes {alive:?} did not die within 10s of SIGKILL",
+                    self.id
+                )));
+            }
+            for p in &alive {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

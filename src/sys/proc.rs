@@ -1,0 +1,70 @@
+//! Facts about host processes read from /proc.
+
+use std::path::Path;
+
+/// State letter and start time (clock ticks since boot) from `/proc/<pid>/stat`.
+pub fn stat(pid: i32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    // `rest` starts at field 3 (state); starttime is field 22.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Start time of `pid`, used with the pid to recognise the same process later.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, t)| t)
+}
+
+/// True when `pid` still runs as the process that started at `start`. A zombie counts as
+/// exited: on these hosts PID 1 reaps orphans late, so a dead init can linger as one.
+pub fn is_alive(pid: i32, start: u64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match stat(pid) {
+        Some((state, t)) => t == start && state != 'Z' && state != 'X',
+        None => false,
+    }
+}
+
+/// The target of `/proc/<pid>/fd/<fd>`, e.g. `pipe:[1234]` or `/dev/null`.
+pub fn fd_target(pid: i32, fd: i32) -> Option<String> {
+    std::fs::read_link(Path::new(&format!("/proc/{pid}/fd/{fd}")))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive() {
+        let me = std::process::id() as i32;
+        let (state, start) = stat(me).unwrap();
+        assert_ne!(state, 'Z');
+        assert!(is_alive(me, start));
+        assert!(!is_alive(me, start + 1), "a different start time is another process");
+    }
+
+    #[test]
+    fn zombie_is_not_alive() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = start_time(pid).unwrap_or(0);
+        // Not waited for: it becomes a zombie once it exits.
+        for _ in 0..200 {
+            if stat(pid).map(|(s, _)| s == 'Z').unwrap_or(false) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!is_alive(pid, start));
+        let mut child = child;
+        child.wait().unwrap();
+    }
+}
