@@ -1,0 +1,28 @@
+//! `ferry delete`: remove a stopped container, or any container with `--force`.
+
+use crate::runtime::{Error, Result, Runtime};
+use clap::Args;
+
+#[derive(Args, Debug)]
+#[command(args_override_self = true)]
+pub struct DeleteArgs {
+    /// Kill the container first if it still runs; a container that does not exist is not
+    /// an error (as with runc, so cleanup after a failed create can always call this)
+    #[arg(short, long)]
+    pub force: bool,
+    /// Container id
+    pub id: String,
+}
+
+impl DeleteArgs {
+    pub fn run(self, runtime: &Runtime) -> Result<i32> {
+        match runtime.load(&self.id) {
+            Ok(container) => container.delete(self.force)?,
+            Err(Error::NotFound { .. }) if self.force => {
+                tracing::debug!("delete --force: container {:?} does not exist", self.id);
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(0)
+    }
+}

@@ -1,0 +1,18 @@
+//! `ferry pause`: freeze every process of a container.
+
+use crate::runtime::{Result, Runtime};
+use clap::Args;
+
+#[derive(Args, Debug)]
+#[command(args_override_self = true)]
+pub struct PauseArgs {
+    /// Container id
+    pub id: String,
+}
+
+impl PauseArgs {
+    pub fn run(self, runtime: &Runtime) -> Result<i32> {
+        runtime.load(&self.id)?.pause()?;
+        Ok(0)
+    }
+}

@@ -1,0 +1,18 @@
+//! `ferry resume`: thaw a paused container.
+
+use crate::runtime::{Result, Runtime};
+use clap::Args;
+
+#[derive(Args, Debug)]
+#[command(args_override_self = true)]
+pub struct ResumeArgs {
+    /// Container id
+    pub id: String,
+}
+
+impl ResumeArgs {
+    pub fn run(self, runtime: &Runtime) -> Result<i32> {
+        runtime.load(&self.id)?.resume()?;
+        Ok(0)
+    }
+}
