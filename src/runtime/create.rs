@@ -47,7 +47,9 @@ impl Runtime {
             (None, false) => (None, None),
         };
         let c = self.create_with_console(&opts.create, console)?;
-        c.start()?;
+        if let Err(e) = c.start() {
+            return Err(with_cleanup(e, self.load(&opts.create.id).and_then(|c| c.delete(true))));
+        }
         if let Some(sock) = ours {
             use std::os::fd::AsRawFd;
             let master = console::recv_fd(sock.as_raw_fd())?;
@@ -96,7 +98,9 @@ impl Runtime {
         let started: Result<_> = (|| {
             let signals = wait::become_supervisor()?;
             let c = self.create(&opts.create)?;
-            c.start()?;
+            if let Err(e) = c.start() {
+                return Err(with_cleanup(e, self.load(&opts.create.id).and_then(|c| c.delete(true))));
+            }
             Ok((c, signals))
         })();
         let (c, signals) = match started {
@@ -183,6 +187,10 @@ impl Runtime {
         let fifo = dir.join(EXEC_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .ctx(|| format!("mkfifo {}", fifo.display()))?;
+        // The umask would strip the write bit for others, which the init needs when it runs
+        // as an unmapped uid in a user namespace.
+        std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .ctx(|| format!("chmod {}", fifo.display()))?;
         let cgroup = cgroup_of(spec, &opts.id)?;
         let cgroup_dirs = cgroup.paths();
 
@@ -300,6 +308,17 @@ impl Container {
             annotations: self.record.spec.annotations().clone().unwrap_or_default(),
             owner: self.record.owner.clone(),
         }
+    }
+}
+
+/// `error`, plus the error of the cleanup that followed it, if that failed too.
+pub(crate) fn with_cleanup(error: Error, cleanup: Result<()>) -> Error {
+    match cleanup {
+        Ok(()) => error,
+        Err(c) => Error::WithCleanup {
+            error: Box::new(error),
+            cleanup: Box::new(c),
+        },
     }
 }
 

@@ -42,7 +42,13 @@ impl Channel {
 
     pub fn send(&self, msg: &Msg) -> Result<()> {
         let bytes = serde_json::to_vec(msg).map_err(|e| Error::Other(e.to_string()))?;
-        nix::unistd::write(self.fd.as_fd(), &bytes).ctx(|| "send on the setup channel")?;
+        // MSG_NOSIGNAL: a parent that has gone must give EPIPE, not a silent SIGPIPE death.
+        nix::sys::socket::send(
+            self.fd.as_raw_fd(),
+            &bytes,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        )
+        .ctx(|| "send on the setup channel")?;
         Ok(())
     }
 

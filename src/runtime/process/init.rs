@@ -57,7 +57,10 @@ fn stage1_inner(setup: Setup, chan: &Channel) -> Result<()> {
                 Kind::Exec { .. } => exec_main(&setup, chan),
             };
             let e = r.err().unwrap_or_else(|| Error::Other("setup ended without exec".into()));
-            let _ = chan.send(&Msg::Failed(e.to_string()));
+            // After `Ready` nobody listens any more: the container's stderr is all we have.
+            if chan.send(&Msg::Failed(e.to_string())).is_err() {
+                eprintln!("ferry: {e}");
+            }
             // SAFETY: as in stage1.
             unsafe { libc::_exit(1) }
         }
