@@ -18,8 +18,10 @@ impl DeleteArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
         match runtime.load(&self.id) {
             Ok(container) => container.delete(self.force)?,
+            // runc returns success here, and containerd and podman call `delete --force` as
+            // cleanup that must not fail on a container already gone; say so all the same.
             Err(Error::NotFound { .. }) if self.force => {
-                tracing::debug!("delete --force: container {:?} does not exist", self.id);
+                tracing::warn!("container {:?} does not exist; nothing to delete", self.id);
             }
             Err(err) => return Err(err),
         }
