@@ -70,7 +70,12 @@ impl ExecArgs {
         let process = match &self.process {
             Some(path) => {
                 self.refuse_process_flags()?;
-                super::read_json::<Process>(path)?
+                let mut p = super::read_json::<Process>(path)?;
+                // conmon sends `--tty` beside a process file that already says terminal.
+                if self.tty {
+                    p.set_terminal(Some(true));
+                }
+                p
             }
             None => {
                 let spec = container.spec()?;
@@ -94,9 +99,6 @@ impl ExecArgs {
         let mut given = Vec::new();
         if !self.command.is_empty() {
             given.push("a command");
-        }
-        if self.tty {
-            given.push("--tty");
         }
         if self.cwd.is_some() {
             given.push("--cwd");

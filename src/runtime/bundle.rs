@@ -56,27 +56,17 @@ impl Bundle {
     }
 }
 
-/// Parses config.json text; a failure says which field and where, as serde_path_to_error would.
+/// Parses config.json text; a failure names the field by its JSON path (`process.args`).
 pub fn parse_spec(text: &str) -> std::result::Result<Spec, String> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))?;
-    serde_json::from_value::<Spec>(value.clone()).map_err(|e| {
-        // serde_json's message names the type that failed; find the field by decoding the
-        // top-level sections one by one.
-        let field = value
-            .as_object()
-            .and_then(|o| {
-                o.iter().find_map(|(k, v)| {
-                    let mut probe = serde_json::Map::new();
-                    probe.insert("ociVersion".into(), "1.0.0".into());
-                    probe.insert(k.clone(), v.clone());
-                    serde_json::from_value::<Spec>(serde_json::Value::Object(probe))
-                        .err()
-                        .map(|_| k.clone())
-                })
-            })
-            .unwrap_or_else(|| "?".into());
-        format!("field `{field}`: {e}")
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            format!("invalid JSON at line {} column {}: {inner}", inner.line(), inner.column())
+        } else {
+            format!("field `{path}`: {inner}")
+        }
     })
 }
 
@@ -116,7 +106,7 @@ mod tests {
     fn wrong_type_names_field() {
         let e = parse_spec(r#"{"ociVersion":"1.0.2","process":{"args":"sh","cwd":"/"}}"#)
             .unwrap_err();
-        assert!(e.contains("`process`"), "{e}");
+        assert!(e.contains("`process.args`"), "{e}");
     }
 
     #[test]

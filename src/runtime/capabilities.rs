@@ -243,7 +243,30 @@ pub fn set_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
     for r in rlimits {
         let res = resource(r.typ());
         let current = nix::sys::resource::getrlimit(res).ok();
-        if let Err(errno) = nix::sys::resource::setrlimit(res, r.soft(), r.hard()) {
+        let mut result = nix::sys::resource::setrlimit(res, r.soft(), r.hard());
+        // Without CAP_SYS_RESOURCE no process on this host can go above its hard limit, and
+        // clients ask for more by default (podman: nofile 1048576). Refusing would make the
+        // runtime unusable here, so run with the host's ceiling and say so.
+        if let (Err(nix::errno::Errno::EPERM), Some((_, cur_hard))) = (result, current)
+            && r.hard() > cur_hard
+            && r.soft() <= r.hard()
+            && !caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE)
+                .unwrap_or(false)
+        {
+            let (soft, hard) = (r.soft().min(cur_hard), cur_hard);
+            tracing::warn!(
+                "{} soft={} hard={} is above this host's hard limit {} and raising it needs \
+                 CAP_SYS_RESOURCE: using soft={} hard={}",
+                r.typ(),
+                limit(r.soft()),
+                limit(r.hard()),
+                limit(cur_hard),
+                limit(soft),
+                limit(hard)
+            );
+            result = nix::sys::resource::setrlimit(res, soft, hard);
+        }
+        if let Err(errno) = result {
             let hint = rlimit_hint(r, errno, current);
             let current = current
                 .map(|(s, h)| format!(" (currently soft={} hard={})", limit(s), limit(h)))
@@ -377,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn kernel_rlimit_nofile_lowered_and_raise_refused() {
+    fn kernel_rlimit_nofile_lowered_and_raise_clamped() {
         require_root();
         let lower: Vec<PosixRlimit> =
             serde_json::from_str(r#"[{"type":"RLIMIT_NOFILE","soft":32,"hard":64}]"#).unwrap();
@@ -397,15 +420,12 @@ mod tests {
             // Same outcome with or without CAP_SYS_RESOURCE on the host.
             caps::drop(None, CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE)
                 .map_err(|e| e.to_string())?;
-            let msg = match set_rlimits(&raise) {
-                Ok(()) => return Err("raising the hard limit succeeded".into()),
-                Err(e) => e.to_string(),
-            };
-            if !(msg.contains("RLIMIT_NOFILE")
-                && msg.contains("soft=128 hard=128")
-                && msg.contains("CAP_SYS_RESOURCE"))
-            {
-                return Err(format!("unhelpful error: {msg}"));
+            // Above the hard limit without CAP_SYS_RESOURCE: clamped to the ceiling.
+            set_rlimits(&raise).map_err(|e| e.to_string())?;
+            let got = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_err(|e| e.to_string())?;
+            if got != (64, 64) {
+                return Err(format!("raise above hard limit gave {got:?}, expected (64, 64)"));
             }
             let msg = match set_rlimits(&inverted) {
                 Ok(()) => return Err("soft above hard succeeded".into()),

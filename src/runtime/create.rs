@@ -243,9 +243,7 @@ impl Runtime {
     ) -> Result<Container> {
         let spec = &bundle.spec;
         cgroup.apply(stage1)?;
-        if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-            cgroup.set(r)?;
-        }
+        cgroup.set(&crate::runtime::cgroups::container_resources(spec))?;
         chan.send(&Msg::Continue)?;
         if namespaces::creates(spec, LinuxNamespaceType::User) {
             chan.expect(&Msg::WriteIdMaps, "creating the user namespace")?;

@@ -347,7 +347,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram> {
                 .iter()
                 .map(|(a, b)| format!("{} and {}", action_name(a), action_name(b)))
                 .collect();
-            tracing::warn!(
+            // podman's default profile has this for `setns`; a warning on every container
+            // would be noise, so it is logged at info (shown with --debug).
+            tracing::info!(
                 "seccomp: syscall `{name}` has rules with different actions ({}) whose argument \
                  conditions may match the same call; for such a call the kernel applies the \
                  most restrictive action, not the first rule listed",

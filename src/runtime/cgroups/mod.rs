@@ -471,3 +471,67 @@ mod tests {
         assert!(tmp.path().join("ferry").exists(), "the shared parent stays");
     }
 }
+
+/// The resources a new container's cgroup gets: the spec's, with device rules completed the
+/// way runc completes them, since clients rely on it (podman sends only "deny all"): allow
+/// every device in `linux.devices`, then the devices every container needs (null, zero,
+/// full, random, urandom, tty, console, ptmx, pts, tun, and mknod of any device).
+pub fn container_resources(spec: &oci_spec::runtime::Spec) -> LinuxResources {
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+    let linux = spec.linux().as_ref();
+    let mut resources = linux
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
+    let rule = |typ, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true)
+            .set_typ(Some(typ))
+            .set_major(major)
+            .set_minor(minor)
+            .set_access(Some(access.to_string()));
+        r
+    };
+    let mut rules = resources.devices().clone().unwrap_or_default();
+    for d in linux.and_then(|l| l.devices().clone()).unwrap_or_default() {
+        rules.push(rule(d.typ(), Some(d.major()), Some(d.minor()), "rwm"));
+    }
+    use LinuxDeviceType::{B, C};
+    for (typ, major, minor, access) in [
+        (C, None, None, "m"),
+        (B, None, None, "m"),
+        (C, Some(1), Some(3), "rwm"),
+        (C, Some(1), Some(5), "rwm"),
+        (C, Some(1), Some(7), "rwm"),
+        (C, Some(1), Some(8), "rwm"),
+        (C, Some(1), Some(9), "rwm"),
+        (C, Some(5), Some(0), "rwm"),
+        (C, Some(5), Some(1), "rwm"),
+        (C, Some(5), Some(2), "rwm"),
+        (C, Some(136), None, "rwm"),
+        (C, Some(10), Some(200), "rwm"),
+    ] {
+        rules.push(rule(typ, major, minor, access));
+    }
+    resources.set_devices(Some(rules));
+    resources
+}
+
+#[cfg(test)]
+mod default_device_tests {
+    use super::*;
+
+    #[test]
+    fn deny_all_gets_the_defaults_after_it() {
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","linux":{"resources":{"devices":[{"allow":false,"access":"rwm"}]},
+                "devices":[{"path":"/dev/fuse","type":"c","major":10,"minor":229}]}}"#,
+        )
+        .unwrap();
+        let r = container_resources(&spec);
+        let rules = r.devices().clone().unwrap();
+        assert!(!rules[0].allow(), "the spec's own rules come first");
+        assert!(rules.iter().any(|d| d.allow() && d.major() == Some(10) && d.minor() == Some(229)));
+        assert!(rules.iter().any(|d| d.allow() && d.major() == Some(5) && d.minor() == Some(2)));
+        assert!(rules.iter().any(|d| d.allow() && d.major() == Some(136) && d.minor().is_none()));
+    }
+}
