@@ -9,12 +9,29 @@ use std::fs;
 
 /// The error is a single line (plus nothing else) that mentions every `needles`.
 fn one_clear_line(out: &Output, needles: &[&str]) {
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{}", out.stderr);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got:\n{}",
+        out.stderr
+    );
     for n in needles {
-        assert!(lines[0].contains(n), "the error should mention {n:?}: {}", lines[0]);
+        assert!(
+            lines[0].contains(n),
+            "the error should mention {n:?}: {}",
+            lines[0]
+        );
     }
-    assert!(out.stdout.trim().is_empty(), "nothing on stdout expected: {:?}", out.stdout);
+    assert!(
+        out.stdout.trim().is_empty(),
+        "nothing on stdout expected: {:?}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -25,7 +42,11 @@ fn missing_config_json_names_the_file() {
     let id = ferry.id("nocfg");
     let out = ferry.create(&bundle, &id).fails();
     one_clear_line(&out, &["config.json"]);
-    assert!(out.stderr.contains(bundle.path_str()), "name the full path: {}", out.stderr);
+    assert!(
+        out.stderr.contains(bundle.path_str()),
+        "name the full path: {}",
+        out.stderr
+    );
     assert_no_leftovers(&ferry, &bundle, &id);
 }
 
@@ -36,7 +57,11 @@ fn missing_bundle_directory_is_named() {
     let out = ferry
         .run(&["create", "--bundle", "/nonexistent/ferry-bundle", &id])
         .fails();
-    assert!(out.stderr.contains("/nonexistent/ferry-bundle"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/ferry-bundle"),
+        "{}",
+        out.stderr
+    );
     assert!(!ferry.root().join(&id).exists());
 }
 
@@ -44,7 +69,11 @@ fn missing_bundle_directory_is_named() {
 fn invalid_json_names_the_file_and_the_line() {
     let ferry = Ferry::new();
     let bundle = Bundle::new(&ferry, &["true"]);
-    fs::write(bundle.config_path(), "{\n  \"ociVersion\": \"1.0.2\",\n  \"process\": {\n").unwrap();
+    fs::write(
+        bundle.config_path(),
+        "{\n  \"ociVersion\": \"1.0.2\",\n  \"process\": {\n",
+    )
+    .unwrap();
     let id = ferry.id("badjson");
     let out = ferry.create(&bundle, &id).fails();
     one_clear_line(&out, &["config.json", "line"]);
@@ -169,7 +198,11 @@ fn delete_of_a_running_container_needs_force() {
     ferry.start_container(&bundle, &id);
     let out = ferry.run(&["delete", &id]).fails();
     one_clear_line(&out, &[&id]);
-    assert!(out.stderr.contains("force"), "suggest --force: {}", out.stderr);
+    assert!(
+        out.stderr.contains("force"),
+        "suggest --force: {}",
+        out.stderr
+    );
     assert_eq!(ferry.status(&id).as_deref(), Some("running"));
     ferry.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&ferry, &bundle, &id);
@@ -199,8 +232,14 @@ fn failed_run_with_a_missing_binary_leaves_nothing() {
     let ferry = Ferry::new();
     let bundle = Bundle::new(&ferry, &["no-such-command-in-path"]);
     let id = ferry.id("runnobin");
-    let out = ferry.run(&["run", "--bundle", bundle.path_str(), &id]).fails();
-    assert!(out.stderr.contains("no-such-command-in-path"), "{}", out.stderr);
+    let out = ferry
+        .run(&["run", "--bundle", bundle.path_str(), &id])
+        .fails();
+    assert!(
+        out.stderr.contains("no-such-command-in-path"),
+        "{}",
+        out.stderr
+    );
     assert_no_leftovers(&ferry, &bundle, &id);
 }
 
@@ -217,7 +256,11 @@ fn failed_create_with_a_bad_mount_leaves_nothing() {
     bundle.save();
     let id = ferry.id("badmount");
     let out = ferry.create(&bundle, &id).fails();
-    assert!(out.stderr.contains("/nonexistent/ferry-mount-source") || out.stderr.contains("/data"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/ferry-mount-source") || out.stderr.contains("/data"),
+        "{}",
+        out.stderr
+    );
     assert_no_leftovers(&ferry, &bundle, &id);
 }
 
@@ -255,6 +298,9 @@ fn a_mount_destination_escaping_the_rootfs_stays_inside() {
     let id = ferry.id("escape");
     let _ = ferry.run(&["run", "--bundle", bundle.path_str(), &id]);
     let host = std::path::Path::new("/tmp").join(&target_name);
-    assert!(!host.exists(), "a mount destination escaped the rootfs to {host:?}");
+    assert!(
+        !host.exists(),
+        "a mount destination escaped the rootfs to {host:?}"
+    );
     assert!(mounts_under(&host).is_empty());
 }

@@ -31,7 +31,12 @@ fn inside_read(ferry: &Ferry, id: &str, controller: &str, v1: &str, v2: &str) ->
     } else {
         format!("/sys/fs/cgroup/{controller}/{v1}")
     };
-    ferry.run(&["exec", id, "cat", &path]).ok().stdout.trim().to_string()
+    ferry
+        .run(&["exec", id, "cat", &path])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
 }
 
 fn limited(ferry: &Ferry, resources: serde_json::Value) -> (Bundle, String) {
@@ -52,8 +57,14 @@ fn memory_limit_is_set_and_visible_inside() {
     let (_b, id) = limited(&ferry, json!({ "memory": { "limit": 64 * MIB } }));
     let pid = ferry.pid(&id);
     let want = (64 * MIB).to_string();
-    assert_eq!(host_read(pid, "memory", "memory.limit_in_bytes", "memory.max"), want);
-    assert_eq!(inside_read(&ferry, &id, "memory", "memory.limit_in_bytes", "memory.max"), want);
+    assert_eq!(
+        host_read(pid, "memory", "memory.limit_in_bytes", "memory.max"),
+        want
+    );
+    assert_eq!(
+        inside_read(&ferry, &id, "memory", "memory.limit_in_bytes", "memory.max"),
+        want
+    );
 }
 
 #[test]
@@ -61,12 +72,17 @@ fn memory_limit_is_enforced() {
     // counter fills 128 MiB under a 32 MiB limit (no swap here): the kernel kills it.
     let ferry = Ferry::new();
     let mut bundle = Bundle::new(&ferry, &["/bin/counter", "128"]);
-    bundle.with_helper("counter").resources(json!({ "memory": { "limit": 32 * MIB } }));
+    bundle
+        .with_helper("counter")
+        .resources(json!({ "memory": { "limit": 32 * MIB } }));
     bundle.save();
     let id = ferry.id("oom");
     let out = ferry.run(&["run", "--bundle", bundle.path_str(), &id]);
     assert_eq!(out.code, Some(137), "expected an OOM kill: {out:?}");
-    assert!(!out.stdout.contains("checksum"), "it allocated past the limit: {out:?}");
+    assert!(
+        !out.stdout.contains("checksum"),
+        "it allocated past the limit: {out:?}"
+    );
 }
 
 #[test]
@@ -75,7 +91,10 @@ fn pids_limit_is_set_visible_and_enforced() {
     let (_b, id) = limited(&ferry, json!({ "pids": { "limit": 10 } }));
     let pid = ferry.pid(&id);
     assert_eq!(host_read(pid, "pids", "pids.max", "pids.max"), "10");
-    assert_eq!(inside_read(&ferry, &id, "pids", "pids.max", "pids.max"), "10");
+    assert_eq!(
+        inside_read(&ferry, &id, "pids", "pids.max", "pids.max"),
+        "10"
+    );
     let out = ferry.run(&[
         "exec",
         &id,
@@ -88,7 +107,9 @@ fn pids_limit_is_set_visible_and_enforced() {
         all.contains("Resource temporarily unavailable") || all.contains("can't fork"),
         "30 forks under pids.max 10 should fail: {out:?}"
     );
-    let current: u64 = host_read(pid, "pids", "pids.current", "pids.current").parse().unwrap();
+    let current: u64 = host_read(pid, "pids", "pids.current", "pids.current")
+        .parse()
+        .unwrap();
     assert!(current <= 10, "pids.current {current} above the limit");
 }
 
@@ -109,7 +130,10 @@ fn cpu_quota_period_and_shares_are_set() {
     assert_eq!(host_read(pid, "cpu", "cpu.cfs_quota_us", ""), "50000");
     assert_eq!(host_read(pid, "cpu", "cpu.cfs_period_us", ""), "100000");
     assert_eq!(host_read(pid, "cpu", "cpu.shares", ""), "512");
-    assert_eq!(inside_read(&ferry, &id, "cpu", "cpu.cfs_quota_us", ""), "50000");
+    assert_eq!(
+        inside_read(&ferry, &id, "cpu", "cpu.cfs_quota_us", ""),
+        "50000"
+    );
     assert_eq!(inside_read(&ferry, &id, "cpu", "cpu.shares", ""), "512");
 }
 
@@ -155,7 +179,9 @@ fn cgroups_are_removed_on_delete() {
         json!({ "memory": { "limit": 64 * MIB }, "pids": { "limit": 50 } }),
     );
     let pid = ferry.pid(&id);
-    let controllers = ["memory", "pids", "cpu", "cpuset", "freezer", "devices", "blkio"];
+    let controllers = [
+        "memory", "pids", "cpu", "cpuset", "freezer", "devices", "blkio",
+    ];
     let dirs: Vec<PathBuf> = controllers
         .iter()
         .map(|c| cgroup_dir(pid, c))
@@ -164,7 +190,11 @@ fn cgroups_are_removed_on_delete() {
         .collect();
     for d in &dirs {
         assert!(d.is_dir(), "{d:?}");
-        assert_ne!(d, &PathBuf::from("/sys/fs/cgroup").join(d.file_name().unwrap()), "the container must get its own cgroup, not the root");
+        assert_ne!(
+            d,
+            &PathBuf::from("/sys/fs/cgroup").join(d.file_name().unwrap()),
+            "the container must get its own cgroup, not the root"
+        );
     }
     ferry.run(&["delete", "--force", &id]).ok();
     for d in &dirs {
@@ -186,5 +216,7 @@ fn cgroups_path_from_the_config_is_used() {
     let dir = cgroup_dir(pid, "memory");
     assert!(dir.ends_with(path.trim_start_matches('/')), "{dir:?}");
     ferry.run(&["delete", "--force", &id]).ok();
-    wait_for("the configured cgroup to be removed", WAIT, || !dir.exists());
+    wait_for("the configured cgroup to be removed", WAIT, || {
+        !dir.exists()
+    });
 }

@@ -26,7 +26,11 @@ fn exec_runs_inside_the_container_and_passes_output_and_status() {
 
     // Same pid namespace: its pid 1 is the container's init.
     let out = ferry.run(&["exec", &id, "cat", "/proc/1/cmdline"]).ok();
-    assert!(out.stdout.starts_with("sleep"), "pid 1 seen by exec: {:?}", out.stdout);
+    assert!(
+        out.stdout.starts_with("sleep"),
+        "pid 1 seen by exec: {:?}",
+        out.stdout
+    );
 
     let out = ferry.run(&["exec", &id, "sh", "-c", "echo to-err >&2; exit 5"]);
     assert_eq!(out.code, Some(5), "{out:?}");
@@ -48,7 +52,9 @@ fn exec_sees_the_container_hostname_and_env() {
     ferry.start_container(&bundle, &id);
     let out = ferry.run(&["exec", &id, "hostname"]).ok();
     assert_eq!(out.stdout.trim(), "exec-host");
-    let out = ferry.run(&["exec", &id, "sh", "-c", "echo $FROM_CONFIG"]).ok();
+    let out = ferry
+        .run(&["exec", &id, "sh", "-c", "echo $FROM_CONFIG"])
+        .ok();
     assert_eq!(out.stdout.trim(), "cfg", "exec inherits the config's env");
 }
 
@@ -57,12 +63,24 @@ fn exec_env_and_cwd() {
     let ferry = Ferry::new();
     let (_bundle, id) = sleeper(&ferry);
     let out = ferry
-        .run(&["exec", "--env", "FOO=bar", "--env", "BAZ=q x", &id, "sh", "-c", "echo $FOO:$BAZ"])
+        .run(&[
+            "exec",
+            "--env",
+            "FOO=bar",
+            "--env",
+            "BAZ=q x",
+            &id,
+            "sh",
+            "-c",
+            "echo $FOO:$BAZ",
+        ])
         .ok();
     assert_eq!(out.stdout.trim(), "bar:q x");
     let out = ferry.run(&["exec", "--cwd", "/tmp", &id, "pwd"]).ok();
     assert_eq!(out.stdout.trim(), "/tmp");
-    let out = ferry.run(&["exec", "-e", "A=1", &id, "sh", "-c", "echo $A"]).ok();
+    let out = ferry
+        .run(&["exec", "-e", "A=1", &id, "sh", "-c", "echo $A"])
+        .ok();
     assert_eq!(out.stdout.trim(), "1");
 }
 
@@ -89,16 +107,30 @@ fn exec_detached_writes_the_host_pid_to_the_pid_file() {
         .parse()
         .expect("a number in the pid file");
     wait_for("the exec'd process to write its pid", WAIT, || {
-        bundle.read_file("/exec-inner-pid").is_some_and(|s| s.ends_with('\n'))
+        bundle
+            .read_file("/exec-inner-pid")
+            .is_some_and(|s| s.ends_with('\n'))
     });
-    let inner = bundle.read_file("/exec-inner-pid").unwrap().trim().to_string();
+    let inner = bundle
+        .read_file("/exec-inner-pid")
+        .unwrap()
+        .trim()
+        .to_string();
     // The host pid in the file and the pid the process sees are the same process.
     let status = fs::read_to_string(format!("/proc/{host_pid}/status"))
         .unwrap_or_else(|e| panic!("pid {host_pid} from the pid file is not alive: {e}"));
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
-    assert_eq!(nspid.split_whitespace().last(), Some(inner.as_str()), "{nspid}");
+    assert_eq!(
+        nspid.split_whitespace().last(),
+        Some(inner.as_str()),
+        "{nspid}"
+    );
     assert!(!is_zombie_or_gone(host_pid));
-    assert_ne!(host_pid, ferry.pid(&id), "exec must not report the init's pid");
+    assert_ne!(
+        host_pid,
+        ferry.pid(&id),
+        "exec must not report the init's pid"
+    );
 }
 
 #[test]
@@ -150,8 +182,21 @@ fn exec_with_a_process_file_as_conmon_sends_it() {
 fn exec_as_another_user() {
     let ferry = Ferry::new();
     let (_bundle, id) = sleeper(&ferry);
-    let out = ferry.run(&["exec", "--user", "1000:1001", &id, "sh", "-c", "id -u; id -g"]).ok();
-    assert_eq!(out.stdout.split_whitespace().collect::<Vec<_>>(), vec!["1000", "1001"]);
+    let out = ferry
+        .run(&[
+            "exec",
+            "--user",
+            "1000:1001",
+            &id,
+            "sh",
+            "-c",
+            "id -u; id -g",
+        ])
+        .ok();
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        vec!["1000", "1001"]
+    );
 }
 
 #[test]

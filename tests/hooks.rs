@@ -23,8 +23,9 @@ fn entries(bundle: &Bundle) -> Vec<(String, Value)> {
         .lines()
         .map(|l| {
             let (name, json) = l.split_once(' ').unwrap_or((l, ""));
-            let v = serde_json::from_str(json)
-                .unwrap_or_else(|e| panic!("hook {name} got no state JSON on stdin ({e}): {json:?}"));
+            let v = serde_json::from_str(json).unwrap_or_else(|e| {
+                panic!("hook {name} got no state JSON on stdin ({e}): {json:?}")
+            });
             (name.to_string(), v)
         })
         .collect()
@@ -39,7 +40,11 @@ fn hooks_run_in_spec_order_with_the_state_on_stdin() {
     let ferry = Ferry::new();
     let mut bundle = Bundle::new(
         &ferry,
-        &["sh", "-c", "echo 'process {}' >> /hooks.log; exec sleep 100000"],
+        &[
+            "sh",
+            "-c",
+            "echo 'process {}' >> /hooks.log; exec sleep 100000",
+        ],
     );
     let host_log = bundle.host_path("/hooks.log");
     let host_log = host_log.to_str().unwrap().to_string();
@@ -68,22 +73,39 @@ fn hooks_run_in_spec_order_with_the_state_on_stdin() {
     ferry.run(&["start", &id]).ok();
     // poststart must have run before start returned.
     let after_start = names(&bundle);
-    assert!(after_start.contains(&"poststart".to_string()), "{after_start:?}");
+    assert!(
+        after_start.contains(&"poststart".to_string()),
+        "{after_start:?}"
+    );
     wait_for("the process to start", WAIT, || {
         names(&bundle).contains(&"process".to_string())
     });
     let n = names(&bundle);
-    let pos = |x: &str| n.iter().position(|y| y == x).unwrap_or_else(|| panic!("{x} missing: {n:?}"));
+    let pos = |x: &str| {
+        n.iter()
+            .position(|y| y == x)
+            .unwrap_or_else(|| panic!("{x} missing: {n:?}"))
+    };
     assert_eq!(&n[..3], ["prestart", "createRuntime", "createContainer"]);
-    assert!(pos("startContainer") < pos("process"), "startContainer must run before the process: {n:?}");
+    assert!(
+        pos("startContainer") < pos("process"),
+        "startContainer must run before the process: {n:?}"
+    );
     assert!(pos("createContainer") < pos("poststart"), "{n:?}");
-    assert!(!n.contains(&"poststop".to_string()), "poststop before delete: {n:?}");
+    assert!(
+        !n.contains(&"poststop".to_string()),
+        "poststop before delete: {n:?}"
+    );
 
     ferry.run(&["kill", &id, "KILL"]).ok();
     ferry.wait_status(&id, "stopped");
     ferry.run(&["delete", &id]).ok();
     let all = entries(&bundle);
-    assert_eq!(all.last().map(|(n, _)| n.as_str()), Some("poststop"), "{all:?}");
+    assert_eq!(
+        all.last().map(|(n, _)| n.as_str()),
+        Some("poststop"),
+        "{all:?}"
+    );
     assert_eq!(all.iter().filter(|(n, _)| n == "poststop").count(), 1);
 
     for (name, state) in &all {
@@ -116,9 +138,14 @@ fn hook_args_env_and_several_hooks_of_one_kind() {
     let log = bundle.host_path("/h.log").to_str().unwrap().to_string();
     let first = format!("echo first $0 $1 $HOOK_ENV >> {log}");
     let second = format!("echo second >> {log}");
-    bundle.hook("createRuntime", "/bin/sh", &["sh", "-c", &first, "arg0", "arg1"]);
+    bundle.hook(
+        "createRuntime",
+        "/bin/sh",
+        &["sh", "-c", &first, "arg0", "arg1"],
+    );
     bundle.hook("createRuntime", "/bin/sh", &["sh", "-c", &second]);
-    bundle.edit(|s| s["hooks"]["createRuntime"][0]["env"] = serde_json::json!(["HOOK_ENV=from-env"]));
+    bundle
+        .edit(|s| s["hooks"]["createRuntime"][0]["env"] = serde_json::json!(["HOOK_ENV=from-env"]));
     bundle.save();
     let id = ferry.id("hargs");
     ferry.create(&bundle, &id).ok();
@@ -132,7 +159,11 @@ fn hook_args_env_and_several_hooks_of_one_kind() {
 fn a_failing_create_runtime_hook_fails_create_and_cleans_up() {
     let ferry = Ferry::new();
     let mut bundle = Bundle::new(&ferry, &["sleep", "100000"]);
-    bundle.hook("createRuntime", "/bin/sh", &["sh", "-c", "echo hook-says-no >&2; exit 3"]);
+    bundle.hook(
+        "createRuntime",
+        "/bin/sh",
+        &["sh", "-c", "echo hook-says-no >&2; exit 3"],
+    );
     bundle.save();
     let id = ferry.id("hfail");
     let out = ferry.create(&bundle, &id).fails();

@@ -33,20 +33,36 @@ fn force_delete_of_a_running_container_with_children_and_execs() {
     let ferry = Ferry::new();
     let bundle = Bundle::new(
         &ferry,
-        &["sh", "-c", "sleep 100000 & sleep 100000 & exec sleep 100000"],
+        &[
+            "sh",
+            "-c",
+            "sleep 100000 & sleep 100000 & exec sleep 100000",
+        ],
     );
     let id = ferry.id("lo-run");
     ferry.start_container(&bundle, &id);
     ferry
-        .run(&["exec", "-d", &id, "sh", "-c", "trap '' TERM; exec sleep 100000"])
+        .run(&[
+            "exec",
+            "-d",
+            &id,
+            "sh",
+            "-c",
+            "trap '' TERM; exec sleep 100000",
+        ])
         .ok();
     let pid = ferry.pid(&id);
     let procs = std::fs::read_to_string(cgroup_dir(pid, "pids").join("cgroup.procs")).unwrap();
-    let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let pids: Vec<i32> = procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     assert!(pids.len() >= 4, "init, two children and the exec: {pids:?}");
     ferry.run(&["delete", "--force", &id]).ok();
     for p in pids {
-        wait_for(&format!("process {p} to die"), WAIT, || is_zombie_or_gone(p));
+        wait_for(&format!("process {p} to die"), WAIT, || {
+            is_zombie_or_gone(p)
+        });
     }
     assert_no_leftovers(&ferry, &bundle, &id);
 }
@@ -58,7 +74,9 @@ fn delete_after_run_detached_and_kill() {
     bundle.with_helper("counter");
     bundle.save();
     let id = ferry.id("lo-det");
-    ferry.run(&["run", "-d", "--bundle", bundle.path_str(), &id]).ok();
+    ferry
+        .run(&["run", "-d", "--bundle", bundle.path_str(), &id])
+        .ok();
     wait_counter_above(&bundle.host_path("/count"), 1);
     ferry.run(&["kill", &id, "TERM"]).ok();
     ferry.wait_status(&id, "stopped");

@@ -35,7 +35,11 @@ fn create_start_kill_delete() {
     });
     let state = ferry.state(&id);
     assert_eq!(state["status"], "running", "{state}");
-    assert_eq!(state["pid"].as_i64(), Some(pid as i64), "pid changed at start");
+    assert_eq!(
+        state["pid"].as_i64(),
+        Some(pid as i64),
+        "pid changed at start"
+    );
 
     ferry.run(&["kill", &id, "KILL"]).ok();
     ferry.wait_status(&id, "stopped");
@@ -49,12 +53,25 @@ fn create_start_kill_delete() {
 #[test]
 fn run_foreground_exits_with_the_container_status() {
     let ferry = Ferry::new();
-    let bundle = Bundle::new(&ferry, &["sh", "-c", "echo out-line; echo err-line >&2; exit 7"]);
+    let bundle = Bundle::new(
+        &ferry,
+        &["sh", "-c", "echo out-line; echo err-line >&2; exit 7"],
+    );
     let id = ferry.id("fg");
     let out = ferry.run(&["run", "--bundle", bundle.path_str(), &id]);
-    assert_eq!(out.code, Some(7), "run must exit with the container's status: {out:?}");
-    assert!(out.stdout.contains("out-line"), "container stdout not passed through: {out:?}");
-    assert!(out.stderr.contains("err-line"), "container stderr not passed through: {out:?}");
+    assert_eq!(
+        out.code,
+        Some(7),
+        "run must exit with the container's status: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("out-line"),
+        "container stdout not passed through: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("err-line"),
+        "container stderr not passed through: {out:?}"
+    );
     // Without --keep, run removes the container when it exits, as runc does.
     assert!(!ferry.list_ids().contains(&id), "run left {id} behind");
     assert_no_leftovers(&ferry, &bundle, &id);
@@ -62,10 +79,16 @@ fn run_foreground_exits_with_the_container_status() {
 
 #[test]
 fn run_foreground_reports_death_by_signal_as_128_plus_signal() {
+    // The init is pid 1 of its namespace and cannot kill itself; the host kills it.
     let ferry = Ferry::new();
-    let bundle = Bundle::new(&ferry, &["sh", "-c", "kill -9 $$"]);
+    let bundle = Bundle::new(&ferry, &["sh", "-c", "touch /ready; exec sleep 100000"]);
     let id = ferry.id("fgsig");
-    let out = ferry.run(&["run", "--bundle", bundle.path_str(), &id]);
+    let running = ferry.spawn(&["run", "--bundle", bundle.path_str(), &id]);
+    wait_for("the container to run", WAIT, || {
+        bundle.host_path("/ready").exists()
+    });
+    ferry.run(&["kill", &id, "KILL"]).ok();
+    let out = running.finish(COMMAND_TIMEOUT);
     assert_eq!(out.code, Some(137), "{out:?}");
 }
 
@@ -91,7 +114,11 @@ fn run_foreground_forwards_sigterm() {
     )
     .unwrap();
     let out = running.finish(COMMAND_TIMEOUT);
-    assert_eq!(out.code, Some(42), "ferry run must forward SIGTERM: {out:?}");
+    assert_eq!(
+        out.code,
+        Some(42),
+        "ferry run must forward SIGTERM: {out:?}"
+    );
     assert!(out.stdout.contains("got-term"), "{out:?}");
 }
 
@@ -137,11 +164,21 @@ fn pid_file_holds_the_init_pid() {
     ferry
         .run_in(
             &dir,
-            &["create", "--bundle", bundle.path_str(), "--pid-file", "init.pid", &id],
+            &[
+                "create",
+                "--bundle",
+                bundle.path_str(),
+                "--pid-file",
+                "init.pid",
+                &id,
+            ],
         )
         .ok();
     let text = fs::read_to_string(dir.join("init.pid")).expect("no pid file written");
-    let pid: i32 = text.trim().parse().unwrap_or_else(|_| panic!("pid file holds {text:?}"));
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("pid file holds {text:?}"));
     assert_eq!(pid, ferry.pid(&id));
     // That pid is the container's init: it runs in a new pid namespace as pid 1.
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -191,11 +228,17 @@ fn list_shows_every_container_in_table_json_and_quiet_forms() {
     let json = ferry.run(&["list", "--format", "json"]).ok().json();
     let arr = json.as_array().expect("list --format json prints an array");
     assert_eq!(arr.len(), 2, "{json}");
-    let entry = arr.iter().find(|e| e["id"] == running.as_str()).expect("entry");
+    let entry = arr
+        .iter()
+        .find(|e| e["id"] == running.as_str())
+        .expect("entry");
     assert_eq!(entry["status"], "running");
     assert_eq!(entry["pid"].as_i64(), Some(ferry.pid(&running) as i64));
     assert_eq!(entry["bundle"], b2.path_str());
-    let entry = arr.iter().find(|e| e["id"] == created.as_str()).expect("entry");
+    let entry = arr
+        .iter()
+        .find(|e| e["id"] == created.as_str())
+        .expect("entry");
     assert_eq!(entry["status"], "created");
 }
 
@@ -205,5 +248,8 @@ fn list_of_an_empty_root_is_empty() {
     assert!(ferry.list_ids().is_empty());
     let json = ferry.run(&["list", "--format", "json"]).ok().json();
     // runc prints `null` for no containers; an empty array is as good.
-    assert!(json.is_null() || json.as_array().is_some_and(|a| a.is_empty()), "{json}");
+    assert!(
+        json.is_null() || json.as_array().is_some_and(|a| a.is_empty()),
+        "{json}"
+    );
 }

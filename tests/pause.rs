@@ -20,7 +20,11 @@ fn freezer_state(pid: i32) -> String {
     let dir = cgroup_dir(pid, "freezer");
     if cgroup_v2_only() {
         let v = fs::read_to_string(dir.join("cgroup.freeze")).unwrap_or_default();
-        return if v.trim() == "1" { "FROZEN".into() } else { "THAWED".into() };
+        return if v.trim() == "1" {
+            "FROZEN".into()
+        } else {
+            "THAWED".into()
+        };
     }
     fs::read_to_string(dir.join("freezer.state"))
         .unwrap_or_else(|e| panic!("freezer.state of pid {pid} in {dir:?}: {e}"))
@@ -43,7 +47,11 @@ fn pause_stops_the_counter_and_resume_continues_it() {
     // While frozen the value cannot move (a frozen task runs no code at all).
     for _ in 0..5 {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(read_counter(&count), Some(frozen_at), "counter moved while paused");
+        assert_eq!(
+            read_counter(&count),
+            Some(frozen_at),
+            "counter moved while paused"
+        );
     }
 
     ferry.run(&["resume", &id]).ok();

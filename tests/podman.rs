@@ -19,7 +19,10 @@ impl Podman {
     fn new() -> Podman {
         require_root();
         assert!(
-            Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success()),
+            Command::new("podman")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
             "podman is not installed: run scripts/install-deps.sh"
         );
         let dir = std::env::temp_dir().join(unique_id("podman"));
@@ -72,7 +75,10 @@ impl Drop for Podman {
 }
 
 fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -153,7 +159,11 @@ fn busybox_oci_layout(dir: &Path) -> PathBuf {
             }]
         }),
     );
-    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     layout
 }
 
@@ -173,7 +183,14 @@ fn podman_runs_a_container_with_ferry_and_gets_its_exit_status() {
     let podman = Podman::new();
     let image = pull(&podman);
     let out = podman.run(&[
-        "run", "--rm", "--network", "none", &image, "sh", "-c", "echo hello-from-ferry; exit 3",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        "echo hello-from-ferry; exit 3",
     ]);
     assert_eq!(out.code, Some(3), "{out:?}");
     assert!(out.stdout.contains("hello-from-ferry"), "{out:?}");
@@ -186,24 +203,58 @@ fn podman_exec_stop_and_rm_through_ferry() {
     let name = unique_id("pod");
     podman
         .run(&[
-            "run", "-d", "--name", &name, "--network", "none", &image, "sh", "-c",
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            &image,
+            "sh",
+            "-c",
             "trap 'exit 0' TERM; while :; do sleep 0.1; done",
         ])
         .ok();
-    let out = podman.run(&["ps", "--format", "{{.Names}} {{.Status}}"]).ok();
+    let out = podman
+        .run(&["ps", "--format", "{{.Names}} {{.Status}}"])
+        .ok();
     assert!(
-        out.stdout.lines().any(|l| l.starts_with(&name) && l.contains("Up")),
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains("Up")),
         "{out:?}"
     );
-    let out = podman.run(&["exec", &name, "sh", "-c", "echo exec-ok; cat /proc/1/cmdline"]).ok();
+    let out = podman
+        .run(&[
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "echo exec-ok; cat /proc/1/cmdline",
+        ])
+        .ok();
     assert!(out.stdout.contains("exec-ok"), "{out:?}");
-    assert!(out.stdout.contains("while"), "exec must see the container's init: {out:?}");
+    assert!(
+        out.stdout.contains("while"),
+        "exec must see the container's init: {out:?}"
+    );
     let out = podman.run(&["exec", &name, "sh", "-c", "exit 4"]);
     assert_eq!(out.code, Some(4), "{out:?}");
 
     podman.run(&["stop", "--time", "10", &name]).ok();
-    let out = podman.run(&["inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", &name]).ok();
-    assert_eq!(out.stdout.trim(), "exited 0", "the TERM trap exits 0: {out:?}");
+    let out = podman
+        .run(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            &name,
+        ])
+        .ok();
+    assert_eq!(
+        out.stdout.trim(),
+        "exited 0",
+        "the TERM trap exits 0: {out:?}"
+    );
     podman.run(&["rm", &name]).ok();
     let out = podman.run(&["ps", "-a", "--format", "{{.Names}}"]).ok();
     assert!(!out.stdout.lines().any(|l| l == name), "{out:?}");

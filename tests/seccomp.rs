@@ -23,7 +23,11 @@ fn mkdir_is_refused_with_eperm_and_the_rest_works() {
     let ferry = Ferry::new();
     let mut bundle = Bundle::new(
         &ferry,
-        &["sh", "-c", "mkdir /tmp/x; echo mkdir=$?; touch /tmp/y && echo touch=ok; ls / >/dev/null && echo ls=ok"],
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/x; echo mkdir=$?; touch /tmp/y && echo touch=ok; ls / >/dev/null && echo ls=ok",
+        ],
     );
     bundle.seccomp(profile("SCMP_ACT_ERRNO", Some(1), &["mkdir", "mkdirat"]));
     bundle.save();
@@ -53,7 +57,11 @@ fn errno_ret_is_the_errno_returned() {
 fn kill_action_kills_the_process_with_sigsys() {
     let ferry = Ferry::new();
     let mut bundle = Bundle::new(&ferry, &["mkdir", "/tmp/x"]);
-    bundle.seccomp(profile("SCMP_ACT_KILL_PROCESS", None, &["mkdir", "mkdirat"]));
+    bundle.seccomp(profile(
+        "SCMP_ACT_KILL_PROCESS",
+        None,
+        &["mkdir", "mkdirat"],
+    ));
     bundle.save();
     let id = ferry.id("sigsys");
     let out = ferry.run(&["run", "--bundle", bundle.path_str(), &id]);
@@ -81,7 +89,11 @@ fn argument_conditions_are_honoured() {
     let ferry = Ferry::new();
     let mut bundle = Bundle::new(
         &ferry,
-        &["sh", "-c", "touch /tmp/f; chmod 700 /tmp/f; echo a=$?; chmod 755 /tmp/f; echo b=$?"],
+        &[
+            "sh",
+            "-c",
+            "touch /tmp/f; chmod 700 /tmp/f; echo a=$?; chmod 755 /tmp/f; echo b=$?",
+        ],
     );
     let cond = |index: u32| json!([{ "index": index, "value": 448, "op": "SCMP_CMP_EQ" }]);
     bundle.seccomp(json!({

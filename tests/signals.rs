@@ -115,7 +115,19 @@ while :; do sleep 0.1; done
             .filter(|e| e.file_name().to_string_lossy().starts_with("ready."))
             .count()
     };
-    wait_for("init and two workers to be ready", WAIT, || readies() == 3);
+    let deadline = std::time::Instant::now() + WAIT;
+    while readies() != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "init and two workers never all became ready; rootfs holds {:?}",
+            std::fs::read_dir(bundle.rootfs())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     ferry.run(&["kill", "--all", &id, "USR1"]).ok();
     let count = |who: &str| {
@@ -135,7 +147,9 @@ while :; do sleep 0.1; done
     ferry.run(&["kill", "--all", &id, "KILL"]).ok();
     ferry.wait_status(&id, "stopped");
     for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        wait_for(&format!("process {pid} to die"), WAIT, || is_zombie_or_gone(pid));
+        wait_for(&format!("process {pid} to die"), WAIT, || {
+            is_zombie_or_gone(pid)
+        });
     }
 }
 
@@ -152,7 +166,10 @@ fn an_invalid_signal_is_refused_and_the_container_keeps_running() {
         );
     }
     assert_eq!(ferry.status(&id).as_deref(), Some("running"));
-    assert!(log_lines(&bundle).is_empty(), "a signal was delivered anyway");
+    assert!(
+        log_lines(&bundle).is_empty(),
+        "a signal was delivered anyway"
+    );
 }
 
 #[test]

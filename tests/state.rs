@@ -17,16 +17,28 @@ fn state_has_every_field_with_the_right_value() {
 
     let out = ferry.run(&["state", &id]).ok();
     // containerd decodes stdout and stderr combined: stderr must stay empty.
-    assert!(out.stderr.is_empty(), "state wrote to stderr: {:?}", out.stderr);
+    assert!(
+        out.stderr.is_empty(),
+        "state wrote to stderr: {:?}",
+        out.stderr
+    );
     let v = out.json();
     let version = v["ociVersion"].as_str().expect("ociVersion is a string");
     assert!(version.starts_with("1."), "ociVersion {version}");
     assert_eq!(v["id"], id.as_str());
     assert_eq!(v["status"], "created");
     assert!(v["pid"].as_i64().unwrap_or(0) > 0, "pid: {v}");
-    assert_eq!(v["bundle"], bundle.path_str(), "bundle must be the absolute bundle path");
+    assert_eq!(
+        v["bundle"],
+        bundle.path_str(),
+        "bundle must be the absolute bundle path"
+    );
     let rootfs = v["rootfs"].as_str().expect("rootfs is a string");
-    assert_eq!(rootfs, bundle.rootfs().to_str().unwrap(), "rootfs must be absolute");
+    assert_eq!(
+        rootfs,
+        bundle.rootfs().to_str().unwrap(),
+        "rootfs must be absolute"
+    );
     let created = v["created"].as_str().expect("created is a string");
     let created: DateTime<Utc> = DateTime::parse_from_rfc3339(created)
         .unwrap_or_else(|e| panic!("created {created:?} is not RFC 3339: {e}"))
@@ -39,11 +51,18 @@ fn state_has_every_field_with_the_right_value() {
 
     ferry.run(&["start", &id]).ok();
     let out = ferry.run(&["state", &id]).ok();
-    assert!(out.stderr.is_empty(), "state wrote to stderr: {:?}", out.stderr);
+    assert!(
+        out.stderr.is_empty(),
+        "state wrote to stderr: {:?}",
+        out.stderr
+    );
     let v2 = out.json();
     assert_eq!(v2["status"], "running");
     assert_eq!(v2["pid"], v["pid"]);
-    assert_eq!(v2["created"], v["created"], "created must not change at start");
+    assert_eq!(
+        v2["created"], v["created"],
+        "created must not change at start"
+    );
 }
 
 #[test]
@@ -58,7 +77,9 @@ fn bundle_defaults_to_the_current_directory_and_is_absolute() {
     let id2 = ferry.id("rel");
     let parent = bundle.path().parent().unwrap();
     let name = bundle.path().file_name().unwrap().to_str().unwrap();
-    ferry.run_in(parent, &["create", "--bundle", name, &id2]).ok();
+    ferry
+        .run_in(parent, &["create", "--bundle", name, &id2])
+        .ok();
     assert_eq!(ferry.state(&id2)["bundle"], bundle.path_str());
 }
 

@@ -24,7 +24,10 @@ fn userns_bundle(ferry: &Ferry, args: &[&str]) -> Bundle {
 #[test]
 fn root_inside_is_the_mapped_id_outside() {
     let ferry = Ferry::new();
-    let bundle = userns_bundle(&ferry, &["sh", "-c", "id -u; id -g; cat /proc/self/uid_map"]);
+    let bundle = userns_bundle(
+        &ferry,
+        &["sh", "-c", "id -u; id -g; cat /proc/self/uid_map"],
+    );
     let id = ferry.id("uid");
     let out = ferry.run(&["run", "--bundle", bundle.path_str(), &id]).ok();
     let lines: Vec<&str> = out.stdout.lines().collect();

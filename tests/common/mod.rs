@@ -385,10 +385,7 @@ pub fn tagged_processes(tag: &str) -> Vec<i32> {
             continue;
         }
         if let Ok(env) = fs::read(format!("/proc/{pid}/environ")) {
-            if env
-                .split(|b| *b == 0)
-                .any(|var| var == needle.as_bytes())
-            {
+            if env.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
                 found.push(pid);
             }
         }
@@ -402,7 +399,10 @@ pub fn is_zombie_or_gone(pid: i32) -> bool {
         Err(_) => true,
         Ok(stat) => {
             // The state letter follows the ")" that closes the command name.
-            let after = stat.rsplit_once(')').map(|(_, r)| r.trim_start()).unwrap_or("");
+            let after = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
             after.starts_with('Z') || after.starts_with('X')
         }
     }
@@ -831,7 +831,11 @@ pub fn cgroup_dir(pid: i32, controller: &str) -> PathBuf {
     }
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         if ctrls.split(',').any(|c| c == controller) {
             return PathBuf::from("/sys/fs/cgroup")
                 .join(controller)
@@ -889,12 +893,14 @@ pub fn assert_no_leftovers(ferry: &Ferry, bundle: &Bundle, id: &str) {
         "`ferry list` still shows {id}"
     );
     let mounts = mounts_under(bundle.path());
-    assert!(mounts.is_empty(), "mounts left behind:\n{}", mounts.join("\n"));
-    wait_for(
-        &format!("the cgroups of {id} to be removed"),
-        WAIT,
-        || cgroup_dirs_for(id).is_empty(),
+    assert!(
+        mounts.is_empty(),
+        "mounts left behind:\n{}",
+        mounts.join("\n")
     );
+    wait_for(&format!("the cgroups of {id} to be removed"), WAIT, || {
+        cgroup_dirs_for(id).is_empty()
+    });
     let procs = tagged_processes(&ferry.tag);
     let describe = |pids: &[i32]| {
         pids.iter()
@@ -913,7 +919,15 @@ pub fn assert_no_leftovers(ferry: &Ferry, bundle: &Bundle, id: &str) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let left = tagged_processes(&ferry.tag);
-        assert!(left.is_empty(), "processes left behind:\n{}", if left.is_empty() { first } else { describe(&left) });
+        assert!(
+            left.is_empty(),
+            "processes left behind:\n{}",
+            if left.is_empty() {
+                first
+            } else {
+                describe(&left)
+            }
+        );
     }
 }
 
