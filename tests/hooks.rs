@@ -1,6 +1,6 @@
 //! OCI hooks: each kind runs at its point of the lifecycle, in spec order, with the state
-//! JSON on stdin. Host hooks (prestart, createRuntime, poststart, poststop) and container
-//! hooks (createContainer, startContainer) all append to one log inside the rootfs.
+//! JSON on stdin. Every hook appends to one log file inside the rootfs, the host hooks
+//! through its host path, startContainer through its path inside the container.
 
 mod common;
 
@@ -48,17 +48,23 @@ fn hooks_run_in_spec_order_with_the_state_on_stdin() {
     );
     let host_log = bundle.host_path("/hooks.log");
     let host_log = host_log.to_str().unwrap().to_string();
-    for kind in ["prestart", "createRuntime", "poststart", "poststop"] {
+    // createContainer runs in the container's mount namespace before pivot_root (as in
+    // runc), where the host's paths still resolve; startContainer runs after pivot_root,
+    // where the log is /hooks.log.
+    for kind in [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "poststart",
+        "poststop",
+    ] {
         let args = log_hook(kind, &host_log);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         bundle.hook(kind, "/bin/sh", &args);
     }
-    // These run in the container's mount namespace: their path and the log are inside.
-    for kind in ["createContainer", "startContainer"] {
-        let args = log_hook(kind, "/hooks.log");
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        bundle.hook(kind, "/bin/sh", &args);
-    }
+    let args = log_hook("startContainer", "/hooks.log");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    bundle.hook("startContainer", "/bin/sh", &args);
     bundle.save();
     let id = ferry.id("hooks");
 
