@@ -208,7 +208,8 @@ fn cgroups_path_from_the_config_is_used() {
     let ferry = Ferry::new();
     let mut bundle = Bundle::new(&ferry, &["sleep", "100000"]);
     let id = ferry.id("cgpath");
-    let path = format!("/ferry-test/{id}");
+    // Under ferry/ so the test leaves no new top-level cgroup behind.
+    let path = format!("/ferry/custom-{id}");
     bundle.edit(|s| s["linux"]["cgroupsPath"] = json!(path));
     bundle.save();
     ferry.start_container(&bundle, &id);
