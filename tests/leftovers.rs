@@ -58,6 +58,12 @@ fn force_delete_of_a_running_container_with_children_and_execs() {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     assert!(pids.len() >= 4, "init, two children and the exec: {pids:?}");
+    // The leftover check finds processes by their tag: make sure it sees these.
+    let tagged = tagged_processes(&ferry.tag);
+    assert!(
+        pids.iter().all(|p| tagged.contains(p)),
+        "container processes {pids:?} not all found by tag ({tagged:?})"
+    );
     ferry.run(&["delete", "--force", &id]).ok();
     for p in pids {
         wait_for(&format!("process {p} to die"), WAIT, || {

@@ -384,10 +384,10 @@ pub fn tagged_processes(tag: &str) -> Vec<i32> {
         if pid == me || is_zombie_or_gone(pid) {
             continue;
         }
-        if let Ok(env) = fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
-                found.push(pid);
-            }
+        if let Ok(env) = fs::read(format!("/proc/{pid}/environ"))
+            && env.split(|b| *b == 0).any(|var| var == needle.as_bytes())
+        {
+            found.push(pid);
         }
     }
     found
@@ -621,11 +621,11 @@ impl Bundle {
 impl Drop for Bundle {
     fn drop(&mut self) {
         // Never delete through a mount a broken runtime left in the host's namespace.
-        if !mounts_under(self.path()).is_empty() {
-            if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!("leaving bundle {kept:?} in place: mounts under it remain");
-            }
+        if !mounts_under(self.path()).is_empty()
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("leaving bundle {kept:?} in place: mounts under it remain");
         }
     }
 }
@@ -765,11 +765,11 @@ impl ConsoleSocket {
         )
         .expect("recvmsg on the console socket");
         for c in msg.cmsgs().expect("control messages") {
-            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                if let Some(&fd) = fds.first() {
-                    // SAFETY: the kernel just installed this fd in our table; we own it now.
-                    return unsafe { OwnedFd::from_raw_fd(fd) };
-                }
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
+                && let Some(&fd) = fds.first()
+            {
+                // SAFETY: the kernel just installed this fd in our table; we own it now.
+                return unsafe { OwnedFd::from_raw_fd(fd) };
             }
         }
         panic!("ferry connected to the console socket but sent no fd with SCM_RIGHTS");
