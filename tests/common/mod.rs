@@ -412,6 +412,9 @@ pub fn is_zombie_or_gone(pid: i32) -> bool {
 /// as `ferry spec` wrote it and is edited through the methods below, then `save()`d.
 pub struct Bundle {
     dir: Option<tempfile::TempDir>,
+    /// The `--root` of the Ferry that made it: containers still running from this bundle
+    /// are force-deleted before the directory goes (a Bundle is often dropped first).
+    ferry_root: PathBuf,
     pub spec: Value,
     path_string: String,
 }
@@ -447,6 +450,7 @@ impl Bundle {
             .to_string();
         let mut b = Bundle {
             dir: Some(dir),
+            ferry_root: ferry.root().to_path_buf(),
             spec,
             path_string,
         };
@@ -620,6 +624,28 @@ impl Bundle {
 
 impl Drop for Bundle {
     fn drop(&mut self) {
+        let ferry = |args: &[&str]| {
+            Command::new(FERRY)
+                .arg("--root")
+                .arg(&self.ferry_root)
+                .args(args)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+        };
+        if let Some(out) = ferry(&["list", "--format", "json"])
+            && let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&out.stdout)
+        {
+            for c in list
+                .iter()
+                .filter(|c| c["bundle"] == self.path_string.as_str())
+            {
+                if let Some(id) = c["id"].as_str() {
+                    let _ = ferry(&["delete", "--force", id]);
+                }
+            }
+        }
         // Never delete through a mount a broken runtime left in the host's namespace.
         if !mounts_under(self.path()).is_empty()
             && let Some(dir) = self.dir.take()
