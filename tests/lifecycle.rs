@@ -253,3 +253,63 @@ fn list_of_an_empty_root_is_empty() {
         "{json}"
     );
 }
+
+#[test]
+fn ps_lists_the_processes_of_the_container() {
+    let ferry = Ferry::new();
+    let bundle = Bundle::new(&ferry, &["sh", "-c", "sleep 100000 & exec sleep 100001"]);
+    let id = ferry.id("ps");
+    ferry.start_container(&bundle, &id);
+    let init = ferry.pid(&id);
+    // containerd's form: a JSON array of host pids.
+    let mut pids = Vec::new();
+    wait_for("init and its child in ps", WAIT, || {
+        let v = ferry.run(&["ps", "--format", "json", &id]).ok().json();
+        pids = v
+            .as_array()
+            .expect("ps --format json prints an array of pids")
+            .iter()
+            .filter_map(|p| p.as_i64())
+            .collect();
+        pids.len() == 2
+    });
+    assert!(
+        pids.contains(&(init as i64)),
+        "{pids:?} lacks the init {init}"
+    );
+    // The table form shows the commands.
+    let table = ferry.run(&["ps", &id]).ok().stdout;
+    assert!(table.contains("sleep 100001"), "{table}");
+    assert!(table.contains("sleep 100000"), "{table}");
+}
+
+#[test]
+fn version_and_features_describe_the_runtime() {
+    let ferry = Ferry::new();
+    let out = ferry.run(&["--version"]).ok();
+    assert!(out.stdout.contains("ferry"), "{out:?}");
+    assert!(out.stdout.contains("spec"), "the OCI spec version: {out:?}");
+    let v = ferry.run(&["features"]).ok().json();
+    assert!(
+        v["ociVersionMax"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("1.")),
+        "{v}"
+    );
+    let hooks: Vec<&str> = v["hooks"]
+        .as_array()
+        .expect("features lists hooks")
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    for h in [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ] {
+        assert!(hooks.contains(&h), "features lacks hook {h}: {hooks:?}");
+    }
+}
