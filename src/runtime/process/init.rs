@@ -156,6 +156,7 @@ fn init_main(setup: &Setup, chan: &Channel) -> Result<()> {
     )
     .ctx(|| format!("open {}", fifo.display()))?;
     rootfs::enter(root, no_pivot)?;
+    reopen_null_stdio()?;
 
     if setup.process.terminal().unwrap_or(false) {
         let sock = setup.console.as_ref().ok_or_else(|| {
@@ -203,6 +204,7 @@ fn init_main(setup: &Setup, chan: &Channel) -> Result<()> {
 
 fn exec_main(setup: &Setup, chan: &Channel) -> Result<()> {
     nix::unistd::setsid().ctx(|| "setsid")?;
+    reopen_null_stdio()?;
     if setup.process.terminal().unwrap_or(false) {
         let sock = setup.console.as_ref().ok_or_else(|| {
             Error::Other("process.terminal is true but there is no console socket".into())
@@ -212,6 +214,36 @@ fn exec_main(setup: &Setup, chan: &Channel) -> Result<()> {
     let exec = prepare_exec(setup)?;
     chan.send(&Msg::Ready)?;
     exec.run()
+}
+
+/// stdio that is the host's /dev/null becomes the container's own /dev/null: the same
+/// device, but on a mount inside the container, so CRIU can checkpoint it (the host's /dev
+/// is not among the container's mounts; CRIU fails with "Can't lookup mount").
+fn reopen_null_stdio() -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(ours) = std::fs::metadata("/dev/null") else {
+        return Ok(());
+    };
+    if !ours.file_type().is_char_device() {
+        return Ok(());
+    }
+    for fd in 0..3 {
+        let Ok(m) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else {
+            continue;
+        };
+        if m.file_type().is_char_device() && m.rdev() == ours.rdev() && m.dev() != ours.dev() {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .ctx(|| "open the container's /dev/null")?;
+            // SAFETY: dup2 onto one of our stdio numbers.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+                return Err(std::io::Error::last_os_error()).ctx(|| "dup2 /dev/null");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn console_size(p: &Process) -> Option<(u16, u16)> {
