@@ -66,11 +66,16 @@ fn state(pid: i32) -> char {
         .unwrap_or('?')
 }
 
-/// Ends a restored process that is our child (rst_sibling) and reaps it.
-fn end_child(pid: i32) {
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(pid, None);
+/// A restored process that is our child (rst_sibling): killed and reaped when dropped, so a
+/// failing assertion leaves no counter behind.
+struct Restored(i32);
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
 }
 
 fn dump_request(images: &Path, pid: i32) -> DumpRequest {
@@ -219,6 +224,7 @@ fn dump_and_restore_of_a_process_tree_goes_on_counting() {
             Ok(())
         })
         .unwrap();
+    let _restored = Restored(report.pid);
     assert!(criu_pid > 0);
     // CRIU restores the tree with its pids.
     assert_eq!(report.pid, pid);
@@ -251,7 +257,6 @@ fn dump_and_restore_of_a_process_tree_goes_on_counting() {
     // It goes on from where it was, not from 1.
     let next = wait_counter_above(&file, at_dump);
     assert!(next > at_dump);
-    end_child(pid);
 }
 
 #[test]
@@ -287,6 +292,7 @@ fn restore_hands_a_new_stdout_pipe_through_inherit_fd() {
     let report = criu
         .restore(req, &mut NotificationLog::default(), |_| Ok(()))
         .unwrap();
+    let _restored = Restored(report.pid);
     assert_eq!(report.pid, pid);
     let mut out = std::fs::File::from(new_read);
     let mut text = String::new();
@@ -308,7 +314,6 @@ fn restore_hands_a_new_stdout_pipe_through_inherit_fd() {
         first >= at_dump,
         "restarted at {first} after dumping at {at_dump}: {text:?}"
     );
-    end_child(pid);
 }
 
 /// Fails the notification named `fail_on`, records the rest.
