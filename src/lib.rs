@@ -4,6 +4,7 @@
 //! calls on it; `sys` holds the small wrappers over kernel interfaces the runtime shares.
 
 pub mod cli;
+pub mod image;
 pub mod criu;
 pub mod logging;
 pub mod runtime;
