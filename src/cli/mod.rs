@@ -7,6 +7,7 @@ mod create;
 mod delete;
 mod exec;
 mod features;
+mod image;
 mod kill;
 mod list;
 mod pause;
@@ -24,6 +25,7 @@ pub use create::{CreateArgs, CreateFlags};
 pub use delete::DeleteArgs;
 pub use exec::ExecArgs;
 pub use features::FeaturesArgs;
+pub use image::{ImageArgs, ImageCommand, ImageFormat};
 pub use kill::KillArgs;
 pub use list::{ListArgs, ListFormat};
 pub use pause::PauseArgs;
@@ -118,6 +120,16 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_name = "PATH")]
     pub criu: Option<PathBuf>,
 
+    /// Directory of the image store (images, their layers, containers' upper dirs)
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "FERRY_STORAGE",
+        default_value = "/var/lib/ferry"
+    )]
+    pub storage: PathBuf,
+
     /// Print the ferry, OCI runtime-spec and CRIU versions
     #[arg(short = 'v', long)]
     pub version: bool,
@@ -171,6 +183,8 @@ pub enum Command {
     Checkpoint(CheckpointArgs),
     /// Restore a container from a CRIU checkpoint
     Restore(RestoreArgs),
+    /// Manage the image store: import, ls, inspect, rm
+    Image(ImageArgs),
 }
 
 /// Runs ferry with the process's argv and returns its exit code.
@@ -334,7 +348,7 @@ pub fn run(cli: Cli) -> i32 {
         systemd_cgroup: global.systemd_cgroup,
     };
     let rootless = global.rootless == Some(Rootless::True);
-    match dispatch(command, &runtime, rootless) {
+    match dispatch(command, &runtime, rootless, &global.storage) {
         Ok(code) => code,
         Err(err) => {
             report_error(&err, global.log.is_some());
@@ -343,7 +357,12 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn dispatch(command: Command, runtime: &Runtime, rootless: bool) -> Result<i32> {
+fn dispatch(
+    command: Command,
+    runtime: &Runtime,
+    rootless: bool,
+    storage: &std::path::Path,
+) -> Result<i32> {
     match command {
         Command::Spec(a) => a.run(rootless),
         Command::Create(a) => a.run(runtime),
@@ -361,6 +380,7 @@ fn dispatch(command: Command, runtime: &Runtime, rootless: bool) -> Result<i32> 
         Command::Features(a) => a.run(),
         Command::Checkpoint(a) => a.run(runtime),
         Command::Restore(a) => a.run(runtime),
+        Command::Image(a) => a.run(storage),
     }
 }
 
