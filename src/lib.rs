@@ -3,6 +3,7 @@
 //! `runtime` is the synchronous OCI runtime (never runs under tokio); `cli` turns argv into
 //! calls on it; `sys` holds the small wrappers over kernel interfaces the runtime shares.
 
+pub mod archive;
 pub mod cli;
 pub mod image;
 pub mod criu;

@@ -1,0 +1,8 @@
+//! The checkpoint archive's pieces. `diff` reads a container's own changes from its overlay
+//! upper dir and applies them elsewhere; `safe_path` keeps everything an archive names inside
+//! the root it is unpacked into.
+
+pub mod diff;
+pub mod safe_path;
+
+pub use diff::{Change, ChangeKind, DiffSummary, apply_diff, changes, print_changes, write_diff};
