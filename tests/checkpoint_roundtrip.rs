@@ -1,0 +1,352 @@
+//! Checkpoint and restore with real CRIU: a process holding memory with a known checksum and
+//! counting every 100 ms comes back with the same memory and goes on counting (same run id,
+//! a higher count), through an archive (`-e`/`-i`) and runc-style (`--image-path`). Also
+//! `--leave-running` with a second copy under a new name, rootfs and /dev/shm changes, a tty
+//! container, and a TCP connection inside the container with `--tcp-established`.
+
+#[path = "common/ckpt.rs"]
+mod ckpt;
+mod common;
+
+use ckpt::*;
+use common::*;
+use std::fs;
+use std::io::Write;
+
+const SEED: &str = "0x5eed1234abcd";
+
+/// Starts memhold (MIB MiB) in a container made from `image`, waits until it counts, checks
+/// a rehash agrees with its checksum; returns the checksum.
+fn start_memhold(host: &Host, image: &str, id: &str, mib: &str) -> (MemHold, String) {
+    host.run_image(image, id, &["/bin/memhold", mib, SEED, "/tmp"]);
+    let mem = MemHold::at(host.rootfs(id).join("tmp"));
+    mem.wait_count_above(2);
+    let sum = mem.checksum().expect("memhold wrote no checksum");
+    host.run(&["kill", id, "USR1"]).ok();
+    assert_eq!(
+        mem.wait_rehash(1),
+        sum,
+        "memhold's own rehash disagrees before any checkpoint"
+    );
+    (mem, sum)
+}
+
+#[test]
+fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("rt");
+    let (mem, sum) = start_memhold(&host, "bb", &id, "48");
+    let (runid, before) = mem.wait_count_above(5);
+
+    let archive = host.ferry.scratch().join("rt.tar.zst");
+    let a = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", a]).ok();
+    // Without --leave-running the source is gone: no record, no process.
+    assert!(
+        !host.ids().contains(&id),
+        "the checkpointed container is still listed"
+    );
+    wait_no_tagged(&host.ferry);
+    assert!(
+        fs::metadata(&archive).unwrap().len() > 48 << 20 >> 4,
+        "the archive is tiny"
+    );
+
+    host.run_quiet(&["restore", "-i", a, "-d"]).ok();
+    host.ferry.wait_status(&id, "running");
+    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
+    let (runid2, after) = mem.wait_count_above(before);
+    assert_eq!(
+        runid2, runid,
+        "the restored process has a new run id: it was started again, not restored"
+    );
+    assert!(after > before);
+    assert_eq!(mem.checksum().as_deref(), Some(sum.as_str()));
+    host.run(&["kill", &id, "USR1"]).ok();
+    // Rehash #2: the restored process remembers it already rehashed once.
+    assert_eq!(
+        mem.wait_rehash(2),
+        sum,
+        "the restored memory differs from the dumped one"
+    );
+
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+}
+
+#[test]
+fn leave_running_then_a_second_copy_under_a_new_name() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("lr");
+    let (mem, sum) = start_memhold(&host, "bb", &id, "16");
+    let (runid, _) = mem.wait_count_above(3);
+
+    let archive = host.ferry.scratch().join("lr.tar");
+    let a = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", a, "--leave-running"])
+        .ok();
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    let (_, at_dump) = mem.count().unwrap();
+    // The original is thawed and keeps counting.
+    mem.wait_count_above(at_dump + 3);
+
+    let copy = host.id("lr-copy");
+    host.run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
+        .ok();
+    host.ferry.wait_status(&copy, "running");
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    let mem2 = MemHold::at(host.rootfs(&copy).join("tmp"));
+    let (runid2, c2) = mem2.wait_count_above(at_dump);
+    assert_eq!(
+        runid2, runid,
+        "the copy was started afresh rather than restored"
+    );
+
+    // Two independent counters: each advances in its own rootfs, and stopping one leaves
+    // the other going.
+    let (_, c1) = mem.count().unwrap();
+    mem.wait_count_above(c1 + 2);
+    mem2.wait_count_above(c2 + 2);
+    host.run(&["kill", &copy, "USR1"]).ok();
+    assert_eq!(mem2.wait_rehash(2), sum);
+    host.run(&["delete", "--force", &id]).ok();
+    let (_, c2) = mem2.count().unwrap();
+    mem2.wait_count_above(c2 + 2);
+    assert_eq!(host.ferry.status(&copy).as_deref(), Some("running"));
+    host.run(&["delete", "--force", &copy]).ok();
+    assert_deleted(&host, &copy);
+    assert_deleted(&host, &id);
+}
+
+#[test]
+fn rootfs_changes_and_dev_shm_are_preserved() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("fs");
+    let (mem, _) = start_memhold(&host, "bb", &id, "1");
+    let script = "set -e
+        echo created > /etc/created.txt
+        echo modified > /etc/hostname
+        rm /etc/group
+        chmod 0600 /etc/passwd
+        mkdir -p /var/newdir/sub && echo deep > /var/newdir/sub/file
+        echo in-shm > /dev/shm/blob
+        ln -s /etc/created.txt /root/link";
+    host.run(&["exec", &id, "/bin/sh", "-c", script]).ok();
+    let (runid, before) = mem.wait_count_above(2);
+
+    let archive = host.ferry.scratch().join("fs.tar");
+    let a = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", a]).ok();
+    let new = host.id("fs-new");
+    host.run_quiet(&["restore", "-i", a, "--name", &new, "-d"])
+        .ok();
+    host.ferry.wait_status(&new, "running");
+    let root = host.rootfs(&new);
+    let read = |p: &str| fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("etc/created.txt"), "created\n");
+    assert_eq!(read("etc/hostname"), "modified\n");
+    assert!(
+        !root.join("etc/group").exists(),
+        "/etc/group was deleted before the checkpoint"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(root.join("etc/passwd"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o600, "the chmod of /etc/passwd was lost");
+    assert_eq!(read("var/newdir/sub/file"), "deep\n");
+    assert_eq!(
+        fs::read_link(root.join("root/link")).unwrap().to_str(),
+        Some("/etc/created.txt")
+    );
+    // /dev/shm is the container's own tmpfs: look from inside.
+    let out = host.run(&["exec", &new, "/bin/cat", "/dev/shm/blob"]).ok();
+    assert_eq!(out.stdout, "in-shm\n");
+    let mem = MemHold::at(root.join("tmp"));
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid);
+    host.run(&["delete", "--force", &new]).ok();
+    assert_deleted(&host, &new);
+}
+
+#[test]
+fn runc_style_image_path_round_trip_of_a_plain_bundle() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.save();
+    let id = host.id("runc");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (runid, before) = mem.wait_count_above(3);
+    let sum = mem.checksum().unwrap();
+
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    host.run(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "--work-path",
+        work.to_str().unwrap(),
+        &id,
+    ])
+    .ok();
+    assert!(
+        images.join("inventory.img").exists(),
+        "no inventory.img in {images:?}"
+    );
+    assert!(
+        work.join("dump.log").exists(),
+        "no dump.log in the work path {work:?}"
+    );
+    assert!(
+        !host.ids().contains(&id),
+        "runc removes a checkpointed container"
+    );
+    wait_no_tagged(&host.ferry);
+
+    let pid_file = host.ferry.scratch().join("pid");
+    host.run_quiet(&[
+        "restore",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        images.to_str().unwrap(),
+        "--work-path",
+        work.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "-d",
+        &id,
+    ])
+    .ok();
+    host.ferry.wait_status(&id, "running");
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, host.ferry.pid(&id), "--pid-file and state disagree");
+    assert!(
+        work.join("restore.log").exists(),
+        "no restore.log in the work path"
+    );
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid, "restarted rather than restored");
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum);
+    host.run(&["kill", &id, "TERM"]).ok();
+    host.ferry.wait_status(&id, "stopped");
+    host.run(&["delete", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
+
+#[test]
+fn tty_container_is_restored_with_a_console_socket() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/sh"]);
+    bundle.terminal(true);
+    bundle.save();
+    let id = host.id("tty");
+    let sock = ConsoleSocket::new(&host.ferry.scratch());
+    let create = host.spawn(&[
+        "create",
+        "--bundle",
+        bundle.path_str(),
+        "--console-socket",
+        sock.path_str(),
+        &id,
+    ]);
+    let master = sock.receive_master(WAIT);
+    create.finish(COMMAND_TIMEOUT).ok();
+    host.run(&["start", &id]).ok();
+    let mut tty = fs::File::from(master.try_clone().unwrap());
+    tty.write_all(b"X=before-$((6*7))\necho $X\n").unwrap();
+    read_until(&master, "before-42", WAIT);
+
+    let images = host.ferry.scratch().join("images");
+    let out = host.run(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
+    assert!(
+        out.success(),
+        "checkpoint of a tty container failed: {}\n{}",
+        out.stderr,
+        fs::read_to_string(images.join("dump.log")).unwrap_or_default()
+    );
+    drop(tty);
+    drop(master);
+
+    let sock2 = ConsoleSocket::new(&host.ferry.scratch());
+    let restore = host.spawn(&[
+        "restore",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        images.to_str().unwrap(),
+        "--console-socket",
+        sock2.path_str(),
+        "-d",
+        &id,
+    ]);
+    let master = sock2.receive_master(WAIT);
+    let out = restore.finish(COMMAND_TIMEOUT);
+    assert!(
+        out.success(),
+        "restore of a tty container failed: {}\n{}",
+        out.stderr,
+        fs::read_to_string(images.join("restore.log")).unwrap_or_default()
+    );
+    host.ferry.wait_status(&id, "running");
+    // The same shell, with its variable, on the new master.
+    let mut tty = fs::File::from(master.try_clone().unwrap());
+    tty.write_all(b"echo after-$X-$((1+1))\n").unwrap();
+    read_until(&master, "after-before-42-2", WAIT);
+    tty.write_all(b"exit 3\n").unwrap();
+    host.ferry.wait_status(&id, "stopped");
+    host.run(&["delete", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
+
+#[test]
+fn tcp_connection_inside_the_container_survives_with_tcp_established() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("tcp");
+    host.run_image("bb", &id, &["/bin/tcppair", "7070", "/tmp"]);
+    let dir = host.rootfs(&id).join("tmp");
+    let recv = |dir: &std::path::Path| read_counter(&dir.join("recv"));
+    let error = |dir: &std::path::Path| fs::read_to_string(dir.join("error")).ok();
+    let mut before = 0;
+    wait_for("the server to receive numbers", WAIT, || {
+        before = recv(&dir).unwrap_or(0);
+        before > 3
+    });
+    assert_eq!(error(&dir), None);
+
+    let archive = host.ferry.scratch().join("tcp.tar");
+    let a = archive.to_str().unwrap();
+    let out = host.run(&["checkpoint", &id, "-e", a, "--tcp-established"]);
+    if !out.success() {
+        // Still running, still talking: a failed checkpoint leaves it as it was.
+        let now = recv(&dir).unwrap_or(0);
+        wait_counter_above(&dir.join("recv"), now);
+        panic!("checkpoint with --tcp-established failed: {}", out.stderr);
+    }
+    host.run_quiet(&["restore", "-i", a, "-d", "--tcp-established"])
+        .ok();
+    host.ferry.wait_status(&id, "running");
+    let dir = host.rootfs(&id).join("tmp");
+    let after = wait_counter_above(&dir.join("recv"), before);
+    assert!(after > before);
+    // The same connection: the numbers go on and the server saw no error.
+    assert_eq!(error(&dir), None, "the connection broke");
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+}
