@@ -1,6 +1,7 @@
 //! `ferry create`: make a container from a bundle; its process waits for `start`.
 
-use crate::runtime::{CreateOptions, Result, Runtime};
+use crate::runtime::from_image::ImageRequest;
+use crate::runtime::{CreateOptions, Error, Result, Runtime};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -46,7 +47,72 @@ impl CreateFlags {
             no_pivot: self.no_pivot,
             no_new_keyring: self.no_new_keyring,
             preserve_fds: self.preserve_fds,
+            image: None,
         })
+    }
+}
+
+/// `--image NAME [--name ID] [-t] [-- CMD ARGS…]`: ferry makes the bundle from an image in
+/// its store instead of reading one from `--bundle`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ImageFlags {
+    /// Make the container from this image in ferry's store (`ferry image ls`)
+    #[arg(long, value_name = "NAME", conflicts_with = "bundle")]
+    pub image: Option<String>,
+    /// Container id for an --image container [default: a random one]
+    #[arg(long, value_name = "ID", requires = "image")]
+    pub name: Option<String>,
+    /// Give the --image container a terminal
+    #[arg(short, long, requires = "image")]
+    pub tty: bool,
+    /// The command, replacing the image's Cmd (after `--`)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl ImageFlags {
+    /// The create options: from an image (making its bundle now) or from the bundle flags.
+    pub fn options(
+        self,
+        flags: CreateFlags,
+        id: Option<String>,
+        runtime: &Runtime,
+    ) -> Result<CreateOptions> {
+        let Some(image) = self.image else {
+            if !self.command.is_empty() {
+                return Err(Error::Other(
+                    "a command after `--` needs --image; a bundle's command is in its config.json"
+                        .into(),
+                ));
+            }
+            let id = id.ok_or_else(|| {
+                Error::Other("give a container id (or --image NAME to run an image)".into())
+            })?;
+            return flags.options(id);
+        };
+        if id.is_some() && self.name.is_some() && id != self.name {
+            return Err(Error::Other(
+                "give the id once: as --name or as the argument".into(),
+            ));
+        }
+        let req = ImageRequest {
+            image,
+            id: self.name.or(id),
+            command: self.command,
+            tty: self.tty,
+        };
+        let (id, made) = runtime.prepare_image_bundle(&req)?;
+        let mut opts = CreateFlags {
+            bundle: Some(made.bundle.clone()),
+            ..flags
+        }
+        .options(id.clone());
+        if let Ok(o) = &mut opts {
+            o.image = Some(made);
+            return opts;
+        }
+        let e = opts.unwrap_err();
+        Err(crate::runtime::create::with_cleanup(e, made.release(&id)))
     }
 }
 
@@ -60,13 +126,20 @@ pub struct CreateArgs {
     #[arg(short, long)]
     pub detach: bool,
     /// Container id
-    pub id: String,
+    pub id: Option<String>,
+    // After `id`: its trailing command must be the last positional for `--` to reach it.
+    #[command(flatten)]
+    pub image: ImageFlags,
 }
 
 impl CreateArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        let opts = self.flags.options(self.id)?;
-        runtime.create(&opts)?;
+        let from_image = self.image.image.is_some();
+        let opts = self.image.options(self.flags, self.id, runtime)?;
+        let c = runtime.create(&opts)?;
+        if from_image {
+            println!("{}", c.id);
+        }
         Ok(0)
     }
 }

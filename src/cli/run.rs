@@ -1,6 +1,6 @@
 //! `ferry run`: create and start, then wait (foreground) or return (`-d`).
 
-use super::create::CreateFlags;
+use super::create::{CreateFlags, ImageFlags};
 use crate::runtime::{Result, RunOptions, Runtime};
 use clap::Args;
 
@@ -19,13 +19,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_subreaper: bool,
     /// Container id
-    pub id: String,
+    pub id: Option<String>,
+    // After `id`: its trailing command must be the last positional for `--` to reach it.
+    #[command(flatten)]
+    pub image: ImageFlags,
 }
 
 impl RunArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
         let opts = RunOptions {
-            create: self.flags.options(self.id)?,
+            create: self.image.options(self.flags, self.id, runtime)?,
             detach: self.detach,
             keep: self.keep,
         };

@@ -30,6 +30,9 @@ pub struct Record {
     pub owner: String,
     /// The spec the container was created with (the bundle may change afterwards).
     pub spec: Spec,
+    /// The overlay rootfs ferry made from an image, if it did.
+    #[serde(default)]
+    pub image: Option<crate::runtime::from_image::ImageRootfs>,
 }
 
 pub struct Container {
@@ -189,6 +192,24 @@ impl Container {
             return Err(self.invalid("update", status, ""));
         }
         self.cgroup()?.set(resources)
+    }
+
+    /// The container's upper dir and lower dirs (top first): from ferry's own record for an
+    /// image container, else from the overlay mounted at its rootfs (podman's containers).
+    pub fn rootfs_layers(&self) -> Result<(PathBuf, Vec<PathBuf>)> {
+        if let Some(img) = &self.record.image {
+            return Ok((img.overlay.upper.clone(), img.overlay.lowers.clone()));
+        }
+        match crate::runtime::overlay::Overlay::find(&self.record.rootfs)? {
+            Some(o) => Ok((o.upper, o.lowers)),
+            None => Err(Error::Other(format!(
+                "the rootfs of {:?} ({}) is not an overlay mount, so its own changes cannot \
+                 be told from its image's; run it from an image (`ferry run --image`) or on \
+                 an overlay",
+                self.id,
+                self.record.rootfs.display()
+            ))),
+        }
     }
 
     pub(crate) fn invalid(&self, op: &'static str, status: Status, hint: &'static str) -> Error {

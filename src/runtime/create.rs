@@ -130,6 +130,14 @@ impl Runtime {
     }
 
     fn create_with_console(&self, opts: &CreateOptions, console: Option<OwnedFd>) -> Result<Container> {
+        let r = self.create_checked(opts, console);
+        match (&r, &opts.image) {
+            (Err(_), Some(img)) => r.map_err(|e| with_cleanup(e, img.release(&opts.id))),
+            _ => r,
+        }
+    }
+
+    fn create_checked(&self, opts: &CreateOptions, console: Option<OwnedFd>) -> Result<Container> {
         container::validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let spec = &bundle.spec;
@@ -267,6 +275,7 @@ impl Runtime {
             created: chrono::Utc::now(),
             owner: String::new(),
             spec: spec.clone(),
+            image: opts.image.clone(),
         };
         let c = Container {
             runtime: self.clone(),

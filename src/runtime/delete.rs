@@ -27,6 +27,11 @@ impl Container {
         if let Err(e) = cgroup.destroy() {
             errors.push(e);
         }
+        if let Some(img) = &self.record.image
+            && let Err(e) = img.release(&self.id)
+        {
+            errors.push(e);
+        }
         let state = self.state_with(Status::Stopped);
         if let Err(e) = hooks::run("poststop", &hooks::of(&self.record.spec, "poststop"), &state) {
             // Poststop failures are logged: the container is gone either way (runtime-spec).

@@ -12,9 +12,11 @@ pub mod delete;
 pub mod exec;
 pub mod error;
 pub mod features;
+pub mod from_image;
 pub mod hooks;
 pub mod kill;
 pub mod namespaces;
+pub mod overlay;
 pub mod pause;
 pub mod process;
 pub mod rootfs;
@@ -35,6 +37,8 @@ pub struct Runtime {
     pub root: PathBuf,
     /// `--systemd-cgroup`: accepted for runc compatibility; ferry drives cgroupfs directly.
     pub systemd_cgroup: bool,
+    /// The image store and the bundles of image containers (`--storage`, `/var/lib/ferry`).
+    pub storage: PathBuf,
 }
 
 /// `ferry create` and the create half of `ferry run`.
@@ -49,6 +53,9 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
     /// Extra fds after stdio (3, 4, …) handed to the container process.
     pub preserve_fds: u32,
+    /// Set when ferry made the bundle from an image: released if create fails, and
+    /// remembered so `delete` releases it.
+    pub image: Option<from_image::ImageRootfs>,
 }
 
 /// `ferry run`: create + start, then either wait (foreground) or return (detach).
@@ -75,6 +82,7 @@ impl Runtime {
         Runtime {
             root: root.into(),
             systemd_cgroup: false,
+            storage: PathBuf::from("/var/lib/ferry"),
         }
     }
 }

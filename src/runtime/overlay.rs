@@ -1,0 +1,167 @@
+//! Overlay root filesystems: image layers (read-only lower dirs) under a per-container upper
+//! dir. The upper dir is the container's own changes, which is what a checkpoint carries.
+
+use crate::runtime::error::{Context, Error, Result};
+use nix::mount::{MntFlags, MsFlags};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Overlay {
+    /// Lower dirs, top first (overlayfs order).
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Overlay {
+    pub fn mount(&self, target: &Path) -> Result<()> {
+        let lowers: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| escape_option(&p.to_string_lossy()))
+            .collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            escape_option(&self.upper.to_string_lossy()),
+            escape_option(&self.work.to_string_lossy())
+        );
+        if data.len() >= 4096 {
+            return Err(Error::Other(format!(
+                "overlay options for {} are {} bytes, over the kernel's one-page limit: \
+                 the image has too many layers ({}) for one overlay mount",
+                target.display(),
+                data.len(),
+                self.lowers.len()
+            )));
+        }
+        nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .ctx(|| format!("mount overlay on {} ({data})", target.display()))
+    }
+
+    /// The overlay mounted at `target`, read from /proc/self/mountinfo: how ferry finds the
+    /// upper dir of a rootfs someone else (podman) mounted.
+    pub fn find(target: &Path) -> Result<Option<Overlay>> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo")?;
+        let target = target.canonicalize().unwrap_or_else(|_| target.to_path_buf());
+        // The last mount on a path is the one visible there.
+        Ok(text
+            .lines()
+            .filter_map(parse_mountinfo_line)
+            .filter(|(point, fstype, _)| fstype == "overlay" && Path::new(point) == target)
+            .last()
+            .and_then(|(_, _, opts)| from_options(&opts)))
+    }
+}
+
+pub fn unmount(target: &Path) -> Result<()> {
+    match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("unmount {}", target.display())),
+    }
+}
+
+/// Commas and colons are separators in overlay options; the kernel takes `\` escapes.
+fn escape_option(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace(':', "\\:")
+        .replace(',', "\\,")
+}
+
+/// (mount point, fs type, super options) of one mountinfo line, octal escapes decoded.
+fn parse_mountinfo_line(line: &str) -> Option<(String, String, String)> {
+    let (left, right) = line.split_once(" - ")?;
+    let point = unescape_octal(left.split(' ').nth(4)?);
+    let mut r = right.split(' ');
+    let fstype = r.next()?.to_string();
+    let _source = r.next()?;
+    let opts = unescape_octal(r.next().unwrap_or(""));
+    Some((point, fstype, opts))
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits overlay super options on unescaped commas, then lowerdir on unescaped colons.
+fn from_options(opts: &str) -> Option<Overlay> {
+    let fields = split_unescaped(opts, ',');
+    let get = |key: &str| {
+        fields
+            .iter()
+            .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    };
+    let lowers = split_unescaped(get("lowerdir")?, ':')
+        .into_iter()
+        .map(|s| PathBuf::from(s.replace("\\:", ":").replace("\\,", ",")))
+        .collect();
+    Some(Overlay {
+        lowers,
+        upper: PathBuf::from(get("upperdir")?),
+        work: PathBuf::from(get("workdir").unwrap_or("")),
+    })
+}
+
+fn split_unescaped(s: &str, sep: char) -> Vec<&str> {
+    let mut out = vec![];
+    let mut start = 0;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            out.push(&s[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podman_mountinfo_line() {
+        let line = "812 640 0:120 / /var/lib/containers/storage/overlay/abc/merged rw,nodev,relatime - overlay overlay rw,context=\"x\",lowerdir=/var/lib/containers/storage/overlay/l/AAA:/var/lib/containers/storage/overlay/l/BBB,upperdir=/var/lib/containers/storage/overlay/abc/diff,workdir=/var/lib/containers/storage/overlay/abc/work,nouserxattr";
+        let (point, fstype, opts) = parse_mountinfo_line(line).unwrap();
+        assert_eq!(point, "/var/lib/containers/storage/overlay/abc/merged");
+        assert_eq!(fstype, "overlay");
+        let o = from_options(&opts).unwrap();
+        assert_eq!(o.lowers.len(), 2);
+        assert_eq!(o.upper, Path::new("/var/lib/containers/storage/overlay/abc/diff"));
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        assert_eq!(unescape_octal("/a\\040b"), "/a b");
+        let o = from_options("lowerdir=/a\\:b:/c,upperdir=/u,workdir=/w").unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/a:b"), PathBuf::from("/c")]);
+        assert_eq!(escape_option("/a:b,c"), "/a\\:b\\,c");
+    }
+}
