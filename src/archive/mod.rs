@@ -2,7 +2,12 @@
 //! upper dir and applies them elsewhere; `safe_path` keeps everything an archive names inside
 //! the root it is unpacked into.
 
+pub mod criu_images;
 pub mod diff;
+pub mod inspect;
+pub mod manifest;
+pub mod reader;
 pub mod safe_path;
+pub mod writer;
 
 pub use diff::{Change, ChangeKind, DiffSummary, apply_diff, changes, print_changes, write_diff};

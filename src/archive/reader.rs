@@ -1,0 +1,343 @@
+//! Reads a checkpoint archive into a directory and proves it whole before anyone uses it:
+//! every entry hashed as it is written out, the manifest's signature checked, its signer
+//! trusted, and the entries matched one to one. On any failure the caller removes the
+//! directory; the archive itself is never modified.
+
+use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
+use crate::identity::{Fingerprint, TrustStore};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The entries a ferry archive may hold, besides `checkpoint/<file>`.
+pub const TOP_LEVEL: &[&str] = &[
+    "spec.dump",
+    "config.dump",
+    "rootfs-diff.tar",
+    "deleted.files",
+    "devshm-checkpoint.tar",
+    "stats-dump",
+    "dump.log",
+];
+
+const MAX_MANIFEST: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the archive is not a ferry checkpoint or is damaged: {0}")]
+    Corrupt(String),
+    #[error("the archive is truncated: {0}")]
+    Truncated(String),
+    #[error("archive entry {entry:?}: {why}; refusing to restore")]
+    BadEntry { entry: String, why: String },
+    #[error(
+        "archive entry {entry:?} does not match the manifest ({why}): the archive was altered \
+         or damaged after it was signed; refusing to restore"
+    )]
+    Tampered { entry: String, why: String },
+    #[error(transparent)]
+    Manifest(#[from] manifest::Error),
+    #[error(
+        "the archive is signed by {signer}, which this host does not trust; if that host is \
+         yours, run `ferry trust add {signer}` (its `ferry identity` prints it), or restore \
+         with --insecure-allow-untrusted"
+    )]
+    Untrusted { signer: Fingerprint },
+    #[error("writing {path}: {source}{}", if source.raw_os_error() == Some(libc::ENOSPC) {
+        "; the disk is full: free space under the storage directory (--storage)" } else { "" })]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("trust store: {0}")]
+    Trust(#[from] crate::identity::Error),
+}
+
+/// Who may have signed an archive for it to be restored.
+pub enum Trust<'a> {
+    /// This host's own key, or a signer in the store.
+    Store { store: &'a TrustStore, own: Fingerprint },
+    /// `--insecure-allow-untrusted`: any valid signature (it is still checked).
+    AnySigner,
+}
+
+pub struct Unpacked {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub signer: Fingerprint,
+    /// The trusted signer's name ("this host" for our own key), None when allowed untrusted.
+    pub trusted_as: Option<String>,
+}
+
+fn is_allowed(name: &str) -> Result<(), String> {
+    if TOP_LEVEL.contains(&name) {
+        return Ok(());
+    }
+    if let Some(file) = name.strip_prefix("checkpoint/")
+        && !file.is_empty()
+        && !file.contains('/')
+        && file != "."
+        && file != ".."
+    {
+        return Ok(());
+    }
+    Err("not an entry a ferry archive holds".into())
+}
+
+/// Opens the (possibly compressed) tar stream, recognising zstd and gzip by their magic.
+pub fn decompressed(input: impl Read + 'static) -> std::io::Result<Box<dyn Read>> {
+    let mut r = BufReader::with_capacity(1 << 20, input);
+    let head = r.fill_buf()?.to_vec();
+    Ok(if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::GzDecoder::new(r))
+    } else {
+        Box::new(r)
+    })
+}
+
+/// Unpacks into `dest` (which must not exist) and verifies. `dest` holds the entries under
+/// their archive names on success; on error it may hold a part, for the caller to remove.
+pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<Unpacked, Error> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Write { path, source }
+    };
+    std::fs::create_dir(dest).map_err(werr(dest))?;
+    std::fs::create_dir(dest.join("checkpoint")).map_err(werr(dest))?;
+    let stream = decompressed(input).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut tar = tar::Archive::new(stream);
+    let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut signed: Option<SignedManifest> = None;
+    let entries = tar
+        .entries()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
+        let name = entry
+            .path()
+            .map_err(|e| Error::Corrupt(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if signed.is_some() {
+            return Err(Error::BadEntry {
+                entry: name,
+                why: "it follows ferry.manifest, which must be the last entry".into(),
+            });
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_dir() && name.trim_end_matches('/') == "checkpoint" {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(Error::BadEntry {
+                entry: name,
+                why: format!("a {kind:?} entry; a ferry archive holds only regular files"),
+            });
+        }
+        if name == MANIFEST_NAME {
+            if entry.size() > MAX_MANIFEST {
+                return Err(Error::BadEntry {
+                    entry: name,
+                    why: "larger than any manifest".into(),
+                });
+            }
+            let mut text = Vec::new();
+            entry
+                .read_to_end(&mut text)
+                .map_err(|e| read_error(e, MANIFEST_NAME))?;
+            signed = Some(
+                serde_json::from_slice(&text)
+                    .map_err(|e| manifest::Error::Malformed(e.to_string()))?,
+            );
+            continue;
+        }
+        is_allowed(&name).map_err(|why| Error::BadEntry {
+            entry: name.clone(),
+            why,
+        })?;
+        if seen.contains_key(&name) {
+            return Err(Error::BadEntry {
+                entry: name,
+                why: "it appears twice".into(),
+            });
+        }
+        let path = dest.join(&name);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(werr(&path))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let k = entry.read(&mut buf).map_err(|e| read_error(e, &name))?;
+            if k == 0 {
+                break;
+            }
+            hasher.update(&buf[..k]);
+            out.write_all(&buf[..k]).map_err(werr(&path))?;
+            n += k as u64;
+        }
+        if n != entry.size() {
+            return Err(Error::Truncated(format!("{name} ends after {n} of {} bytes", entry.size())));
+        }
+        seen.insert(name, (hex::encode(hasher.finalize()), n));
+    }
+    let signed = signed.ok_or_else(|| {
+        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
+    })?;
+    let (manifest, signer) = signed.verify()?;
+    let trusted_as = match trust {
+        Trust::AnySigner => None,
+        Trust::Store { store, own } => {
+            if signer == own {
+                Some("this host".into())
+            } else {
+                match store.is_trusted(&signer)? {
+                    Some(s) => Some(if s.name.is_empty() { signer.short().to_string() } else { s.name }),
+                    None => return Err(Error::Untrusted { signer }),
+                }
+            }
+        }
+    };
+    for e in &manifest.entries {
+        match seen.remove(&e.name) {
+            None => {
+                return Err(Error::Tampered {
+                    entry: e.name.clone(),
+                    why: "listed in the manifest but missing from the archive".into(),
+                });
+            }
+            Some((sha, size)) if size != e.size || sha != e.sha256 => {
+                return Err(Error::Tampered {
+                    entry: e.name.clone(),
+                    why: format!(
+                        "sha256 {}… size {size}, the manifest says sha256 {}… size {}",
+                        &sha[..12],
+                        &e.sha256[..12.min(e.sha256.len())],
+                        e.size
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = seen.keys().next() {
+        return Err(Error::Tampered {
+            entry: extra.clone(),
+            why: "present in the archive but not in the manifest".into(),
+        });
+    }
+    Ok(Unpacked {
+        dir: dest.to_path_buf(),
+        manifest,
+        signer,
+        trusted_as,
+    })
+}
+
+fn read_error(e: std::io::Error, what: &str) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Truncated(format!("{what}: {e}"))
+    } else {
+        Error::Corrupt(format!("{what}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::manifest::{FORMAT_VERSION, SourceHost};
+    use crate::archive::writer::{ArchiveWriter, Compression};
+    use crate::identity::Identity;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            created: chrono::Utc::now(),
+            container: "c1".into(),
+            image: None,
+            source: SourceHost::this_host(String::new()),
+            entries: vec![],
+            annotations: Default::default(),
+        }
+    }
+
+    fn archive(id: &Identity, c: Compression) -> Vec<u8> {
+        let mut w = ArchiveWriter::new(Vec::new(), c).unwrap();
+        w.add_bytes("checkpoint/inventory.img", b"inventory").unwrap();
+        w.add_bytes("spec.dump", b"{}").unwrap();
+        w.add_bytes("deleted.files", b"[]").unwrap();
+        w.finish(manifest(), id).unwrap()
+    }
+
+    fn unpack_bytes(bytes: Vec<u8>, id: &Identity, dir: &Path) -> Result<Unpacked, Error> {
+        let store = TrustStore::open(dir);
+        unpack(
+            std::io::Cursor::new(bytes),
+            &dir.join("out"),
+            Trust::Store { store: &store, own: id.fingerprint() },
+        )
+    }
+
+    #[test]
+    fn round_trip_every_compression() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(d.path()).unwrap();
+        for (i, c) in [Compression::None, Compression::Gzip, Compression::Zstd].into_iter().enumerate() {
+            let out = d.path().join(format!("o{i}"));
+            std::fs::create_dir(&out).unwrap();
+            let u = unpack_bytes(archive(&id, c), &id, &out).unwrap();
+            assert_eq!(u.trusted_as.as_deref(), Some("this host"));
+            assert_eq!(u.manifest.entries.len(), 3);
+            assert_eq!(std::fs::read(u.dir.join("checkpoint/inventory.img")).unwrap(), b"inventory");
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_caught() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(d.path()).unwrap();
+        let mut bytes = archive(&id, Compression::None);
+        // The first entry's data starts after its 512-byte header.
+        assert_eq!(&bytes[512..521], b"inventory");
+        bytes[512] ^= 1;
+        let e = unpack_bytes(bytes, &id, d.path()).err().unwrap();
+        assert!(matches!(e, Error::Tampered { ref entry, .. } if entry == "checkpoint/inventory.img"), "{e}");
+    }
+
+    #[test]
+    fn truncation_is_caught() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(d.path()).unwrap();
+        let bytes = archive(&id, Compression::None);
+        let e = unpack_bytes(bytes[..2048].to_vec(), &id, d.path()).err().unwrap();
+        assert!(matches!(e, Error::Truncated(_)), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_signer_is_refused_unless_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let ours = Identity::load_or_create(&d.path().join("a")).unwrap();
+        let theirs = Identity::load_or_create(&d.path().join("b")).unwrap();
+        let bytes = archive(&theirs, Compression::Zstd);
+        let e = unpack_bytes(bytes.clone(), &ours, d.path()).err().unwrap();
+        assert!(matches!(e, Error::Untrusted { .. }), "{e}");
+        let u = unpack(std::io::Cursor::new(bytes), &d.path().join("any"), Trust::AnySigner).unwrap();
+        assert_eq!(u.signer, theirs.fingerprint());
+    }
+
+    #[test]
+    fn entry_names_are_checked() {
+        assert!(is_allowed("checkpoint/pages-1.img").is_ok());
+        assert!(is_allowed("spec.dump").is_ok());
+        for bad in ["../etc/passwd", "/etc/passwd", "checkpoint/../x", "checkpoint/a/b", "other"] {
+            assert!(is_allowed(bad).is_err(), "{bad}");
+        }
+    }
+}
