@@ -4,7 +4,10 @@
 //! calls on it; `sys` holds the small wrappers over kernel interfaces the runtime shares.
 
 pub mod archive;
+pub mod bench;
+pub mod checkpoint;
 pub mod cli;
+pub mod identity;
 pub mod image;
 pub mod criu;
 pub mod logging;

@@ -33,7 +33,7 @@ fn containerd_create() {
     let Some(Command::Create(a)) = cli.command else {
         panic!("not create")
     };
-    assert_eq!(a.id, "c1");
+    assert_eq!(a.id.as_deref(), Some("c1"));
     assert_eq!(a.flags.bundle, p("/b"));
     assert_eq!(a.flags.pid_file, p("/b/init.pid"));
     assert_eq!(a.flags.console_socket, p("/tmp/pty.sock"));
@@ -172,7 +172,7 @@ fn containerd_restore_with_single_dash_no_subreaper() {
     let Some(Command::Restore(a)) = cli.command else {
         panic!("not restore")
     };
-    assert_eq!(a.id, "c1");
+    assert_eq!(a.id.as_deref(), Some("c1"));
     assert!(a.detach && a.no_subreaper && a.no_pivot && a.criu.tcp_established);
     assert_eq!(a.bundle, p("/b"));
     assert_eq!(a.pid_file, p("/b/init.pid"));
@@ -345,7 +345,7 @@ fn conmon_restore() {
     let Some(Command::Restore(a)) = cli.command else {
         panic!("not restore")
     };
-    assert_eq!(a.id, "c1");
+    assert_eq!(a.id.as_deref(), Some("c1"));
     assert_eq!(a.bundle, p("/b"));
     assert_eq!(a.pid_file, p("/run/c1/pidfile"));
     assert!(a.no_pivot && a.no_new_keyring && a.detach);
@@ -405,7 +405,7 @@ fn spec_run_features() {
     };
     assert!(a.detach && a.keep);
     assert_eq!(a.flags.bundle, p("/b"));
-    assert_eq!(a.id, "c1");
+    assert_eq!(a.id.as_deref(), Some("c1"));
     assert!(matches!(ok("features").command, Some(Command::Features(_))));
 }
 

@@ -2,6 +2,8 @@
 //! podman and containerd send (CONTRACTS.md §1.6, §2.3–2.4); the dump itself arrives with
 //! issue #4.
 
+use crate::checkpoint::CheckpointOptions;
+use crate::checkpoint::export::ExportOptions;
 use crate::runtime::{Error, Result, Runtime};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -61,6 +63,9 @@ pub struct CriuFlags {
     /// Print CRIU's timing statistics
     #[arg(long)]
     pub print_stats: bool,
+    /// Also write the statistics as JSON to FILE (for scripts and `ferry bench`)
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,9 +112,119 @@ pub enum Compression {
 
 impl CheckpointArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        let _ = runtime;
-        Err(Error::Other(
-            "checkpoint is not implemented yet (issue #4)".into(),
-        ))
+        let container = runtime.load(&self.id)?;
+        if let Some(output) = &self.export {
+            if self.pre_dump {
+                return Err(Error::Other(
+                    "--pre-dump writes no archive: drop --export, or drop --pre-dump".into(),
+                ));
+            }
+            let opts = ExportOptions {
+                checkpoint: self.options()?,
+                output: output.clone(),
+                compression: match self.compress.unwrap_or(Compression::Zstd) {
+                    Compression::None => crate::archive::writer::Compression::None,
+                    Compression::Gzip => crate::archive::writer::Compression::Gzip,
+                    Compression::Zstd => crate::archive::writer::Compression::Zstd,
+                },
+                ignore_rootfs: self.criu.ignore_rootfs,
+                keep: self.criu.keep,
+            };
+            let stats = container.export(&opts)?;
+            if !self.leave_running {
+                container.delete(true)?;
+            }
+            report_stats(&self.criu, &stats, "checkpoint")?;
+            return Ok(0);
+        }
+        let opts = self.options()?;
+        let report = container.checkpoint(&opts)?;
+        if !opts.leave_running && !opts.pre_dump {
+            // runc's rule: a checkpointed container is gone (its record is removed).
+            container.delete(true)?;
+        }
+        report_stats(&self.criu, &report.stats, "dump")?;
+        Ok(0)
     }
+
+    pub fn options(&self) -> Result<CheckpointOptions> {
+        let c = &self.criu;
+        Ok(CheckpointOptions {
+            image_path: match &c.image_path {
+                Some(p) => p.clone(),
+                None => super::bundle_or_cwd(None)?.join("checkpoint"),
+            },
+            work_path: c.work_path.clone(),
+            parent_path: c.parent_path.clone(),
+            leave_running: self.leave_running,
+            tcp_established: c.tcp_established,
+            tcp_skip_in_flight: self.tcp_skip_in_flight,
+            link_remap: self.link_remap,
+            ext_unix_sk: c.ext_unix_sk,
+            shell_job: c.shell_job,
+            file_locks: c.file_locks,
+            pre_dump: self.pre_dump,
+            manage_cgroups_mode: c
+                .manage_cgroups_mode
+                .map(ManageCgroupsMode::as_str)
+                .map(String::from),
+            empty_ns: c.empty_ns.clone(),
+            page_server: c.page_server.clone(),
+            lazy_pages: c.lazy_pages,
+            status_fd: (c.status_fd >= 0).then_some(c.status_fd),
+            auto_dedup: c.auto_dedup,
+        })
+    }
+}
+
+impl ManageCgroupsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManageCgroupsMode::Soft => "soft",
+            ManageCgroupsMode::Full => "full",
+            ManageCgroupsMode::Strict => "strict",
+            ManageCgroupsMode::Ignore => "ignore",
+        }
+    }
+}
+
+/// `--print-stats` (a table on stderr) and `--stats-file` (JSON, with ferry's own peak RSS).
+pub fn report_stats<T: serde::Serialize>(flags: &CriuFlags, stats: &T, what: &str) -> Result<()> {
+    if flags.print_stats {
+        print_stats(&Some(stats), what)?;
+    }
+    if let Some(path) = &flags.stats_file {
+        let mut v = serde_json::to_value(stats).map_err(|e| Error::Other(e.to_string()))?;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("peak_rss_kib".into(), peak_rss_kib().into());
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(|source| {
+            Error::Io { context: format!("write {}", path.display()), source }
+        })?;
+    }
+    Ok(())
+}
+
+/// This process's peak resident memory (children, like criu, not included).
+pub fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage fills a struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss
+}
+
+/// CRIU's statistics as aligned `name value` lines on stderr (stdout stays for data).
+pub fn print_stats<T: serde::Serialize>(stats: &Option<T>, what: &str) -> Result<()> {
+    let Some(stats) = stats else {
+        eprintln!("criu wrote no {what} statistics");
+        return Ok(());
+    };
+    let v = serde_json::to_value(stats).map_err(|e| Error::Other(e.to_string()))?;
+    if let Some(map) = v.as_object() {
+        let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
+        for (k, v) in map {
+            eprintln!("{k:<width$}  {v}");
+        }
+    }
+    Ok(())
 }

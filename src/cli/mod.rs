@@ -2,12 +2,16 @@
 //! containerd's shim can call ferry in its place. One file per subcommand; each builds the
 //! runtime's option structs and calls it, nothing more.
 
+mod bench;
 mod checkpoint;
 mod create;
 mod delete;
+mod diff;
 mod exec;
 mod features;
+mod identity;
 mod image;
+mod inspect;
 mod kill;
 mod list;
 mod pause;
@@ -185,6 +189,16 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Manage the image store: import, ls, inspect, rm
     Image(ImageArgs),
+    /// Print this host's identity (the fingerprint of the key that signs its archives)
+    Identity(identity::IdentityArgs),
+    /// Benchmarks: `bench checkpoint --size 16M,256M,1G`
+    Bench(bench::BenchArgs),
+    /// The container's own changes to its image: A(dded), C(hanged), D(eleted) paths
+    Diff(diff::DiffArgs),
+    /// Manage the hosts whose archives this host restores
+    Trust(identity::TrustArgs),
+    /// Show what a checkpoint archive holds, verified but not restored
+    Inspect(inspect::InspectArgs),
 }
 
 /// Runs ferry with the process's argv and returns its exit code.
@@ -346,6 +360,7 @@ pub fn run(cli: Cli) -> i32 {
     let runtime = Runtime {
         root: global.root.clone().unwrap_or_else(default_root),
         systemd_cgroup: global.systemd_cgroup,
+        storage: global.storage.clone(),
     };
     let rootless = global.rootless == Some(Rootless::True);
     match dispatch(command, &runtime, rootless, &global.storage) {
@@ -381,6 +396,11 @@ fn dispatch(
         Command::Checkpoint(a) => a.run(runtime),
         Command::Restore(a) => a.run(runtime),
         Command::Image(a) => a.run(storage),
+        Command::Identity(a) => a.run(storage),
+        Command::Bench(a) => a.run(),
+        Command::Diff(a) => a.run(runtime),
+        Command::Trust(a) => a.run(storage),
+        Command::Inspect(a) => a.run(storage),
     }
 }
 
@@ -452,7 +472,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T
 }
 
 /// The bundle directory: `--bundle`, or the current directory as runc does.
-fn bundle_or_cwd(bundle: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn bundle_or_cwd(bundle: Option<PathBuf>) -> Result<PathBuf> {
     match bundle {
         Some(b) => Ok(b),
         None => std::env::current_dir().map_err(|source| Error::Io {

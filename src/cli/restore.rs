@@ -3,6 +3,8 @@
 //! arrives with issue #4.
 
 use super::checkpoint::CriuFlags;
+use crate::checkpoint::RestoreOptions;
+use crate::checkpoint::import::ImportOptions;
 use crate::runtime::{Error, Result, Runtime};
 use clap::Args;
 use std::path::PathBuf;
@@ -48,15 +50,82 @@ pub struct RestoreArgs {
     /// Name of the restored container (podman's --name)
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Restore an archive whose signer this host does not trust (the signature is still
+    /// checked)
+    #[arg(long)]
+    pub insecure_allow_untrusted: bool,
     /// Container id
-    pub id: String,
+    pub id: Option<String>,
 }
 
 impl RestoreArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        let _ = runtime;
-        Err(Error::Other(
-            "restore is not implemented yet (issue #4)".into(),
-        ))
+        if self.criu.tcp_close {
+            tracing::debug!("--tcp-close: established TCP connections are restored closed");
+        }
+        if let Some(input) = &self.import {
+            if self.criu.image_path.is_some() || self.bundle.is_some() {
+                return Err(Error::Other(
+                    "--import brings its own checkpoint and bundle: drop --image-path/--bundle"
+                        .into(),
+                ));
+            }
+            let name = match (&self.name, &self.id) {
+                (Some(n), Some(i)) if n != i => {
+                    return Err(Error::Other(
+                        "give the new name once: --name or the argument".into(),
+                    ));
+                }
+                (n, i) => n.clone().or(i.clone()),
+            };
+            let opts = ImportOptions {
+                input: input.clone(),
+                name,
+                detach: self.detach,
+                keep: self.criu.keep,
+                allow_untrusted: self.insecure_allow_untrusted,
+                restore: self.restore_options(String::new(), PathBuf::new(), PathBuf::new()),
+            };
+            let (code, stats) = runtime.import(opts)?;
+            super::checkpoint::report_stats(&self.criu, &stats, "restore")?;
+            return Ok(code);
+        }
+        let id = self
+            .id
+            .clone()
+            .ok_or_else(|| Error::Other("give the id of the container to restore".into()))?;
+        let bundle = super::bundle_or_cwd(self.bundle.clone())?;
+        let image_path = match &self.criu.image_path {
+            Some(p) => p.clone(),
+            None => super::bundle_or_cwd(None)?.join("checkpoint"),
+        };
+        runtime.restore(self.restore_options(id, bundle, image_path))
+    }
+
+    fn restore_options(&self, id: String, bundle: PathBuf, image_path: PathBuf) -> RestoreOptions {
+        let c = &self.criu;
+        RestoreOptions {
+            id,
+            bundle,
+            image_path,
+            work_path: c.work_path.clone(),
+            detach: self.detach,
+            pid_file: self.pid_file.clone(),
+            console_socket: self.console_socket.clone(),
+            no_subreaper: self.no_subreaper,
+            tcp_established: c.tcp_established,
+            tcp_close: c.tcp_close,
+            ext_unix_sk: c.ext_unix_sk,
+            shell_job: c.shell_job,
+            file_locks: c.file_locks,
+            manage_cgroups_mode: c.manage_cgroups_mode.map(|m| m.as_str().to_string()),
+            empty_ns: c.empty_ns.clone(),
+            auto_dedup: c.auto_dedup,
+            lazy_pages: c.lazy_pages,
+            status_fd: (c.status_fd >= 0).then_some(c.status_fd),
+            lsm_profile: self.lsm_profile.clone(),
+            lsm_mount_context: self.lsm_mount_context.clone(),
+            image: None,
+        }
     }
 }

@@ -1,0 +1,216 @@
+//! `ferry checkpoint`: the container's process tree dumped by CRIU into an images directory
+//! (runc's `checkpoint`, which podman and containerd call).
+
+use crate::checkpoint::{DESCRIPTORS_FILE, externals};
+use crate::criu::options::{CgroupMode, DumpRequest, PageServer};
+use crate::criu::{Criu, DumpReport, notify::IgnoreNotifications};
+use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::{Container, Status, namespaces};
+use oci_spec::runtime::LinuxNamespaceType;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub parent_path: Option<PathBuf>,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub tcp_skip_in_flight: bool,
+    pub link_remap: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub pre_dump: bool,
+    pub manage_cgroups_mode: Option<String>,
+    pub empty_ns: Vec<String>,
+    pub page_server: Option<String>,
+    pub lazy_pages: bool,
+    pub status_fd: Option<i32>,
+    pub auto_dedup: bool,
+}
+
+/// CRIU's clone flag for a namespace name as `--empty-ns` takes it.
+pub fn ns_flag(name: &str) -> Result<u32> {
+    Ok(match name {
+        "network" | "net" => libc::CLONE_NEWNET as u32,
+        "ipc" => libc::CLONE_NEWIPC as u32,
+        "uts" => libc::CLONE_NEWUTS as u32,
+        "mount" | "mnt" => libc::CLONE_NEWNS as u32,
+        "pid" => libc::CLONE_NEWPID as u32,
+        "user" => libc::CLONE_NEWUSER as u32,
+        "cgroup" => libc::CLONE_NEWCGROUP as u32,
+        other => {
+            return Err(Error::Other(format!(
+                "--empty-ns {other:?}: use network, ipc, uts, mount, pid, user or cgroup"
+            )));
+        }
+    })
+}
+
+pub(crate) fn cgroup_mode(s: Option<&str>) -> Result<CgroupMode> {
+    let s = s.unwrap_or("");
+    CgroupMode::parse(s).ok_or_else(|| {
+        Error::Other(format!(
+            "--manage-cgroups-mode {s:?}: use soft, full, strict or ignore"
+        ))
+    })
+}
+
+fn criu_error(e: crate::criu::Error) -> Error {
+    Error::Other(e.to_string())
+}
+
+impl Container {
+    pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
+        let status = self.status()?;
+        if !matches!(status, Status::Running | Status::Paused) {
+            return Err(self.invalid("checkpoint", status, "; only a running container can be checkpointed"));
+        }
+        let criu = Criu::new();
+        let version = criu.version().map_err(criu_error)?;
+        if !version.at_least(3, 0) {
+            return Err(Error::Other(format!("criu {version:?} is too old: ferry needs 3.0 or later")));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.image_path)
+            .ctx(|| format!("create the image directory {}", opts.image_path.display()))?;
+        if let Some(w) = &opts.work_path {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(w)
+                .ctx(|| format!("create the work directory {}", w.display()))?;
+        }
+        let parent_img = match &opts.parent_path {
+            None => None,
+            Some(p) if p.is_absolute() => {
+                return Err(Error::Other(format!(
+                    "--parent-path {} must be relative to the image path",
+                    p.display()
+                )));
+            }
+            Some(p) => {
+                let full = opts.image_path.join(p);
+                if !full.is_dir() {
+                    return Err(Error::Other(format!(
+                        "--parent-path {}: {} is not a directory",
+                        p.display(),
+                        full.display()
+                    )));
+                }
+                Some(p.clone())
+            }
+        };
+        let spec = &self.record.spec;
+        let cgroup = self.cgroup()?;
+        let cgroup_dirs = cgroup.paths();
+        let freeze_cgroup = cgroup_dirs
+            .iter()
+            .find(|(c, _)| c == "freezer" || c.is_empty())
+            .map(|(_, d)| d.clone());
+        let mut empty_ns = 0;
+        for n in &opts.empty_ns {
+            empty_ns |= ns_flag(n)?;
+        }
+        let mut external = vec![];
+        for ns in namespaces::list(spec) {
+            let key = match ns.typ() {
+                LinuxNamespaceType::Network => "extRootNetNS",
+                LinuxNamespaceType::Pid => "extRootPidNS",
+                _ => continue,
+            };
+            if let Some(path) = ns.path() {
+                let ino = std::os::unix::fs::MetadataExt::ino(
+                    &std::fs::metadata(path).ctx(|| format!("stat {}", path.display()))?,
+                );
+                external.push(format!("{}[{ino}]:{key}", namespaces::proc_name(ns.typ())));
+            }
+        }
+        let page_server = match &opts.page_server {
+            None => None,
+            Some(s) => {
+                let (addr, port) = s.rsplit_once(':').ok_or_else(|| {
+                    Error::Other(format!("--page-server {s:?}: give ADDRESS:PORT"))
+                })?;
+                let port = port
+                    .parse()
+                    .map_err(|_| Error::Other(format!("--page-server {s:?}: bad port")))?;
+                Some(PageServer { address: addr.to_string(), port })
+            }
+        };
+        if !opts.pre_dump {
+            self.write_descriptors(&opts.image_path)?;
+        }
+        let req = DumpRequest {
+            images_dir: opts.image_path.clone(),
+            work_dir: opts.work_path.clone(),
+            log_file: Some(if opts.pre_dump { "pre-dump.log" } else { "dump.log" }.into()),
+            root: Some(self.record.rootfs.clone()),
+            pid: self.pid(),
+            leave_running: opts.leave_running,
+            tcp_established: opts.tcp_established,
+            tcp_skip_in_flight: opts.tcp_skip_in_flight,
+            ext_unix_sk: opts.ext_unix_sk,
+            shell_job: opts.shell_job,
+            file_locks: opts.file_locks,
+            link_remap: opts.link_remap,
+            manage_cgroups: true,
+            cgroup_mode: cgroup_mode(opts.manage_cgroups_mode.as_deref())?,
+            freeze_cgroup,
+            empty_ns,
+            orphan_pts_master: true,
+            auto_dedup: opts.auto_dedup,
+            lazy_pages: opts.lazy_pages,
+            track_mem: parent_img.is_some(),
+            parent_img,
+            page_server,
+            ext_mounts: if opts.pre_dump {
+                vec![]
+            } else {
+                externals::for_dump(spec, &self.record.rootfs, &cgroup_dirs)
+            },
+            external,
+            notify_scripts: true,
+            status_fd: opts.status_fd,
+            config_file: criu_config_file(spec),
+            ..Default::default()
+        };
+        let mut notify = IgnoreNotifications;
+        let report = if opts.pre_dump {
+            criu.pre_dump(req, &mut notify)
+        } else {
+            criu.dump(req, &mut notify)
+        }
+        .map_err(criu_error)?;
+        Ok(report)
+    }
+
+    /// descriptors.json: where the init's stdio pointed, so restore can replace pipes.
+    fn write_descriptors(&self, dir: &std::path::Path) -> Result<()> {
+        let fds: Vec<String> = (0..3)
+            .map(|fd| crate::sys::proc::fd_target(self.pid(), fd).unwrap_or_else(|| "/dev/null".into()))
+            .collect();
+        let path = dir.join(DESCRIPTORS_FILE);
+        std::fs::write(&path, serde_json::to_vec(&fds).unwrap_or_default())
+            .ctx(|| format!("write {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .ctx(|| format!("chmod {}", path.display()))
+    }
+}
+
+/// runc's rule: the `org.criu.config` annotation names a CRIU config file (empty: none),
+/// else /etc/criu/runc.conf if it exists. ferry reads /etc/criu/ferry.conf instead.
+pub(crate) fn criu_config_file(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    match spec.annotations().as_ref().and_then(|a| a.get("org.criu.config")) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => {
+            let p = PathBuf::from("/etc/criu/ferry.conf");
+            p.exists().then_some(p)
+        }
+    }
+}

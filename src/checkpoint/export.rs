@@ -1,0 +1,237 @@
+//! `ferry checkpoint ID -e FILE`: the container frozen, dumped, and written with its rootfs
+//! changes as one signed archive. The container stays frozen from the dump until the archive
+//! is complete, so the archive is one consistent moment; a failure thaws it and leaves it
+//! running as it was.
+
+use crate::archive::manifest::{FORMAT_VERSION, ImageRef, Manifest, SourceHost};
+use crate::archive::writer::{ArchiveWriter, Compression};
+use crate::checkpoint::CheckpointOptions;
+use crate::identity::Identity;
+use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::{Container, Status};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `config.dump`: ferry's own record of the container, what restore needs besides the spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub image: Option<ImageRef>,
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// False when the rootfs diff was left out (`--ignore-rootfs`).
+    pub rootfs_included: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    pub checkpoint: CheckpointOptions,
+    /// "-" for stdout.
+    pub output: PathBuf,
+    pub compression: Compression,
+    pub ignore_rootfs: bool,
+    /// Keep the temporary CRIU image and work directory (for debugging).
+    pub keep: bool,
+}
+
+/// Phase timings and sizes, for `--print-stats` and the benchmark.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExportStats {
+    pub criu: Option<crate::criu::stats::DumpStats>,
+    pub freeze_ms: f64,
+    pub dump_ms: f64,
+    pub rootfs_diff_ms: f64,
+    pub archive_ms: f64,
+    pub total_ms: f64,
+    pub images_bytes: u64,
+    pub rootfs_diff_bytes: u64,
+    pub archive_bytes: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Counts what is written, for the archive size on a pipe.
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Container {
+    pub fn export(&self, opts: &ExportOptions) -> Result<ExportStats> {
+        let t0 = Instant::now();
+        let status = self.status()?;
+        if !matches!(status, Status::Running | Status::Paused) {
+            return Err(self.invalid("checkpoint", status, "; only a running container can be checkpointed"));
+        }
+        let layers = if opts.ignore_rootfs {
+            None
+        } else {
+            Some(self.rootfs_layers().map_err(|e| {
+                Error::Other(format!("{e}; or give --ignore-rootfs to leave its files out"))
+            })?)
+        };
+        let storage = &self.runtime.storage;
+        let identity = Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
+        let work = storage.join("work").join(format!(
+            "checkpoint-{}-{}",
+            self.id,
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&work).ctx(|| format!("create {}", work.display()))?;
+        let was_paused = status == Status::Paused;
+        let cgroup = self.cgroup()?;
+        let mut stats = ExportStats::default();
+
+        // Freeze first: CRIU leaves a frozen cgroup frozen after a dump that leaves the tasks
+        // running, so nothing changes between the dump and the rootfs diff.
+        let t = Instant::now();
+        if !was_paused {
+            cgroup.freeze()?;
+        }
+        stats.freeze_ms = ms(t.elapsed());
+        let result = self.export_frozen(opts, &work, layers, &identity, &mut stats);
+        let outcome = match result {
+            // The archive is complete; the caller releases the source (`delete`), still frozen.
+            Ok(()) if !opts.checkpoint.leave_running => Ok(()),
+            Ok(()) => {
+                if was_paused {
+                    Ok(())
+                } else {
+                    cgroup.thaw()
+                }
+            }
+            Err(e) => {
+                if !opts.output.as_os_str().is_empty() && opts.output != std::path::Path::new("-") {
+                    let _ = std::fs::remove_file(&opts.output);
+                }
+                let thawed = if was_paused { Ok(()) } else { cgroup.thaw() };
+                Err(crate::runtime::create::with_cleanup(e, thawed))
+            }
+        };
+        if !opts.keep {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        outcome?;
+        stats.total_ms = ms(t0.elapsed());
+        Ok(stats)
+    }
+
+    fn export_frozen(
+        &self,
+        opts: &ExportOptions,
+        work: &std::path::Path,
+        layers: Option<(PathBuf, Vec<PathBuf>)>,
+        identity: &Identity,
+        stats: &mut ExportStats,
+    ) -> Result<()> {
+        let images = work.join("checkpoint");
+        let mut ck = opts.checkpoint.clone();
+        ck.image_path = images.clone();
+        ck.work_path = Some(work.join("criu-work"));
+        ck.leave_running = true;
+        let t = Instant::now();
+        let report = self.checkpoint(&ck)?;
+        stats.dump_ms = ms(t.elapsed());
+        stats.criu = report.stats.clone();
+
+        let out: Box<dyn Write> = if opts.output == std::path::Path::new("-") {
+            Box::new(std::io::stdout().lock())
+        } else {
+            let tmp = opts.output.clone();
+            Box::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?,
+            ))
+        };
+        let t = Instant::now();
+        let werr = |e: crate::archive::writer::Error| Error::Other(e.to_string());
+        let mut w = ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
+        w.add_dir("checkpoint", &images).map_err(werr)?;
+        stats.images_bytes = w.content_bytes;
+        let spec = serde_json::to_vec_pretty(&self.record.spec).map_err(|e| Error::Other(e.to_string()))?;
+        w.add_bytes("spec.dump", &spec).map_err(werr)?;
+        let image = self.record.image.as_ref().map(|i| ImageRef {
+            name: i.image.clone(),
+            digest: i.digest.clone(),
+        });
+        let config = ContainerConfig {
+            id: self.id.clone(),
+            image: image.clone(),
+            created: self.record.created,
+            rootfs_included: layers.is_some(),
+        };
+        w.add_bytes("config.dump", &serde_json::to_vec_pretty(&config).unwrap_or_default())
+            .map_err(werr)?;
+        if let Some((upper, lowers)) = &layers {
+            let td = Instant::now();
+            // The diff goes in as one entry, so its size must be known before its bytes: a
+            // first pass counts (reading the changed files once), the second streams.
+            let size = crate::archive::diff::write_diff(upper, lowers, std::io::sink())
+                .map_err(|e| Error::Other(e.to_string()))?
+                .bytes;
+            let (reader, mut writer) = std::io::pipe().ctx(|| "pipe")?;
+            let (upper2, lowers2) = (upper.clone(), lowers.clone());
+            let producer = std::thread::spawn(move || {
+                crate::archive::diff::write_diff(&upper2, &lowers2, &mut writer)
+            });
+            w.add_reader("rootfs-diff.tar", size, reader).map_err(werr)?;
+            let summary = producer
+                .join()
+                .map_err(|_| Error::Other("rootfs diff writer panicked".into()))?
+                .map_err(|e| Error::Other(e.to_string()))?;
+            if summary.bytes != size {
+                return Err(Error::Other(format!(
+                    "the container's files changed while frozen ({} then {} bytes of diff)",
+                    size, summary.bytes
+                )));
+            }
+            let deleted: Vec<String> = summary
+                .deleted
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            w.add_bytes("deleted.files", &serde_json::to_vec(&deleted).unwrap_or_default())
+                .map_err(werr)?;
+            stats.rootfs_diff_bytes = size;
+            stats.rootfs_diff_ms = ms(td.elapsed());
+        }
+        let stats_file = work.join("criu-work").join("stats-dump");
+        if stats_file.exists() {
+            w.add_file("stats-dump", &stats_file).map_err(werr)?;
+        }
+        let criu_version = crate::criu::Criu::new()
+            .version()
+            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.sublevel))
+            .unwrap_or_default();
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            created: chrono::Utc::now(),
+            container: self.id.clone(),
+            image,
+            source: SourceHost::this_host(criu_version),
+            entries: vec![],
+            annotations: self.record.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        };
+        let counted = w.finish(manifest, identity).map_err(werr)?;
+        stats.archive_bytes = counted.n;
+        let mut inner = counted.inner;
+        inner.flush().ctx(|| format!("write {}", opts.output.display()))?;
+        drop(inner);
+        stats.archive_ms = ms(t.elapsed());
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! The mounts CRIU must leave out of the images and get back from us on restore: bind mounts
+//! from the host, the per-hierarchy cgroup binds of cgroup v1, /dev/null over masked files,
+//! and devices bound from the host in a user namespace.
+
+use crate::criu::options::ExtMount;
+use crate::runtime::rootfs::parse_options;
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use std::path::{Path, PathBuf};
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind") || parse_options(m.options().as_deref().unwrap_or_default()).bind
+}
+
+fn is_cgroup(m: &Mount) -> bool {
+    matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2"))
+}
+
+/// The cgroup v1 hierarchies bound under the container's cgroup mount: (mount point inside
+/// the container, host directory of the container's cgroup there).
+pub fn cgroup_binds(spec: &Spec, cgroup_dirs: &[(String, PathBuf)]) -> Vec<(String, PathBuf)> {
+    let Some(m) = spec.mounts().as_deref().unwrap_or_default().iter().find(|m| is_cgroup(m)) else {
+        return vec![];
+    };
+    let dest = m.destination();
+    if cgroup_dirs.len() == 1 && cgroup_dirs[0].0.is_empty() {
+        // v2: a cgroup2 mount is dumped by CRIU itself; nothing external.
+        return vec![];
+    }
+    let mut out: Vec<(String, PathBuf)> = vec![];
+    for (_, dir) in cgroup_dirs {
+        let Ok(rel) = dir.strip_prefix("/sys/fs/cgroup") else {
+            continue;
+        };
+        let Some(name) = rel.components().next() else {
+            continue;
+        };
+        let point = dest.join(name.as_os_str()).to_string_lossy().into_owned();
+        if !out.iter().any(|(p, _)| *p == point) {
+            out.push((point, dir.clone()));
+        }
+    }
+    out
+}
+
+/// Masked paths that are files: ferry bind-mounts /dev/null over them (directories get a
+/// tmpfs, which CRIU dumps itself). /proc and /sys are the kernel's, so the host's view tells;
+/// anything else is looked up in the rootfs.
+fn masked_files(spec: &Spec, rootfs: &Path) -> Vec<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            let path = if p.starts_with("/proc") || p.starts_with("/sys") {
+                PathBuf::from(p)
+            } else {
+                crate::runtime::rootfs::secure_join(rootfs, Path::new(p))
+            };
+            std::fs::metadata(path).map(|m| !m.is_dir()).unwrap_or(false)
+        })
+        .collect()
+}
+
+fn userns_devices(spec: &Spec) -> Vec<String> {
+    let userns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    if !userns {
+        return vec![];
+    }
+    let mut paths: Vec<String> = crate::runtime::rootfs::default_devices()
+        .iter()
+        .map(|d| d.path().to_string_lossy().into_owned())
+        .collect();
+    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
+        paths.push(d.path().to_string_lossy().into_owned());
+    }
+    paths
+}
+
+/// `ext_mnt` for dump: every external mount named by its own mount point.
+pub fn for_dump(spec: &Spec, rootfs: &Path, cgroup_dirs: &[(String, PathBuf)]) -> Vec<ExtMount> {
+    let mut out = vec![];
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        if is_bind(m) && !is_cgroup(m) {
+            let d = m.destination().to_string_lossy().into_owned();
+            out.push(ExtMount { key: d.clone(), val: d });
+        }
+    }
+    for (point, _) in cgroup_binds(spec, cgroup_dirs) {
+        out.push(ExtMount { key: point.clone(), val: point });
+    }
+    for p in masked_files(spec, rootfs) {
+        out.push(ExtMount { key: p, val: "/dev/null".into() });
+    }
+    for p in userns_devices(spec) {
+        out.push(ExtMount { key: p.clone(), val: p });
+    }
+    out
+}
+
+/// `ext_mnt` for restore: each name from the dump mapped to what to mount now (on this
+/// host, for this container's new cgroup).
+pub fn for_restore(spec: &Spec, rootfs: &Path, cgroup_dirs: &[(String, PathBuf)]) -> Vec<ExtMount> {
+    let mut out = vec![];
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        if is_bind(m) && !is_cgroup(m) {
+            let src = m.source().clone().unwrap_or_default();
+            out.push(ExtMount {
+                key: m.destination().to_string_lossy().into_owned(),
+                val: src.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    for (point, dir) in cgroup_binds(spec, cgroup_dirs) {
+        out.push(ExtMount { key: point, val: dir.to_string_lossy().into_owned() });
+    }
+    if !masked_files(spec, rootfs).is_empty() {
+        out.push(ExtMount { key: "/dev/null".into(), val: "/dev/null".into() });
+    }
+    for p in userns_devices(spec) {
+        out.push(ExtMount { key: p.clone(), val: p });
+    }
+    out
+}

@@ -1,0 +1,239 @@
+//! `ferry restore -i FILE`: an archive verified whole, its image found in the store, a new
+//! overlay rootfs with the container's changes applied, then CRIU restores into it. Any
+//! failure removes everything made; the archive file is never touched.
+
+use crate::archive::reader::{self, Trust, Unpacked};
+use crate::checkpoint::RestoreOptions;
+use crate::checkpoint::export::ContainerConfig;
+use crate::identity::{Identity, TrustStore};
+use crate::image::Store;
+use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::from_image::ImageRootfs;
+use crate::runtime::{Runtime, create::with_cleanup};
+use oci_spec::runtime::Spec;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Default)]
+pub struct ImportOptions {
+    /// "-" for stdin.
+    pub input: PathBuf,
+    pub name: Option<String>,
+    pub detach: bool,
+    pub keep: bool,
+    pub allow_untrusted: bool,
+    /// The runc-style restore flags (tcp, file locks, pid file, console socket, …).
+    pub restore: RestoreOptions,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ImportStats {
+    pub verify_ms: f64,
+    pub rootfs_ms: f64,
+    pub restore_ms: f64,
+    pub total_ms: f64,
+    pub criu: Option<crate::criu::stats::RestoreStats>,
+}
+
+impl Runtime {
+    /// Returns the exit code (0 when detached) and the phase statistics.
+    pub fn import(&self, opts: ImportOptions) -> Result<(i32, ImportStats)> {
+        let t0 = Instant::now();
+        let mut stats = ImportStats::default();
+        let input: Box<dyn Read> = if opts.input == Path::new("-") {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(
+                std::fs::File::open(&opts.input)
+                    .ctx(|| format!("open the archive {}", opts.input.display()))?,
+            )
+        };
+        // Not `tmp`: the image store empties that when it opens.
+        let tmp = self.storage.join("work");
+        std::fs::create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+        let dir = tmp.join(format!("restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let result = self.import_into(opts, input, &dir, &mut stats);
+        let keep = result.as_ref().map(|(_, k)| *k).unwrap_or(false);
+        if !keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let (code, _) = result?;
+        stats.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        Ok((code, stats))
+    }
+
+    fn import_into(
+        &self,
+        opts: ImportOptions,
+        input: Box<dyn Read>,
+        dir: &Path,
+        stats: &mut ImportStats,
+    ) -> Result<(i32, bool)> {
+        let t = Instant::now();
+        let identity =
+            Identity::load_or_create(&self.storage).map_err(|e| Error::Other(e.to_string()))?;
+        let trust_store = TrustStore::open(&self.storage);
+        let trust = if opts.allow_untrusted {
+            Trust::AnySigner
+        } else {
+            Trust::Store { store: &trust_store, own: identity.fingerprint() }
+        };
+        // 'static reader for the decompressor.
+        let unpacked = reader::unpack(ReadBox(input), dir, trust)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        stats.verify_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let (spec, config) = read_dumps(&unpacked)?;
+        check_host(&unpacked)?;
+
+        let id = opts.name.clone().unwrap_or_else(|| config.id.clone());
+        crate::runtime::container::validate_id(&id)?;
+        if self.container_dir(&id).exists() {
+            return Err(Error::Exists { id });
+        }
+        let t = Instant::now();
+        let image = match &config.image {
+            None => {
+                return Err(Error::Other(
+                    "the archive's container was not made from an image in ferry's store, so \
+                     there is no image to rebuild its rootfs on; restore it runc-style with \
+                     --image-path and --bundle"
+                        .into(),
+                ));
+            }
+            Some(i) => i,
+        };
+        let store = Store::open(&self.storage).map_err(|e| Error::Other(e.to_string()))?;
+        let img = store.get(&image.digest).map_err(|_| {
+            Error::Other(format!(
+                "the archive needs image {} ({}), which is not in this host's store; import \
+                 it first: `ferry image import <layout> --name {}`",
+                image.name, image.digest, image.name
+            ))
+        })?;
+        let rootfs = self.rootfs_for_restore(&img, &id, &spec, &unpacked, &config, &store)?;
+        stats.rootfs_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+        let mut ro = opts.restore;
+        ro.id = id.clone();
+        ro.bundle = rootfs.bundle.clone();
+        ro.image_path = unpacked.dir.join("checkpoint");
+        ro.work_path = Some(unpacked.dir.clone());
+        ro.detach = opts.detach;
+        ro.image = Some(rootfs);
+        let t = Instant::now();
+        let restored = self.restore_container(ro)?;
+        stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+        stats.criu = restored.report.stats.clone();
+        if opts.detach {
+            return Ok((0, opts.keep));
+        }
+        let c = restored.container;
+        let signals = crate::runtime::process::wait::become_supervisor()?;
+        let code = crate::runtime::process::wait::supervise(c.pid(), &signals)?;
+        let _ = std::fs::write(c.dir.join(crate::runtime::container::EXIT_FILE), code.to_string());
+        c.delete(true)?;
+        Ok((code, opts.keep))
+    }
+
+    /// A fresh overlay on the image, the archive's changes applied to it, and the dumped spec
+    /// as its config.json.
+    fn rootfs_for_restore(
+        &self,
+        img: &crate::image::Image,
+        id: &str,
+        spec: &Spec,
+        unpacked: &Unpacked,
+        config: &ContainerConfig,
+        store: &Store,
+    ) -> Result<ImageRootfs> {
+        let made = ImageRootfs::create(&self.storage, img, id)?;
+        let bundle = made.bundle.clone();
+        let r = (|| -> Result<()> {
+            let root = bundle.join("rootfs");
+            if config.rootfs_included {
+                let deleted: Vec<PathBuf> = match std::fs::read(unpacked.dir.join("deleted.files")) {
+                    Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
+                        .map_err(|e| Error::Other(format!("deleted.files: {e}")))?
+                        .into_iter()
+                        .map(PathBuf::from)
+                        .collect(),
+                    Err(_) => vec![],
+                };
+                let tar = std::fs::File::open(unpacked.dir.join("rootfs-diff.tar"))
+                    .ctx(|| "open rootfs-diff.tar")?;
+                // Device nodes only from archives a trusted host signed.
+                let allow_devices = unpacked.trusted_as.is_some();
+                crate::archive::diff::apply_diff(
+                    std::io::BufReader::new(tar),
+                    &deleted,
+                    &root,
+                    allow_devices,
+                )
+                .map_err(|e| Error::Other(format!("applying the archive's rootfs changes: {e}")))?;
+            }
+            let mut spec = spec.clone();
+            let mut r = spec.root().clone().unwrap_or_default();
+            r.set_path(PathBuf::from("rootfs"));
+            spec.set_root(Some(r));
+            if id != config.id
+                && let Some(linux) = spec.linux_mut()
+            {
+                // A custom cgroup path would collide with the original's if it still runs.
+                linux.set_cgroups_path(None);
+            }
+            let text = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Other(e.to_string()))?;
+            std::fs::write(bundle.join("config.json"), text).ctx(|| "write config.json")?;
+            store.add_ref(img, id).map_err(|e| Error::Other(e.to_string()))
+        })();
+        match r {
+            Ok(()) => Ok(made),
+            Err(e) => Err(with_cleanup(e, made.release(id))),
+        }
+    }
+}
+
+struct ReadBox(Box<dyn Read>);
+impl Read for ReadBox {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(b)
+    }
+}
+
+fn read_dumps(u: &Unpacked) -> Result<(Spec, ContainerConfig)> {
+    let spec_path = u.dir.join("spec.dump");
+    let spec_text = std::fs::read_to_string(&spec_path)
+        .map_err(|_| Error::Other("the archive has no spec.dump".into()))?;
+    let spec = crate::runtime::bundle::parse_spec(&spec_text).map_err(|msg| Error::Config {
+        path: PathBuf::from("spec.dump"),
+        msg,
+    })?;
+    let config: ContainerConfig = serde_json::from_slice(
+        &std::fs::read(u.dir.join("config.dump"))
+            .map_err(|_| Error::Other("the archive has no config.dump".into()))?,
+    )
+    .map_err(|e| Error::Other(format!("config.dump: {e}")))?;
+    Ok((spec, config))
+}
+
+/// The restored process may use CPU features of its source: refuse early and clearly when
+/// this host lacks some, rather than let it crash later.
+fn check_host(u: &Unpacked) -> Result<()> {
+    let here = crate::archive::manifest::SourceHost::this_host(String::new());
+    if u.manifest.source.arch != here.arch {
+        return Err(Error::Other(format!(
+            "the checkpoint was made on {} and this host is {}",
+            u.manifest.source.arch, here.arch
+        )));
+    }
+    let missing = u.manifest.source.missing_cpu_flags(&here);
+    if !missing.is_empty() {
+        return Err(Error::Other(format!(
+            "this host's CPU lacks features the source had: {}; restore on a host with the \
+             same CPU features",
+            missing.join(" ")
+        )));
+    }
+    Ok(())
+}

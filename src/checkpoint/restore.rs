@@ -1,0 +1,384 @@
+//! `ferry restore`: a container brought back by CRIU from an images directory, under a new
+//! state record, with its cgroup made before CRIU restores into it.
+
+use crate::checkpoint::dump::{cgroup_mode, criu_config_file, ns_flag};
+use crate::checkpoint::{DESCRIPTORS_FILE, externals};
+use crate::criu::notify::{CallbackError, Notify};
+use crate::criu::options::{CgroupRoot, InheritFd, RestoreRequest};
+use crate::criu::{Criu, RestoreReport};
+use crate::runtime::bundle::Bundle;
+use crate::runtime::container::{EXIT_FILE, Record, cgroup_of, validate_id};
+use crate::runtime::create::{with_cleanup, write_pid_file};
+use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::from_image::ImageRootfs;
+use crate::runtime::process::wait;
+use crate::runtime::{Container, OciState, Runtime, Status, cgroups, console, hooks};
+use nix::mount::{MntFlags, MsFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_subreaper: bool,
+    pub tcp_established: bool,
+    pub tcp_close: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub manage_cgroups_mode: Option<String>,
+    pub empty_ns: Vec<String>,
+    pub auto_dedup: bool,
+    pub lazy_pages: bool,
+    pub status_fd: Option<i32>,
+    pub lsm_profile: Option<String>,
+    pub lsm_mount_context: Option<String>,
+    /// Set when ferry made the bundle from an image (`restore -i`): released on failure.
+    pub image: Option<ImageRootfs>,
+}
+
+/// The outcome of a restore: the container, and CRIU's report.
+pub struct Restored {
+    pub container: Container,
+    pub report: RestoreReport,
+}
+
+impl Runtime {
+    /// Restores and, unless detached, waits for the container like `run` does; returns the
+    /// exit code `ferry restore` should exit with.
+    pub fn restore(&self, opts: RestoreOptions) -> Result<i32> {
+        let detach = opts.detach;
+        let restored = self.restore_container(opts)?;
+        if detach {
+            return Ok(0);
+        }
+        let c = restored.container;
+        // Signals are blocked only now: criu inherits our mask, and it needs SIGCHLD. With
+        // rst_sibling the init is our own child, so --no-subreaper changes nothing here.
+        let signals = wait::become_supervisor()?;
+        let code = wait::supervise(c.pid(), &signals)?;
+        let _ = std::fs::write(c.dir.join(EXIT_FILE), code.to_string());
+        c.delete(true)?;
+        Ok(code)
+    }
+
+    pub fn restore_container(&self, opts: RestoreOptions) -> Result<Restored> {
+        let image = opts.image.clone();
+        let id = opts.id.clone();
+        let r = self.restore_checked(opts);
+        match (&r, image) {
+            (Err(_), Some(img)) => r.map_err(|e| with_cleanup(e, img.release(&id))),
+            _ => r,
+        }
+    }
+
+    fn restore_checked(&self, opts: RestoreOptions) -> Result<Restored> {
+        validate_id(&opts.id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        let spec = &bundle.spec;
+        if !opts.image_path.join("inventory.img").exists() {
+            return Err(Error::Other(format!(
+                "{} holds no checkpoint (no inventory.img); give the --image-path that \
+                 `ferry checkpoint` wrote",
+                opts.image_path.display()
+            )));
+        }
+        let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        if terminal && opts.console_socket.is_none() {
+            return Err(Error::Other(
+                "the container has a terminal: give --console-socket to receive its pty master"
+                    .into(),
+            ));
+        }
+        std::fs::create_dir_all(&self.root).ctx(|| format!("create {}", self.root.display()))?;
+        let dir = self.container_dir(&opts.id);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists { id: opts.id.clone() });
+            }
+            r => r.ctx(|| format!("create {}", dir.display()))?,
+        }
+        let criu_root = dir.join("criu-root");
+        let cgroup = cgroup_of(spec, &opts.id)?;
+        let result = self.restore_into(&opts, &bundle, &dir, &criu_root, cgroup.as_ref());
+        // The bind mount for CRIU's root is only needed while it restores.
+        let _ = nix::mount::umount2(&criu_root, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&criu_root);
+        match result {
+            Ok(r) => Ok(r),
+            Err((e, pid)) => {
+                let cleanup = (|| {
+                    if let Some(pid) = pid {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    let r = cgroup.destroy();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    r
+                })();
+                Err(with_cleanup(e, cleanup))
+            }
+        }
+    }
+
+    fn restore_into(
+        &self,
+        opts: &RestoreOptions,
+        bundle: &Bundle,
+        dir: &Path,
+        criu_root: &Path,
+        cgroup: &dyn cgroups::Cgroup,
+    ) -> std::result::Result<Restored, (Error, Option<i32>)> {
+        let fail = |e: Error| (e, None);
+        let spec = &bundle.spec;
+        let criu = Criu::new();
+        // CRIU needs the root to be a mount point whose parent is not overmounted.
+        std::fs::create_dir(criu_root)
+            .ctx(|| format!("create {}", criu_root.display()))
+            .map_err(fail)?;
+        nix::mount::mount(
+            Some(&bundle.rootfs),
+            criu_root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| format!("bind {} for criu", bundle.rootfs.display()))
+        .map_err(fail)?;
+        prepare_mountpoints(spec, &bundle.rootfs).map_err(fail)?;
+
+        let cgroup_dirs = cgroup.paths();
+        let mut empty_ns = 0;
+        for n in &opts.empty_ns {
+            empty_ns |= ns_flag(n).map_err(fail)?;
+        }
+        let mut inherit_fds = vec![];
+        for (key, fd) in stdio_pipes(&opts.image_path).map_err(fail)? {
+            inherit_fds.push(InheritFd { key, fd });
+        }
+        let mut join_ns = vec![];
+        for ns in crate::runtime::namespaces::list(spec) {
+            let Some(path) = ns.path() else { continue };
+            match ns.typ() {
+                LinuxNamespaceType::Network | LinuxNamespaceType::Pid => {
+                    let key = if ns.typ() == LinuxNamespaceType::Network {
+                        "extRootNetNS"
+                    } else {
+                        "extRootPidNS"
+                    };
+                    let f = std::fs::File::open(path)
+                        .ctx(|| format!("open {}", path.display()))
+                        .map_err(fail)?;
+                    inherit_fds.push(InheritFd { key: key.into(), fd: f.into() });
+                }
+                LinuxNamespaceType::Cgroup => {
+                    return Err(fail(Error::Other(
+                        "restoring into an existing cgroup namespace (linux.namespaces cgroup \
+                         with a path) is not supported"
+                            .into(),
+                    )));
+                }
+                t => join_ns.push(crate::criu::options::JoinNs {
+                    ns: crate::runtime::namespaces::proc_name(t).into(),
+                    path: path.clone(),
+                    extra: None,
+                }),
+            }
+        }
+        let rel = cgroups::relative_path(
+            spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()),
+            &opts.id,
+        )
+        .map_err(fail)?;
+        let req = RestoreRequest {
+            images_dir: opts.image_path.clone(),
+            work_dir: opts.work_path.clone(),
+            log_file: Some("restore.log".into()),
+            root: Some(criu_root.to_path_buf()),
+            rst_sibling: true,
+            tcp_established: opts.tcp_established,
+            tcp_close: opts.tcp_close,
+            ext_unix_sk: opts.ext_unix_sk,
+            shell_job: opts.shell_job,
+            file_locks: opts.file_locks,
+            evasive_devices: true,
+            manage_cgroups: true,
+            cgroup_mode: cgroup_mode(opts.manage_cgroups_mode.as_deref()).map_err(fail)?,
+            empty_ns,
+            orphan_pts_master: true,
+            auto_dedup: opts.auto_dedup,
+            lazy_pages: opts.lazy_pages,
+            ext_mounts: externals::for_restore(spec, &bundle.rootfs, &cgroup_dirs),
+            external: vec![],
+            join_ns,
+            inherit_fds,
+            cg_roots: vec![CgroupRoot {
+                controller: None,
+                path: format!("/{}", rel.display()),
+            }],
+            notify_scripts: true,
+            status_fd: opts.status_fd,
+            lsm_profile: opts.lsm_profile.clone(),
+            lsm_mount_context: opts.lsm_mount_context.clone(),
+            config_file: criu_config_file(spec),
+            stdio: None,
+        };
+
+        let base = Record {
+            id: opts.id.clone(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            pid: 0,
+            pid_start: 0,
+            created: chrono::Utc::now(),
+            owner: String::new(),
+            spec: spec.clone(),
+            image: opts.image.clone(),
+        };
+        let mut notify = RestoreNotify {
+            spec: spec.clone(),
+            state: Container {
+                runtime: self.clone(),
+                id: opts.id.clone(),
+                dir: dir.to_path_buf(),
+                record: base.clone(),
+            }
+            .state_with(Status::Creating),
+            console: match &opts.console_socket {
+                Some(p) => Some(console::connect(p).map_err(fail)?),
+                None => None,
+            },
+            pid: None,
+        };
+        let resources = cgroups::container_resources(spec);
+        let report = criu
+            .restore(req, &mut notify, |criu_pid| {
+                cgroup.apply(criu_pid)?;
+                cgroup.set(&resources)?;
+                Ok(())
+            })
+            .map_err(|e| (Error::Other(e.to_string()), notify.pid))?;
+        let pid = if report.pid > 0 { report.pid } else { notify.pid.unwrap_or(0) };
+        let container = Container {
+            runtime: self.clone(),
+            id: opts.id.clone(),
+            dir: dir.to_path_buf(),
+            record: Record {
+                pid,
+                pid_start: crate::sys::proc::start_time(pid).unwrap_or(0),
+                ..base
+            },
+        };
+        let finish = || -> Result<()> {
+            container.save()?;
+            if let Some(p) = &opts.pid_file {
+                write_pid_file(p, pid)?;
+            }
+            Ok(())
+        };
+        finish().map_err(|e| (e, Some(pid)))?;
+        Ok(Restored { container, report })
+    }
+}
+
+/// CRIU restores mounts onto mount points that must exist in the rootfs. cgroup mounts and
+/// anything under a tmpfs are recreated by CRIU itself.
+fn prepare_mountpoints(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let tmpfs: Vec<&Path> = mounts
+        .iter()
+        .filter(|m| m.typ().as_deref() == Some("tmpfs"))
+        .map(|m| m.destination().as_path())
+        .collect();
+    for m in &mounts {
+        let dest = m.destination();
+        if matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2"))
+            || tmpfs.iter().any(|t| dest != *t && dest.starts_with(t))
+        {
+            continue;
+        }
+        let is_file = m
+            .source()
+            .as_ref()
+            .and_then(|s| std::fs::metadata(s).ok())
+            .is_some_and(|md| !md.is_dir());
+        let path = crate::runtime::rootfs::secure_join(rootfs, dest);
+        if path.exists() {
+            continue;
+        }
+        if is_file {
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).ctx(|| format!("create {}", p.display()))?;
+            }
+            std::fs::File::create(&path).ctx(|| format!("create {}", path.display()))?;
+        } else {
+            std::fs::create_dir_all(&path).ctx(|| format!("create {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The pipes among the dumped stdio, each paired with our own fd of the same number, so the
+/// restored process writes where we (conmon's pipes, the caller's) write.
+fn stdio_pipes(images: &Path) -> Result<Vec<(String, OwnedFd)>> {
+    let path = images.join(DESCRIPTORS_FILE);
+    let fds: Vec<String> = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Config {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).ctx(|| format!("read {}", path.display())),
+    };
+    let mut out = vec![];
+    for (i, target) in fds.iter().enumerate() {
+        if target.contains("pipe:") {
+            // SAFETY: dup of our own stdio fd.
+            let fd = unsafe { libc::fcntl(i as i32, libc::F_DUPFD_CLOEXEC, 3) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).ctx(|| format!("dup fd {i}"));
+            }
+            // SAFETY: a new fd we own.
+            out.push((target.clone(), unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(out)
+}
+
+struct RestoreNotify {
+    spec: Spec,
+    state: OciState,
+    console: Option<OwnedFd>,
+    pid: Option<i32>,
+}
+
+impl Notify for RestoreNotify {
+    fn notify(&mut self, script: &str, pid: i32, fds: Vec<OwnedFd>) -> Result<(), CallbackError> {
+        match script {
+            "setup-namespaces" => {
+                self.pid = Some(pid);
+                self.state.pid = pid;
+                hooks::run("prestart", &hooks::of(&self.spec, "prestart"), &self.state)?;
+                hooks::run("createRuntime", &hooks::of(&self.spec, "createRuntime"), &self.state)?;
+            }
+            "post-restore" => self.pid = Some(pid),
+            "orphan-pts-master" => {
+                let (Some(sock), Some(master)) = (&self.console, fds.first()) else {
+                    return Err("criu sent a pty master but there is no console socket".into());
+                };
+                console::send_fd(sock.as_raw_fd(), master.as_raw_fd(), b"/dev/ptmx")?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
