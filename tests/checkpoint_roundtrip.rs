@@ -73,6 +73,7 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
 
     host.run(&["delete", "--force", &id]).ok();
     assert_deleted(&host, &id);
+    assert_cgroups_gone(&id);
 }
 
 #[test]
@@ -118,6 +119,8 @@ fn leave_running_then_a_second_copy_under_a_new_name() {
     host.run(&["delete", "--force", &copy]).ok();
     assert_deleted(&host, &copy);
     assert_deleted(&host, &id);
+    assert_cgroups_gone(&id);
+    assert_cgroups_gone(&copy);
 }
 
 #[test]
@@ -172,6 +175,7 @@ fn rootfs_changes_and_dev_shm_are_preserved() {
     assert_eq!(runid2, runid);
     host.run(&["delete", "--force", &new]).ok();
     assert_deleted(&host, &new);
+    assert_cgroups_gone(&new);
 }
 
 #[test]
@@ -349,4 +353,5 @@ fn tcp_connection_inside_the_container_survives_with_tcp_established() {
     assert_eq!(error(&dir), None, "the connection broke");
     host.run(&["delete", "--force", &id]).ok();
     assert_deleted(&host, &id);
+    assert_cgroups_gone(&id);
 }

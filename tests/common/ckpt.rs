@@ -159,12 +159,13 @@ impl Host {
     /// digest.
     pub fn import_image(&self, name: &str) -> String {
         let dir = self.ferry.scratch().join("image-rootfs");
-        make_busybox_rootfs(&dir);
-        for h in ["memhold", "tcppair", "counter"] {
-            let dst = dir.join("bin").join(h);
-            fs::copy(helper(h), &dst).unwrap();
-            fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        }
+        image_rootfs(&dir);
+        self.import_dir(name, &dir)
+    }
+
+    /// Imports the rootfs directory `dir` as image `name` (two Hosts importing the same
+    /// directory hold the same image digest); returns the digest.
+    pub fn import_dir(&self, name: &str, dir: &Path) -> String {
         let out = self
             .run(&["image", "import", dir.to_str().unwrap(), "--name", name])
             .ok();
@@ -208,6 +209,16 @@ impl Host {
     /// Ids that `ferry list` shows.
     pub fn ids(&self) -> Vec<String> {
         self.ferry.list_ids()
+    }
+}
+
+/// A busybox rootfs with the static helpers in /bin, to import as an image.
+pub fn image_rootfs(dir: &Path) {
+    make_busybox_rootfs(dir);
+    for h in ["memhold", "tcppair", "counter"] {
+        let dst = dir.join("bin").join(h);
+        fs::copy(helper(h), &dst).unwrap();
+        fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
 }
 
@@ -306,7 +317,8 @@ pub fn wait_no_tagged(ferry: &Ferry) {
 
 /// What a restore that failed must not leave: the container record, its bundle under the
 /// storage, mounts of it, its cgroups, its processes, CRIU's work directory.
-pub fn assert_restore_left_nothing(host: &Host, id: &str) {
+/// `procs_before`: this test's processes before the restore (a source container may run).
+pub fn assert_restore_left_nothing(host: &Host, id: &str, procs_before: &[i32]) {
     assert!(
         !host.ferry.root().join(id).exists(),
         "state directory of {id} is still there"
@@ -323,10 +335,23 @@ pub fn assert_restore_left_nothing(host: &Host, id: &str) {
         "mounts left behind:\n{}",
         mounts.join("\n")
     );
-    wait_for(&format!("the cgroups of {id} to be removed"), WAIT, || {
-        cgroup_dirs_for(id).is_empty()
-    });
-    wait_no_tagged(&host.ferry);
+    assert_cgroups_gone(id);
+    let new_procs = || -> Vec<i32> {
+        tagged_processes(&host.ferry.tag)
+            .into_iter()
+            .filter(|p| !procs_before.contains(p))
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !new_procs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = new_procs();
+    assert!(
+        left.is_empty(),
+        "the failed restore left processes: {:?}",
+        tagged(&host.ferry)
+    );
     let work = host.storage.join("work");
     if let Ok(rd) = fs::read_dir(&work) {
         let left: Vec<_> = rd.flatten().map(|e| e.path()).collect();

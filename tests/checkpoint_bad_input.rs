@@ -1,0 +1,713 @@
+//! "Nothing is lost": every bad input to `restore -i` (a flipped byte in each entry kind, a
+//! truncated archive, an untrusted signer, crafted names and rootfs entries that escape, a
+//! missing image, an id in use, a CRIU failure) is refused with a clear error, leaves no
+//! container, mount, cgroup, process or work file, and leaves the archive as it was. A failed
+//! checkpoint leaves its container running and counting. And `-e -` | `-i -` through a pipe.
+
+#[path = "common/ckpt.rs"]
+mod ckpt;
+mod common;
+
+use ckpt::*;
+use common::*;
+use ferry::archive::manifest::{Entry, MANIFEST_NAME, Manifest, SignedManifest};
+use ferry::identity::Identity;
+use sha2::Digest;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const SEED: &str = "0xbad1";
+
+/// A host with image `bb` and a memhold container `id` counting in it.
+fn host_with_container(prefix: &str) -> (Host, String, MemHold) {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id(prefix);
+    host.run_image("bb", &id, &["/bin/memhold", "4", SEED, "/tmp"]);
+    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
+    mem.wait_count_above(2);
+    (host, id, mem)
+}
+
+/// `checkpoint -e` with `--leave-running`, into a file of the test's scratch.
+fn export(host: &Host, id: &str, compress: &str, rootfs_changes: bool) -> PathBuf {
+    if rootfs_changes {
+        host.run(&[
+            "exec",
+            id,
+            "/bin/sh",
+            "-c",
+            "echo changed > /etc/hostname; rm /etc/group; echo new > /root/new",
+        ])
+        .ok();
+    }
+    let archive = host.ferry.scratch().join(format!("{id}.tar"));
+    host.run(&[
+        "checkpoint",
+        id,
+        "-e",
+        archive.to_str().unwrap(),
+        "--compress",
+        compress,
+        "--leave-running",
+    ])
+    .ok();
+    archive
+}
+
+/// Restores `archive` under a fresh name and expects a refusal whose message contains every
+/// one of `needles`; checks nothing is left and the archive is unchanged. Returns stderr.
+fn refused(host: &Host, archive: &Path, extra: &[&str], needles: &[&str]) -> String {
+    let before = file_digest(archive);
+    let procs = tagged_processes(&host.ferry.tag);
+    let name = host.id("refused");
+    let mut args = vec![
+        "restore",
+        "-i",
+        archive.to_str().unwrap(),
+        "--name",
+        &name,
+        "-d",
+    ];
+    args.extend_from_slice(extra);
+    let out = host.run_quiet(&args);
+    assert!(
+        !out.success(),
+        "restore of {archive:?} should have been refused ({needles:?}) but succeeded"
+    );
+    for n in needles {
+        assert!(
+            out.stderr.contains(n),
+            "the refusal should mention {n:?}; it said:\n{}",
+            out.stderr
+        );
+    }
+    assert_restore_left_nothing(host, &name, &procs);
+    assert_eq!(
+        file_digest(archive),
+        before,
+        "the failed restore changed {archive:?}"
+    );
+    out.stderr
+}
+
+/// Where each entry's data starts in an uncompressed archive, and its size.
+fn entry_offsets(archive: &Path) -> Vec<(String, u64, u64)> {
+    let mut ar = tar::Archive::new(fs::File::open(archive).unwrap());
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                e.raw_file_position(),
+                e.size(),
+            )
+        })
+        .collect()
+}
+
+/// The entries of an uncompressed ferry archive, in order, with the manifest parsed.
+fn read_entries(archive: &Path) -> (Vec<(String, Vec<u8>)>, Manifest) {
+    let mut ar = tar::Archive::new(fs::File::open(archive).unwrap());
+    let mut entries = vec![];
+    let mut manifest = None;
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = vec![];
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if name == MANIFEST_NAME {
+            let signed: SignedManifest = serde_json::from_slice(&data).unwrap();
+            manifest = Some(signed.verify().unwrap().0);
+        } else if e.header().entry_type().is_file() {
+            entries.push((name, data));
+        }
+    }
+    (entries, manifest.expect("no ferry.manifest"))
+}
+
+/// A tar header for a regular file whose name is written byte for byte (the tar crate's
+/// own setters refuse `..`, which is the point of these archives).
+fn raw_header(name: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            g.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+    }
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_entry_type(kind);
+    h.set_mtime(0);
+    h.set_cksum();
+    h
+}
+
+fn append_raw(
+    out: &mut Vec<u8>,
+    name: &str,
+    kind: tar::EntryType,
+    data: &[u8],
+    link: Option<&str>,
+) {
+    let h = raw_header(name, kind, data.len() as u64, link);
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    let pad = (512 - data.len() % 512) % 512;
+    out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// An archive holding `entries` (names written raw), listed in a manifest built from
+/// `template` and signed by `storage`'s own identity: valid in every way a signature checks.
+fn signed_archive(storage: &Path, template: &Manifest, entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut m = template.clone();
+    m.entries = entries
+        .iter()
+        .map(|(name, data)| Entry {
+            name: name.clone(),
+            sha256: hex::encode(sha2::Sha256::digest(data)),
+            size: data.len() as u64,
+        })
+        .collect();
+    let identity = Identity::load_or_create(storage).unwrap();
+    let signed = serde_json::to_vec(&SignedManifest::sign(&m, &identity)).unwrap();
+    let mut out = vec![];
+    for (name, data) in entries {
+        append_raw(&mut out, name, tar::EntryType::Regular, data, None);
+    }
+    append_raw(
+        &mut out,
+        MANIFEST_NAME,
+        tar::EntryType::Regular,
+        &signed,
+        None,
+    );
+    out.extend(std::iter::repeat_n(0u8, 1024));
+    out
+}
+
+/// A rootfs-diff.tar of raw entries: (name, kind, data, link target).
+fn diff_tar(items: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    let mut out = vec![];
+    for (name, kind, data, link) in items {
+        append_raw(&mut out, name, *kind, data, *link);
+    }
+    out.extend(std::iter::repeat_n(0u8, 1024));
+    out
+}
+
+fn write_archive(host: &Host, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = host.ferry.scratch().join(name);
+    fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn a_flipped_byte_in_each_entry_kind_is_refused_naming_the_entry() {
+    let (host, id, mem) = host_with_container("flip");
+    let archive = export(&host, &id, "none", true);
+    let offsets = entry_offsets(&archive);
+    let names: Vec<&str> = offsets.iter().map(|(n, _, _)| n.as_str()).collect();
+    let mut kinds: Vec<String> = vec![
+        "checkpoint/pages-1.img".into(),
+        "checkpoint/inventory.img".into(),
+        "checkpoint/descriptors.json".into(),
+    ];
+    for top in [
+        "spec.dump",
+        "config.dump",
+        "rootfs-diff.tar",
+        "deleted.files",
+        "stats-dump",
+        MANIFEST_NAME,
+    ] {
+        kinds.push(top.into());
+    }
+    for kind in &kinds {
+        let (_, pos, size) = offsets
+            .iter()
+            .find(|(n, _, _)| n == kind)
+            .unwrap_or_else(|| panic!("the archive has no {kind}; it holds {names:?}"));
+        assert!(*size > 0, "{kind} is empty");
+        let mut bytes = fs::read(&archive).unwrap();
+        bytes[(*pos + *size / 2) as usize] ^= 0x20;
+        let bad = write_archive(&host, &format!("flip-{}", kind.replace('/', "_")), &bytes);
+        refused(&host, &bad, &[], &[kind.as_str()]);
+    }
+    // The source kept running through all of it.
+    let (_, c) = mem.count().unwrap();
+    mem.wait_count_above(c);
+}
+
+#[test]
+fn a_truncated_archive_is_refused_at_every_cut() {
+    let (host, id, _) = host_with_container("trunc");
+    for compress in ["none", "zstd"] {
+        let archive = export(&host, &id, compress, false);
+        let bytes = fs::read(&archive).unwrap();
+        let len = bytes.len();
+        for cut in [
+            0,
+            100,
+            1536,
+            len / 3,
+            len / 2,
+            len - 2000,
+            len - 600,
+            len - 1,
+        ] {
+            let bad = write_archive(&host, &format!("cut-{compress}-{cut}"), &bytes[..cut]);
+            let err = refused(&host, &bad, &[], &[]);
+            assert!(
+                err.contains("truncated") || err.contains("damaged") || err.contains("not a ferry"),
+                "a {compress} archive cut at {cut} of {len} bytes: the error should say it is \
+                 truncated or damaged:\n{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_untrusted_signer_is_refused_then_accepted_after_trust_add_or_insecure() {
+    let a = Host::new();
+    let rootfs = a.ferry.scratch().join("image-rootfs");
+    image_rootfs(&rootfs);
+    let digest = a.import_dir("bb", &rootfs);
+    let id = a.id("untrusted");
+    a.run_image("bb", &id, &["/bin/memhold", "4", SEED, "/tmp"]);
+    MemHold::at(a.rootfs(&id).join("tmp")).wait_count_above(2);
+    let archive = a.ferry.scratch().join("a.tar");
+    a.run(&["checkpoint", &id, "-e", archive.to_str().unwrap()])
+        .ok();
+
+    let b = Host::new();
+    assert_eq!(
+        b.import_dir("bb", &rootfs),
+        digest,
+        "the same rootfs gave another digest"
+    );
+    let fp = a.fingerprint();
+    assert_ne!(fp, b.fingerprint(), "two storages share an identity");
+    refused(&b, &archive, &[], &[&fp, "ferry trust add"]);
+
+    b.run(&["trust", "add", &fp, "--name", "host-a"]).ok();
+    let restored = b.id("trusted");
+    b.run_quiet(&[
+        "restore",
+        "-i",
+        archive.to_str().unwrap(),
+        "--name",
+        &restored,
+        "-d",
+    ])
+    .ok();
+    MemHold::at(b.rootfs(&restored).join("tmp")).wait_count_above(3);
+    b.run(&["delete", "--force", &restored]).ok();
+    assert_deleted(&b, &restored);
+
+    b.run(&["trust", "rm", &fp]).ok();
+    refused(&b, &archive, &[], &[&fp]);
+    let insecure = b.id("insecure");
+    b.run_quiet(&[
+        "restore",
+        "-i",
+        archive.to_str().unwrap(),
+        "--name",
+        &insecure,
+        "-d",
+        "--insecure-allow-untrusted",
+    ])
+    .ok();
+    MemHold::at(b.rootfs(&insecure).join("tmp")).wait_count_above(3);
+    b.run(&["delete", "--force", &insecure]).ok();
+    assert_deleted(&b, &insecure);
+    assert_cgroups_gone(&restored);
+    assert_cgroups_gone(&insecure);
+}
+
+#[test]
+fn crafted_entry_names_and_escaping_rootfs_entries_are_refused() {
+    let (host, id, _) = host_with_container("craft");
+    let archive = export(&host, &id, "none", true);
+    let (entries, template) = read_entries(&archive);
+    let storage = host.storage.clone();
+    // A place outside every rootfs that a broken unpacker would write to.
+    let outside = host.ferry.scratch().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let decoy = outside.join("decoy");
+    fs::write(&decoy, "decoy\n").unwrap();
+    let outside_s = outside.to_str().unwrap().to_string();
+    let passwd_before = fs::read("/etc/passwd").unwrap();
+    let passwd_links = std::os::unix::fs::MetadataExt::nlink(&fs::metadata("/etc/passwd").unwrap());
+
+    // Archive entry names that leave the unpack directory.
+    let escape_abs = format!("{outside_s}/abs-entry");
+    for bad_name in ["../x", "checkpoint/../../x", escape_abs.as_str()] {
+        let mut e = entries.clone();
+        e.insert(0, (bad_name.to_string(), b"owned\n".to_vec()));
+        let bad = write_archive(&host, "name.tar", &signed_archive(&storage, &template, &e));
+        refused(&host, &bad, &[], &[bad_name]);
+    }
+
+    // rootfs-diff.tar entries that leave the rootfs.
+    let abs_target = format!("{outside_s}/abs-file");
+    let dotdot = "../../../../../../../../../..".to_string() + &outside_s + "/dotdot-file";
+    let link_target = outside_s.clone();
+    let decoy_s = decoy.to_str().unwrap().to_string();
+    type Item<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+    let cases: Vec<(&str, Vec<Item>)> = vec![
+        (
+            "dotdot",
+            vec![(dotdot.as_str(), tar::EntryType::Regular, b"owned\n", None)],
+        ),
+        (
+            "absolute",
+            vec![(
+                abs_target.as_str(),
+                tar::EntryType::Regular,
+                b"owned\n",
+                None,
+            )],
+        ),
+        (
+            "symlink",
+            vec![
+                (
+                    "root/escape",
+                    tar::EntryType::Symlink,
+                    b"",
+                    Some(link_target.as_str()),
+                ),
+                (
+                    "root/escape/through-link",
+                    tar::EntryType::Regular,
+                    b"owned\n",
+                    None,
+                ),
+            ],
+        ),
+        (
+            "hardlink-passwd",
+            vec![("root/pw", tar::EntryType::Link, b"", Some("/etc/passwd"))],
+        ),
+        (
+            "hardlink-outside",
+            vec![
+                (
+                    "root/decoy",
+                    tar::EntryType::Link,
+                    b"",
+                    Some(decoy_s.as_str()),
+                ),
+                ("root/decoy", tar::EntryType::Regular, b"owned\n", None),
+            ],
+        ),
+    ];
+    for (what, items) in cases {
+        let mut e = entries.clone();
+        for (name, data) in e.iter_mut() {
+            if name == "rootfs-diff.tar" {
+                *data = diff_tar(&items);
+            }
+        }
+        let bad = write_archive(
+            &host,
+            &format!("{what}.tar"),
+            &signed_archive(&storage, &template, &e),
+        );
+        let err = refused(&host, &bad, &[], &[]);
+        assert!(
+            err.contains("rootfs") || err.contains("escape") || err.contains("outside"),
+            "{what}: the refusal should say the entry escapes the rootfs:\n{err}"
+        );
+        let mut left: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["decoy".to_string()],
+            "{what}: written outside the rootfs"
+        );
+        assert_eq!(
+            fs::read_to_string(&decoy).unwrap(),
+            "decoy\n",
+            "{what}: decoy overwritten"
+        );
+    }
+    assert_eq!(
+        fs::read("/etc/passwd").unwrap(),
+        passwd_before,
+        "the host's /etc/passwd changed"
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::nlink(&fs::metadata("/etc/passwd").unwrap()),
+        passwd_links,
+        "someone hard-linked the host's /etc/passwd"
+    );
+}
+
+#[test]
+fn a_missing_image_is_named_with_its_digest() {
+    let a = Host::new();
+    let digest = a.import_image("bb");
+    let id = a.id("noimg");
+    a.run_image("bb", &id, &["/bin/memhold", "1", SEED, "/tmp"]);
+    MemHold::at(a.rootfs(&id).join("tmp")).wait_count_above(1);
+    let archive = a.ferry.scratch().join("a.tar");
+    a.run(&["checkpoint", &id, "-e", archive.to_str().unwrap()])
+        .ok();
+    let b = Host::new();
+    b.run(&["trust", "add", &a.fingerprint()]).ok();
+    let err = refused(&b, &archive, &[], &["bb", &digest, "import"]);
+    assert!(err.contains("ferry image import"), "{err}");
+}
+
+#[test]
+fn an_id_in_use_is_refused_and_the_running_one_is_untouched() {
+    let (host, id, mem) = host_with_container("inuse");
+    let archive = export(&host, &id, "zstd", false);
+    let before = file_digest(&archive);
+    let out = host.run_quiet(&["restore", "-i", archive.to_str().unwrap(), "-d"]);
+    assert!(!out.success(), "restore over the running {id} succeeded");
+    assert!(
+        out.stderr.contains(&id),
+        "the refusal should name {id}: {}",
+        out.stderr
+    );
+    assert_eq!(file_digest(&archive), before);
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    let (_, c) = mem.count().unwrap();
+    mem.wait_count_above(c + 2);
+    assert!(
+        host.rootfs(&id).join("bin/memhold").exists(),
+        "the running one's rootfs is gone"
+    );
+    let work: Vec<_> = fs::read_dir(host.storage.join("work"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(work.is_empty(), "work files left: {work:?}");
+}
+
+#[test]
+fn a_criu_failure_quotes_its_log_and_leaves_nothing() {
+    let (host, id, _) = host_with_container("criufail");
+    let archive = export(&host, &id, "none", false);
+    let (mut entries, template) = read_entries(&archive);
+    // Validly signed, but CRIU cannot make sense of its process tree.
+    for (name, data) in entries.iter_mut() {
+        if name == "checkpoint/pstree.img" || name == "checkpoint/core-1.img" {
+            for b in data.iter_mut().skip(8) {
+                *b ^= 0x5a;
+            }
+        }
+    }
+    let bad = write_archive(
+        &host,
+        "criu.tar",
+        &signed_archive(&host.storage, &template, &entries),
+    );
+    let err = refused(&host, &bad, &[], &["criu", "restore.log"]);
+    assert!(
+        err.contains("Error"),
+        "CRIU's Error lines should be quoted:\n{err}"
+    );
+}
+
+#[test]
+fn a_criu_failure_runc_style_leaves_nothing() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "1", SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.save();
+    let id = host.id("criurunc");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    MemHold::at(bundle.host_path("/tmp")).wait_count_above(1);
+    let images = host.ferry.scratch().join("images");
+    host.run(&["checkpoint", "--image-path", images.to_str().unwrap(), &id])
+        .ok();
+    let pstree = images.join("pstree.img");
+    let mut b = fs::read(&pstree).unwrap();
+    for x in b.iter_mut().skip(8) {
+        *x ^= 0x5a;
+    }
+    fs::write(&pstree, b).unwrap();
+    let out = host.run_quiet(&[
+        "restore",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        images.to_str().unwrap(),
+        "-d",
+        &id,
+    ]);
+    assert!(
+        !out.success(),
+        "restore from a corrupt pstree.img succeeded"
+    );
+    assert!(
+        out.stderr.contains("restore.log") && out.stderr.contains("Error"),
+        "the error should quote CRIU's log and give its path:\n{}",
+        out.stderr
+    );
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+
+    // A bogus --image-path: said plainly, nothing made.
+    let out = host.run_quiet(&[
+        "restore",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        "/nonexistent/images",
+        "-d",
+        &id,
+    ]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("/nonexistent/images"), "{}", out.stderr);
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
+
+/// After a failed checkpoint the container is running (not frozen, not gone) and counting.
+fn still_running_and_counting(host: &Host, id: &str, mem: &MemHold) {
+    assert_eq!(host.ferry.status(id).as_deref(), Some("running"));
+    let (_, c) = mem.count().unwrap();
+    mem.wait_count_above(c + 2);
+}
+
+#[test]
+fn a_failed_checkpoint_leaves_the_container_running() {
+    let (host, id, mem) = host_with_container("ckfail");
+
+    // The archive's directory does not exist.
+    let out = host
+        .run(&["checkpoint", &id, "-e", "/nonexistent/dir/a.tar"])
+        .fails();
+    assert!(
+        out.stderr.contains("/nonexistent/dir/a.tar"),
+        "{}",
+        out.stderr
+    );
+    still_running_and_counting(&host, &id, &mem);
+
+    // Pre-dump needs soft-dirty tracking, which this kernel lacks: said before freezing.
+    let images = host.ferry.scratch().join("pre");
+    let out = host
+        .run(&[
+            "checkpoint",
+            "--pre-dump",
+            "--image-path",
+            images.to_str().unwrap(),
+            &id,
+        ])
+        .fails();
+    assert!(out.stderr.contains("soft-dirty"), "{}", out.stderr);
+    assert!(
+        !images.join("pre-dump.log").exists() && !images.join("pages-1.img").exists(),
+        "CRIU ran a pre-dump anyway"
+    );
+    still_running_and_counting(&host, &id, &mem);
+
+    // stdio on a file of the host: CRIU cannot dump it.
+    let id2 = host.id("hostfile");
+    let tag = format!("FERRY_TEST_TAG={}", host.ferry.tag);
+    let log = host.ferry.scratch().join("stdout-on-host");
+    let status = Command::new(FERRY)
+        .arg("--root")
+        .arg(host.ferry.root())
+        .arg("--storage")
+        .arg(&host.storage)
+        .args([
+            "run",
+            "-d",
+            "--image",
+            "bb",
+            "--name",
+            &id2,
+            "--",
+            "/bin/busybox",
+            "env",
+        ])
+        .args([tag.as_str(), "/bin/memhold", "1", SEED, "/tmp"])
+        .env("FERRY_TEST_TAG", &host.ferry.tag)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mem2 = MemHold::at(host.rootfs(&id2).join("tmp"));
+    mem2.wait_count_above(1);
+    let archive = host.ferry.scratch().join("hostfile.tar");
+    let out = host
+        .run(&["checkpoint", &id2, "-e", archive.to_str().unwrap()])
+        .fails();
+    assert!(
+        out.stderr.contains("Error"),
+        "CRIU's error should be quoted: {}",
+        out.stderr
+    );
+    assert!(
+        !archive.exists(),
+        "a failed checkpoint left a partial archive"
+    );
+    still_running_and_counting(&host, &id2, &mem2);
+    still_running_and_counting(&host, &id, &mem);
+}
+
+#[test]
+fn checkpoint_and_restore_through_a_pipe() {
+    let (host, id, mem) = host_with_container("pipe");
+    let (runid, before) = mem.wait_count_above(3);
+    let new = host.id("piped");
+    let err_dir = host.ferry.scratch();
+    let base = |args: &[&str]| {
+        let mut c = Command::new(FERRY);
+        c.arg("--root")
+            .arg(host.ferry.root())
+            .arg("--storage")
+            .arg(&host.storage)
+            .args(args)
+            .env("FERRY_TEST_TAG", &host.ferry.tag);
+        c
+    };
+    let mut ck = base(&["checkpoint", &id, "-e", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(err_dir.join("ck.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let pipe = ck.stdout.take().unwrap();
+    let mut rs = base(&["restore", "-i", "-", "--name", &new, "-d"])
+        .stdin(pipe)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(err_dir.join("rs.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let ck_status = ck.wait().unwrap();
+    let rs_status = rs.wait().unwrap();
+    let read = |n: &str| fs::read_to_string(err_dir.join(n)).unwrap_or_default();
+    assert!(
+        ck_status.success(),
+        "checkpoint -e - failed: {}",
+        read("ck.err")
+    );
+    assert!(
+        rs_status.success(),
+        "restore -i - failed: {}",
+        read("rs.err")
+    );
+    host.ferry.wait_status(&new, "running");
+    let (runid2, _) = MemHold::at(host.rootfs(&new).join("tmp")).wait_count_above(before);
+    assert_eq!(runid2, runid);
+    host.run(&["delete", "--force", &new]).ok();
+    assert_deleted(&host, &new);
+    assert_cgroups_gone(&new);
+}
