@@ -1,0 +1,375 @@
+//! The argv lines podman sends a runtime for checkpoint and restore (CONTRACTS.md §2.4), run
+//! against ferry directly; then Debian's podman itself with `--runtime <ferry>` checkpointing
+//! a running busybox container into an archive (`podman container checkpoint -e`) and
+//! bringing it back (`podman container restore -i`). podman runs with a private root,
+//! runroot and tmpdir, vfs storage and cgroupfs, as in tests/podman.rs.
+
+#[path = "common/ckpt.rs"]
+mod ckpt;
+mod common;
+
+use ckpt::*;
+use common::*;
+use serde_json::json;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const SEED: &str = "0x90d";
+
+#[test]
+fn podman_checkpoint_and_restore_argv_lines_against_ferry() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "4", SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.save();
+    let b = bundle.path_str().to_string();
+    let id = host.id("podargv");
+    // conmon's create line.
+    let pid_file = format!("{b}/pidfile");
+    host.run_quiet(&["create", "--bundle", &b, "--pid-file", &pid_file, &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (runid, _) = mem.wait_count_above(2);
+    let oci_log = format!("{b}/oci-log");
+    let images = format!("{b}/checkpoint");
+
+    // podman container checkpoint --keep-running: --leave-running twice.
+    host.run(&[
+        "--log-format=json",
+        "--log",
+        &oci_log,
+        "checkpoint",
+        "--image-path",
+        &images,
+        "--work-path",
+        &b,
+        "--leave-running",
+        "--file-locks",
+        "--leave-running",
+        &id,
+    ])
+    .ok();
+    assert!(
+        Path::new(&format!("{b}/dump.log")).exists(),
+        "no dump.log in the work path"
+    );
+    assert!(
+        Path::new(&format!("{b}/stats-dump")).exists(),
+        "no stats-dump in the work path"
+    );
+    assert!(Path::new(&format!("{images}/inventory.img")).exists());
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    let (_, c) = mem.count().unwrap();
+    mem.wait_count_above(c + 1);
+
+    // podman container checkpoint: the container is gone afterwards.
+    fs::remove_dir_all(&images).unwrap();
+    host.run(&[
+        "--log-format=json",
+        "--log",
+        &oci_log,
+        "checkpoint",
+        "--image-path",
+        &images,
+        "--work-path",
+        &b,
+        &id,
+    ])
+    .ok();
+    assert!(
+        !host.ids().contains(&id),
+        "runc's rule: a checkpointed container is removed"
+    );
+    wait_no_tagged(&host.ferry);
+    let (_, before) = mem.count().unwrap();
+
+    // conmon's restore line (podman creates restore.log beforehand).
+    fs::write(format!("{b}/restore.log"), "").unwrap();
+    let _ = fs::remove_file(&pid_file);
+    let out = host.run_quiet(&[
+        "--log-format=json",
+        "--log",
+        &oci_log,
+        "restore",
+        "--bundle",
+        &b,
+        "--pid-file",
+        &pid_file,
+        "--no-new-keyring",
+        "--detach",
+        "--image-path",
+        &images,
+        "--work-path",
+        &b,
+        "--file-locks",
+        "--tcp-close",
+        &id,
+    ]);
+    assert!(
+        out.success(),
+        "podman's restore line failed: {}\n{}",
+        out.stderr,
+        fs::read_to_string(format!("{b}/restore.log")).unwrap_or_default()
+    );
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .expect("conmon reads --pid-file: a missing one counts as failure")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, host.ferry.pid(&id));
+    assert!(
+        fs::metadata(format!("{b}/restore.log")).unwrap().len() > 0,
+        "CRIU's restore.log is not in the work path"
+    );
+    assert!(
+        Path::new(&format!("{b}/stats-restore")).exists(),
+        "no stats-restore in the work path"
+    );
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid, "restarted rather than restored");
+    // Every line of the oci-log is one JSON object (podman parses it that way).
+    for line in fs::read_to_string(&oci_log).unwrap_or_default().lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("oci-log line is not JSON ({e}): {line}"));
+    }
+    host.run(&["kill", &id, "TERM"]).ok();
+    host.ferry.wait_status(&id, "stopped");
+    host.run(&["delete", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
+
+#[test]
+fn podman_container_checkpoint_export_and_restore_import_with_ferry() {
+    require_criu();
+    let podman = Podman::new();
+    let image = pull(&podman);
+    let name = unique_id("podck");
+    podman
+        .run(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            &image,
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+        ])
+        .ok();
+    let count = |podman: &Podman| -> u64 {
+        let out = podman.run(&["exec", &name, "cat", "/tmp/count"]);
+        out.stdout.trim().parse().unwrap_or(0)
+    };
+    let mut before = 0;
+    wait_for("the podman container to count", WAIT, || {
+        before = count(&podman);
+        before > 5
+    });
+    let archive = podman.dir.join("ck.tar.gz");
+    let out = podman.run(&[
+        "container",
+        "checkpoint",
+        "-e",
+        archive.to_str().unwrap(),
+        &name,
+    ]);
+    assert!(
+        out.success(),
+        "podman container checkpoint -e failed: {out:?}"
+    );
+    assert!(archive.exists(), "podman wrote no archive");
+    podman.run(&["rm", "--force", &name]).ok();
+    let out = podman.run(&["container", "restore", "-i", archive.to_str().unwrap()]);
+    assert!(out.success(), "podman container restore -i failed: {out:?}");
+    let out = podman
+        .run(&["ps", "--format", "{{.Names}} {{.Status}}"])
+        .ok();
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains("Up")),
+        "{out:?}"
+    );
+    // The shell's own variable goes on: restored, not restarted.
+    let after = count(&podman);
+    assert!(
+        after >= before,
+        "the count restarted: {after} after {before}"
+    );
+    wait_for("the restored container to count on", WAIT, || {
+        count(&podman) > after
+    });
+    podman.run(&["rm", "--force", "--time", "0", &name]).ok();
+}
+
+struct Podman {
+    /// Lowercase on purpose: podman names an `oci:` image after its directory.
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        require_root();
+        assert!(
+            Command::new("podman")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "podman is not installed: run scripts/install-deps.sh"
+        );
+        let dir = std::env::temp_dir().join(unique_id("podman"));
+        fs::create_dir_all(&dir).unwrap();
+        // A containers.conf of our own keeps the host's settings out of the test.
+        fs::write(
+            dir.join("containers.conf"),
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        Podman { dir }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .arg("--tmpdir")
+            .arg(self.dir.join("tmp"))
+            .args(["--storage-driver", "vfs"])
+            .args(["--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file"])
+            .args(["--runtime", FERRY])
+            .args(args)
+            .stdin(Stdio::null());
+        // Keep the user's containers.conf and registries out of the way.
+        cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        let out = cmd.output().expect("run podman");
+        Output {
+            args: std::iter::once("(podman)".to_string())
+                .chain(args.iter().map(|s| s.to_string()))
+                .collect(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "--all", "--force", "--time", "0"]);
+        // vfs layers are plain directories; remove them unless something is still mounted.
+        if mounts_under(&self.dir).is_empty() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Moves `file` into `layout/blobs/sha256/<digest>`; returns (digest, size).
+fn add_blob(layout: &Path, file: &Path) -> (String, u64) {
+    let hex = sha256_hex(file);
+    let size = fs::metadata(file).unwrap().len();
+    let dst = layout.join("blobs/sha256").join(&hex);
+    fs::rename(file, dst).unwrap();
+    (format!("sha256:{hex}"), size)
+}
+
+/// An OCI image layout holding one image (one uncompressed layer of busybox), tagged `latest`.
+fn busybox_oci_layout(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("image-rootfs");
+    make_busybox_rootfs(&rootfs);
+    let layout = dir.join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+
+    let layer = dir.join("layer.tar");
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar of the image rootfs failed");
+    let (layer_digest, layer_size) = add_blob(&layout, &layer);
+
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/"
+        },
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+        "history": [{ "created_by": "ferry tests: busybox-static" }]
+    });
+    let config_file = write_json(dir, "config.json", &config);
+    let (config_digest, config_size) = add_blob(&layout, &config_file);
+
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer_digest,
+            "size": layer_size
+        }]
+    });
+    let manifest_file = write_json(dir, "manifest.json", &manifest);
+    let (manifest_digest, manifest_size) = add_blob(&layout, &manifest_file);
+
+    write_json(
+        &layout,
+        "index.json",
+        &json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "annotations": { "org.opencontainers.image.ref.name": "latest" }
+            }]
+        }),
+    );
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    layout
+}
+
+/// Pulls the layout into podman's private storage; returns the image id.
+fn pull(podman: &Podman) -> String {
+    let layout = busybox_oci_layout(&podman.dir);
+    let out = podman
+        .run(&["pull", "-q", &format!("oci:{}:latest", layout.display())])
+        .ok();
+    let id = out.stdout.lines().last().unwrap_or("").trim().to_string();
+    assert!(!id.is_empty(), "podman pull printed no image id: {out:?}");
+    id
+}
