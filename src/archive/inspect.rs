@@ -437,11 +437,8 @@ fn describe(desc: &FileDesc, files: &BTreeMap<u32, img::FileEntry>) -> String {
                 (_, p) => img::ip_proto_name(p),
             };
             let v = if *family == 10 { "6" } else { "" };
-            let mut s = format!(
-                "{name}{v} {} {}",
-                img::sock_state_name(*state),
-                endpoint(*family, src_addr, *src_port)
-            );
+            let mut s = format!("{name}{v}{}", state_word(*sk_type, *state));
+            let _ = write!(s, " {}", endpoint(*family, src_addr, *src_port));
             if *dst_port != 0 {
                 let _ = write!(s, " -> {}", endpoint(*family, dst_addr, *dst_port));
             }
@@ -454,9 +451,9 @@ fn describe(desc: &FileDesc, files: &BTreeMap<u32, img::FileEntry>) -> String {
             peer,
         } => {
             let mut s = format!(
-                "{} {}",
+                "{}{}",
                 img::sock_type_name(*sk_type),
-                img::sock_state_name(*state)
+                state_word(*sk_type, *state)
             );
             if !name.is_empty() {
                 let _ = write!(s, " {name}");
@@ -472,6 +469,16 @@ fn describe(desc: &FileDesc, files: &BTreeMap<u32, img::FileEntry>) -> String {
             _ => format!("fifo:[{pipe_id}]"),
         },
         FileDesc::Other => String::new(),
+    }
+}
+
+/// " listen", " established", …; nothing for an unconnected datagram socket, which the
+/// kernel keeps in TCP_CLOSE whether bound or not.
+fn state_word(sk_type: u32, state: u32) -> String {
+    if sk_type == 2 && state == 7 {
+        String::new()
+    } else {
+        format!(" {}", img::sock_state_name(state))
     }
 }
 
@@ -898,6 +905,51 @@ mod tests {
         assert!(matches!(e, Error::Archive(_)), "{e}");
         let left: Vec<_> = std::fs::read_dir(storage.join("work")).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn sockets_read_as_ss_would_name_them() {
+        let files = BTreeMap::new();
+        let inet = |family, src: &str, dst: &str, dst_port, state| FileDesc::Inet {
+            family,
+            sk_type: 1,
+            proto: 6,
+            state,
+            src_addr: src.into(),
+            src_port: 8080,
+            dst_addr: dst.into(),
+            dst_port,
+        };
+        assert_eq!(
+            describe(&inet(2, "0.0.0.0", "0.0.0.0", 0, 10), &files),
+            "tcp listen 0.0.0.0:8080"
+        );
+        assert_eq!(
+            describe(&inet(10, "::", "::", 0, 10), &files),
+            "tcp6 listen [::]:8080"
+        );
+        assert_eq!(
+            describe(&inet(2, "10.0.0.1", "10.0.0.2", 5555, 1), &files),
+            "tcp established 10.0.0.1:8080 -> 10.0.0.2:5555"
+        );
+        let unix = |sk_type, state, name: &str, peer| FileDesc::Unix {
+            sk_type,
+            state,
+            name: name.into(),
+            peer,
+        };
+        assert_eq!(
+            describe(&unix(2, 7, "/dev/log", 0), &files),
+            "dgram /dev/log"
+        );
+        assert_eq!(
+            describe(&unix(1, 10, "@ctl", 0), &files),
+            "stream listen @ctl"
+        );
+        assert_eq!(
+            describe(&unix(1, 1, "", 42), &files),
+            "stream established (peer 42)"
+        );
     }
 
     #[test]
