@@ -149,6 +149,13 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
             entry
                 .read_to_end(&mut text)
                 .map_err(|e| read_error(e, MANIFEST_NAME))?;
+            if text.len() as u64 != entry.size() {
+                return Err(Error::Truncated(format!(
+                    "{MANIFEST_NAME} ends after {} of {} bytes",
+                    text.len(),
+                    entry.size()
+                )));
+            }
             signed = Some(
                 serde_json::from_slice(&text)
                     .map_err(|e| manifest::Error::Malformed(e.to_string()))?,

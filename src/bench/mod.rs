@@ -162,12 +162,19 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
     let ckdir = o.dir.join(format!("ck-{mib}-{compress}"));
     let _ = std::fs::remove_dir_all(&ckdir);
     std::fs::create_dir_all(&ckdir).map_err(|e| e.to_string())?;
-    run(
-        ferry(o)
-            .args(["run", "-d", "--image", "ferry-bench", "--name", &id, "--"])
-            .args(["/bin/memhold", &mib.to_string(), "/tmp"]),
-        "ferry run the workload",
-    )?;
+    // Not run(): the detached container keeps whatever stdio it is given, so a captured
+    // stderr pipe would never reach EOF.
+    let status = ferry(o)
+        .args(["run", "-d", "--image", "ferry-bench", "--name", &id, "--"])
+        .args(["/bin/memhold", &mib.to_string(), "/tmp"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("ferry run: {e}"))?;
+    if !status.success() {
+        return Err(format!("ferry run -d of the workload failed ({status})"));
+    }
     let upper_tmp = o.dir.join("storage/containers").join(&id).join("rootfs/tmp");
     let cleanup = |o: &Options| {
         let _ = ferry(o).args(["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::null()).status();

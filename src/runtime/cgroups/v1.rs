@@ -392,10 +392,17 @@ pub fn parse_mountinfo(text: &str) -> BTreeMap<String, PathBuf> {
         else {
             continue;
         };
+        let mount_point = PathBuf::from(unescape_octal(mount_point));
+        // A hybrid host's cgroup2 hierarchy (`/sys/fs/cgroup/unified`): containers get their
+        // own directory there too, as runc gives them. Left in the root, CRIU would record
+        // (and restore) the whole unified tree with every other container's directory.
+        if *fstype == "cgroup2" {
+            mounts.entry("unified".to_string()).or_insert(mount_point);
+            continue;
+        }
         if *fstype != "cgroup" {
             continue;
         }
-        let mount_point = PathBuf::from(unescape_octal(mount_point));
         for option in options.split(',') {
             if NOT_CONTROLLERS.contains(&option)
                 || (option.contains('=') && !option.starts_with("name="))
@@ -575,7 +582,8 @@ mod tests {
         assert_eq!(get("memory"), Some("/sys/fs/cgroup/memory"));
         assert_eq!(get("name=systemd"), Some("/sys/fs/cgroup/systemd"));
         assert_eq!(get("pids"), Some("/mnt/my dir"));
-        assert_eq!(mounts.len(), 6, "{mounts:?}");
+        assert_eq!(get("unified"), Some("/sys/fs/cgroup/unified"), "a hybrid's cgroup2 tree");
+        assert_eq!(mounts.len(), 7, "{mounts:?}");
     }
 
     #[test]
