@@ -11,7 +11,7 @@ fail() { printf 'install-deps: FAILED: %s\n' "$*" >&2; exit 1; }
 CRIU_MIN_MAJOR=4
 PKGS=(
   # build and test tools
-  build-essential pkg-config busybox-static iproute2 procps util-linux kmod
+  build-essential pkg-config patch busybox-static iproute2 procps util-linux kmod
   # CRIU 4.x build dependencies (bookworm's CRIU 3.17 fails on this kernel; built below)
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev libnl-3-dev
   libnet1-dev libcap-dev libbsd-dev pkgconf uuid-dev libnftables-dev libgnutls28-dev
@@ -34,10 +34,23 @@ else
   say "Debian packages: all present"
 fi
 
+# ferry's own fixes to CRIU 4.1 for this kernel (see each patch's header); a CRIU built
+# from Debian's source must carry exactly this set, recorded in a stamp beside it.
+PATCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches"
+PATCH_ID=$(cat "$PATCH_DIR"/*.patch 2>/dev/null | sha256sum | cut -c1-16)
+STAMP=/usr/local/share/ferry/criu-patches
+
 criu_ok() {
   command -v criu >/dev/null 2>&1 || return 1
-  local v; v=$(criu --version 2>/dev/null | sed -n 's/^Version: \([0-9]*\)\..*/\1/p')
-  [ -n "$v" ] && [ "$v" -ge "$CRIU_MIN_MAJOR" ] || return 1
+  local v major minor
+  v=$(criu --version 2>/dev/null | sed -n 's/^Version: \([0-9.]*\).*/\1/p')
+  major=${v%%.*}; minor=$(echo "$v" | cut -d. -f2)
+  [ -n "$major" ] && [ "$major" -ge "$CRIU_MIN_MAJOR" ] || return 1
+  # CRIU < 4.2 cannot dump inet sockets on Linux >= 6.16 without our patch.
+  if [ "$major" -eq 4 ] && [ "${minor:-0}" -lt 2 ] && [ "$(cat "$STAMP" 2>/dev/null)" != "$PATCH_ID" ]; then
+    say "CRIU $v on PATH lacks ferry's patches ($PATCH_DIR); rebuilding"
+    return 1
+  fi
   criu check >/dev/null 2>&1
 }
 
@@ -63,10 +76,16 @@ else
   fi
   tarball=$(ls criu_*.orig.tar.xz | sort -V | tail -1)
   dir=$(tar tf "$tarball" | awk -F/ 'NR==1 {print $1}')  # awk reads all: no SIGPIPE under pipefail
-  [ -d "$dir" ] || tar xf "$tarball"
+  rm -rf "$dir"; tar xf "$tarball"
+  for p in "$PATCH_DIR"/*.patch; do
+    [ -e "$p" ] || continue
+    say "applying $(basename "$p")"
+    patch -s -p1 -d "$dir" <"$p" || fail "patch $p does not apply to $tarball"
+  done
   say "building CRIU in $work/$dir (about a minute)"
   make -C "$dir" -j"$(nproc)" criu >build.log 2>&1 || { tail -30 build.log >&2; fail "CRIU build; full log in $work/build.log"; }
   install -m 0755 "$dir/criu/criu" /usr/local/sbin/criu
+  mkdir -p "$(dirname "$STAMP")" && echo "$PATCH_ID" >"$STAMP"
   hash -r
   criu_ok || { criu check >&2 || true; fail "the built CRIU does not pass 'criu check'"; }
   say "CRIU: $(criu --version | head -1) installed as /usr/local/sbin/criu"

@@ -109,7 +109,14 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
     std::fs::create_dir(dest).map_err(werr(dest))?;
     std::fs::create_dir(dest.join("checkpoint")).map_err(werr(dest))?;
     let stream = decompressed(input).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let mut tar = tar::Archive::new(stream);
+    let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tar = tar::Archive::new(Counted {
+        inner: stream,
+        n: consumed.clone(),
+    });
+    // Where the manifest's data (padded to a block) ends: a complete stream has the two
+    // zero blocks of the end-of-archive marker after it.
+    let mut manifest_end = 0u64;
     let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut signed: Option<SignedManifest> = None;
     let entries = tar
@@ -149,6 +156,7 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
             entry
                 .read_to_end(&mut text)
                 .map_err(|e| read_error(e, MANIFEST_NAME))?;
+            manifest_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
             if text.len() as u64 != entry.size() {
                 return Err(Error::Truncated(format!(
                     "{MANIFEST_NAME} ends after {} of {} bytes",
@@ -198,6 +206,13 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
     let signed = signed.ok_or_else(|| {
         Error::Truncated("it ends without ferry.manifest (its last entry)".into())
     })?;
+    drop(entries_done(tar));
+    let n = consumed.load(std::sync::atomic::Ordering::Relaxed);
+    if n < manifest_end + 1024 {
+        return Err(Error::Truncated(
+            "the end-of-archive marker after ferry.manifest is missing".into(),
+        ));
+    }
     let (manifest, signer) = signed.verify()?;
     let trusted_as = match trust {
         Trust::AnySigner => None,
@@ -248,8 +263,27 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
     })
 }
 
+/// Reads what is left of the stream, so the count covers the end-of-archive blocks.
+fn entries_done<R: Read>(tar: tar::Archive<R>) -> std::io::Result<u64> {
+    std::io::copy(&mut tar.into_inner(), &mut std::io::sink())
+}
+
+struct Counted<R> {
+    inner: R,
+    n: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(k)
+    }
+}
+
 fn read_error(e: std::io::Error, what: &str) -> Error {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+    // The tar crate says "failed to read entire block" when the stream stops inside a block.
+    if e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().contains("entire block") {
         Error::Truncated(format!("{what}: {e}"))
     } else {
         Error::Corrupt(format!("{what}: {e}"))
@@ -323,8 +357,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let id = Identity::load_or_create(d.path()).unwrap();
         let bytes = archive(&id, Compression::None);
-        let e = unpack_bytes(bytes[..2048].to_vec(), &id, d.path()).err().unwrap();
-        assert!(matches!(e, Error::Truncated(_)), "{e}");
+        for cut in [2048, bytes.len() - 1, bytes.len() - 600] {
+            let out = d.path().join(format!("cut{cut}"));
+            std::fs::create_dir(&out).unwrap();
+            let e = unpack_bytes(bytes[..cut].to_vec(), &id, &out).err().unwrap();
+            assert!(matches!(e, Error::Truncated(_)), "cut at {cut}: {e}");
+        }
     }
 
     #[test]
