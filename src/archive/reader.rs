@@ -5,7 +5,7 @@
 
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::identity::{Fingerprint, TrustStore};
-use sha2::{Digest, Sha256};
+use crate::archive::hashing::HashPipe;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -186,22 +186,29 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
             .create_new(true)
             .open(&path)
             .map_err(werr(&path))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut pipe = HashPipe::new();
         let mut n = 0u64;
         loop {
-            let k = entry.read(&mut buf).map_err(|e| read_error(e, &name))?;
+            let mut buf = vec![0u8; crate::archive::hashing::CHUNK];
+            let mut k = 0;
+            while k < buf.len() {
+                match entry.read(&mut buf[k..]).map_err(|e| read_error(e, &name))? {
+                    0 => break,
+                    r => k += r,
+                }
+            }
             if k == 0 {
                 break;
             }
-            hasher.update(&buf[..k]);
-            out.write_all(&buf[..k]).map_err(werr(&path))?;
+            buf.truncate(k);
+            out.write_all(&buf).map_err(werr(&path))?;
+            pipe.update_owned(buf);
             n += k as u64;
         }
         if n != entry.size() {
             return Err(Error::Truncated(format!("{name} ends after {n} of {} bytes", entry.size())));
         }
-        seen.insert(name, (hex::encode(hasher.finalize()), n));
+        seen.insert(name, (pipe.finish().0, n));
     }
     let signed = signed.ok_or_else(|| {
         Error::Truncated("it ends without ferry.manifest (its last entry)".into())

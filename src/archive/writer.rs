@@ -4,7 +4,7 @@
 
 use crate::archive::manifest::{Entry, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::identity::Identity;
-use sha2::{Digest, Sha256};
+use crate::archive::hashing::HashPipe;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -73,10 +73,14 @@ impl<W: Write> Encoder<W> {
                 Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::fast()))
             }
             Compression::Zstd => {
-                let mut z = zstd::stream::write::Encoder::new(out, 3)?;
-                // Compress on worker threads so the writer (and CRIU) keep the other core.
+                // Level 1: memory pages gain little from more effort, and time is downtime.
+                let mut z = zstd::stream::write::Encoder::new(out, 1)?;
+                // Compress on worker threads, in 4 MiB jobs over a 1 MiB window, so the
+                // buffers stay small whatever the archive's size (ferry's RSS target).
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
                 z.multithread(workers.max(1))?;
+                z.set_parameter(zstd::stream::raw::CParameter::WindowLog(20))?;
+                z.set_parameter(zstd::stream::raw::CParameter::JobSize(4 << 20))?;
                 Encoder::Zstd(z)
             }
         })
@@ -91,18 +95,16 @@ impl<W: Write> Encoder<W> {
     }
 }
 
-/// Hashes and counts what passes through.
+/// Hashes (on the pipe's thread) what passes through.
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
-    n: u64,
+    pipe: HashPipe,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.n += n as u64;
+        self.pipe.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -129,16 +131,72 @@ impl<W: Write> ArchiveWriter<W> {
         })
     }
 
-    /// Adds `size` bytes read from `data` as the regular file `name`.
-    pub fn add_reader(&mut self, name: &str, size: u64, data: impl Read) -> Result<(), Error> {
+    /// Adds `size` bytes read from `data` as the regular file `name`. The header and the
+    /// padding are written here rather than by the tar crate, so the data moves in 1 MiB
+    /// reads while its digest is computed on another thread.
+    pub fn add_reader(&mut self, name: &str, size: u64, mut data: impl Read) -> Result<(), Error> {
+        let werr = |source| Error::Write {
+            entry: name.to_string(),
+            source,
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mtime(0);
+        if name.len() >= 100 {
+            // Long names need the tar crate's GNU extension records.
+            return self.add_reader_long(name, size, data);
+        }
+        header.set_path(name).map_err(werr)?;
+        header.set_cksum();
+        let out = self.tar.get_mut();
+        out.write_all(header.as_bytes()).map_err(werr)?;
+        let mut pipe = HashPipe::new();
+        let mut left = size;
+        while left > 0 {
+            let want = (left as usize).min(crate::archive::hashing::CHUNK);
+            let mut buf = vec![0u8; want];
+            let mut got = 0;
+            while got < want {
+                match data.read(&mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(werr(e)),
+                }
+            }
+            if got < want {
+                return Err(werr(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("expected {size} bytes, got {}", size - left + got as u64),
+                )));
+            }
+            buf.truncate(got);
+            out.write_all(&buf).map_err(werr)?;
+            pipe.update_owned(buf);
+            left -= got as u64;
+        }
+        let pad = (512 - (size % 512) as usize) % 512;
+        out.write_all(&[0u8; 512][..pad]).map_err(werr)?;
+        let (sha256, _) = pipe.finish();
+        self.content_bytes += size;
+        self.entries.push(Entry {
+            name: name.to_string(),
+            sha256,
+            size,
+        });
+        Ok(())
+    }
+
+    fn add_reader_long(&mut self, name: &str, size: u64, data: impl Read) -> Result<(), Error> {
         let mut header = tar::Header::new_gnu();
         header.set_size(size);
         header.set_mode(0o600);
         header.set_entry_type(tar::EntryType::Regular);
         let mut h = Hashing {
             inner: data.take(size),
-            hasher: Sha256::new(),
-            n: 0,
+            pipe: HashPipe::new(),
         };
         self.tar
             .append_data(&mut header, name, &mut h)
@@ -146,19 +204,20 @@ impl<W: Write> ArchiveWriter<W> {
                 entry: name.to_string(),
                 source,
             })?;
-        if h.n != size {
+        let (sha256, n) = h.pipe.finish();
+        if n != size {
             return Err(Error::Write {
                 entry: name.to_string(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("expected {size} bytes, got {}", h.n),
+                    format!("expected {size} bytes, got {n}"),
                 ),
             });
         }
         self.content_bytes += size;
         self.entries.push(Entry {
             name: name.to_string(),
-            sha256: hex::encode(h.hasher.finalize()),
+            sha256,
             size,
         });
         Ok(())
@@ -175,7 +234,7 @@ impl<W: Write> ArchiveWriter<W> {
         };
         let f = std::fs::File::open(path).map_err(read_err)?;
         let size = f.metadata().map_err(read_err)?.len();
-        self.add_reader(name, size, std::io::BufReader::with_capacity(1 << 20, f))
+        self.add_reader(name, size, f)
     }
 
     /// Every regular file of `dir` (not recursive: CRIU's image dir is flat), sorted, as

@@ -218,6 +218,19 @@ impl Criu {
 
     /// Asks criu for its version.
     pub fn version(&self) -> Result<CriuVersion> {
+        // Asked once per process: every question costs a criu process.
+        static CACHE: std::sync::Mutex<Vec<(PathBuf, CriuVersion)>> = std::sync::Mutex::new(Vec::new());
+        if let Some((_, v)) = CACHE.lock().ok().and_then(|c| c.iter().find(|(b, _)| *b == self.binary).cloned()) {
+            return Ok(v);
+        }
+        let v = self.ask_version()?;
+        if let Ok(mut c) = CACHE.lock() {
+            c.push((self.binary.clone(), v.clone()));
+        }
+        Ok(v)
+    }
+
+    fn ask_version(&self) -> Result<CriuVersion> {
         let mut req = Criu_req::new();
         req.set_type(Criu_req_type::VERSION);
         let resp = self.call(simple_call("version", req, &mut IgnoreNotifications))?;
