@@ -3,7 +3,7 @@
 //! verifying an archive (about 0.8 GB/s here), so it must not wait for the I/O or stall it.
 
 use sha2::{Digest, Sha256};
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 /// How much is handed to the hashing thread at once.
@@ -11,6 +11,9 @@ pub const CHUNK: usize = 1 << 20;
 
 pub struct HashPipe {
     tx: Option<SyncSender<Vec<u8>>>,
+    /// Buffers the hashing thread is done with, to be filled again: fresh ones would be
+    /// fresh pages, and touching fresh memory is slow on these VMs (about 1 s per GiB).
+    spare: Receiver<Vec<u8>>,
     worker: Option<JoinHandle<[u8; 32]>>,
     pending: Vec<u8>,
     n: u64,
@@ -26,15 +29,18 @@ impl HashPipe {
     pub fn new() -> HashPipe {
         // A few chunks in flight bound the memory this costs to a few MiB.
         let (tx, rx) = sync_channel::<Vec<u8>>(4);
+        let (back, spare) = sync_channel::<Vec<u8>>(8);
         let worker = std::thread::spawn(move || {
             let mut h = Sha256::new();
             for chunk in rx {
                 h.update(&chunk);
+                let _ = back.try_send(chunk);
             }
             h.finalize().into()
         });
         HashPipe {
             tx: Some(tx),
+            spare,
             worker: Some(worker),
             pending: Vec::with_capacity(CHUNK),
             n: 0,
@@ -50,6 +56,17 @@ impl HashPipe {
             if self.pending.len() == CHUNK {
                 self.flush();
             }
+        }
+    }
+
+    /// An empty buffer of CHUNK capacity, recycled when one is free.
+    pub fn buffer(&self) -> Vec<u8> {
+        match self.spare.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(CHUNK),
         }
     }
 

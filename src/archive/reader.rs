@@ -189,7 +189,8 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
         let mut pipe = HashPipe::new();
         let mut n = 0u64;
         loop {
-            let mut buf = vec![0u8; crate::archive::hashing::CHUNK];
+            let mut buf = pipe.buffer();
+            buf.resize(crate::archive::hashing::CHUNK, 0);
             let mut k = 0;
             while k < buf.len() {
                 match entry.read(&mut buf[k..]).map_err(|e| read_error(e, &name))? {

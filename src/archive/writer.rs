@@ -156,7 +156,8 @@ impl<W: Write> ArchiveWriter<W> {
         let mut left = size;
         while left > 0 {
             let want = (left as usize).min(crate::archive::hashing::CHUNK);
-            let mut buf = vec![0u8; want];
+            let mut buf = pipe.buffer();
+            buf.resize(want, 0);
             let mut got = 0;
             while got < want {
                 match data.read(&mut buf[got..]) {
