@@ -75,10 +75,11 @@ impl<W: Write> Encoder<W> {
             Compression::Zstd => {
                 // Level 1: memory pages gain little from more effort, and time is downtime.
                 let mut z = zstd::stream::write::Encoder::new(out, 1)?;
-                // Compress on worker threads, in 4 MiB jobs over a 1 MiB window, so the
-                // buffers stay small whatever the archive's size (ferry's RSS target).
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                z.multithread(workers.max(1))?;
+                // One worker thread compresses while this thread reads and the hashing
+                // thread hashes: three busy threads already fill two cores, and each more
+                // worker holds its own job buffers. 4 MiB jobs over a 1 MiB window keep them
+                // small whatever the archive's size (ferry's RSS target).
+                z.multithread(1)?;
                 z.set_parameter(zstd::stream::raw::CParameter::WindowLog(20))?;
                 z.set_parameter(zstd::stream::raw::CParameter::JobSize(4 << 20))?;
                 Encoder::Zstd(z)
