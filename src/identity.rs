@@ -85,7 +85,9 @@ impl Identity {
                 Ok(Identity { key })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                io(std::fs::create_dir_all(&dir), || format!("create {}", dir.display()))?;
+                io(std::fs::create_dir_all(&dir), || {
+                    format!("create {}", dir.display())
+                })?;
                 let mut secret = [0u8; 32];
                 io(
                     std::fs::File::open("/dev/urandom")
@@ -109,7 +111,9 @@ impl Identity {
                         .open(&tmp),
                     || format!("create {}", tmp.display()),
                 )?;
-                io(f.write_all(pem.as_bytes()), || format!("write {}", tmp.display()))?;
+                io(f.write_all(pem.as_bytes()), || {
+                    format!("write {}", tmp.display())
+                })?;
                 io(f.sync_all(), || format!("sync {}", tmp.display()))?;
                 drop(f);
                 // link fails if another process made the key first: then use theirs.
@@ -199,7 +203,9 @@ impl TrustStore {
             std::fs::write(&tmp, serde_json::to_vec_pretty(&signer).unwrap_or_default()),
             || format!("write {}", tmp.display()),
         )?;
-        io(std::fs::rename(&tmp, &path), || format!("write {}", path.display()))?;
+        io(std::fs::rename(&tmp, &path), || {
+            format!("write {}", path.display())
+        })?;
         Ok(signer)
     }
 
@@ -207,7 +213,9 @@ impl TrustStore {
     pub fn remove(&self, what: &str) -> Result<TrustedSigner> {
         let s = self.find(what)?;
         let path = self.dir.join(format!("{}.json", s.fingerprint));
-        io(std::fs::remove_file(&path), || format!("remove {}", path.display()))?;
+        io(std::fs::remove_file(&path), || {
+            format!("remove {}", path.display())
+        })?;
         Ok(s)
     }
 
@@ -217,7 +225,8 @@ impl TrustStore {
         let matches: Vec<_> = all
             .into_iter()
             .filter(|s| {
-                s.name == what || (what.len() >= 8 && s.fingerprint.0.starts_with(&what.to_ascii_lowercase()))
+                s.name == what
+                    || (what.len() >= 8 && s.fingerprint.0.starts_with(&what.to_ascii_lowercase()))
             })
             .collect();
         match matches.len() {
@@ -260,9 +269,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = Identity::load_or_create(d.path()).unwrap();
         let b = Identity::load_or_create(d.path()).unwrap();
-        assert_eq!(a.fingerprint(), b.fingerprint(), "the same key on second use");
+        assert_eq!(
+            a.fingerprint(),
+            b.fingerprint(),
+            "the same key on second use"
+        );
         let meta = std::fs::metadata(d.path().join("identity/host.key")).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
         let sig = a.sign(b"manifest");
         let fp = verify(a.public_key().as_bytes(), b"manifest", &sig.to_bytes()).unwrap();
         assert_eq!(fp, a.fingerprint());

@@ -109,7 +109,9 @@ mod tests {
 
     #[test]
     fn same_digest_as_sha256() {
-        let data: Vec<u8> = (0..3 * CHUNK + 12345).map(|i| (i * 7 % 251) as u8).collect();
+        let data: Vec<u8> = (0..3 * CHUNK + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         let mut p = HashPipe::new();
         p.update(&data[..100]);
         p.update_owned(data[100..CHUNK + 7].to_vec());

@@ -62,7 +62,9 @@ pub struct SignedManifest {
 pub enum Error {
     #[error("ferry.manifest is not valid: {0}")]
     Malformed(String),
-    #[error("archive format {0} is newer than this ferry understands ({FORMAT_VERSION}); upgrade ferry")]
+    #[error(
+        "archive format {0} is newer than this ferry understands ({FORMAT_VERSION}); upgrade ferry"
+    )]
     Format(u32),
     #[error("ferry.manifest: {0}")]
     Signature(#[from] identity::Error),
@@ -87,8 +89,8 @@ impl SignedManifest {
         let sig = hex::decode(&self.signature)
             .map_err(|e| Error::Malformed(format!("signature: {e}")))?;
         let signer = identity::verify(&pk, self.manifest.as_bytes(), &sig)?;
-        let m: Manifest = serde_json::from_str(&self.manifest)
-            .map_err(|e| Error::Malformed(e.to_string()))?;
+        let m: Manifest =
+            serde_json::from_str(&self.manifest).map_err(|e| Error::Malformed(e.to_string()))?;
         if m.format > FORMAT_VERSION {
             return Err(Error::Format(m.format));
         }
@@ -98,7 +100,12 @@ impl SignedManifest {
 
 impl SourceHost {
     pub fn this_host(criu_version: String) -> SourceHost {
-        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
         let uts = nix::sys::utsname::uname().ok();
         let cpuinfo = read("/proc/cpuinfo");
         let cpu_flags = cpuinfo
@@ -167,7 +174,10 @@ mod tests {
         let other = Identity::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
         let mut swapped = s.clone();
         swapped.public_key = hex::encode(other.public_key().as_bytes());
-        assert!(swapped.verify().is_err(), "another key cannot claim the signature");
+        assert!(
+            swapped.verify().is_err(),
+            "another key cannot claim the signature"
+        );
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! trusted, and the entries matched one to one. On any failure the caller removes the
 //! directory; the archive itself is never modified.
 
+use crate::archive::hashing::HashPipe;
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::identity::{Fingerprint, TrustStore};
-use crate::archive::hashing::HashPipe;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -58,7 +58,10 @@ pub enum Error {
 /// Who may have signed an archive for it to be restored.
 pub enum Trust<'a> {
     /// This host's own key, or a signer in the store.
-    Store { store: &'a TrustStore, own: Fingerprint },
+    Store {
+        store: &'a TrustStore,
+        own: Fingerprint,
+    },
     /// `--insecure-allow-untrusted`: any valid signature (it is still checked).
     AnySigner,
 }
@@ -119,9 +122,7 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
     let mut manifest_end = 0u64;
     let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut signed: Option<SignedManifest> = None;
-    let entries = tar
-        .entries()
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
         let name = entry
@@ -193,7 +194,10 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
             buf.resize(crate::archive::hashing::CHUNK, 0);
             let mut k = 0;
             while k < buf.len() {
-                match entry.read(&mut buf[k..]).map_err(|e| read_error(e, &name))? {
+                match entry
+                    .read(&mut buf[k..])
+                    .map_err(|e| read_error(e, &name))?
+                {
                     0 => break,
                     r => k += r,
                 }
@@ -207,7 +211,10 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
             n += k as u64;
         }
         if n != entry.size() {
-            return Err(Error::Truncated(format!("{name} ends after {n} of {} bytes", entry.size())));
+            return Err(Error::Truncated(format!(
+                "{name} ends after {n} of {} bytes",
+                entry.size()
+            )));
         }
         seen.insert(name, (pipe.finish().0, n));
     }
@@ -229,7 +236,11 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
                 Some("this host".into())
             } else {
                 match store.is_trusted(&signer)? {
-                    Some(s) => Some(if s.name.is_empty() { signer.short().to_string() } else { s.name }),
+                    Some(s) => Some(if s.name.is_empty() {
+                        signer.short().to_string()
+                    } else {
+                        s.name
+                    }),
                     None => return Err(Error::Untrusted { signer }),
                 }
             }
@@ -284,7 +295,8 @@ struct Counted<R> {
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.inner.read(buf)?;
-        self.n.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+        self.n
+            .fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(k)
     }
 }
@@ -319,7 +331,8 @@ mod tests {
 
     fn archive(id: &Identity, c: Compression) -> Vec<u8> {
         let mut w = ArchiveWriter::new(Vec::new(), c).unwrap();
-        w.add_bytes("checkpoint/inventory.img", b"inventory").unwrap();
+        w.add_bytes("checkpoint/inventory.img", b"inventory")
+            .unwrap();
         w.add_bytes("spec.dump", b"{}").unwrap();
         w.add_bytes("deleted.files", b"[]").unwrap();
         w.finish(manifest(), id).unwrap()
@@ -330,7 +343,10 @@ mod tests {
         unpack(
             std::io::Cursor::new(bytes),
             &dir.join("out"),
-            Trust::Store { store: &store, own: id.fingerprint() },
+            Trust::Store {
+                store: &store,
+                own: id.fingerprint(),
+            },
         )
     }
 
@@ -338,13 +354,19 @@ mod tests {
     fn round_trip_every_compression() {
         let d = tempfile::tempdir().unwrap();
         let id = Identity::load_or_create(d.path()).unwrap();
-        for (i, c) in [Compression::None, Compression::Gzip, Compression::Zstd].into_iter().enumerate() {
+        for (i, c) in [Compression::None, Compression::Gzip, Compression::Zstd]
+            .into_iter()
+            .enumerate()
+        {
             let out = d.path().join(format!("o{i}"));
             std::fs::create_dir(&out).unwrap();
             let u = unpack_bytes(archive(&id, c), &id, &out).unwrap();
             assert_eq!(u.trusted_as.as_deref(), Some("this host"));
             assert_eq!(u.manifest.entries.len(), 3);
-            assert_eq!(std::fs::read(u.dir.join("checkpoint/inventory.img")).unwrap(), b"inventory");
+            assert_eq!(
+                std::fs::read(u.dir.join("checkpoint/inventory.img")).unwrap(),
+                b"inventory"
+            );
         }
     }
 
@@ -357,7 +379,10 @@ mod tests {
         assert_eq!(&bytes[512..521], b"inventory");
         bytes[512] ^= 1;
         let e = unpack_bytes(bytes, &id, d.path()).err().unwrap();
-        assert!(matches!(e, Error::Tampered { ref entry, .. } if entry == "checkpoint/inventory.img"), "{e}");
+        assert!(
+            matches!(e, Error::Tampered { ref entry, .. } if entry == "checkpoint/inventory.img"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -368,7 +393,9 @@ mod tests {
         for cut in [2048, bytes.len() - 1, bytes.len() - 600] {
             let out = d.path().join(format!("cut{cut}"));
             std::fs::create_dir(&out).unwrap();
-            let e = unpack_bytes(bytes[..cut].to_vec(), &id, &out).err().unwrap();
+            let e = unpack_bytes(bytes[..cut].to_vec(), &id, &out)
+                .err()
+                .unwrap();
             assert!(matches!(e, Error::Truncated(_)), "cut at {cut}: {e}");
         }
     }
@@ -381,7 +408,12 @@ mod tests {
         let bytes = archive(&theirs, Compression::Zstd);
         let e = unpack_bytes(bytes.clone(), &ours, d.path()).err().unwrap();
         assert!(matches!(e, Error::Untrusted { .. }), "{e}");
-        let u = unpack(std::io::Cursor::new(bytes), &d.path().join("any"), Trust::AnySigner).unwrap();
+        let u = unpack(
+            std::io::Cursor::new(bytes),
+            &d.path().join("any"),
+            Trust::AnySigner,
+        )
+        .unwrap();
         assert_eq!(u.signer, theirs.fingerprint());
     }
 
@@ -389,7 +421,13 @@ mod tests {
     fn entry_names_are_checked() {
         assert!(is_allowed("checkpoint/pages-1.img").is_ok());
         assert!(is_allowed("spec.dump").is_ok());
-        for bad in ["../etc/passwd", "/etc/passwd", "checkpoint/../x", "checkpoint/a/b", "other"] {
+        for bad in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "checkpoint/../x",
+            "checkpoint/a/b",
+            "other",
+        ] {
             assert!(is_allowed(bad).is_err(), "{bad}");
         }
     }

@@ -2,9 +2,9 @@
 //! entry is hashed while it is written and listed in the signed `ferry.manifest` that closes
 //! the stream. Nothing is staged: the output may be a pipe or a socket.
 
+use crate::archive::hashing::HashPipe;
 use crate::archive::manifest::{Entry, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::identity::Identity;
-use crate::archive::hashing::HashPipe;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -69,9 +69,10 @@ impl<W: Write> Encoder<W> {
     fn new(out: W, c: Compression) -> std::io::Result<Encoder<W>> {
         Ok(match c {
             Compression::None => Encoder::Plain(out),
-            Compression::Gzip => {
-                Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::fast()))
-            }
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::fast(),
+            )),
             Compression::Zstd => {
                 // Level 1: memory pages gain little from more effort, and time is downtime.
                 let mut z = zstd::stream::write::Encoder::new(out, 1)?;

@@ -91,7 +91,10 @@ fn prepare(o: &Options) -> Result<()> {
         .map_err(|e| format!("copy /bin/busybox (install busybox-static): {e}"))?;
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).map_err(|e| e.to_string())?;
     run(
-        ferry(o).args(["image", "import"]).arg(&rootfs).args(["--name", "ferry-bench"]),
+        ferry(o)
+            .args(["image", "import"])
+            .arg(&rootfs)
+            .args(["--name", "ferry-bench"]),
         "ferry image import",
     )?;
     Ok(())
@@ -127,7 +130,11 @@ fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration)> {
             .spawn()
             .map_err(|e| format!("start the workload: {e}"))?
     };
-    wait_for(&dir.join("ready"), "the workload to fill its memory", Duration::from_secs(120))?;
+    wait_for(
+        &dir.join("ready"),
+        "the workload to fill its memory",
+        Duration::from_secs(120),
+    )?;
     let dump = run(
         Command::new("criu")
             .args(["dump", "-t", &child.id().to_string(), "-D"])
@@ -147,11 +154,11 @@ fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration)> {
             .arg(&pidfile),
         "criu restore",
     )?;
-    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            // SAFETY: kill of the process criu just restored for us.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    if let Ok(pid) = std::fs::read_to_string(&pidfile)
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        // SAFETY: kill of the process criu just restored for us.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok((dump, restore))
@@ -175,12 +182,24 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
     if !status.success() {
         return Err(format!("ferry run -d of the workload failed ({status})"));
     }
-    let upper_tmp = o.dir.join("storage/containers").join(&id).join("rootfs/tmp");
+    let upper_tmp = o
+        .dir
+        .join("storage/containers")
+        .join(&id)
+        .join("rootfs/tmp");
     let cleanup = |o: &Options| {
-        let _ = ferry(o).args(["delete", "--force", &id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = ferry(o)
+            .args(["delete", "--force", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     };
     let result = (|| {
-        wait_for(&upper_tmp.join("ready"), "the container to fill its memory", Duration::from_secs(120))?;
+        wait_for(
+            &upper_tmp.join("ready"),
+            "the container to fill its memory",
+            Duration::from_secs(120),
+        )?;
         let archive = ckdir.join("archive");
         let st1 = ckdir.join("checkpoint.json");
         let checkpoint = run(
@@ -221,7 +240,10 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
                 .unwrap_or_default()
         };
         let (p1, p2) = (read(&st1), read(&st2));
-        let rss = p1["peak_rss_kib"].as_i64().unwrap_or(0).max(p2["peak_rss_kib"].as_i64().unwrap_or(0));
+        let rss = p1["peak_rss_kib"]
+            .as_i64()
+            .unwrap_or(0)
+            .max(p2["peak_rss_kib"].as_i64().unwrap_or(0));
         Ok(Row {
             size_mib: mib,
             compress: compress.to_string(),
@@ -268,7 +290,11 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
         }
         Ok(rows)
     })();
-    let _ = Command::new("umount").arg("-R").arg(o.dir.join("storage/containers")).stderr(Stdio::null()).status();
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg(o.dir.join("storage/containers"))
+        .stderr(Stdio::null())
+        .status();
     let _ = std::fs::remove_dir_all(&o.dir);
     r
 }

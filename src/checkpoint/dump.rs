@@ -66,12 +66,18 @@ impl Container {
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         let status = self.status()?;
         if !matches!(status, Status::Running | Status::Paused) {
-            return Err(self.invalid("checkpoint", status, "; only a running container can be checkpointed"));
+            return Err(self.invalid(
+                "checkpoint",
+                status,
+                "; only a running container can be checkpointed",
+            ));
         }
         let criu = Criu::new();
         let version = criu.version().map_err(criu_error)?;
         if !version.at_least(3, 0) {
-            return Err(Error::Other(format!("criu {version:?} is too old: ferry needs 3.0 or later")));
+            return Err(Error::Other(format!(
+                "criu {version:?} is too old: ferry needs 3.0 or later"
+            )));
         }
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -139,7 +145,10 @@ impl Container {
                 let port = port
                     .parse()
                     .map_err(|_| Error::Other(format!("--page-server {s:?}: bad port")))?;
-                Some(PageServer { address: addr.to_string(), port })
+                Some(PageServer {
+                    address: addr.to_string(),
+                    port,
+                })
             }
         };
         if !opts.pre_dump {
@@ -148,7 +157,14 @@ impl Container {
         let req = DumpRequest {
             images_dir: opts.image_path.clone(),
             work_dir: opts.work_path.clone(),
-            log_file: Some(if opts.pre_dump { "pre-dump.log" } else { "dump.log" }.into()),
+            log_file: Some(
+                if opts.pre_dump {
+                    "pre-dump.log"
+                } else {
+                    "dump.log"
+                }
+                .into(),
+            ),
             root: Some(self.record.rootfs.clone()),
             pid: self.pid(),
             leave_running: opts.leave_running,
@@ -192,7 +208,9 @@ impl Container {
     /// descriptors.json: where the init's stdio pointed, so restore can replace pipes.
     fn write_descriptors(&self, dir: &std::path::Path) -> Result<()> {
         let fds: Vec<String> = (0..3)
-            .map(|fd| crate::sys::proc::fd_target(self.pid(), fd).unwrap_or_else(|| "/dev/null".into()))
+            .map(|fd| {
+                crate::sys::proc::fd_target(self.pid(), fd).unwrap_or_else(|| "/dev/null".into())
+            })
             .collect();
         let path = dir.join(DESCRIPTORS_FILE);
         std::fs::write(&path, serde_json::to_vec(&fds).unwrap_or_default())
@@ -205,7 +223,11 @@ impl Container {
 /// runc's rule: the `org.criu.config` annotation names a CRIU config file (empty: none),
 /// else /etc/criu/runc.conf if it exists. ferry reads /etc/criu/ferry.conf instead.
 pub(crate) fn criu_config_file(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
-    match spec.annotations().as_ref().and_then(|a| a.get("org.criu.config")) {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get("org.criu.config"))
+    {
         Some(v) if v.is_empty() => None,
         Some(v) => Some(PathBuf::from(v)),
         None => {

@@ -75,22 +75,28 @@ impl Container {
         let t0 = Instant::now();
         let status = self.status()?;
         if !matches!(status, Status::Running | Status::Paused) {
-            return Err(self.invalid("checkpoint", status, "; only a running container can be checkpointed"));
+            return Err(self.invalid(
+                "checkpoint",
+                status,
+                "; only a running container can be checkpointed",
+            ));
         }
         let layers = if opts.ignore_rootfs {
             None
         } else {
             Some(self.rootfs_layers().map_err(|e| {
-                Error::Other(format!("{e}; or give --ignore-rootfs to leave its files out"))
+                Error::Other(format!(
+                    "{e}; or give --ignore-rootfs to leave its files out"
+                ))
             })?)
         };
         let storage = &self.runtime.storage;
-        let identity = Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
-        let work = storage.join("work").join(format!(
-            "checkpoint-{}-{}",
-            self.id,
-            std::process::id()
-        ));
+        let identity =
+            Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
+        let work =
+            storage
+                .join("work")
+                .join(format!("checkpoint-{}-{}", self.id, std::process::id()));
         std::fs::create_dir_all(&work).ctx(|| format!("create {}", work.display()))?;
         let was_paused = status == Status::Paused;
         let cgroup = self.cgroup()?;
@@ -159,10 +165,12 @@ impl Container {
         };
         let t = Instant::now();
         let werr = |e: crate::archive::writer::Error| Error::Other(e.to_string());
-        let mut w = ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
+        let mut w =
+            ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
         w.add_dir("checkpoint", &images).map_err(werr)?;
         stats.images_bytes = w.content_bytes;
-        let spec = serde_json::to_vec_pretty(&self.record.spec).map_err(|e| Error::Other(e.to_string()))?;
+        let spec = serde_json::to_vec_pretty(&self.record.spec)
+            .map_err(|e| Error::Other(e.to_string()))?;
         w.add_bytes("spec.dump", &spec).map_err(werr)?;
         let image = self.record.image.as_ref().map(|i| ImageRef {
             name: i.image.clone(),
@@ -174,8 +182,11 @@ impl Container {
             created: self.record.created,
             rootfs_included: layers.is_some(),
         };
-        w.add_bytes("config.dump", &serde_json::to_vec_pretty(&config).unwrap_or_default())
-            .map_err(werr)?;
+        w.add_bytes(
+            "config.dump",
+            &serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        )
+        .map_err(werr)?;
         if let Some((upper, lowers)) = &layers {
             let td = Instant::now();
             // The diff goes in as one entry, so its size must be known before its bytes: a
@@ -188,7 +199,8 @@ impl Container {
             let producer = std::thread::spawn(move || {
                 crate::archive::diff::write_diff(&upper2, &lowers2, &mut writer)
             });
-            w.add_reader("rootfs-diff.tar", size, reader).map_err(werr)?;
+            w.add_reader("rootfs-diff.tar", size, reader)
+                .map_err(werr)?;
             let summary = producer
                 .join()
                 .map_err(|_| Error::Other("rootfs diff writer panicked".into()))?
@@ -204,8 +216,11 @@ impl Container {
                 .iter()
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect();
-            w.add_bytes("deleted.files", &serde_json::to_vec(&deleted).unwrap_or_default())
-                .map_err(werr)?;
+            w.add_bytes(
+                "deleted.files",
+                &serde_json::to_vec(&deleted).unwrap_or_default(),
+            )
+            .map_err(werr)?;
             stats.rootfs_diff_bytes = size;
             stats.rootfs_diff_ms = ms(td.elapsed());
         }
@@ -224,12 +239,21 @@ impl Container {
             image,
             source: SourceHost::this_host(criu_version),
             entries: vec![],
-            annotations: self.record.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+            annotations: self
+                .record
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         };
         let counted = w.finish(manifest, identity).map_err(werr)?;
         stats.archive_bytes = counted.n;
         let mut inner = counted.inner;
-        inner.flush().ctx(|| format!("write {}", opts.output.display()))?;
+        inner
+            .flush()
+            .ctx(|| format!("write {}", opts.output.display()))?;
         drop(inner);
         stats.archive_ms = ms(t.elapsed());
         Ok(())

@@ -8,7 +8,8 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 use std::path::{Path, PathBuf};
 
 fn is_bind(m: &Mount) -> bool {
-    m.typ().as_deref() == Some("bind") || parse_options(m.options().as_deref().unwrap_or_default()).bind
+    m.typ().as_deref() == Some("bind")
+        || parse_options(m.options().as_deref().unwrap_or_default()).bind
 }
 
 fn is_cgroup(m: &Mount) -> bool {
@@ -18,7 +19,13 @@ fn is_cgroup(m: &Mount) -> bool {
 /// The cgroup v1 hierarchies bound under the container's cgroup mount: (mount point inside
 /// the container, host directory of the container's cgroup there).
 pub fn cgroup_binds(spec: &Spec, cgroup_dirs: &[(String, PathBuf)]) -> Vec<(String, PathBuf)> {
-    let Some(m) = spec.mounts().as_deref().unwrap_or_default().iter().find(|m| is_cgroup(m)) else {
+    let Some(m) = spec
+        .mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| is_cgroup(m))
+    else {
         return vec![];
     };
     let dest = m.destination();
@@ -57,7 +64,9 @@ fn masked_files(spec: &Spec, rootfs: &Path) -> Vec<String> {
             } else {
                 crate::runtime::rootfs::secure_join(rootfs, Path::new(p))
             };
-            std::fs::metadata(path).map(|m| !m.is_dir()).unwrap_or(false)
+            std::fs::metadata(path)
+                .map(|m| !m.is_dir())
+                .unwrap_or(false)
         })
         .collect()
 }
@@ -77,7 +86,12 @@ fn userns_devices(spec: &Spec) -> Vec<String> {
         .iter()
         .map(|d| d.path().to_string_lossy().into_owned())
         .collect();
-    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
         paths.push(d.path().to_string_lossy().into_owned());
     }
     paths
@@ -89,17 +103,29 @@ pub fn for_dump(spec: &Spec, rootfs: &Path, cgroup_dirs: &[(String, PathBuf)]) -
     for m in spec.mounts().as_deref().unwrap_or_default() {
         if is_bind(m) && !is_cgroup(m) {
             let d = m.destination().to_string_lossy().into_owned();
-            out.push(ExtMount { key: d.clone(), val: d });
+            out.push(ExtMount {
+                key: d.clone(),
+                val: d,
+            });
         }
     }
     for (point, _) in cgroup_binds(spec, cgroup_dirs) {
-        out.push(ExtMount { key: point.clone(), val: point });
+        out.push(ExtMount {
+            key: point.clone(),
+            val: point,
+        });
     }
     for p in masked_files(spec, rootfs) {
-        out.push(ExtMount { key: p, val: "/dev/null".into() });
+        out.push(ExtMount {
+            key: p,
+            val: "/dev/null".into(),
+        });
     }
     for p in userns_devices(spec) {
-        out.push(ExtMount { key: p.clone(), val: p });
+        out.push(ExtMount {
+            key: p.clone(),
+            val: p,
+        });
     }
     out
 }
@@ -118,13 +144,22 @@ pub fn for_restore(spec: &Spec, rootfs: &Path, cgroup_dirs: &[(String, PathBuf)]
         }
     }
     for (point, dir) in cgroup_binds(spec, cgroup_dirs) {
-        out.push(ExtMount { key: point, val: dir.to_string_lossy().into_owned() });
+        out.push(ExtMount {
+            key: point,
+            val: dir.to_string_lossy().into_owned(),
+        });
     }
     if !masked_files(spec, rootfs).is_empty() {
-        out.push(ExtMount { key: "/dev/null".into(), val: "/dev/null".into() });
+        out.push(ExtMount {
+            key: "/dev/null".into(),
+            val: "/dev/null".into(),
+        });
     }
     for p in userns_devices(spec) {
-        out.push(ExtMount { key: p.clone(), val: p });
+        out.push(ExtMount {
+            key: p.clone(),
+            val: p,
+        });
     }
     out
 }

@@ -78,11 +78,14 @@ impl Runtime {
         let trust = if opts.allow_untrusted {
             Trust::AnySigner
         } else {
-            Trust::Store { store: &trust_store, own: identity.fingerprint() }
+            Trust::Store {
+                store: &trust_store,
+                own: identity.fingerprint(),
+            }
         };
         // 'static reader for the decompressor.
-        let unpacked = reader::unpack(ReadBox(input), dir, trust)
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let unpacked =
+            reader::unpack(ReadBox(input), dir, trust).map_err(|e| Error::Other(e.to_string()))?;
         stats.verify_ms = t.elapsed().as_secs_f64() * 1000.0;
         let (spec, config) = read_dumps(&unpacked)?;
         check_host(&unpacked)?;
@@ -132,7 +135,10 @@ impl Runtime {
         let c = restored.container;
         let signals = crate::runtime::process::wait::become_supervisor()?;
         let code = crate::runtime::process::wait::supervise(c.pid(), &signals)?;
-        let _ = std::fs::write(c.dir.join(crate::runtime::container::EXIT_FILE), code.to_string());
+        let _ = std::fs::write(
+            c.dir.join(crate::runtime::container::EXIT_FILE),
+            code.to_string(),
+        );
         c.delete(true)?;
         Ok((code, opts.keep))
     }
@@ -153,7 +159,8 @@ impl Runtime {
         let r = (|| -> Result<()> {
             let root = bundle.join("rootfs");
             if config.rootfs_included {
-                let deleted: Vec<PathBuf> = match std::fs::read(unpacked.dir.join("deleted.files")) {
+                let deleted: Vec<PathBuf> = match std::fs::read(unpacked.dir.join("deleted.files"))
+                {
                     Ok(b) => serde_json::from_slice::<Vec<String>>(&b)
                         .map_err(|e| Error::Other(format!("deleted.files: {e}")))?
                         .into_iter()
@@ -185,7 +192,9 @@ impl Runtime {
             }
             let text = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Other(e.to_string()))?;
             std::fs::write(bundle.join("config.json"), text).ctx(|| "write config.json")?;
-            store.add_ref(img, id).map_err(|e| Error::Other(e.to_string()))
+            store
+                .add_ref(img, id)
+                .map_err(|e| Error::Other(e.to_string()))
         })();
         match r {
             Ok(()) => Ok(made),

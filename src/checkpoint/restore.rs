@@ -90,7 +90,11 @@ impl Runtime {
                 opts.image_path.display()
             )));
         }
-        let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
         if terminal && opts.console_socket.is_none() {
             return Err(Error::Other(
                 "the container has a terminal: give --console-socket to receive its pty master"
@@ -101,7 +105,9 @@ impl Runtime {
         let dir = self.container_dir(&opts.id);
         match std::fs::create_dir(&dir) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Exists { id: opts.id.clone() });
+                return Err(Error::Exists {
+                    id: opts.id.clone(),
+                });
             }
             r => r.ctx(|| format!("create {}", dir.display()))?,
         }
@@ -114,17 +120,14 @@ impl Runtime {
         match result {
             Ok(r) => Ok(r),
             Err((e, pid)) => {
-                let cleanup = (|| {
-                    if let Some(pid) = pid {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    let r = cgroup.destroy();
-                    let _ = std::fs::remove_dir_all(&dir);
-                    r
-                })();
+                if let Some(pid) = pid {
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    // With rst_sibling it is our child: reap it rather than leave a zombie.
+                    let _ = nix::sys::wait::waitpid(pid, None);
+                }
+                let cleanup = cgroup.destroy();
+                let _ = std::fs::remove_dir_all(&dir);
                 Err(with_cleanup(e, cleanup))
             }
         }
@@ -178,7 +181,10 @@ impl Runtime {
                     let f = std::fs::File::open(path)
                         .ctx(|| format!("open {}", path.display()))
                         .map_err(fail)?;
-                    inherit_fds.push(InheritFd { key: key.into(), fd: f.into() });
+                    inherit_fds.push(InheritFd {
+                        key: key.into(),
+                        fd: f.into(),
+                    });
                 }
                 LinuxNamespaceType::Cgroup => {
                     return Err(fail(Error::Other(
@@ -195,7 +201,9 @@ impl Runtime {
             }
         }
         let rel = cgroups::relative_path(
-            spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()),
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_deref()),
             &opts.id,
         )
         .map_err(fail)?;
@@ -267,7 +275,11 @@ impl Runtime {
                 Ok(())
             })
             .map_err(|e| (Error::Other(e.to_string()), notify.pid))?;
-        let pid = if report.pid > 0 { report.pid } else { notify.pid.unwrap_or(0) };
+        let pid = if report.pid > 0 {
+            report.pid
+        } else {
+            notify.pid.unwrap_or(0)
+        };
         let container = Container {
             runtime: self.clone(),
             id: opts.id.clone(),
@@ -348,7 +360,9 @@ fn stdio_pipes(images: &Path) -> Result<Vec<(String, OwnedFd)>> {
                 return Err(std::io::Error::last_os_error()).ctx(|| format!("dup fd {i}"));
             }
             // SAFETY: a new fd we own.
-            out.push((target.clone(), unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }));
+            out.push((target.clone(), unsafe {
+                std::os::fd::FromRawFd::from_raw_fd(fd)
+            }));
         }
     }
     Ok(out)
@@ -368,7 +382,11 @@ impl Notify for RestoreNotify {
                 self.pid = Some(pid);
                 self.state.pid = pid;
                 hooks::run("prestart", &hooks::of(&self.spec, "prestart"), &self.state)?;
-                hooks::run("createRuntime", &hooks::of(&self.spec, "createRuntime"), &self.state)?;
+                hooks::run(
+                    "createRuntime",
+                    &hooks::of(&self.spec, "createRuntime"),
+                    &self.state,
+                )?;
             }
             "post-restore" => self.pid = Some(pid),
             "orphan-pts-master" => {

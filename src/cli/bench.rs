@@ -33,7 +33,12 @@ pub enum BenchCommand {
 
 impl BenchArgs {
     pub fn run(self) -> Result<i32> {
-        let BenchCommand::Checkpoint { size, compress, dir, json } = self.what;
+        let BenchCommand::Checkpoint {
+            size,
+            compress,
+            dir,
+            json,
+        } = self.what;
         let sizes = size
             .iter()
             .map(|s| crate::bench::parse_size(s))
@@ -48,8 +53,17 @@ impl BenchArgs {
         if !json {
             println!(
                 "{:>6} {:>8} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>6} | {:>10} {:>9}",
-                "size", "compress", "criu dump", "criu rst", "floor", "ferry ck", "ferry rst",
-                "ferry", "ratio", "archive", "peak RSS"
+                "size",
+                "compress",
+                "criu dump",
+                "criu rst",
+                "floor",
+                "ferry ck",
+                "ferry rst",
+                "ferry",
+                "ratio",
+                "archive",
+                "peak RSS"
             );
         }
         crate::bench::checkpoint(&opts, |r| {

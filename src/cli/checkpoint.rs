@@ -198,9 +198,12 @@ pub fn report_stats<T: serde::Serialize>(flags: &CriuFlags, stats: &T, what: &st
         if let Some(map) = v.as_object_mut() {
             map.insert("peak_rss_kib".into(), peak_rss_kib().into());
         }
-        std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(|source| {
-            Error::Io { context: format!("write {}", path.display()), source }
-        })?;
+        std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(
+            |source| Error::Io {
+                context: format!("write {}", path.display()),
+                source,
+            },
+        )?;
     }
     Ok(())
 }

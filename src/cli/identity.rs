@@ -70,7 +70,14 @@ impl TrustArgs {
             TrustCommand::Add { fingerprint, name } => {
                 let fp = Fingerprint::parse(&fingerprint).map_err(err)?;
                 store.add(&fp, &name).map_err(err)?;
-                println!("trusted {fp}{}", if name.is_empty() { String::new() } else { format!(" ({name})") });
+                println!(
+                    "trusted {fp}{}",
+                    if name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({name})")
+                    }
+                );
             }
             TrustCommand::Ls { json } => {
                 let all = store.list().map_err(err)?;
@@ -80,7 +87,12 @@ impl TrustArgs {
                     let w = all.iter().map(|s| s.name.len()).max().unwrap_or(0).max(4);
                     println!("{:<w$}  FINGERPRINT{:54}ADDED", "NAME", "");
                     for s in all {
-                        println!("{:<w$}  {}  {}", s.name, s.fingerprint, s.added.format("%Y-%m-%d %H:%M"));
+                        println!(
+                            "{:<w$}  {}  {}",
+                            s.name,
+                            s.fingerprint,
+                            s.added.format("%Y-%m-%d %H:%M")
+                        );
                     }
                 }
             }

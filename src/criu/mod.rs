@@ -219,8 +219,13 @@ impl Criu {
     /// Asks criu for its version.
     pub fn version(&self) -> Result<CriuVersion> {
         // Asked once per process: every question costs a criu process.
-        static CACHE: std::sync::Mutex<Vec<(PathBuf, CriuVersion)>> = std::sync::Mutex::new(Vec::new());
-        if let Some((_, v)) = CACHE.lock().ok().and_then(|c| c.iter().find(|(b, _)| *b == self.binary).cloned()) {
+        static CACHE: std::sync::Mutex<Vec<(PathBuf, CriuVersion)>> =
+            std::sync::Mutex::new(Vec::new());
+        if let Some((_, v)) = CACHE
+            .lock()
+            .ok()
+            .and_then(|c| c.iter().find(|(b, _)| *b == self.binary).cloned())
+        {
             return Ok(v);
         }
         let v = self.ask_version()?;

@@ -38,10 +38,7 @@ impl Bundle {
         if !rootfs.is_dir() {
             return Err(Error::Config {
                 path,
-                msg: format!(
-                    "field `root.path`: {} is not a directory",
-                    rootfs.display()
-                ),
+                msg: format!("field `root.path`: {} is not a directory", rootfs.display()),
             });
         }
         let rootfs = rootfs.canonicalize().map_err(|e| Error::Io {
@@ -63,7 +60,11 @@ pub fn parse_spec(text: &str) -> std::result::Result<Spec, String> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            format!("invalid JSON at line {} column {}: {inner}", inner.line(), inner.column())
+            format!(
+                "invalid JSON at line {} column {}: {inner}",
+                inner.line(),
+                inner.column()
+            )
         } else {
             format!("field `{path}`: {inner}")
         }
@@ -104,8 +105,8 @@ mod tests {
 
     #[test]
     fn wrong_type_names_field() {
-        let e = parse_spec(r#"{"ociVersion":"1.0.2","process":{"args":"sh","cwd":"/"}}"#)
-            .unwrap_err();
+        let e =
+            parse_spec(r#"{"ociVersion":"1.0.2","process":{"args":"sh","cwd":"/"}}"#).unwrap_err();
         assert!(e.contains("`process.args`"), "{e}");
     }
 

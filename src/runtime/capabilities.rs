@@ -425,7 +425,9 @@ mod tests {
             let got = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
                 .map_err(|e| e.to_string())?;
             if got != (64, 64) {
-                return Err(format!("raise above hard limit gave {got:?}, expected (64, 64)"));
+                return Err(format!(
+                    "raise above hard limit gave {got:?}, expected (64, 64)"
+                ));
             }
             let msg = match set_rlimits(&inverted) {
                 Ok(()) => return Err("soft above hard succeeded".into()),

@@ -3,7 +3,7 @@
 
 use crate::runtime::error::{Context, Error, Result};
 use nix::fcntl::OFlag;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -34,7 +34,11 @@ pub fn setup_pty(socket: &OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
         // SAFETY: TIOCSWINSZ reads a winsize we own.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
-    send_fd(socket.as_raw_fd(), master.as_raw_fd(), slave_name.as_bytes())?;
+    send_fd(
+        socket.as_raw_fd(),
+        master.as_raw_fd(),
+        slave_name.as_bytes(),
+    )?;
     drop(master);
 
     let slave = nix::fcntl::open(
@@ -65,7 +69,8 @@ pub fn setup_pty(socket: &OwnedFd, size: Option<(u16, u16)>) -> Result<()> {
     }
     // SAFETY: TIOCSCTTY on our own session leader's new terminal.
     if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        return Err(std::io::Error::last_os_error()).ctx(|| "make the pty the controlling terminal");
+        return Err(std::io::Error::last_os_error())
+            .ctx(|| "make the pty the controlling terminal");
     }
     Ok(())
 }
@@ -85,8 +90,13 @@ pub fn recv_fd(socket: RawFd) -> Result<OwnedFd> {
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .ctx(|| "receive the pty master")?;
+    let msg = recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ctx(|| "receive the pty master")?;
     for c in msg.cmsgs().ctx(|| "read control messages")? {
         if let ControlMessageOwned::ScmRights(fds) = c
             && let Some(&fd) = fds.first()

@@ -227,10 +227,7 @@ impl Container {
 }
 
 pub(crate) fn cgroup_of(spec: &Spec, id: &str) -> Result<Box<dyn Cgroup>> {
-    let path = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().clone());
+    let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     cgroups::for_container(path.as_deref(), id)
 }
 

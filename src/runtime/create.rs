@@ -3,14 +3,14 @@
 
 use crate::runtime::bundle::Bundle;
 use crate::runtime::cgroups::Cgroup;
-use crate::runtime::container::{self, cgroup_of, Record, EXEC_FIFO, EXIT_FILE};
+use crate::runtime::container::{self, EXEC_FIFO, EXIT_FILE, Record, cgroup_of};
 use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::process::channel::{Channel, Msg};
 use crate::runtime::process::init::{self, Kind, Setup};
 use crate::runtime::process::wait;
-use crate::runtime::{console, hooks, namespaces, Container, CreateOptions, RunOptions, Runtime};
+use crate::runtime::{Container, CreateOptions, RunOptions, Runtime, console, hooks, namespaces};
 use crate::runtime::{OciState, Status};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::{ForkResult, Pid};
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType};
 use std::os::fd::OwnedFd;
@@ -48,7 +48,10 @@ impl Runtime {
         };
         let c = self.create_with_console(&opts.create, console)?;
         if let Err(e) = c.start() {
-            return Err(with_cleanup(e, self.load(&opts.create.id).and_then(|c| c.delete(true))));
+            return Err(with_cleanup(
+                e,
+                self.load(&opts.create.id).and_then(|c| c.delete(true)),
+            ));
         }
         if let Some(sock) = ours {
             use std::os::fd::AsRawFd;
@@ -73,11 +76,14 @@ impl Runtime {
                 drop(w);
                 let mut msg = String::new();
                 let mut f = std::fs::File::from(r);
-                std::io::Read::read_to_string(&mut f, &mut msg).ctx(|| "read from the supervisor")?;
+                std::io::Read::read_to_string(&mut f, &mut msg)
+                    .ctx(|| "read from the supervisor")?;
                 if msg == "ok" {
                     Ok(0)
                 } else if msg.is_empty() {
-                    Err(Error::Other("the supervisor process died during create".into()))
+                    Err(Error::Other(
+                        "the supervisor process died during create".into(),
+                    ))
                 } else {
                     Err(Error::Other(msg))
                 }
@@ -99,7 +105,10 @@ impl Runtime {
             let signals = wait::become_supervisor()?;
             let c = self.create(&opts.create)?;
             if let Err(e) = c.start() {
-                return Err(with_cleanup(e, self.load(&opts.create.id).and_then(|c| c.delete(true))));
+                return Err(with_cleanup(
+                    e,
+                    self.load(&opts.create.id).and_then(|c| c.delete(true)),
+                ));
             }
             Ok((c, signals))
         })();
@@ -112,7 +121,11 @@ impl Runtime {
         };
         // Our stdio belongs to the caller: let go of it so pipes it reads reach EOF when the
         // container closes them.
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             use std::os::fd::AsRawFd;
             for fd in 0..3 {
                 // SAFETY: dup2 onto our own stdio numbers.
@@ -129,7 +142,11 @@ impl Runtime {
         Ok(())
     }
 
-    fn create_with_console(&self, opts: &CreateOptions, console: Option<OwnedFd>) -> Result<Container> {
+    fn create_with_console(
+        &self,
+        opts: &CreateOptions,
+        console: Option<OwnedFd>,
+    ) -> Result<Container> {
         let r = self.create_checked(opts, console);
         match (&r, &opts.image) {
             (Err(_), Some(img)) => r.map_err(|e| with_cleanup(e, img.release(&opts.id))),
@@ -162,7 +179,9 @@ impl Runtime {
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Exists { id: opts.id.clone() });
+                return Err(Error::Exists {
+                    id: opts.id.clone(),
+                });
             }
             Err(e) => return Err(e).ctx(|| format!("create {}", dir.display())),
         }
@@ -263,7 +282,11 @@ impl Runtime {
         let pid = match chan.recv()? {
             Some(Msg::Pid(p)) => p,
             Some(Msg::Failed(e)) => return Err(Error::Other(e)),
-            m => return Err(Error::Other(format!("container setup: expected its pid, got {m:?}"))),
+            m => {
+                return Err(Error::Other(format!(
+                    "container setup: expected its pid, got {m:?}"
+                )));
+            }
         };
         undo.pids.push(pid);
         let record = Record {
@@ -334,7 +357,11 @@ fn write_id_map(pid: i32, file: &str, maps: Option<&[LinuxIdMapping]>) -> Result
     if maps.is_empty() {
         return Err(Error::Other(format!(
             "a new user namespace needs linux.{} in config.json",
-            if file == "uid_map" { "uidMappings" } else { "gidMappings" }
+            if file == "uid_map" {
+                "uidMappings"
+            } else {
+                "gidMappings"
+            }
         )));
     }
     let text: String = maps
@@ -351,7 +378,9 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     std::fs::write(&tmp, pid.to_string()).ctx(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).ctx(|| format!("write pid file {}", path.display()))
@@ -371,7 +400,10 @@ impl Undo {
         }
         for pid in &self.pids {
             // Our own children are reaped; the init may be a grandchild re-parented elsewhere.
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(*pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            let _ = nix::sys::wait::waitpid(
+                Pid::from_raw(*pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
         }
         let mut first_err = None;
         if let Some(cg) = self.cgroup {

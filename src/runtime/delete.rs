@@ -2,7 +2,7 @@
 //! its cgroup and its state, then runs the poststop hooks.
 
 use crate::runtime::error::{Context, Error, Result};
-use crate::runtime::{hooks, Container, Status};
+use crate::runtime::{Container, Status, hooks};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -33,11 +33,17 @@ impl Container {
             errors.push(e);
         }
         let state = self.state_with(Status::Stopped);
-        if let Err(e) = hooks::run("poststop", &hooks::of(&self.record.spec, "poststop"), &state) {
+        if let Err(e) = hooks::run(
+            "poststop",
+            &hooks::of(&self.record.spec, "poststop"),
+            &state,
+        ) {
             // Poststop failures are logged: the container is gone either way (runtime-spec).
             tracing::warn!("{e}");
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir).ctx(|| format!("remove {}", self.dir.display())) {
+        if let Err(e) =
+            std::fs::remove_dir_all(&self.dir).ctx(|| format!("remove {}", self.dir.display()))
+        {
             errors.push(e);
         }
         match errors.into_iter().reduce(|a, b| Error::WithCleanup {

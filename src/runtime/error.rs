@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("container {id:?} does not exist (looked in {root}); `ferry list` shows the containers that do")]
+    #[error(
+        "container {id:?} does not exist (looked in {root}); `ferry list` shows the containers that do"
+    )]
     NotFound { id: String, root: PathBuf },
     #[error("container {id:?} already exists; pick another id or `ferry delete {id}` first")]
     Exists { id: String },
@@ -44,7 +46,10 @@ pub enum Error {
     Other(String),
     /// An error and the error its cleanup hit afterwards: both are reported.
     #[error("{error}\n  and then, while cleaning up: {cleanup}")]
-    WithCleanup { error: Box<Error>, cleanup: Box<Error> },
+    WithCleanup {
+        error: Box<Error>,
+        cleanup: Box<Error>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

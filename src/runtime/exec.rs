@@ -4,7 +4,7 @@ use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::process::channel::{Channel, Msg};
 use crate::runtime::process::init::{self, Kind, Setup};
 use crate::runtime::process::wait;
-use crate::runtime::{console, create::write_pid_file, Container, ExecOptions};
+use crate::runtime::{Container, ExecOptions, console, create::write_pid_file};
 use nix::unistd::ForkResult;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -18,7 +18,9 @@ impl Container {
         }
         let args = opts.process.args().clone().unwrap_or_default();
         if args.is_empty() {
-            return Err(Error::Other("exec needs a command (process.args is empty)".into()));
+            return Err(Error::Other(
+                "exec needs a command (process.args is empty)".into(),
+            ));
         }
         let terminal = opts.process.terminal().unwrap_or(false);
         let (console, ours) = match (&opts.console_socket, terminal) {
@@ -52,7 +54,9 @@ impl Container {
                     Setup {
                         spec: &self.record.spec,
                         process: &opts.process,
-                        kind: Kind::Exec { init_pid: self.pid() },
+                        kind: Kind::Exec {
+                            init_pid: self.pid(),
+                        },
                         console,
                         cgroup_dirs: vec![],
                         preserve_fds: opts.preserve_fds,

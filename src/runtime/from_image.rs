@@ -179,7 +179,10 @@ pub fn spec_for(image: &Image, req: &ImageRequest, id: &str, rootfs: &Path) -> R
     spec.set_root(Some(root));
     let mut ann = spec.annotations().clone().unwrap_or_default();
     ann.insert("org.ferry.image.name".into(), image.name.clone());
-    ann.insert("org.ferry.image.digest".into(), image.manifest_digest.clone());
+    ann.insert(
+        "org.ferry.image.digest".into(),
+        image.manifest_digest.clone(),
+    );
     spec.set_annotations(Some(ann));
     Ok(spec)
 }
@@ -204,7 +207,9 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
     let (uid, primary) = match u.parse::<u32>() {
         Ok(n) => (n, lookup_by_uid(rootfs, n).unwrap_or(0)),
         Err(_) => lookup("/etc/passwd", u).ok_or_else(|| {
-            Error::Other(format!("image user {u:?} is not in the image's /etc/passwd"))
+            Error::Other(format!(
+                "image user {u:?} is not in the image's /etc/passwd"
+            ))
         })?,
     };
     let gid = match g {
@@ -212,7 +217,9 @@ fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32)> {
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => lookup_group(rootfs, g).ok_or_else(|| {
-                Error::Other(format!("image group {g:?} is not in the image's /etc/group"))
+                Error::Other(format!(
+                    "image group {g:?} is not in the image's /etc/group"
+                ))
             })?,
         },
     };
@@ -224,7 +231,9 @@ fn lookup_group(rootfs: &Path, name: &str) -> Option<u32> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok()).flatten()
+        (f.len() >= 3 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
     })
 }
 
@@ -233,7 +242,9 @@ fn lookup_by_uid(rootfs: &Path, uid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok()).flatten()
+        (f.len() >= 4 && f[2].parse() == Ok(uid))
+            .then(|| f[3].parse().ok())
+            .flatten()
     })
 }
 
@@ -253,7 +264,11 @@ mod tests {
     fn users_resolve_from_the_image() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("etc")).unwrap();
-        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:33:44::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:33:44::/:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         assert_eq!(resolve_user(d.path(), "web").unwrap(), (33, 44));
         assert_eq!(resolve_user(d.path(), "33").unwrap(), (33, 44));

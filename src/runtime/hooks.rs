@@ -1,8 +1,8 @@
 //! OCI hooks: each runs with the container's state JSON on stdin, in spec order, and a
 //! failure names the hook.
 
-use crate::runtime::error::{Error, Result};
 use crate::runtime::OciState;
+use crate::runtime::error::{Error, Result};
 use oci_spec::runtime::Hook;
 use std::io::Write;
 use std::process::{Command, Stdio};

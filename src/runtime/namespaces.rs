@@ -45,7 +45,9 @@ pub fn has(spec: &Spec, t: LinuxNamespaceType) -> bool {
 
 /// True when the spec asks for a new (not joined) namespace of type `t`.
 pub fn creates(spec: &Spec, t: LinuxNamespaceType) -> bool {
-    list(spec).iter().any(|n| n.typ() == t && n.path().is_none())
+    list(spec)
+        .iter()
+        .any(|n| n.typ() == t && n.path().is_none())
 }
 
 pub fn join(ns: &LinuxNamespace) -> Result<()> {
@@ -56,13 +58,8 @@ pub fn join(ns: &LinuxNamespace) -> Result<()> {
         nix::sys::stat::Mode::empty(),
     )
     .ctx(|| format!("open namespace {}", path.display()))?;
-    nix::sched::setns(fd, flag(ns.typ())).ctx(|| {
-        format!(
-            "join {} namespace {}",
-            proc_name(ns.typ()),
-            path.display()
-        )
-    })
+    nix::sched::setns(fd, flag(ns.typ()))
+        .ctx(|| format!("join {} namespace {}", proc_name(ns.typ()), path.display()))
 }
 
 /// Every spec namespace must be one this kernel has.

@@ -49,13 +49,14 @@ impl Overlay {
     /// upper dir of a rootfs someone else (podman) mounted.
     pub fn find(target: &Path) -> Result<Option<Overlay>> {
         let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo")?;
-        let target = target.canonicalize().unwrap_or_else(|_| target.to_path_buf());
+        let target = target
+            .canonicalize()
+            .unwrap_or_else(|_| target.to_path_buf());
         // The last mount on a path is the one visible there.
         Ok(text
             .lines()
             .filter_map(parse_mountinfo_line)
-            .filter(|(point, fstype, _)| fstype == "overlay" && Path::new(point) == target)
-            .last()
+            .rfind(|(point, fstype, _)| fstype == "overlay" && Path::new(point) == target)
             .and_then(|(_, _, opts)| from_options(&opts)))
     }
 }
@@ -154,7 +155,10 @@ mod tests {
         assert_eq!(fstype, "overlay");
         let o = from_options(&opts).unwrap();
         assert_eq!(o.lowers.len(), 2);
-        assert_eq!(o.upper, Path::new("/var/lib/containers/storage/overlay/abc/diff"));
+        assert_eq!(
+            o.upper,
+            Path::new("/var/lib/containers/storage/overlay/abc/diff")
+        );
     }
 
     #[test]

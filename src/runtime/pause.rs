@@ -1,7 +1,7 @@
 //! `pause` and `resume`: the cgroup freezer.
 
-use crate::runtime::error::Result;
 use crate::runtime::Container;
+use crate::runtime::error::Result;
 
 impl Container {
     pub fn pause(&self) -> Result<()> {

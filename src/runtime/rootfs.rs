@@ -2,8 +2,8 @@
 //! spec, /dev, pivot_root, then readonly and masked paths. Runs in the container's init.
 
 use crate::runtime::error::{Context, Error, Result};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
@@ -321,17 +321,20 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, cgroup_dirs: &[(String, PathBu
         )?;
     }
     if ro.contains(MsFlags::MS_RDONLY) {
-        remount_bind(dest, MsFlags::MS_RDONLY)
-            .or_else(|_| {
-                mount(
-                    NONE,
-                    dest,
-                    NONE,
-                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                    NONE,
-                )
-                .ctx(|| "remount /sys/fs/cgroup read-only")
-            })?;
+        remount_bind(dest, MsFlags::MS_RDONLY).or_else(|_| {
+            mount(
+                NONE,
+                dest,
+                NONE,
+                MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC,
+                NONE,
+            )
+            .ctx(|| "remount /sys/fs/cgroup read-only")
+        })?;
     }
     Ok(())
 }
@@ -401,7 +404,12 @@ fn create_device(rootfs: &Path, d: &LinuxDevice, in_userns: bool) -> Result<()> 
     let made = if in_userns {
         Err(nix::errno::Errno::EPERM)
     } else {
-        mknod(&dest, kind, mode, makedev(d.major() as u64, d.minor() as u64))
+        mknod(
+            &dest,
+            kind,
+            mode,
+            makedev(d.major() as u64, d.minor() as u64),
+        )
     };
     match made {
         Ok(()) => {
@@ -458,12 +466,21 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
         mount(Some(rootfs), "/", NONE, MsFlags::MS_MOVE, NONE).ctx(|| "move rootfs to /")?;
         nix::unistd::chroot(".").ctx(|| "chroot")?;
     } else {
-        let old = nix::fcntl::open("/", nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY, Mode::empty())
-            .ctx(|| "open /")?;
-        let new = nix::fcntl::open(rootfs, nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY, Mode::empty())
-            .ctx(|| format!("open {}", rootfs.display()))?;
+        let old = nix::fcntl::open(
+            "/",
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY,
+            Mode::empty(),
+        )
+        .ctx(|| "open /")?;
+        let new = nix::fcntl::open(
+            rootfs,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY,
+            Mode::empty(),
+        )
+        .ctx(|| format!("open {}", rootfs.display()))?;
         nix::unistd::fchdir(&new).ctx(|| "fchdir rootfs")?;
-        nix::unistd::pivot_root(".", ".").ctx(|| format!("pivot_root into {}", rootfs.display()))?;
+        nix::unistd::pivot_root(".", ".")
+            .ctx(|| format!("pivot_root into {}", rootfs.display()))?;
         // The old root is now mounted on top of the new one: detach it, without letting the
         // unmount propagate to the host.
         nix::unistd::fchdir(&old).ctx(|| "fchdir old root")?;
@@ -478,32 +495,45 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
 /// After pivot: readonly and masked paths, then the root itself read-only if asked.
 pub fn finalize(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
-    for p in linux.and_then(|l| l.readonly_paths().clone()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().clone())
+        .unwrap_or_default()
+    {
         let path = Path::new(&p);
         if !path.exists() {
             continue;
         }
-        mount(Some(path), path, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
-            .ctx(|| format!("bind readonly path {p}"))?;
+        mount(
+            Some(path),
+            path,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .ctx(|| format!("bind readonly path {p}"))?;
         remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_REC)?;
     }
-    for p in linux.and_then(|l| l.masked_paths().clone()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default()
+    {
         let path = Path::new(&p);
         match std::fs::metadata(path) {
             Err(_) => continue,
-            Ok(m) if m.is_dir() => mount(
-                Some("tmpfs"),
-                path,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                NONE,
-            )
-            .ctx(|| format!("mask directory {p}"))?,
+            Ok(m) if m.is_dir() => {
+                mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, NONE)
+                    .ctx(|| format!("mask directory {p}"))?
+            }
             Ok(_) => mount(Some("/dev/null"), path, NONE, MsFlags::MS_BIND, NONE)
                 .ctx(|| format!("mask file {p}"))?,
         }
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
         remount_bind(Path::new("/"), MsFlags::MS_RDONLY)?;
     }
     Ok(())
@@ -529,7 +559,10 @@ mod tests {
     fn rbind_and_propagation() {
         let o = opts(&["rbind", "ro", "rprivate"]);
         assert!(o.bind);
-        assert!(o.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
+        assert!(
+            o.flags
+                .contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY)
+        );
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
     }
 

@@ -2,7 +2,7 @@
 
 use crate::runtime::container::EXEC_FIFO;
 use crate::runtime::error::{Context, Error, Result};
-use crate::runtime::{hooks, Container, Status};
+use crate::runtime::{Container, Status, hooks};
 use std::time::Duration;
 
 impl Container {
@@ -19,7 +19,9 @@ impl Container {
         // Non-blocking, so a dead init cannot leave us waiting for a writer forever.
         let f = nix::fcntl::open(
             &fifo,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .ctx(|| format!("open {}", fifo.display()))?;
@@ -42,7 +44,11 @@ impl Container {
         }
         std::fs::remove_file(&fifo).ctx(|| format!("remove {}", fifo.display()))?;
         let state = self.state_with(Status::Running);
-        if let Err(e) = hooks::run("poststart", &hooks::of(&self.record.spec, "poststart"), &state) {
+        if let Err(e) = hooks::run(
+            "poststart",
+            &hooks::of(&self.record.spec, "poststart"),
+            &state,
+        ) {
             // The program already runs: a failing poststart hook is reported, not fatal.
             tracing::warn!("{e}");
         }

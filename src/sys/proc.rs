@@ -48,7 +48,10 @@ mod tests {
         let (state, start) = stat(me).unwrap();
         assert_ne!(state, 'Z');
         assert!(is_alive(me, start));
-        assert!(!is_alive(me, start + 1), "a different start time is another process");
+        assert!(
+            !is_alive(me, start + 1),
+            "a different start time is another process"
+        );
     }
 
     #[test]

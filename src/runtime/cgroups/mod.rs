@@ -530,8 +530,20 @@ mod default_device_tests {
         let r = container_resources(&spec);
         let rules = r.devices().clone().unwrap();
         assert!(!rules[0].allow(), "the spec's own rules come first");
-        assert!(rules.iter().any(|d| d.allow() && d.major() == Some(10) && d.minor() == Some(229)));
-        assert!(rules.iter().any(|d| d.allow() && d.major() == Some(5) && d.minor() == Some(2)));
-        assert!(rules.iter().any(|d| d.allow() && d.major() == Some(136) && d.minor().is_none()));
+        assert!(
+            rules
+                .iter()
+                .any(|d| d.allow() && d.major() == Some(10) && d.minor() == Some(229))
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|d| d.allow() && d.major() == Some(5) && d.minor() == Some(2))
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|d| d.allow() && d.major() == Some(136) && d.minor().is_none())
+        );
     }
 }

@@ -582,7 +582,11 @@ mod tests {
         assert_eq!(get("memory"), Some("/sys/fs/cgroup/memory"));
         assert_eq!(get("name=systemd"), Some("/sys/fs/cgroup/systemd"));
         assert_eq!(get("pids"), Some("/mnt/my dir"));
-        assert_eq!(get("unified"), Some("/sys/fs/cgroup/unified"), "a hybrid's cgroup2 tree");
+        assert_eq!(
+            get("unified"),
+            Some("/sys/fs/cgroup/unified"),
+            "a hybrid's cgroup2 tree"
+        );
         assert_eq!(mounts.len(), 7, "{mounts:?}");
     }
 

@@ -2,7 +2,7 @@
 //! on a socketpair. A child that dies closes its end, so the parent sees EOF, never a hang.
 
 use crate::runtime::error::{Context, Error, Result};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 

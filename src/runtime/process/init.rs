@@ -5,7 +5,7 @@
 use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::process::channel::{Channel, Msg};
 use crate::runtime::process::wait;
-use crate::runtime::{capabilities, console, hooks, namespaces, rootfs, seccomp, OciState};
+use crate::runtime::{OciState, capabilities, console, hooks, namespaces, rootfs, seccomp};
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
@@ -15,7 +15,12 @@ use std::path::{Path, PathBuf};
 
 pub enum Kind<'a> {
     /// The container's init: new namespaces, rootfs, then wait on the exec fifo.
-    Init { rootfs: &'a Path, fifo: &'a Path, no_pivot: bool, no_new_keyring: bool },
+    Init {
+        rootfs: &'a Path,
+        fifo: &'a Path,
+        no_pivot: bool,
+        no_new_keyring: bool,
+    },
     /// A process joining the namespaces of the running init `pid`.
     Exec { init_pid: i32 },
 }
@@ -56,7 +61,9 @@ fn stage1_inner(setup: Setup, chan: &Channel) -> Result<()> {
                 Kind::Init { .. } => init_main(&setup, chan),
                 Kind::Exec { .. } => exec_main(&setup, chan),
             };
-            let e = r.err().unwrap_or_else(|| Error::Other("setup ended without exec".into()));
+            let e = r
+                .err()
+                .unwrap_or_else(|| Error::Other("setup ended without exec".into()));
             // After `Ready` nobody listens any more: the container's stderr is all we have.
             if chan.send(&Msg::Failed(e.to_string())).is_err() {
                 eprintln!("ferry: {e}");
@@ -131,7 +138,13 @@ fn join_namespaces_of(pid: i32) -> Result<()> {
 }
 
 fn init_main(setup: &Setup, chan: &Channel) -> Result<()> {
-    let Kind::Init { rootfs: root, fifo, no_pivot, no_new_keyring } = setup.kind else {
+    let Kind::Init {
+        rootfs: root,
+        fifo,
+        no_pivot,
+        no_new_keyring,
+    } = setup.kind
+    else {
         unreachable!()
     };
     let spec = setup.spec;
@@ -147,7 +160,11 @@ fn init_main(setup: &Setup, chan: &Channel) -> Result<()> {
         Some(Msg::Failed(e)) => return Err(Error::Other(e)),
         _ => return Err(Error::Other("parent went away during create hooks".into())),
     };
-    hooks::run("createContainer", &hooks::of(spec, "createContainer"), &state)?;
+    hooks::run(
+        "createContainer",
+        &hooks::of(spec, "createContainer"),
+        &state,
+    )?;
     // Keep a handle on the fifo: after pivot_root its host path is out of reach.
     let fifo_fd = nix::fcntl::open(
         fifo,
@@ -173,7 +190,12 @@ fn init_main(setup: &Setup, chan: &Channel) -> Result<()> {
             return Err(std::io::Error::last_os_error()).ctx(|| format!("setdomainname {d}"));
         }
     }
-    for (k, v) in spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default() {
+    for (k, v) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+    {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&path, v.as_bytes()).ctx(|| format!("sysctl {k}={v}"))?;
     }
@@ -286,7 +308,11 @@ fn prepare_exec(setup: &Setup) -> Result<Exec> {
         capabilities::set_rlimits(r)?;
     }
     let nnp = p.no_new_privileges().unwrap_or(false);
-    let profile = setup.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let profile = setup
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().clone());
     let program = profile.as_ref().map(seccomp::compile).transpose()?;
     // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it before dropping
     // privileges. With it, as late as possible, so fewer of our own syscalls must be allowed.
