@@ -72,6 +72,7 @@ impl Container {
                 "; only a running container can be checkpointed",
             ));
         }
+        self.check_stdio()?;
         let criu = Criu::new();
         let version = criu.version().map_err(criu_error)?;
         if !version.at_least(3, 0) {
@@ -203,6 +204,45 @@ impl Container {
         }
         .map_err(criu_error)?;
         Ok(report)
+    }
+
+    /// CRIU cannot checkpoint an fd on a file outside the container's mounts, and the usual
+    /// one is stdio left pointing at a host file by whoever started the container. Say so
+    /// before anything is frozen.
+    pub(crate) fn check_stdio(&self) -> Result<()> {
+        let pid = self.pid();
+        let mounts: std::collections::HashSet<String> =
+            std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split(' ').next().map(String::from))
+                .collect();
+        for (fd, name) in [(0, "stdin"), (1, "stdout"), (2, "stderr")] {
+            let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let mnt = info
+                .lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .map(|v| v.trim().to_string());
+            if let Some(mnt) = mnt
+                && !mounts.contains(&mnt)
+            {
+                let target = crate::sys::proc::fd_target(pid, fd).unwrap_or_default();
+                return Err(Error::Other(format!(
+                    "container {:?}: its {name} is {target}, a file outside the container, \
+                     which CRIU cannot checkpoint; start detached containers with stdio on \
+                     /dev/null or on pipes (as conmon does)",
+                    self.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// descriptors.json: where the init's stdio pointed, so restore can replace pipes.

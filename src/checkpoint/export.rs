@@ -81,6 +81,7 @@ impl Container {
                 "; only a running container can be checkpointed",
             ));
         }
+        self.check_stdio()?;
         let layers = if opts.ignore_rootfs {
             None
         } else {

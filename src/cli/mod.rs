@@ -407,11 +407,21 @@ fn dispatch(
 /// One line on stderr, and the same as the last line of `--log` (podman reads that line
 /// as JSON to explain a failure).
 fn report_error(err: &Error, to_log_file: bool) {
-    let msg = one_line(&err.to_string());
+    let full = err.to_string();
     if to_log_file {
-        tracing::error!("{msg}");
+        // One log line (podman reads the oci-log as one JSON object per line).
+        tracing::error!("{}", one_line(&full));
     }
-    eprintln!("ferry: {msg}");
+    // On stderr the first line is the whole story for a person; what follows (CRIU's log
+    // excerpt, a cleanup that failed too) is indented under it rather than run together.
+    let mut lines = full
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty());
+    eprintln!("ferry: {}", lines.next().unwrap_or(""));
+    for l in lines {
+        eprintln!("  {}", l.trim_start());
+    }
 }
 
 fn one_line(msg: &str) -> String {
