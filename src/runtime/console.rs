@@ -16,6 +16,29 @@ pub fn connect(path: &Path) -> Result<OwnedFd> {
     Ok(s.into())
 }
 
+/// The two ends for a process's terminal: the fd the child sends its pty master to (the
+/// caller's `--console-socket`), and, when there is no socket but a terminal is wanted in the
+/// foreground, ferry's own end, which [`attach`] proxies to ferry's terminal.
+pub fn ends(socket: Option<&Path>, terminal: bool) -> Result<(Option<OwnedFd>, Option<OwnedFd>)> {
+    Ok(match (socket, terminal) {
+        (Some(p), _) => (Some(connect(p)?), None),
+        (None, true) => {
+            let (a, b) = UnixStream::pair().ctx(|| "socketpair for the terminal")?;
+            (Some(OwnedFd::from(a)), Some(OwnedFd::from(b)))
+        }
+        (None, false) => (None, None),
+    })
+}
+
+/// Receives the pty master on ferry's own end and copies it to and from ferry's terminal.
+pub fn attach(ours: Option<OwnedFd>) -> Result<()> {
+    if let Some(sock) = ours {
+        let master = recv_fd(sock.as_raw_fd())?;
+        std::thread::spawn(move || proxy(master));
+    }
+    Ok(())
+}
+
 /// In the container, after pivot_root: opens a new pty from /dev/ptmx, sends the master over
 /// `socket`, binds the slave on /dev/console and makes it the controlling terminal and stdio.
 pub fn setup_pty(socket: &OwnedFd, size: Option<(u16, u16)>) -> Result<()> {

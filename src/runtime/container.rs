@@ -153,21 +153,13 @@ impl Container {
 
     pub fn state(&self) -> Result<OciState> {
         let status = self.status()?;
-        Ok(OciState {
-            oci_version: self.record.spec.version().clone(),
-            id: self.id.clone(),
-            pid: if status == Status::Stopped {
-                0
-            } else {
-                self.record.pid
-            },
-            status,
-            bundle: self.record.bundle.clone(),
-            rootfs: self.record.rootfs.clone(),
-            created: self.record.created,
-            annotations: self.record.spec.annotations().clone().unwrap_or_default(),
-            owner: self.record.owner.clone(),
-        })
+        let mut state = self.state_with(status);
+        if status == Status::Stopped {
+            // runc reports no pid for a stopped container: the number may belong to another
+            // process by now.
+            state.pid = 0;
+        }
+        Ok(state)
     }
 
     /// The status recorded by the ferry process that supervised the container (`run`).

@@ -38,14 +38,7 @@ impl Runtime {
             .and_then(|p| p.terminal())
             .unwrap_or(false);
         // With a terminal and nobody to take it, ferry takes the pty master itself.
-        let (console, ours) = match (&opts.create.console_socket, terminal) {
-            (Some(p), _) => (Some(console::connect(p)?), None),
-            (None, true) => {
-                let (a, b) = std::os::unix::net::UnixStream::pair().ctx(|| "socketpair")?;
-                (Some(OwnedFd::from(a)), Some(OwnedFd::from(b)))
-            }
-            (None, false) => (None, None),
-        };
+        let (console, ours) = console::ends(opts.create.console_socket.as_deref(), terminal)?;
         let c = self.create_with_console(&opts.create, console)?;
         if let Err(e) = c.start() {
             return Err(with_cleanup(
@@ -53,11 +46,7 @@ impl Runtime {
                 self.load(&opts.create.id).and_then(|c| c.delete(true)),
             ));
         }
-        if let Some(sock) = ours {
-            use std::os::fd::AsRawFd;
-            let master = console::recv_fd(sock.as_raw_fd())?;
-            std::thread::spawn(move || console::proxy(master));
-        }
+        console::attach(ours)?;
         let code = wait::supervise(c.pid(), &signals)?;
         let _ = std::fs::write(c.dir.join(EXIT_FILE), code.to_string());
         if !opts.keep {

@@ -6,7 +6,6 @@ use crate::runtime::process::init::{self, Kind, Setup};
 use crate::runtime::process::wait;
 use crate::runtime::{Container, ExecOptions, console, create::write_pid_file};
 use nix::unistd::ForkResult;
-use std::os::fd::{AsRawFd, OwnedFd};
 
 impl Container {
     /// Runs a process inside. Detached: returns 0 once it started (its pid in the pid file);
@@ -23,8 +22,7 @@ impl Container {
             ));
         }
         let terminal = opts.process.terminal().unwrap_or(false);
-        let (console, ours) = match (&opts.console_socket, terminal) {
-            (Some(p), true) => (Some(console::connect(p)?), None),
+        match (&opts.console_socket, terminal) {
             (Some(_), false) => {
                 return Err(Error::Other("--console-socket needs --tty".into()));
             }
@@ -33,12 +31,9 @@ impl Container {
                     "a detached exec with --tty needs --console-socket to hand the pty to".into(),
                 ));
             }
-            (None, true) => {
-                let (a, b) = std::os::unix::net::UnixStream::pair().ctx(|| "socketpair")?;
-                (Some(OwnedFd::from(a)), Some(OwnedFd::from(b)))
-            }
-            (None, false) => (None, None),
-        };
+            _ => {}
+        }
+        let (console, ours) = console::ends(opts.console_socket.as_deref(), terminal)?;
         let signals = if opts.detach {
             None
         } else {
@@ -92,10 +87,7 @@ impl Container {
         let Some(signals) = signals else {
             return Ok(0);
         };
-        if let Some(sock) = ours {
-            let master = console::recv_fd(sock.as_raw_fd())?;
-            std::thread::spawn(move || console::proxy(master));
-        }
+        console::attach(ours)?;
         wait::supervise(pid, &signals)
     }
 }

@@ -175,12 +175,7 @@ fn init_main(setup: &Setup, chan: &Channel) -> Result<()> {
     rootfs::enter(root, no_pivot)?;
     reopen_null_stdio()?;
 
-    if setup.process.terminal().unwrap_or(false) {
-        let sock = setup.console.as_ref().ok_or_else(|| {
-            Error::Other("process.terminal is true but there is no console socket".into())
-        })?;
-        console::setup_pty(sock, console_size(setup.process))?;
-    }
+    setup_terminal(setup)?;
     if let Some(h) = spec.hostname() {
         nix::unistd::sethostname(h).ctx(|| format!("sethostname {h}"))?;
     }
@@ -227,12 +222,7 @@ fn init_main(setup: &Setup, chan: &Channel) -> Result<()> {
 fn exec_main(setup: &Setup, chan: &Channel) -> Result<()> {
     nix::unistd::setsid().ctx(|| "setsid")?;
     reopen_null_stdio()?;
-    if setup.process.terminal().unwrap_or(false) {
-        let sock = setup.console.as_ref().ok_or_else(|| {
-            Error::Other("process.terminal is true but there is no console socket".into())
-        })?;
-        console::setup_pty(sock, console_size(setup.process))?;
-    }
+    setup_terminal(setup)?;
     let exec = prepare_exec(setup)?;
     chan.send(&Msg::Ready)?;
     exec.run()
@@ -266,6 +256,17 @@ fn reopen_null_stdio() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// With `process.terminal`, a new pty whose master goes to the console socket.
+fn setup_terminal(setup: &Setup) -> Result<()> {
+    if !setup.process.terminal().unwrap_or(false) {
+        return Ok(());
+    }
+    let sock = setup.console.as_ref().ok_or_else(|| {
+        Error::Other("process.terminal is true but there is no console socket".into())
+    })?;
+    console::setup_pty(sock, console_size(setup.process))
 }
 
 fn console_size(p: &Process) -> Option<(u16, u16)> {
