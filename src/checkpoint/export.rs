@@ -168,7 +168,11 @@ impl Container {
         let werr = |e: crate::archive::writer::Error| Error::Other(e.to_string());
         let mut w =
             ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
-        w.add_dir("checkpoint", &images).map_err(werr)?;
+        if opts.keep {
+            w.add_dir("checkpoint", &images).map_err(werr)?;
+        } else {
+            w.add_dir_consuming("checkpoint", &images).map_err(werr)?;
+        }
         stats.images_bytes = w.content_bytes;
         let spec = serde_json::to_vec_pretty(&self.record.spec)
             .map_err(|e| Error::Other(e.to_string()))?;
