@@ -76,9 +76,25 @@ fn remove_cgroup_tree(dir: &Path) {
 impl Host {
     pub fn new() -> Host {
         require_criu();
+        Host::without_criu()
+    }
+
+    /// A Host for tests of the image store and image containers that never run CRIU.
+    pub fn without_criu() -> Host {
         let ferry = Ferry::new();
         let storage = ferry.scratch().join("storage");
         fs::create_dir_all(&storage).unwrap();
+        Host::on(ferry, storage)
+    }
+
+    /// A Host whose `--storage` is `storage` (e.g. a small tmpfs the test mounted; mount it
+    /// before the Host is made so that its identity and images live there).
+    pub fn on_storage(storage: PathBuf) -> Host {
+        require_criu();
+        Host::on(Ferry::new(), storage)
+    }
+
+    fn on(ferry: Ferry, storage: PathBuf) -> Host {
         Host {
             ferry,
             storage,
