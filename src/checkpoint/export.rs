@@ -165,7 +165,12 @@ impl Container {
             ))
         };
         let t = Instant::now();
-        let werr = |e: crate::archive::writer::Error| Error::Other(e.to_string());
+        let target = if opts.output == std::path::Path::new("-") {
+            "standard output".to_string()
+        } else {
+            opts.output.display().to_string()
+        };
+        let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
         let mut w =
             ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
         if opts.keep {
