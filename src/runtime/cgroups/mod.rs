@@ -13,6 +13,7 @@ mod fake;
 pub use v1::{V1, device_rule_lines};
 pub use v2::{V2, cpu_max, io_weight_from_blkio, swap_max, weight_from_shares};
 
+pub mod devices_bpf;
 use crate::runtime::error::{Context, Error, Result};
 use oci_spec::runtime::{LinuxRdma, LinuxResources};
 use std::collections::HashMap;

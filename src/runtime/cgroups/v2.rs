@@ -21,9 +21,6 @@ pub struct V2 {
     freeze_timeout: Duration,
 }
 
-/// v2 has no device files: device rules need an eBPF program, which ferry does not load yet.
-static DEVICE_RULES_WARNING: std::sync::Once = std::sync::Once::new();
-
 impl V2 {
     /// The cgroup `rel` below the cgroup2 mount `root` (tests pass a temporary tree).
     pub fn at(root: impl Into<PathBuf>, rel: impl Into<PathBuf>) -> Self {
@@ -341,12 +338,13 @@ impl Cgroup for V2 {
         if let Some(rules) = r.devices()
             && rules_need_enforcement(rules)
         {
-            DEVICE_RULES_WARNING.call_once(|| {
-                tracing::warn!(
-                    "linux.resources.devices is not enforced on cgroup v2 yet (it needs an eBPF \
-                     device program): the container can use any device node it can open or mknod"
-                );
-            });
+            // A fake tree (unit tests) is plain files: only a real cgroup2 takes a program.
+            let real = nix::sys::statfs::statfs(&self.dir())
+                .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+                .unwrap_or(false);
+            if real {
+                super::devices_bpf::apply(&self.dir(), rules)?;
+            }
         }
         // Raw key/value pairs go last so they can override what was derived above.
         if let Some(unified) = r.unified() {
