@@ -293,7 +293,11 @@ impl<W: Write> ArchiveWriter<W> {
             .open(path)
             .map_err(read_err)?;
         let size = f.metadata().map_err(read_err)?.len();
-        let mut r = Consuming { file: f, pos: 0, released: 0 };
+        let mut r = Consuming {
+            file: f,
+            pos: 0,
+            released: 0,
+        };
         self.add_reader(name, size, &mut r)?;
         r.release(r.pos);
         Ok(())
