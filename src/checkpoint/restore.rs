@@ -27,7 +27,6 @@ pub struct RestoreOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
-    pub no_subreaper: bool,
     pub tcp_established: bool,
     pub tcp_close: bool,
     pub ext_unix_sk: bool,

@@ -26,7 +26,8 @@ pub struct RestoreArgs {
     /// Unix socket to send the pty master to
     #[arg(long, value_name = "PATH")]
     pub console_socket: Option<PathBuf>,
-    /// Do not become a subreaper for the restored process
+    /// Accepted for runc compatibility: with CRIU's rst_sibling the restored init is
+    /// ferry's own child, so no subreaper is involved
     #[arg(long)]
     pub no_subreaper: bool,
     /// Use MS_MOVE + chroot instead of pivot_root
@@ -112,7 +113,6 @@ impl RestoreArgs {
             detach: self.detach,
             pid_file: self.pid_file.clone(),
             console_socket: self.console_socket.clone(),
-            no_subreaper: self.no_subreaper,
             tcp_established: c.tcp_established,
             tcp_close: c.tcp_close,
             ext_unix_sk: c.ext_unix_sk,

@@ -124,10 +124,8 @@ impl Runtime {
         let _ = nix::unistd::write(&report, b"ok");
         drop(report);
         let code = wait::supervise(c.pid(), &signals)?;
+        // `run -d` keeps the stopped container until `ferry delete`, as runc does.
         let _ = std::fs::write(c.dir.join(EXIT_FILE), code.to_string());
-        if !opts.keep {
-            // `run -d` keeps a stopped container until `ferry delete`, as runc does.
-        }
         Ok(())
     }
 
