@@ -16,7 +16,8 @@ pub use v2::{V2, cpu_max, io_weight_from_blkio, swap_max, weight_from_shares};
 pub mod devices_bpf;
 use crate::runtime::error::{Context, Error, Result};
 use oci_spec::runtime::{LinuxRdma, LinuxResources};
-use std::collections::HashMap;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,103 @@ pub trait Cgroup: Send + Sync {
     /// Each controller (v1) or "" (v2) with its absolute directory: CRIU's `cg_root` and
     /// `freeze_cgroup` are built from these.
     fn paths(&self) -> Vec<(String, std::path::PathBuf)>;
+    /// What the kernel accounts for the cgroup now (cpu, memory, pids, block I/O, OOM
+    /// kills). A file this kernel does not offer counts as zero rather than an error.
+    fn stats(&self) -> Result<CgroupStats>;
+}
+
+/// A cgroup's usage in the shape of runc's `types.Stats`, which `ferry events` prints and
+/// containerd's shim decodes with go-runc: the serde names are that JSON's field names.
+/// Times are nanoseconds, sizes bytes; an unlimited limit is `u64::MAX` as in runc.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CgroupStats {
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    pub pids: PidsStats,
+    pub blkio: BlkioStats,
+    /// OOM kills in the cgroup since it was created: `events` turns growth into `oom`
+    /// events. Not part of runc's stats document.
+    #[serde(skip)]
+    pub oom_kills: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CpuStats {
+    pub usage: CpuUsage,
+    pub throttling: CpuThrottling,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CpuUsage {
+    pub total: u64,
+    /// Per CPU (v1 only; cgroup v2 does not split usage by CPU).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub percpu: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub percpu_kernel: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub percpu_user: Vec<u64>,
+    pub kernel: u64,
+    pub user: u64,
+}
+
+/// CFS bandwidth control: periods that ran, periods cut short by the quota, time waited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CpuThrottling {
+    pub periods: u64,
+    #[serde(rename = "throttledPeriods")]
+    pub throttled_periods: u64,
+    #[serde(rename = "throttledTime")]
+    pub throttled_time: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryStats {
+    /// Page cache: `cache` (v1) or `file` (v2) of memory.stat.
+    pub cache: u64,
+    pub usage: MemoryEntry,
+    /// Memory + swap, as v1's memsw counts it (v2's swap-only numbers are added to memory's).
+    pub swap: MemoryEntry,
+    pub kernel: MemoryEntry,
+    #[serde(rename = "kernelTCP")]
+    pub kernel_tcp: MemoryEntry,
+    /// memory.stat as the kernel wrote it.
+    pub raw: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryEntry {
+    pub limit: u64,
+    pub usage: u64,
+    /// The highest usage seen.
+    pub max: u64,
+    /// How often usage hit the limit.
+    pub failcnt: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PidsStats {
+    pub current: u64,
+    /// 0 when there is no limit (`pids.max` is "max"), as runc reports it.
+    pub limit: u64,
+}
+
+/// Bytes and operations per device; lists stay empty when the kernel keeps none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BlkioStats {
+    #[serde(rename = "ioServiceBytesRecursive")]
+    pub io_service_bytes_recursive: Vec<BlkioEntry>,
+    #[serde(rename = "ioServicedRecursive")]
+    pub io_serviced_recursive: Vec<BlkioEntry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BlkioEntry {
+    pub major: u64,
+    pub minor: u64,
+    /// `Read`, `Write`, `Sync`, `Async`, `Discard`, `Total` (v1's names; v2's are mapped).
+    pub op: String,
+    pub value: u64,
 }
 
 /// Where the kernel's cgroup hierarchies are mounted.
@@ -222,6 +320,51 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).ctx(|| format!("read {}", path.display())),
     }
+}
+
+/// A number in a one-value cgroup file; `max` (no limit) is `u64::MAX`. `None` when the
+/// file does not exist on this kernel or in this cgroup.
+fn read_u64(path: &Path) -> Result<Option<u64>> {
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
+    };
+    parse_u64(text.trim(), path).map(Some)
+}
+
+fn parse_u64(word: &str, path: &Path) -> Result<u64> {
+    if word == "max" {
+        return Ok(u64::MAX);
+    }
+    word.parse()
+        .map_err(|_| Error::Cgroup(format!("{}: {word:?} is not a number", path.display())))
+}
+
+/// A flat-keyed file (`key value` per line: memory.stat, cpu.stat, memory.events…); empty
+/// when the file does not exist.
+fn read_keyed(path: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut map = BTreeMap::new();
+    for line in read_optional(path)?.unwrap_or_default().lines() {
+        let mut words = line.split_whitespace();
+        if let (Some(key), Some(value), None) = (words.next(), words.next(), words.next()) {
+            map.insert(key.to_string(), parse_u64(value, path)?);
+        }
+    }
+    Ok(map)
+}
+
+/// Space-separated numbers on one line (cpuacct.usage_percpu); empty when absent.
+fn read_list(path: &Path) -> Result<Vec<u64>> {
+    read_optional(path)?
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|w| parse_u64(w, path))
+        .collect()
+}
+
+/// `major:minor` of a block device line.
+fn parse_device(word: &str) -> Option<(u64, u64)> {
+    let (major, minor) = word.split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// Creates `root/rel` one level at a time. `on_level(parent, dir)` runs for every level

@@ -3,8 +3,10 @@
 //! directory in every hierarchy.
 
 use super::{
-    Cgroup, FREEZE_TIMEOUT, create_levels, pids_below, pids_max, rdma_lines, read_file,
-    read_optional, remove_created, remove_trees, unavailable, wait_until, with_cleanup, write_file,
+    BlkioEntry, BlkioStats, Cgroup, CgroupStats, FREEZE_TIMEOUT, MemoryEntry, create_levels,
+    parse_device, pids_below, pids_max, rdma_lines, read_file, read_keyed, read_list,
+    read_optional, read_u64, remove_created, remove_trees, unavailable, wait_until, with_cleanup,
+    write_file,
 };
 use crate::runtime::error::{Error, Result};
 use oci_spec::runtime::{
@@ -309,6 +311,119 @@ impl V1 {
         }
         Ok(())
     }
+
+    /// Usage of every mounted controller; an unmounted one leaves its part zero.
+    fn read_stats(&self, user_hz: u64) -> Result<CgroupStats> {
+        let mut stats = CgroupStats::default();
+        if let Some(dir) = self.dir("cpuacct") {
+            let usage = &mut stats.cpu.usage;
+            usage.total = read_u64(&dir.join("cpuacct.usage"))?.unwrap_or(0);
+            usage.percpu = read_list(&dir.join("cpuacct.usage_percpu"))?;
+            usage.percpu_kernel = read_list(&dir.join("cpuacct.usage_percpu_sys"))?;
+            usage.percpu_user = read_list(&dir.join("cpuacct.usage_percpu_user"))?;
+            // cpuacct.stat counts in USER_HZ ticks, not nanoseconds.
+            let ticks = read_keyed(&dir.join("cpuacct.stat"))?;
+            usage.user = ticks_to_ns(ticks.get("user").copied().unwrap_or(0), user_hz);
+            usage.kernel = ticks_to_ns(ticks.get("system").copied().unwrap_or(0), user_hz);
+        }
+        if let Some(dir) = self.dir("cpu") {
+            let cpu = read_keyed(&dir.join("cpu.stat"))?;
+            let get = |k: &str| cpu.get(k).copied().unwrap_or(0);
+            let throttling = &mut stats.cpu.throttling;
+            throttling.periods = get("nr_periods");
+            throttling.throttled_periods = get("nr_throttled");
+            throttling.throttled_time = get("throttled_time");
+        }
+        if let Some(dir) = self.dir("memory") {
+            let memory = &mut stats.memory;
+            memory.usage = memory_entry(&dir, "memory")?;
+            memory.swap = memory_entry(&dir, "memory.memsw")?;
+            memory.kernel = memory_entry(&dir, "memory.kmem")?;
+            memory.kernel_tcp = memory_entry(&dir, "memory.kmem.tcp")?;
+            memory.raw = read_keyed(&dir.join("memory.stat"))?;
+            memory.cache = memory.raw.get("cache").copied().unwrap_or(0);
+            let oom = read_keyed(&dir.join("memory.oom_control"))?;
+            stats.oom_kills = oom.get("oom_kill").copied().unwrap_or(0);
+        }
+        if let Some(dir) = self.dir("pids") {
+            stats.pids.current = read_u64(&dir.join("pids.current"))?.unwrap_or(0);
+            // "max" is no limit, which runc reports as 0.
+            stats.pids.limit = read_u64(&dir.join("pids.max"))?
+                .filter(|&v| v != u64::MAX)
+                .unwrap_or(0);
+        }
+        if let Some(dir) = self.dir("blkio") {
+            stats.blkio = blkio_stats(&dir)?;
+        }
+        Ok(stats)
+    }
+}
+
+/// `<prefix>.usage_in_bytes`, `.max_usage_in_bytes`, `.limit_in_bytes` and `.failcnt`.
+fn memory_entry(dir: &Path, prefix: &str) -> Result<MemoryEntry> {
+    let read = |name: &str| -> Result<u64> {
+        Ok(read_u64(&dir.join(format!("{prefix}.{name}")))?.unwrap_or(0))
+    };
+    Ok(MemoryEntry {
+        usage: read("usage_in_bytes")?,
+        max: read("max_usage_in_bytes")?,
+        limit: read("limit_in_bytes")?,
+        failcnt: read("failcnt")?,
+    })
+}
+
+/// Block I/O from the first family of files that has entries: CFQ's, BFQ's, then the
+/// throttle layer's (which counts every device, whatever its scheduler).
+fn blkio_stats(dir: &Path) -> Result<BlkioStats> {
+    for prefix in ["blkio", "blkio.bfq", "blkio.throttle"] {
+        let stats = BlkioStats {
+            io_service_bytes_recursive: blkio_entries(
+                &dir.join(format!("{prefix}.io_service_bytes_recursive")),
+            )?,
+            io_serviced_recursive: blkio_entries(
+                &dir.join(format!("{prefix}.io_serviced_recursive")),
+            )?,
+        };
+        if !stats.io_service_bytes_recursive.is_empty() || !stats.io_serviced_recursive.is_empty() {
+            return Ok(stats);
+        }
+    }
+    Ok(BlkioStats::default())
+}
+
+/// `8:0 Read 4096` lines; the closing `Total N` line (no device) is skipped.
+fn blkio_entries(path: &Path) -> Result<Vec<BlkioEntry>> {
+    let mut entries = Vec::new();
+    for line in read_optional(path)?.unwrap_or_default().lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [device, op, value] = words[..] else {
+            continue;
+        };
+        let (Some((major, minor)), Ok(value)) = (parse_device(device), value.parse()) else {
+            continue;
+        };
+        entries.push(BlkioEntry {
+            major,
+            minor,
+            op: op.to_string(),
+            value,
+        });
+    }
+    Ok(entries)
+}
+
+/// USER_HZ ticks to nanoseconds.
+pub fn ticks_to_ns(ticks: u64, user_hz: u64) -> u64 {
+    let ns = u128::from(ticks) * 1_000_000_000 / u128::from(user_hz.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+/// The kernel's USER_HZ (`sysconf(_SC_CLK_TCK)`), 100 on every Linux architecture in use.
+fn user_hz() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as u64,
+        _ => 100,
+    }
 }
 
 /// The lines a v1 `devices.allow`/`devices.deny` file takes for one OCI rule. A rule for all
@@ -551,6 +666,10 @@ impl Cgroup for V1 {
             .map(|(controller, root)| (controller.clone(), root.join(&self.rel)))
             .collect()
     }
+
+    fn stats(&self) -> Result<CgroupStats> {
+        self.read_stats(user_hz())
+    }
 }
 
 #[cfg(test)]
@@ -769,6 +888,141 @@ mod tests {
             .build()
             .unwrap();
         assert!(device_rule_lines(&bad).is_err());
+    }
+
+    #[test]
+    fn stats_read_what_the_kernel_writes() {
+        let fake = FakeV1::new(&["cpu", "cpuacct", "memory", "pids", "blkio"]);
+        let files = [
+            ("cpuacct/ferry/c1/cpuacct.usage", "123456789\n"),
+            (
+                "cpuacct/ferry/c1/cpuacct.usage_percpu",
+                "100000 23456789 \n",
+            ),
+            (
+                "cpuacct/ferry/c1/cpuacct.usage_percpu_user",
+                "70000 20000000 \n",
+            ),
+            (
+                "cpuacct/ferry/c1/cpuacct.usage_percpu_sys",
+                "30000 3456789 \n",
+            ),
+            ("cpuacct/ferry/c1/cpuacct.stat", "user 150\nsystem 25\n"),
+            (
+                "cpu/ferry/c1/cpu.stat",
+                "nr_periods 10\nnr_throttled 4\nthrottled_time 5000\nnr_bursts 0\nburst_time 0\n",
+            ),
+            ("memory/ferry/c1/memory.usage_in_bytes", "1048576\n"),
+            ("memory/ferry/c1/memory.max_usage_in_bytes", "2097152\n"),
+            ("memory/ferry/c1/memory.limit_in_bytes", "67108864\n"),
+            ("memory/ferry/c1/memory.failcnt", "3\n"),
+            ("memory/ferry/c1/memory.memsw.usage_in_bytes", "1052672\n"),
+            (
+                "memory/ferry/c1/memory.memsw.max_usage_in_bytes",
+                "2101248\n",
+            ),
+            // Unlimited reads as the kernel's page-rounded LONG_MAX; reported as it is.
+            (
+                "memory/ferry/c1/memory.memsw.limit_in_bytes",
+                "9223372036854771712\n",
+            ),
+            ("memory/ferry/c1/memory.memsw.failcnt", "0\n"),
+            ("memory/ferry/c1/memory.kmem.usage_in_bytes", "65536\n"),
+            (
+                "memory/ferry/c1/memory.stat",
+                "cache 4096\nrss 8192\ntotal_cache 4096\ntotal_rss 8192\n",
+            ),
+            (
+                "memory/ferry/c1/memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            ),
+            ("pids/ferry/c1/pids.current", "3\n"),
+            ("pids/ferry/c1/pids.max", "max\n"),
+            // CFQ's file exists but holds nothing: the throttle layer's numbers are used.
+            (
+                "blkio/ferry/c1/blkio.io_service_bytes_recursive",
+                "Total 0\n",
+            ),
+            (
+                "blkio/ferry/c1/blkio.throttle.io_service_bytes_recursive",
+                "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n",
+            ),
+            (
+                "blkio/ferry/c1/blkio.throttle.io_serviced_recursive",
+                "8:0 Read 1\n8:0 Write 2\n8:0 Total 3\nTotal 3\n",
+            ),
+        ];
+        for (path, content) in files {
+            fake.write(path, content);
+        }
+        let cg = fake.cgroup("ferry/c1");
+        let stats = cg.read_stats(100).unwrap();
+        let usage = &stats.cpu.usage;
+        assert_eq!(usage.total, 123_456_789);
+        assert_eq!(usage.percpu, [100_000, 23_456_789]);
+        assert_eq!(usage.percpu_user, [70_000, 20_000_000]);
+        assert_eq!(usage.percpu_kernel, [30_000, 3_456_789]);
+        // 150 ticks of 1/100 s = 1.5 s; 25 ticks = 0.25 s.
+        assert_eq!(usage.user, 1_500_000_000);
+        assert_eq!(usage.kernel, 250_000_000);
+        assert_eq!(stats.cpu.throttling.periods, 10);
+        assert_eq!(stats.cpu.throttling.throttled_periods, 4);
+        assert_eq!(stats.cpu.throttling.throttled_time, 5000);
+        let memory = &stats.memory;
+        assert_eq!(
+            memory.usage,
+            MemoryEntry {
+                usage: 1 << 20,
+                max: 2 << 20,
+                limit: 64 << 20,
+                failcnt: 3
+            }
+        );
+        assert_eq!(memory.swap.usage, 1_052_672);
+        assert_eq!(memory.swap.limit, 9_223_372_036_854_771_712);
+        assert_eq!(memory.kernel.usage, 65_536);
+        assert_eq!(memory.kernel.limit, 0, "missing file: zero");
+        assert_eq!(memory.kernel_tcp, MemoryEntry::default());
+        assert_eq!(memory.cache, 4096);
+        assert_eq!(memory.raw["rss"], 8192);
+        assert_eq!(memory.raw.len(), 4);
+        assert_eq!(stats.oom_kills, 2);
+        assert_eq!(stats.pids.current, 3);
+        assert_eq!(stats.pids.limit, 0, "pids.max \"max\" is no limit");
+        let bytes = &stats.blkio.io_service_bytes_recursive;
+        assert_eq!(bytes.len(), 3, "{bytes:?}");
+        assert_eq!(
+            bytes[1],
+            BlkioEntry {
+                major: 8,
+                minor: 0,
+                op: "Write".into(),
+                value: 8192
+            }
+        );
+        assert_eq!(stats.blkio.io_serviced_recursive[0].value, 1);
+
+        // The trait method uses the host's USER_HZ.
+        assert_eq!(cg.stats().unwrap(), cg.read_stats(user_hz()).unwrap());
+        // Another tick rate converts accordingly.
+        assert_eq!(cg.read_stats(250).unwrap().cpu.usage.user, 600_000_000);
+        assert_eq!(ticks_to_ns(u64::MAX, 100), u64::MAX);
+
+        fake.write("pids/ferry/c1/pids.max", "20\n");
+        assert_eq!(cg.read_stats(100).unwrap().pids.limit, 20);
+    }
+
+    #[test]
+    fn stats_of_missing_files_and_controllers_are_zero() {
+        let fake = FakeV1::new(&["memory", "freezer"]);
+        let cg = fake.cgroup("ferry/never-created");
+        assert_eq!(cg.stats().unwrap(), CgroupStats::default());
+        fake.write("memory/ferry/c1/memory.usage_in_bytes", "lots\n");
+        let err = fake.cgroup("ferry/c1").stats().unwrap_err().to_string();
+        assert!(
+            err.contains("memory.usage_in_bytes") && err.contains("lots"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! ancestor lists them in `cgroup.subtree_control`, so `apply` enables them on the way down.
 
 use super::{
-    Cgroup, FREEZE_TIMEOUT, create_levels, pids_below, pids_max, rdma_lines, read_file,
-    read_optional, remove_created, remove_trees, unavailable, wait_until, with_cleanup, write_file,
+    BlkioEntry, BlkioStats, Cgroup, CgroupStats, FREEZE_TIMEOUT, MemoryEntry, create_levels,
+    parse_device, pids_below, pids_max, rdma_lines, read_file, read_keyed, read_optional, read_u64,
+    remove_created, remove_trees, unavailable, wait_until, with_cleanup, write_file,
 };
 use crate::runtime::error::{Error, Result};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxResources};
@@ -165,6 +166,88 @@ impl V2 {
         }
         Ok(())
     }
+}
+
+/// Usage from the unified directory `dir`; files of a controller that is not enabled
+/// there are missing and leave their part zero.
+fn read_stats(dir: &Path) -> Result<CgroupStats> {
+    let mut stats = CgroupStats::default();
+    let get = |map: &std::collections::BTreeMap<String, u64>, key: &str| {
+        map.get(key).copied().unwrap_or(0)
+    };
+    // cpu.stat is in microseconds; runc's stats are nanoseconds.
+    let cpu = read_keyed(&dir.join("cpu.stat"))?;
+    let usec = |key: &str| get(&cpu, key).saturating_mul(1000);
+    stats.cpu.usage.total = usec("usage_usec");
+    stats.cpu.usage.user = usec("user_usec");
+    stats.cpu.usage.kernel = usec("system_usec");
+    stats.cpu.throttling.periods = get(&cpu, "nr_periods");
+    stats.cpu.throttling.throttled_periods = get(&cpu, "nr_throttled");
+    stats.cpu.throttling.throttled_time = usec("throttled_usec");
+
+    let read = |name: &str| -> Result<Option<u64>> { read_u64(&dir.join(name)) };
+    let events = read_keyed(&dir.join("memory.events"))?;
+    let memory = &mut stats.memory;
+    memory.usage = MemoryEntry {
+        usage: read("memory.current")?.unwrap_or(0),
+        limit: read("memory.max")?.unwrap_or(0),
+        // memory.peak exists since Linux 5.19.
+        max: read("memory.peak")?.unwrap_or(0),
+        // Times usage was about to pass memory.max: v1's failcnt.
+        failcnt: get(&events, "max"),
+    };
+    // v1's memsw counts memory + swap and go-runc's users expect that, so add the two.
+    if let Some(swap) = read("memory.swap.current")? {
+        let limit = read("memory.swap.max")?.unwrap_or(u64::MAX);
+        memory.swap = MemoryEntry {
+            usage: swap.saturating_add(memory.usage.usage),
+            limit: limit.saturating_add(memory.usage.limit),
+            max: 0,
+            failcnt: get(&read_keyed(&dir.join("memory.swap.events"))?, "max"),
+        };
+    }
+    memory.raw = read_keyed(&dir.join("memory.stat"))?;
+    memory.cache = get(&memory.raw, "file");
+    stats.oom_kills = get(&events, "oom_kill");
+
+    stats.pids.current = read("pids.current")?.unwrap_or(0);
+    // "max" is no limit, which runc reports as 0.
+    stats.pids.limit = read("pids.max")?.filter(|&v| v != u64::MAX).unwrap_or(0);
+    stats.blkio = io_stats(&dir.join("io.stat"))?;
+    Ok(stats)
+}
+
+/// `io.stat` (`8:0 rbytes=1 wbytes=2 rios=3 wios=4 …`) as v1-style Read/Write entries.
+fn io_stats(path: &Path) -> Result<BlkioStats> {
+    let mut stats = BlkioStats::default();
+    for line in read_optional(path)?.unwrap_or_default().lines() {
+        let mut words = line.split_whitespace();
+        let Some((major, minor)) = words.next().and_then(parse_device) else {
+            continue;
+        };
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let Ok(value) = value.parse() else {
+                continue;
+            };
+            let (list, op) = match key {
+                "rbytes" => (&mut stats.io_service_bytes_recursive, "Read"),
+                "wbytes" => (&mut stats.io_service_bytes_recursive, "Write"),
+                "rios" => (&mut stats.io_serviced_recursive, "Read"),
+                "wios" => (&mut stats.io_serviced_recursive, "Write"),
+                _ => continue,
+            };
+            list.push(BlkioEntry {
+                major,
+                minor,
+                op: op.to_string(),
+                value,
+            });
+        }
+    }
+    Ok(stats)
 }
 
 /// Writes into the container's directory after checking the controller is enabled there.
@@ -409,6 +492,10 @@ impl Cgroup for V2 {
     fn paths(&self) -> Vec<(String, PathBuf)> {
         vec![(String::new(), self.dir())]
     }
+
+    fn stats(&self) -> Result<CgroupStats> {
+        read_stats(&self.dir())
+    }
 }
 
 #[cfg(test)]
@@ -645,6 +732,90 @@ mod tests {
         cg.freeze().unwrap();
         assert_eq!(fake.read("c1/cgroup.freeze"), "1");
         assert!(cg.is_frozen().unwrap());
+    }
+
+    #[test]
+    fn stats_read_what_the_kernel_writes() {
+        let fake = FakeV2::new(&[]);
+        fake.add_level("ferry/c1", &["cpu", "memory", "pids", "io"]);
+        let files = [
+            (
+                "cpu.stat",
+                "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 8\n\
+                 nr_throttled 2\nthrottled_usec 300\nnr_bursts 0\nburst_usec 0\n",
+            ),
+            ("memory.current", "1048576\n"),
+            ("memory.max", "max\n"),
+            ("memory.peak", "2097152\n"),
+            (
+                "memory.events",
+                "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n",
+            ),
+            ("memory.swap.current", "4096\n"),
+            ("memory.swap.max", "max\n"),
+            ("memory.stat", "anon 8192\nfile 4096\nkernel 512\n"),
+            ("pids.current", "2\n"),
+            ("pids.max", "10\n"),
+            (
+                "io.stat",
+                "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
+            ),
+        ];
+        for (file, content) in files {
+            fake.write(&format!("ferry/c1/{file}"), content);
+        }
+        let cg = fake.cgroup("ferry/c1");
+        let stats = cg.stats().unwrap();
+        // Microseconds become nanoseconds.
+        assert_eq!(stats.cpu.usage.total, 1_500_000);
+        assert_eq!(stats.cpu.usage.user, 1_000_000);
+        assert_eq!(stats.cpu.usage.kernel, 500_000);
+        assert!(stats.cpu.usage.percpu.is_empty());
+        assert_eq!(stats.cpu.throttling.periods, 8);
+        assert_eq!(stats.cpu.throttling.throttled_periods, 2);
+        assert_eq!(stats.cpu.throttling.throttled_time, 300_000);
+        assert_eq!(
+            stats.memory.usage,
+            MemoryEntry {
+                usage: 1 << 20,
+                limit: u64::MAX,
+                max: 2 << 20,
+                failcnt: 5
+            }
+        );
+        // Swap is reported as memory + swap, like v1's memsw; "max" stays unlimited.
+        assert_eq!(stats.memory.swap.usage, (1 << 20) + 4096);
+        assert_eq!(stats.memory.swap.limit, u64::MAX);
+        assert_eq!(stats.memory.cache, 4096);
+        assert_eq!(stats.memory.raw["anon"], 8192);
+        assert_eq!(stats.oom_kills, 1);
+        assert_eq!(stats.pids.current, 2);
+        assert_eq!(stats.pids.limit, 10);
+        let bytes = &stats.blkio.io_service_bytes_recursive;
+        assert_eq!(
+            bytes
+                .iter()
+                .map(|e| (e.major, e.minor, e.op.as_str(), e.value))
+                .collect::<Vec<_>>(),
+            [(8, 0, "Read", 4096), (8, 0, "Write", 8192)]
+        );
+        assert_eq!(stats.blkio.io_serviced_recursive.len(), 2);
+
+        fake.write("ferry/c1/memory.max", "67108864\n");
+        fake.write("ferry/c1/memory.swap.max", "0\n");
+        fake.write("ferry/c1/pids.max", "max\n");
+        let stats = cg.stats().unwrap();
+        assert_eq!(stats.memory.usage.limit, 64 << 20);
+        assert_eq!(stats.memory.swap.limit, 64 << 20, "no swap: memory's limit");
+        assert_eq!(stats.pids.limit, 0, "pids.max \"max\" is no limit");
+    }
+
+    #[test]
+    fn stats_without_controllers_are_zero() {
+        let fake = FakeV2::new(&[]);
+        fake.add_level("c1", &[]);
+        assert_eq!(fake.cgroup("c1").stats().unwrap(), CgroupStats::default());
+        assert_eq!(fake.cgroup("gone").stats().unwrap(), CgroupStats::default());
     }
 
     #[test]
