@@ -134,6 +134,42 @@ fn containerd_list_ps_update() {
 }
 
 #[test]
+fn containerd_events() {
+    // go-runc's Stats() and Events() (interval formatted as `--interval=%ds`).
+    let Some(Command::Events(a)) = ok(&format!("{SHIM_GLOBALS} events --stats c1")).command else {
+        panic!("not events")
+    };
+    assert!(a.stats);
+    assert_eq!(a.id, "c1");
+    assert_eq!(
+        a.interval,
+        std::time::Duration::from_secs(5),
+        "runc's default"
+    );
+    let Some(Command::Events(a)) = ok(&format!("{SHIM_GLOBALS} events --interval=10s c1")).command
+    else {
+        panic!("not events")
+    };
+    assert!(!a.stats);
+    assert_eq!(a.interval, std::time::Duration::from_secs(10));
+    let Some(Command::Events(a)) = ok("events --interval 500ms -stats c1").command else {
+        panic!("not events")
+    };
+    assert!(a.stats);
+    assert_eq!(a.interval, std::time::Duration::from_millis(500));
+    for bad in [
+        "events --interval 5 c1",
+        "events --interval=0s c1",
+        "events --stats",
+    ] {
+        let args: Vec<&str> = std::iter::once("ferry")
+            .chain(bad.split_whitespace())
+            .collect();
+        assert!(parse(&args).is_err(), "`{bad}` should not parse");
+    }
+}
+
+#[test]
 fn containerd_checkpoint() {
     let cli = ok(&format!(
         "{SHIM_GLOBALS} checkpoint --image-path /img --work-path /w/criu-work \

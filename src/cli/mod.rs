@@ -7,6 +7,7 @@ mod checkpoint;
 mod create;
 mod delete;
 mod diff;
+mod events;
 mod exec;
 mod features;
 mod identity;
@@ -27,6 +28,7 @@ mod update;
 pub use checkpoint::{CheckpointArgs, Compression, CriuFlags, ManageCgroupsMode};
 pub use create::{CreateArgs, CreateFlags};
 pub use delete::DeleteArgs;
+pub use events::EventsArgs;
 pub use exec::ExecArgs;
 pub use features::FeaturesArgs;
 pub use image::{ImageArgs, ImageCommand, ImageFormat};
@@ -179,6 +181,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Show the processes running inside a container
     Ps(PsArgs),
+    /// Print a container's cgroup stats (and OOM kills) as JSON lines, once or every interval
+    Events(EventsArgs),
     /// Change the resource limits of a container
     Update(UpdateArgs),
     /// Print the OCI features document of this runtime
@@ -391,6 +395,7 @@ fn dispatch(
         Command::Pause(a) => a.run(runtime),
         Command::Resume(a) => a.run(runtime),
         Command::Ps(a) => a.run(runtime),
+        Command::Events(a) => a.run(runtime),
         Command::Update(a) => a.run(runtime),
         Command::Features(a) => a.run(),
         Command::Checkpoint(a) => a.run(runtime),
