@@ -649,9 +649,12 @@ fn a_failed_checkpoint_leaves_the_container_running() {
     let out = host
         .run(&["checkpoint", &id2, "-e", archive.to_str().unwrap()])
         .fails();
+    // ferry refuses before CRIU freezes anything, naming the fd and the file.
     assert!(
-        out.stderr.contains("Error"),
-        "CRIU's error should be quoted: {}",
+        out.stderr.contains("its stdout is")
+            && out.stderr.contains(log.to_str().unwrap())
+            && out.stderr.contains("CRIU cannot checkpoint"),
+        "the error should name stdout and the host file: {}",
         out.stderr
     );
     assert!(
