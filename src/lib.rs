@@ -11,5 +11,6 @@ pub mod criu;
 pub mod identity;
 pub mod image;
 pub mod logging;
+pub mod progress;
 pub mod runtime;
 pub mod sys;

@@ -105,6 +105,16 @@ pub fn decompressed(input: impl Read + 'static) -> std::io::Result<Box<dyn Read>
 /// Unpacks into `dest` (which must not exist) and verifies. `dest` holds the entries under
 /// their archive names on success; on error it may hold a part, for the caller to remove.
 pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<Unpacked, Error> {
+    unpack_with_progress(input, dest, trust, &crate::progress::Progress::hidden())
+}
+
+/// [`unpack`], advancing `progress` by every byte of entry content.
+pub fn unpack_with_progress(
+    input: impl Read + 'static,
+    dest: &Path,
+    trust: Trust,
+    progress: &crate::progress::Progress,
+) -> Result<Unpacked, Error> {
     let werr = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Write { path, source }
@@ -207,6 +217,7 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
             }
             buf.truncate(k);
             out.write_all(&buf).map_err(werr(&path))?;
+            progress.inc(k as u64);
             pipe.update_owned(buf);
             n += k as u64;
         }

@@ -155,6 +155,8 @@ pub struct ArchiveWriter<W: Write> {
     entries: Vec<Entry>,
     /// Uncompressed bytes of entry content written so far.
     pub content_bytes: u64,
+    /// Advanced by every byte of entry content (a bar on a terminal, else nothing).
+    pub progress: crate::progress::Progress,
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -169,6 +171,7 @@ impl<W: Write> ArchiveWriter<W> {
             tar,
             entries: vec![],
             content_bytes: 0,
+            progress: crate::progress::Progress::hidden(),
         })
     }
 
@@ -216,6 +219,7 @@ impl<W: Write> ArchiveWriter<W> {
             }
             buf.truncate(got);
             out.write_all(&buf).map_err(werr)?;
+            self.progress.inc(got as u64);
             pipe.update_owned(buf);
             left -= got as u64;
         }

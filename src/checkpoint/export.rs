@@ -173,6 +173,15 @@ impl Container {
         let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
         let mut w =
             ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
+        let images_total: u64 = std::fs::read_dir(&images)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        w.progress = crate::progress::Progress::bytes("writing archive", Some(images_total));
         if opts.keep {
             w.add_dir("checkpoint", &images).map_err(werr)?;
         } else {

@@ -84,8 +84,15 @@ impl Runtime {
             }
         };
         // 'static reader for the decompressor.
-        let unpacked =
-            reader::unpack(ReadBox(input), dir, trust).map_err(|e| Error::Other(e.to_string()))?;
+        let total = if opts.input == Path::new("-") {
+            None
+        } else {
+            std::fs::metadata(&opts.input).ok().map(|m| m.len())
+        };
+        let progress = crate::progress::Progress::bytes("verifying archive", total);
+        let unpacked = reader::unpack_with_progress(ReadBox(input), dir, trust, &progress)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        progress.finish();
         stats.verify_ms = t.elapsed().as_secs_f64() * 1000.0;
         let (spec, config) = read_dumps(&unpacked)?;
         check_host(&unpacked)?;
