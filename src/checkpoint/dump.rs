@@ -221,7 +221,11 @@ impl Container {
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
                 continue;
             };
-            if !meta.is_file() {
+            // Pipes and sockets live on kernel-internal mounts and are fine; files and device
+            // nodes (a terminal) must be on one of the container's own mounts.
+            use std::os::unix::fs::FileTypeExt;
+            let kind = meta.file_type();
+            if !(kind.is_file() || kind.is_char_device() || kind.is_block_device()) {
                 continue;
             }
             let info =
@@ -234,8 +238,15 @@ impl Container {
                 && !mounts.contains(&mnt)
             {
                 let target = crate::sys::proc::fd_target(pid, fd).unwrap_or_default();
+                let what = if kind.is_file() {
+                    "a file"
+                } else if target.starts_with("/dev/pts/") || target.starts_with("/dev/tty") {
+                    "a terminal"
+                } else {
+                    "a device"
+                };
                 return Err(Error::Other(format!(
-                    "container {:?}: its {name} is {target}, a file outside the container, \
+                    "container {:?}: its {name} is {target}, {what} outside the container, \
                      which CRIU cannot checkpoint; start detached containers with stdio on \
                      /dev/null or on pipes (as conmon does)",
                     self.id
