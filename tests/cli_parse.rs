@@ -364,7 +364,7 @@ fn checkpoint_extras() {
     assert!(a.criu.tcp_close && a.tcp_skip_in_flight && a.link_remap && a.criu.auto_dedup);
     assert_eq!(a.export, p("/tmp/c1.tar"));
     assert_eq!(a.compress, Some(ferry::cli::Compression::Zstd));
-    assert!(a.criu.keep && a.criu.ignore_rootfs && a.criu.print_stats);
+    assert!(a.criu.keep && a.criu.ignore_rootfs && a.criu.print_stats.is_some());
 }
 
 #[test]
@@ -410,7 +410,7 @@ fn restore_extras() {
     };
     assert_eq!(a.import, p("/tmp/c1.tar"));
     assert_eq!(a.name.as_deref(), Some("c2"));
-    assert!(a.criu.keep && a.criu.ignore_rootfs && a.criu.print_stats);
+    assert!(a.criu.keep && a.criu.ignore_rootfs && a.criu.print_stats.is_some());
 }
 
 // --- global flags and other commands ---------------------------------------------------

@@ -60,12 +60,25 @@ pub struct CriuFlags {
     /// Leave the root file system out of the archive (podman's --ignore-rootfs)
     #[arg(long)]
     pub ignore_rootfs: bool,
-    /// Print CRIU's timing statistics
-    #[arg(long)]
-    pub print_stats: bool,
+    /// Print CRIU's statistics and ferry's phases on stderr: a table, or `--print-stats=json`
+    #[arg(
+        long,
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "table",
+        value_name = "FORMAT"
+    )]
+    pub print_stats: Option<StatsFormat>,
     /// Also write the statistics as JSON to FILE (for scripts and `ferry bench`)
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    Table,
+    Json,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -190,8 +203,13 @@ impl ManageCgroupsMode {
 
 /// `--print-stats` (a table on stderr) and `--stats-file` (JSON, with ferry's own peak RSS).
 pub fn report_stats<T: serde::Serialize>(flags: &CriuFlags, stats: &T, what: &str) -> Result<()> {
-    if flags.print_stats {
-        print_stats(&Some(stats), what)?;
+    match flags.print_stats {
+        Some(StatsFormat::Table) => print_stats(&Some(stats), what)?,
+        Some(StatsFormat::Json) => {
+            let v = serde_json::to_string(stats).map_err(|e| Error::Other(e.to_string()))?;
+            eprintln!("{v}");
+        }
+        None => {}
     }
     if let Some(path) = &flags.stats_file {
         let mut v = serde_json::to_value(stats).map_err(|e| Error::Other(e.to_string()))?;
@@ -223,11 +241,52 @@ pub fn print_stats<T: serde::Serialize>(stats: &Option<T>, what: &str) -> Result
         return Ok(());
     };
     let v = serde_json::to_value(stats).map_err(|e| Error::Other(e.to_string()))?;
-    if let Some(map) = v.as_object() {
-        let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
-        for (k, v) in map {
-            eprintln!("{k:<width$}  {v}");
-        }
+    let mut rows = vec![];
+    flatten("", &v, &mut rows);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        eprintln!("{k:<width$}  {v:>12}");
     }
     Ok(())
+}
+
+/// `criu.frozen_time_us` → ("criu frozen time", "261.2 ms"): nested objects become prefixed
+/// rows, and the unit in a key's suffix becomes a unit in its value.
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix} {k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        v => {
+            let n = v.as_f64();
+            let (name, value) = match (prefix, n) {
+                (p, Some(n)) if p.ends_with("_us") => {
+                    (&p[..p.len() - 3], format!("{:.1} ms", n / 1000.0))
+                }
+                (p, Some(n)) if p.ends_with("_ms") => (&p[..p.len() - 3], format!("{n:.1} ms")),
+                (p, Some(n)) if p.ends_with("_bytes") => {
+                    (&p[..p.len() - 6], format!("{:.1} MiB", n / 1048576.0))
+                }
+                (p, Some(n)) if p.ends_with("_kib") => {
+                    (&p[..p.len() - 4], format!("{:.1} MiB", n / 1024.0))
+                }
+                (p, _) => (p, v.to_string()),
+            };
+            let mut name = name.replace('_', " ");
+            if value.ends_with(" ms") && !name.ends_with("time") {
+                name.push_str(" time");
+            } else if value.ends_with(" MiB") {
+                name.push_str(" size");
+            }
+            out.push((name, value));
+        }
+    }
 }
