@@ -64,6 +64,13 @@ fn criu_error(e: crate::criu::Error) -> Error {
 
 impl Container {
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
+        self.check_checkpointable()?;
+        self.dump(opts)
+    }
+
+    /// What must hold before anything is frozen: the container runs (or is paused) and its
+    /// stdio is something CRIU can checkpoint. Returns the status it found.
+    pub(crate) fn check_checkpointable(&self) -> Result<Status> {
         let status = self.status()?;
         if !matches!(status, Status::Running | Status::Paused) {
             return Err(self.invalid(
@@ -73,6 +80,12 @@ impl Container {
             ));
         }
         self.check_stdio()?;
+        Ok(status)
+    }
+
+    /// The CRIU dump itself, for a container already checked by [`check_checkpointable`]
+    /// (`export` checks before it freezes, so nothing is checked twice while frozen).
+    pub(crate) fn dump(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         let criu = Criu::new();
         let version = criu.version().map_err(criu_error)?;
         if !version.at_least(3, 0) {

@@ -73,15 +73,7 @@ impl<W: Write> Write for Counting<W> {
 impl Container {
     pub fn export(&self, opts: &ExportOptions) -> Result<ExportStats> {
         let t0 = Instant::now();
-        let status = self.status()?;
-        if !matches!(status, Status::Running | Status::Paused) {
-            return Err(self.invalid(
-                "checkpoint",
-                status,
-                "; only a running container can be checkpointed",
-            ));
-        }
-        self.check_stdio()?;
+        let status = self.check_checkpointable()?;
         let layers = if opts.ignore_rootfs {
             None
         } else {
@@ -111,22 +103,17 @@ impl Container {
         }
         stats.freeze_ms = ms(t.elapsed());
         let result = self.export_frozen(opts, &work, layers, &identity, &mut stats);
+        // Back to the state it was in: a container paused by its owner stays paused.
+        let unfreeze = || if was_paused { Ok(()) } else { cgroup.thaw() };
         let outcome = match result {
             // The archive is complete; the caller releases the source (`delete`), still frozen.
             Ok(()) if !opts.checkpoint.leave_running => Ok(()),
-            Ok(()) => {
-                if was_paused {
-                    Ok(())
-                } else {
-                    cgroup.thaw()
-                }
-            }
+            Ok(()) => unfreeze(),
             Err(e) => {
-                if !opts.output.as_os_str().is_empty() && opts.output != std::path::Path::new("-") {
+                if opts.output != std::path::Path::new("-") {
                     let _ = std::fs::remove_file(&opts.output);
                 }
-                let thawed = if was_paused { Ok(()) } else { cgroup.thaw() };
-                Err(crate::runtime::create::with_cleanup(e, thawed))
+                Err(crate::runtime::create::with_cleanup(e, unfreeze()))
             }
         };
         if !opts.keep {
@@ -151,7 +138,7 @@ impl Container {
         ck.work_path = Some(work.join("criu-work"));
         ck.leave_running = true;
         let t = Instant::now();
-        let report = self.checkpoint(&ck)?;
+        let report = self.dump(&ck)?;
         stats.dump_ms = ms(t.elapsed());
         stats.criu = report.stats.clone();
 
