@@ -139,15 +139,7 @@ impl Runtime {
         if opts.detach {
             return Ok((0, opts.keep));
         }
-        let c = restored.container;
-        let signals = crate::runtime::process::wait::become_supervisor()?;
-        let code = crate::runtime::process::wait::supervise(c.pid(), &signals)?;
-        let _ = std::fs::write(
-            c.dir.join(crate::runtime::container::EXIT_FILE),
-            code.to_string(),
-        );
-        c.delete(true)?;
-        Ok((code, opts.keep))
+        Ok((restored.container.supervise_then_delete()?, opts.keep))
     }
 
     /// A fresh overlay on the image, the archive's changes applied to it, and the dumped spec

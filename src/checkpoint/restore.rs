@@ -7,11 +7,10 @@ use crate::criu::notify::{CallbackError, Notify};
 use crate::criu::options::{CgroupRoot, InheritFd, RestoreRequest};
 use crate::criu::{Criu, RestoreReport};
 use crate::runtime::bundle::Bundle;
-use crate::runtime::container::{EXIT_FILE, Record, cgroup_of, validate_id};
+use crate::runtime::container::{Record, cgroup_of, validate_id};
 use crate::runtime::create::{with_cleanup, write_pid_file};
 use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::from_image::ImageRootfs;
-use crate::runtime::process::wait;
 use crate::runtime::{Container, OciState, Runtime, Status, cgroups, console, hooks};
 use nix::mount::{MntFlags, MsFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -58,14 +57,8 @@ impl Runtime {
         if detach {
             return Ok(0);
         }
-        let c = restored.container;
-        // Signals are blocked only now: criu inherits our mask, and it needs SIGCHLD. With
-        // rst_sibling the init is our own child, so --no-subreaper changes nothing here.
-        let signals = wait::become_supervisor()?;
-        let code = wait::supervise(c.pid(), &signals)?;
-        let _ = std::fs::write(c.dir.join(EXIT_FILE), code.to_string());
-        c.delete(true)?;
-        Ok(code)
+        // With rst_sibling the init is our own child, so --no-subreaper changes nothing here.
+        restored.container.supervise_then_delete()
     }
 
     pub fn restore_container(&self, opts: RestoreOptions) -> Result<Restored> {

@@ -47,8 +47,7 @@ impl Runtime {
             ));
         }
         console::attach(ours)?;
-        let code = wait::supervise(c.pid(), &signals)?;
-        let _ = std::fs::write(c.dir.join(EXIT_FILE), code.to_string());
+        let code = c.supervise(&signals)?;
         if !opts.keep {
             c.delete(true)?;
         }
@@ -123,9 +122,8 @@ impl Runtime {
         }
         let _ = nix::unistd::write(&report, b"ok");
         drop(report);
-        let code = wait::supervise(c.pid(), &signals)?;
         // `run -d` keeps the stopped container until `ferry delete`, as runc does.
-        let _ = std::fs::write(c.dir.join(EXIT_FILE), code.to_string());
+        c.supervise(&signals)?;
         Ok(())
     }
 
@@ -312,6 +310,24 @@ impl Runtime {
 }
 
 impl Container {
+    /// Waits for the init as its supervisor (signals to us are forwarded to it), records its
+    /// exit status for `state` and returns it.
+    pub(crate) fn supervise(&self, signals: &nix::sys::signal::SigSet) -> Result<i32> {
+        let code = wait::supervise(self.pid(), signals)?;
+        let _ = std::fs::write(self.dir.join(EXIT_FILE), code.to_string());
+        Ok(code)
+    }
+
+    /// A foreground restore: supervise the restored init, then remove the container, as a
+    /// foreground `run` does. Signals are blocked only now: criu inherits our signal mask
+    /// and needs SIGCHLD while it restores.
+    pub(crate) fn supervise_then_delete(self) -> Result<i32> {
+        let signals = wait::become_supervisor()?;
+        let code = self.supervise(&signals)?;
+        self.delete(true)?;
+        Ok(code)
+    }
+
     /// The OCI state with a status given rather than derived (during create).
     pub(crate) fn state_with(&self, status: Status) -> OciState {
         OciState {
