@@ -142,14 +142,6 @@ impl Identity {
     pub fn sign(&self, message: &[u8]) -> Signature {
         self.key.sign(message)
     }
-
-    /// The PKCS#8 DER of the key, for building a TLS certificate later.
-    pub fn pkcs8_der(&self) -> Vec<u8> {
-        self.key
-            .to_pkcs8_der()
-            .map(|d| d.as_bytes().to_vec())
-            .unwrap_or_default()
-    }
 }
 
 /// Checks `signature` of `message` by the key `public_key` (32 raw bytes), strictly.

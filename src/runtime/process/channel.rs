@@ -83,8 +83,4 @@ impl Channel {
             ))),
         }
     }
-
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
-    }
 }

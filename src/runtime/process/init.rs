@@ -5,7 +5,7 @@
 use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::process::channel::{Channel, Msg};
 use crate::runtime::process::wait;
-use crate::runtime::{OciState, capabilities, console, hooks, namespaces, rootfs, seccomp};
+use crate::runtime::{capabilities, console, hooks, namespaces, rootfs, seccomp};
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
@@ -447,8 +447,4 @@ fn join_session_keyring() {
     if r < 0 {
         tracing::debug!("no session keyring: {}", std::io::Error::last_os_error());
     }
-}
-
-pub fn state_for_hooks(state: &OciState) -> OciState {
-    state.clone()
 }
