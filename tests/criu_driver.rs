@@ -427,3 +427,80 @@ fn a_failing_before_request_hook_stops_criu_before_it_restores() {
     // It never got the request, so it wrote no log.
     assert!(!dir.path().join("restore.log").exists());
 }
+
+#[test]
+fn a_dump_through_ferrys_page_server_restores_like_a_local_one() {
+    use ferry::archive::criu_images::decode_pagemap;
+    use ferry::criu::page_server::{DirSink, serve};
+    let criu = criu();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("count");
+    let mut child = start_counter(&file, None);
+    let pid = child.id() as i32;
+    let local = dir.path().join("local");
+    let served = dir.path().join("served");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::create_dir(&served).unwrap();
+
+    // The reference: CRIU writes the images itself (and leaves the counter running).
+    let req = DumpRequest {
+        leave_running: true,
+        ..dump_request(&local, pid)
+    };
+    criu.dump(req, &mut NotificationLog::default()).unwrap();
+
+    // The same tree again, its memory sent to ferry's page server.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let sink_dir = served.clone();
+    let server = std::thread::spawn(move || {
+        let mut s = ours;
+        serve(&mut s, &mut DirSink { dir: sink_dir })
+    });
+    let req = DumpRequest {
+        page_sink: Some(std::sync::Arc::new(OwnedFd::from(theirs))),
+        ..dump_request(&served, pid)
+    };
+    let report = criu.dump(req, &mut NotificationLog::default()).unwrap();
+    let summary = server.join().unwrap().unwrap();
+    let stats = report.stats.unwrap();
+    assert_eq!(summary.pages_bytes, stats.pages_written * 4096, "{stats:?}");
+    child.wait().unwrap();
+
+    // Same pagemaps (only the pages image ids differ), same amount of page data.
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("pagemap-"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&local), names(&served));
+    assert!(!names(&local).is_empty());
+    for n in names(&local) {
+        let a = decode_pagemap(&std::fs::read(local.join(&n)).unwrap()).unwrap();
+        let b = decode_pagemap(&std::fs::read(served.join(&n)).unwrap()).unwrap();
+        assert_eq!(a.entries, b.entries, "{n}");
+        let size = |d: &Path, id: u32| {
+            std::fs::metadata(d.join(format!("pages-{id}.img")))
+                .unwrap()
+                .len()
+        };
+        assert_eq!(size(&local, a.pages_id), size(&served, b.pages_id), "{n}");
+    }
+
+    // And CRIU restores from what the page server wrote: the counter goes on.
+    let at_dump = read_counter(&file).unwrap();
+    let req = RestoreRequest {
+        images_dir: served.clone(),
+        rst_sibling: true,
+        ..Default::default()
+    };
+    let report = criu
+        .restore(req, &mut NotificationLog::default(), |_| Ok(()))
+        .unwrap();
+    let _restored = Restored(report.pid);
+    assert_eq!(report.pid, pid);
+    assert!(wait_counter_above(&file, at_dump) > at_dump);
+}

@@ -5,6 +5,7 @@
 pub mod log;
 pub mod notify;
 pub mod options;
+pub mod page_server;
 pub mod stats;
 mod swrk;
 
@@ -364,10 +365,17 @@ impl Criu {
         let mut rpc = Criu_req::new();
         rpc.set_type(kind);
         rpc.opts = Some(options::dump_opts(&req, dirs.fds())).into();
+        let extra_fds = match &req.page_sink {
+            None => Vec::new(),
+            Some(fd) => vec![fd.try_clone().map_err(|source| Error::Io {
+                context: "duplicating the page server socket".into(),
+                source,
+            })?],
+        };
         self.call(Call {
             op,
             req: rpc,
-            extra_fds: Vec::new(),
+            extra_fds,
             stdio: None,
             notify,
             before_request: None,

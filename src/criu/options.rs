@@ -128,6 +128,10 @@ pub struct DumpRequest {
     pub track_mem: bool,
     pub parent_img: Option<PathBuf>,
     pub page_server: Option<PageServer>,
+    /// CRIU's end of a socketpair: the dump sends the pages through it instead of writing
+    /// pagemap and pages images; whoever holds the other end serves it with
+    /// [`super::page_server::serve`]. criu gets it at [`FIRST_EXTRA_FD`].
+    pub page_sink: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     pub ext_mounts: Vec<ExtMount>,
     /// `--external` strings, e.g. `net[4026531992]:extRootNetNS`.
     pub external: Vec<String>,
@@ -265,6 +269,11 @@ pub(crate) fn dump_opts(req: &DumpRequest, dirs: DirFds) -> Criu_opts {
         let mut p = Criu_page_server_info::new();
         p.address = Some(ps.address.clone());
         p.port = Some(i32::from(ps.port));
+        o.ps = Some(p).into();
+    }
+    if req.page_sink.is_some() {
+        let mut p = Criu_page_server_info::new();
+        p.fd = Some(FIRST_EXTRA_FD);
         o.ps = Some(p).into();
     }
     o.ext_mnt = ext_mounts(&req.ext_mounts);
