@@ -7,7 +7,9 @@ use crate::identity::{self, Fingerprint, Identity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: memory pages come as `pages-<id>.img.part<N>` entries (archive::pages); a ferry that
+/// reads only format 1 must refuse them rather than hand CRIU a split image.
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_NAME: &str = "ferry.manifest";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod hashing;
 pub mod inspect;
 pub mod manifest;
+pub mod pages;
 pub mod reader;
 pub mod safe_path;
 pub mod writer;

@@ -131,6 +131,7 @@ pub fn unpack_with_progress(
     // zero blocks of the end-of-archive marker after it.
     let mut manifest_end = 0u64;
     let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut parts: BTreeMap<String, u32> = BTreeMap::new();
     let mut signed: Option<SignedManifest> = None;
     let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
@@ -191,12 +192,40 @@ pub fn unpack_with_progress(
                 why: "it appears twice".into(),
             });
         }
-        let path = dest.join(&name);
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(werr(&path))?;
+        // Parts of one file (see archive::pages) are joined back, strictly in order.
+        let (file, append) = match name
+            .strip_prefix("checkpoint/")
+            .and_then(crate::archive::pages::split_part)
+        {
+            Some((file, n)) => {
+                let expected = parts.get(file).copied().unwrap_or(0);
+                if n != expected {
+                    let why = format!("out of order: part {expected} of {file} comes first");
+                    return Err(Error::BadEntry { entry: name, why });
+                }
+                parts.insert(file.to_string(), n + 1);
+                (format!("checkpoint/{file}"), n > 0)
+            }
+            None => (name.clone(), false),
+        };
+        let path = dest.join(&file);
+        let opened = if append {
+            std::fs::OpenOptions::new().append(true).open(&path)
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        };
+        let mut out = match opened {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::BadEntry {
+                    entry: name,
+                    why: format!("{file} appears twice"),
+                });
+            }
+            r => r.map_err(werr(&path))?,
+        };
         let mut pipe = HashPipe::new();
         let mut n = 0u64;
         loop {
@@ -426,6 +455,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(u.signer, theirs.fingerprint());
+    }
+
+    #[test]
+    fn parts_are_joined_in_order_and_only_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(d.path()).unwrap();
+        let build = |names: &[(&str, &[u8])]| {
+            let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
+            for (n, data) in names {
+                w.add_chunks(n, vec![data.to_vec()]).unwrap();
+            }
+            w.finish(manifest(), &id).unwrap()
+        };
+        let good = build(&[
+            ("checkpoint/pages-9.img.part0", b"abc"),
+            ("checkpoint/inventory.img", b"i"),
+            ("checkpoint/pages-9.img.part1", b"def"),
+        ]);
+        let out = d.path().join("good");
+        std::fs::create_dir(&out).unwrap();
+        let u = unpack_bytes(good, &id, &out).unwrap();
+        assert_eq!(
+            std::fs::read(u.dir.join("checkpoint/pages-9.img")).unwrap(),
+            b"abcdef"
+        );
+        for (i, bad) in [
+            vec![
+                ("checkpoint/pages-9.img.part1", &b"def"[..]),
+                ("checkpoint/pages-9.img.part0", b"abc"),
+            ],
+            vec![
+                ("checkpoint/pages-9.img.part0", &b"abc"[..]),
+                ("checkpoint/pages-9.img.part2", b"def"),
+            ],
+            vec![
+                ("checkpoint/pages-9.img", &b"abc"[..]),
+                ("checkpoint/pages-9.img.part0", b"def"),
+            ],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = d.path().join(format!("bad{i}"));
+            std::fs::create_dir(&out).unwrap();
+            let e = unpack_bytes(build(&bad), &id, &out).err().unwrap();
+            assert!(matches!(e, Error::BadEntry { .. }), "case {i}: {e}");
+        }
     }
 
     #[test]

@@ -5,8 +5,11 @@
 use crate::archive::hashing::HashPipe;
 use crate::archive::manifest::{Entry, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::identity::Identity;
+use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -150,9 +153,70 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Hashes a sequence of entries on one long-lived thread, for entries that come as many
+/// small parts (a thread each would cost more than the hashing), and hands every buffer
+/// back to whoever fills them.
+struct PartHasher {
+    tx: SyncSender<Option<Vec<u8>>>,
+    digests: Receiver<String>,
+    worker: JoinHandle<()>,
+    /// Indexes into `entries` waiting for their digest, in order.
+    pending: Vec<usize>,
+}
+
+impl PartHasher {
+    fn new(recycle: Option<SyncSender<Vec<u8>>>) -> PartHasher {
+        let (tx, rx) = sync_channel::<Option<Vec<u8>>>(4);
+        let (done, digests) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for msg in rx {
+                match msg {
+                    Some(buf) => {
+                        h.update(&buf);
+                        if let Some(r) = &recycle {
+                            let _ = r.try_send(buf);
+                        }
+                    }
+                    None => {
+                        let digest: [u8; 32] = std::mem::take(&mut h).finalize().into();
+                        if done.send(hex::encode(digest)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        PartHasher {
+            tx,
+            digests,
+            worker,
+            pending: vec![],
+        }
+    }
+
+    /// Fills in the digests of every entry handed over so far.
+    fn finish(self, entries: &mut [Entry]) -> std::io::Result<()> {
+        drop(self.tx);
+        self.worker
+            .join()
+            .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
+        for i in self.pending {
+            entries[i].sha256 = self
+                .digests
+                .recv()
+                .map_err(|_| std::io::Error::other("the hashing thread stopped early"))?;
+        }
+        Ok(())
+    }
+}
+
 pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<Encoder<W>>,
     entries: Vec<Entry>,
+    parts: Option<PartHasher>,
+    /// Where [`add_chunks`](Self::add_chunks) returns its buffers once hashed.
+    recycle: Option<SyncSender<Vec<u8>>>,
     /// Uncompressed bytes of entry content written so far.
     pub content_bytes: u64,
     /// Advanced by every byte of entry content (a bar on a terminal, else nothing).
@@ -170,6 +234,8 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(ArchiveWriter {
             tar,
             entries: vec![],
+            parts: None,
+            recycle: None,
             content_bytes: 0,
             progress: crate::progress::Progress::hidden(),
         })
@@ -269,6 +335,55 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
+    /// Buffers given to [`add_chunks`](Self::add_chunks) go back through `pool` once they
+    /// are written and hashed, to be filled again (fresh memory is slow to touch here).
+    pub fn recycle_into(&mut self, pool: SyncSender<Vec<u8>>) {
+        self.recycle = Some(pool);
+    }
+
+    /// Adds the regular file `name` made of `chunks`, without copying them: they are written
+    /// out here and hashed on a thread shared by all such entries.
+    pub fn add_chunks(&mut self, name: &str, chunks: Vec<Vec<u8>>) -> Result<(), Error> {
+        let werr = |source| Error::Write {
+            entry: name.to_string(),
+            source,
+        };
+        let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mtime(0);
+        header.set_path(name).map_err(werr)?;
+        header.set_cksum();
+        let recycle = self.recycle.clone();
+        let hasher = self.parts.get_or_insert_with(|| PartHasher::new(recycle));
+        let out = self.tar.get_mut();
+        out.write_all(header.as_bytes()).map_err(werr)?;
+        for c in chunks {
+            out.write_all(&c).map_err(werr)?;
+            self.progress.inc(c.len() as u64);
+            hasher
+                .tx
+                .send(Some(c))
+                .map_err(|_| werr(std::io::Error::other("the hashing thread stopped")))?;
+        }
+        hasher
+            .tx
+            .send(None)
+            .map_err(|_| werr(std::io::Error::other("the hashing thread stopped")))?;
+        let pad = (512 - (size % 512) as usize) % 512;
+        out.write_all(&[0u8; 512][..pad]).map_err(werr)?;
+        hasher.pending.push(self.entries.len());
+        self.content_bytes += size;
+        self.entries.push(Entry {
+            name: name.to_string(),
+            sha256: String::new(),
+            size,
+        });
+        Ok(())
+    }
+
     pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), Error> {
         self.add_reader(name, data.len() as u64, data)
     }
@@ -340,12 +455,14 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
-    }
-
     /// Closes the archive with the signed manifest of everything written.
     pub fn finish(mut self, mut manifest: Manifest, id: &Identity) -> Result<W, Error> {
+        if let Some(h) = self.parts.take() {
+            h.finish(&mut self.entries).map_err(|source| Error::Write {
+                entry: "(hashing)".into(),
+                source,
+            })?;
+        }
         manifest.entries = std::mem::take(&mut self.entries);
         let signed = SignedManifest::sign(&manifest, id);
         let bytes = serde_json::to_vec_pretty(&signed).expect("manifest serialises");

@@ -29,6 +29,9 @@ pub struct CheckpointOptions {
     pub lazy_pages: bool,
     pub status_fd: Option<i32>,
     pub auto_dedup: bool,
+    /// CRIU sends the memory through this socket (criu::page_server) instead of writing it
+    /// into the image path: `checkpoint -e` archives it while CRIU dumps.
+    pub page_sink: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// CRIU's clone flag for a namespace name as `--empty-ns` takes it.
@@ -198,6 +201,7 @@ impl Container {
             track_mem: parent_img.is_some(),
             parent_img,
             page_server,
+            page_sink: opts.page_sink.clone(),
             ext_mounts: if opts.pre_dump {
                 vec![]
             } else {

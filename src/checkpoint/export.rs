@@ -4,13 +4,16 @@
 //! running as it was.
 
 use crate::archive::manifest::{FORMAT_VERSION, ImageRef, Manifest, SourceHost};
+use crate::archive::pages;
 use crate::archive::writer::{ArchiveWriter, Compression};
 use crate::checkpoint::CheckpointOptions;
+use crate::criu::page_server;
 use crate::identity::Identity;
 use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::{Container, Status};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -132,18 +135,11 @@ impl Container {
         identity: &Identity,
         stats: &mut ExportStats,
     ) -> Result<()> {
-        let images = work.join("checkpoint");
-        let mut ck = opts.checkpoint.clone();
-        ck.image_path = images.clone();
-        ck.work_path = Some(work.join("criu-work"));
-        ck.leave_running = true;
-        let t = Instant::now();
-        let report = self.dump(&ck)?;
-        stats.dump_ms = ms(t.elapsed());
-        stats.criu = report.stats.clone();
-
-        let out: Box<dyn Write> = if opts.output == std::path::Path::new("-") {
-            Box::new(std::io::stdout().lock())
+        let out: Box<dyn Write + Send> = if opts.output == std::path::Path::new("-") {
+            Box::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::io::stdout(),
+            ))
         } else {
             let tmp = opts.output.clone();
             Box::new(std::io::BufWriter::with_capacity(
@@ -151,7 +147,6 @@ impl Container {
                 std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?,
             ))
         };
-        let t = Instant::now();
         let target = if opts.output == std::path::Path::new("-") {
             "standard output".to_string()
         } else {
@@ -160,15 +155,72 @@ impl Container {
         let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
         let mut w =
             ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
-        let images_total: u64 = std::fs::read_dir(&images)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        w.progress = crate::progress::Progress::bytes("writing archive", Some(images_total));
+        w.progress = crate::progress::Progress::bytes("checkpoint", None);
+
+        // The memory goes straight into the archive while CRIU dumps: CRIU sends it to our
+        // page server (one thread), whose buffers the archive thread writes out as they come.
+        let t = Instant::now();
+        let images = work.join("checkpoint");
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().ctx(|| "socketpair for criu's pages")?;
+        for s in [ours.as_fd(), theirs.as_fd()] {
+            // A few MiB in flight, not the default 200 KiB: CRIU splices the pages in as
+            // fast as it reads them, and every stall of the socket is time frozen.
+            let _ = nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::SndBufForce,
+                &(4 << 20),
+            );
+            let _ = nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::RcvBufForce,
+                &(4 << 20),
+            );
+        }
+        let (events_tx, events) = std::sync::mpsc::sync_channel(8);
+        let (pool_tx, pool) = std::sync::mpsc::sync_channel(32);
+        w.recycle_into(pool_tx);
+        let archiver = std::thread::spawn(move || {
+            let r = pages::write_events(&mut w, "checkpoint", events);
+            (w, r)
+        });
+        let server = std::thread::spawn(move || {
+            let mut sock = ours;
+            let mut sink = pages::ChannelSink {
+                tx: events_tx,
+                pool,
+            };
+            page_server::serve(&mut sock, &mut sink)
+        });
+        let mut ck = opts.checkpoint.clone();
+        ck.image_path = images.clone();
+        ck.work_path = Some(work.join("criu-work"));
+        ck.leave_running = true;
+        ck.page_sink = Some(std::sync::Arc::new(std::os::fd::OwnedFd::from(theirs)));
+        let dumped = self.dump(&ck);
+        // Our copy of CRIU's end closed: if CRIU never connected, the server sees the end.
+        drop(ck);
+        let served = server
+            .join()
+            .map_err(|_| Error::Other("the page server thread panicked".into()))?;
+        let (mut w, archived) = archiver
+            .join()
+            .map_err(|_| Error::Other("the archive thread panicked".into()))?;
+        // The first cause wins: an archive that could not be written (a full disk) makes
+        // the page server hang up, which makes the dump fail.
+        archived.map_err(werr)?;
+        let report = match (dumped, served) {
+            (Err(e), Err(page_server::Error::Sink(s))) => {
+                return Err(Error::Other(format!("{target}: {s} (and so: {e})")));
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), Err(e)) => return Err(Error::Other(e.to_string())),
+            (Ok(r), Ok(_)) => r,
+        };
+        stats.dump_ms = ms(t.elapsed());
+        stats.criu = report.stats.clone();
+
+        let t = Instant::now();
         if opts.keep {
             w.add_dir("checkpoint", &images).map_err(werr)?;
         } else {

@@ -132,6 +132,18 @@ impl CheckpointArgs {
                     "--pre-dump writes no archive: drop --export, or drop --pre-dump".into(),
                 ));
             }
+            for (set, flag) in [
+                (self.criu.page_server.is_some(), "--page-server"),
+                (self.criu.lazy_pages, "--lazy-pages"),
+                (self.criu.parent_path.is_some(), "--parent-path"),
+            ] {
+                if set {
+                    return Err(Error::Other(format!(
+                        "{flag} leaves memory pages out of the checkpoint, and an archive \
+                         (--export) holds all of them: drop one of the two"
+                    )));
+                }
+            }
             let opts = ExportOptions {
                 checkpoint: self.options()?,
                 output: output.clone(),
@@ -186,6 +198,7 @@ impl CheckpointArgs {
             lazy_pages: c.lazy_pages,
             status_fd: (c.status_fd >= 0).then_some(c.status_fd),
             auto_dedup: c.auto_dedup,
+            page_sink: None,
         })
     }
 }
