@@ -177,7 +177,7 @@ impl Container {
                 &(4 << 20),
             );
         }
-        let (events_tx, events) = std::sync::mpsc::sync_channel(8);
+        let (events_tx, events) = std::sync::mpsc::sync_channel(4);
         let (pool_tx, pool) = std::sync::mpsc::sync_channel(32);
         w.recycle_into(pool_tx);
         let archiver = std::thread::spawn(move || {
