@@ -247,7 +247,7 @@ impl Runtime {
             return e;
         }
         Error::Other(format!(
-            "{e}\n  the disk is full: free space under the storage directory {} (--storage)",
+            "{e}; the disk is full: free space under the storage directory {} (--storage)",
             self.storage.display()
         ))
     }
