@@ -718,6 +718,17 @@ fn a_failed_checkpoint_leaves_the_container_running() {
 
 #[test]
 fn checkpoint_and_restore_through_a_pipe() {
+    pipe_round_trip(&[]);
+}
+
+/// Through a pipe with the in-memory stage too small: the stage spills to disk mid-stream
+/// and goes on; nothing of the pipe is read twice or lost.
+#[test]
+fn checkpoint_and_restore_through_a_pipe_with_a_spill() {
+    pipe_round_trip(&[("FERRY_STAGE_TMPFS_BYTES", "1M")]);
+}
+
+fn pipe_round_trip(env: &[(&str, &str)]) {
     let (host, id, mem) = host_with_container("pipe");
     let (runid, before) = mem.wait_count_above(3);
     let new = host.id("piped");
@@ -739,12 +750,23 @@ fn checkpoint_and_restore_through_a_pipe() {
         .spawn()
         .unwrap();
     let pipe = ck.stdout.take().unwrap();
-    let mut rs = base(&["restore", "-i", "-", "--name", &new, "-d"])
-        .stdin(pipe)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(err_dir.join("rs.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let stats = err_dir.join("rs.json");
+    let mut rs = base(&[
+        "restore",
+        "-i",
+        "-",
+        "--name",
+        &new,
+        "-d",
+        "--stats-file",
+        stats.to_str().unwrap(),
+    ])
+    .envs(env.iter().copied())
+    .stdin(pipe)
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(err_dir.join("rs.err")).unwrap())
+    .spawn()
+    .unwrap();
     let ck_status = ck.wait().unwrap();
     let rs_status = rs.wait().unwrap();
     let read = |n: &str| fs::read_to_string(err_dir.join(n)).unwrap_or_default();
@@ -758,6 +780,10 @@ fn checkpoint_and_restore_through_a_pipe() {
         "restore -i - failed: {}",
         read("rs.err")
     );
+    let st = read_stats(&stats);
+    let want = if env.is_empty() { "tmpfs" } else { "spilled" };
+    assert_eq!(st["stage"], want, "{st}");
+    assert_work_clean(&host);
     host.ferry.wait_status(&new, "running");
     let (runid2, _) = MemHold::at(host.rootfs(&new).join("tmp")).wait_count_above(before);
     assert_eq!(runid2, runid);
