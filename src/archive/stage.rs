@@ -260,6 +260,24 @@ impl Stage {
         Ok(())
     }
 
+    /// Makes the existing file `rel` current again, to go on at its end (an entry stored in
+    /// parts). Before or after a spill, the file is at the same path.
+    pub fn append(&mut self, rel: &str) -> Result<(), WriteError> {
+        self.current = None;
+        let path = self.dir.join(rel);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(werr(&path))?;
+        let offset = file.metadata().map_err(werr(&path))?.len();
+        self.current = Some(Current {
+            rel: PathBuf::from(rel),
+            file,
+            offset,
+        });
+        Ok(())
+    }
+
     /// Appends `buf` to the current file, spilling to disk if the tmpfs fills.
     pub fn write(&mut self, mut buf: &[u8]) -> Result<(), WriteError> {
         while !buf.is_empty() {
@@ -501,8 +519,17 @@ mod tests {
         ];
         stage.create_dir("sub").unwrap();
         for (name, bytes) in &files {
+            // Each file in two parts, the second through append (as a multi-part entry).
+            let (first, second) = bytes.split_at(bytes.len() / 3);
             stage.create(name).unwrap();
-            for piece in bytes.chunks(7919) {
+            for piece in first.chunks(7919) {
+                stage.write(piece).unwrap();
+            }
+            stage
+                .create_dir(&format!("other-{}", name.replace('/', "-")))
+                .unwrap();
+            stage.append(name).unwrap();
+            for piece in second.chunks(7919) {
                 stage.write(piece).unwrap();
             }
             if *name == "small" {
@@ -523,6 +550,9 @@ mod tests {
         for (name, bytes) in &files {
             assert_eq!(&std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
         }
+        // create refuses a file that exists (a duplicate entry), with the kind intact.
+        let e = stage.create("small").unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::AlreadyExists);
         stage.remove().unwrap();
         assert!(!dir.exists());
 
