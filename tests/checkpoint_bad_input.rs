@@ -59,6 +59,17 @@ fn export(host: &Host, id: &str, compress: &str, rootfs_changes: bool) -> PathBu
 /// Restores `archive` under a fresh name and expects a refusal whose message contains every
 /// one of `needles`; checks nothing is left and the archive is unchanged. Returns stderr.
 fn refused(host: &Host, archive: &Path, extra: &[&str], needles: &[&str]) -> String {
+    refused_env(host, archive, &[], extra, needles)
+}
+
+/// [`refused`] with extra environment variables for ferry.
+fn refused_env(
+    host: &Host,
+    archive: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+    needles: &[&str],
+) -> String {
     let before = file_digest(archive);
     let procs = tagged_processes(&host.ferry.tag);
     let name = host.id("refused");
@@ -71,7 +82,7 @@ fn refused(host: &Host, archive: &Path, extra: &[&str], needles: &[&str]) -> Str
         "-d",
     ];
     args.extend_from_slice(extra);
-    let out = host.run_quiet(&args);
+    let out = host.run_quiet_env(env, &args);
     assert!(
         !out.success(),
         "restore of {archive:?} should have been refused ({needles:?}) but succeeded"
@@ -527,6 +538,46 @@ fn a_criu_failure_quotes_its_log_and_leaves_nothing() {
         err.contains("Error"),
         "CRIU's Error lines should be quoted:\n{err}"
     );
+    // The same with the in-memory stage too small (it spills to disk first): still nothing
+    // left, neither the tmpfs nor the disk copy.
+    let err = refused_env(
+        &host,
+        &bad,
+        &[("FERRY_STAGE_TMPFS_BYTES", "64K")],
+        &["--debug"],
+        &["criu", "restore.log"],
+    );
+    assert!(
+        err.contains("spills to disk"),
+        "the 64 KiB stage should have spilled:\n{err}"
+    );
+}
+
+/// A flipped byte in the page images found after the stage has spilled to disk: refused,
+/// nothing left (no tmpfs, no disk copy).
+#[test]
+fn a_flipped_byte_after_a_spill_is_refused_and_leaves_nothing() {
+    let (host, id, _) = host_with_container("flipspill");
+    let archive = export(&host, &id, "none", false);
+    let (_, pos, size) = entry_offsets(&archive)
+        .into_iter()
+        .find(|(n, _, _)| n == "checkpoint/pages-1.img")
+        .expect("no pages-1.img");
+    assert!(size > 2 << 20, "pages-1.img is only {size} bytes");
+    let mut bytes = fs::read(&archive).unwrap();
+    bytes[(pos + size / 2) as usize] ^= 0x20;
+    let bad = write_archive(&host, "flipspill.tar", &bytes);
+    let err = refused_env(
+        &host,
+        &bad,
+        &[("FERRY_STAGE_TMPFS_BYTES", "1M")],
+        &["--debug"],
+        &["checkpoint/pages-1.img", "altered"],
+    );
+    assert!(
+        err.contains("spills to disk"),
+        "the 1 MiB stage should have spilled:\n{err}"
+    );
 }
 
 #[test]
@@ -676,6 +727,17 @@ fn a_failed_checkpoint_leaves_the_container_running() {
 
 #[test]
 fn checkpoint_and_restore_through_a_pipe() {
+    pipe_round_trip(&[]);
+}
+
+/// Through a pipe with the in-memory stage too small: the stage spills to disk mid-stream
+/// and goes on; nothing of the pipe is read twice or lost.
+#[test]
+fn checkpoint_and_restore_through_a_pipe_with_a_spill() {
+    pipe_round_trip(&[("FERRY_STAGE_TMPFS_BYTES", "1M")]);
+}
+
+fn pipe_round_trip(env: &[(&str, &str)]) {
     let (host, id, mem) = host_with_container("pipe");
     let (runid, before) = mem.wait_count_above(3);
     let new = host.id("piped");
@@ -697,12 +759,23 @@ fn checkpoint_and_restore_through_a_pipe() {
         .spawn()
         .unwrap();
     let pipe = ck.stdout.take().unwrap();
-    let mut rs = base(&["restore", "-i", "-", "--name", &new, "-d"])
-        .stdin(pipe)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(err_dir.join("rs.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let stats = err_dir.join("rs.json");
+    let mut rs = base(&[
+        "restore",
+        "-i",
+        "-",
+        "--name",
+        &new,
+        "-d",
+        "--stats-file",
+        stats.to_str().unwrap(),
+    ])
+    .envs(env.iter().copied())
+    .stdin(pipe)
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(err_dir.join("rs.err")).unwrap())
+    .spawn()
+    .unwrap();
     let ck_status = ck.wait().unwrap();
     let rs_status = rs.wait().unwrap();
     let read = |n: &str| fs::read_to_string(err_dir.join(n)).unwrap_or_default();
@@ -716,6 +789,10 @@ fn checkpoint_and_restore_through_a_pipe() {
         "restore -i - failed: {}",
         read("rs.err")
     );
+    let st = read_stats(&stats);
+    let want = if env.is_empty() { "tmpfs" } else { "spilled" };
+    assert_eq!(st["stage"], want, "{st}");
+    assert_work_clean(&host);
     host.ferry.wait_status(&new, "running");
     let (runid2, _) = MemHold::at(host.rootfs(&new).join("tmp")).wait_count_above(before);
     assert_eq!(runid2, runid);

@@ -53,8 +53,21 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
         "the archive is tiny"
     );
 
-    host.run_quiet(&["restore", "-i", a, "-d"]).ok();
+    let stats = host.ferry.scratch().join("rt-restore.json");
+    host.run_quiet(&[
+        "restore",
+        "-i",
+        a,
+        "-d",
+        "--stats-file",
+        stats.to_str().unwrap(),
+    ])
+    .ok();
     host.ferry.wait_status(&id, "running");
+    // Unpacked into memory (this machine has plenty), and nothing of it left.
+    let st = read_stats(&stats);
+    assert_eq!(st["stage"], "tmpfs", "{st}");
+    assert_work_clean(&host);
     let mem = MemHold::at(host.rootfs(&id).join("tmp"));
     let (runid2, after) = mem.wait_count_above(before);
     assert_eq!(
@@ -71,6 +84,69 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
         "the restored memory differs from the dumped one"
     );
 
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+    assert_cgroups_gone(&id);
+}
+
+/// An archive bigger than the tmpfs it is unpacked into (capped at 1 MiB by the knob): the
+/// stage spills to disk mid-entry and the restore goes on from there, with every byte.
+#[test]
+fn a_stage_too_small_for_the_archive_spills_to_disk_and_the_restore_succeeds() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("spill");
+    let (mem, sum) = start_memhold(&host, "bb", &id, "16");
+    let (runid, before) = mem.wait_count_above(3);
+    let archive = host.ferry.scratch().join("spill.tar");
+    let a = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", a, "--compress", "none"])
+        .ok();
+    wait_no_tagged(&host.ferry);
+
+    let stats = host.ferry.scratch().join("spill-restore.json");
+    let out = host
+        .run_quiet_env(
+            &[("FERRY_STAGE_TMPFS_BYTES", "1M")],
+            &[
+                "--debug",
+                "restore",
+                "-i",
+                a,
+                "-d",
+                "--stats-file",
+                stats.to_str().unwrap(),
+            ],
+        )
+        .ok();
+    let st = read_stats(&stats);
+    assert_eq!(
+        st["stage"], "spilled",
+        "a 16 MiB archive cannot fit a 1 MiB tmpfs: {st}"
+    );
+    let why = st["stage_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("FERRY_STAGE_TMPFS_BYTES=1M") && why.contains("filled at checkpoint/"),
+        "the reason should say the cap and where it filled: {why}"
+    );
+    assert!(
+        out.stderr.contains("spills to disk"),
+        "the debug log should say the stage spilled:\n{}",
+        out.stderr
+    );
+    assert_work_clean(&host);
+
+    host.ferry.wait_status(&id, "running");
+    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
+    let (runid2, after) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid, "restarted rather than restored");
+    assert!(after > before);
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(
+        mem.wait_rehash(2),
+        sum,
+        "the memory restored through the spilled stage differs from the dumped one"
+    );
     host.run(&["delete", "--force", &id]).ok();
     assert_deleted(&host, &id);
     assert_cgroups_gone(&id);

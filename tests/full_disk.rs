@@ -1,9 +1,11 @@
 //! "Nothing is lost" (issue 4): a full disk gives a clear error and loses nothing.
 //! A checkpoint whose archive does not fit on its disk fails saying the disk is full, leaves
-//! no partial archive and leaves the container running and counting. A restore whose storage
-//! cannot hold the unpacked archive fails saying the disk is full, leaves no container,
-//! mount, cgroup, process or work file, and leaves the archive as it was (a restore with room
-//! then succeeds from the same file). The small disks are tmpfs mounts made by the test.
+//! no partial archive and leaves the container running and counting. A restore onto a full
+//! storage fails saying the disk is full, leaves no container, mount, cgroup, process or work
+//! file, and leaves the archive as it was (a restore with room then succeeds from the same
+//! file). The archive is unpacked into memory, so "full" means the container's rootfs cannot
+//! be written; with the in-memory stage capped, the stage's spill to disk fills it instead.
+//! The small disks are tmpfs mounts made by the test.
 
 #[path = "common/ckpt.rs"]
 mod ckpt;
@@ -188,6 +190,24 @@ fn a_checkpoint_to_a_full_disk_says_so_and_the_container_runs_on() {
     assert!(host.ids().contains(&id));
 }
 
+/// Every regular file and symlink under `dir` with its size: what a failed restore must
+/// leave exactly as it was (empty directories are checked by assert_restore_left_nothing).
+fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in entries(&d) {
+            let m = fs::symlink_metadata(&e).unwrap();
+            if m.is_dir() {
+                todo.push(e);
+            } else {
+                out.insert(e, m.len());
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn a_restore_onto_a_full_disk_says_so_and_leaves_nothing() {
     // Source host: a counting container checkpointed into an archive on the ordinary disk.
@@ -216,53 +236,83 @@ fn a_restore_onto_a_full_disk_says_so_and_leaves_nothing() {
     b.import_dir("bb", &image);
     b.run(&["trust", "add", &a.fingerprint()]).ok();
     b.fingerprint();
-    // Room for what is there (the image, the identity, the trust store) and 8 MiB more:
-    // the image fits, the archive does not.
     let (used, _) = small.usage();
-    small.resize(used + 8 * MIB);
-    let (_, free) = small.usage();
-    assert!(
-        free < archive_size,
-        "the archive ({archive_size} bytes) should not fit in the {free} bytes free"
-    );
-    eprintln!("archive {archive_size} bytes; storage tmpfs: {used} used, {free} free");
-
     let before = file_digest(&archive);
-    let procs = tagged_processes(&b.ferry.tag);
-    let name = b.id("fullrst");
-    let out = b.run_quiet(&[
-        "restore",
-        "-i",
-        archive.to_str().unwrap(),
-        "--name",
-        &name,
-        "-d",
-    ]);
-    eprintln!(
-        "restore onto a full storage: exit {:?}\nlog/stderr: {}",
-        out.code, out.stderr
-    );
-    assert!(
-        !out.success(),
-        "the restore should fail: the storage cannot hold the unpacked archive"
-    );
-    assert!(
-        out.stderr.contains("the disk is full"),
-        "the error should say the disk is full; it said:\n{}",
-        out.stderr
-    );
-    assert_restore_left_nothing(&b, &name, &procs);
-    assert_eq!(
-        file_digest(&archive),
-        before,
-        "the failed restore changed the archive"
-    );
-    let (used_after, _) = small.usage();
-    assert!(
-        used_after <= used + MIB,
-        "the failed restore left {} bytes on the storage",
-        used_after.saturating_sub(used)
-    );
+    let files_before = files(&storage);
+
+    // Two ways the storage is too full. (1) Completely full, the archive unpacked into
+    // memory as usual: the container's rootfs (its overlay upper dir, the archive's changes
+    // applied to it, its config.json) cannot be written. (2) 8 MiB free and the in-memory
+    // stage capped at 1 MiB: the stage spills to the storage, which cannot hold the
+    // archive's images. Either way: the disk is full, and nothing is left.
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, u64, Env, &str); 2] = [
+        ("rootfs", 0, &[], "staging the archive in memory"),
+        (
+            "spill",
+            8 * MIB,
+            &[("FERRY_STAGE_TMPFS_BYTES", "1M")],
+            "spills to disk",
+        ),
+    ];
+    for (case, room, env, logged) in cases {
+        small.resize(used + room);
+        let (_, free) = small.usage();
+        assert!(
+            free <= room && free < archive_size,
+            "{case}: the archive ({archive_size} bytes) should not fit in the {free} bytes free"
+        );
+        eprintln!("{case}: archive {archive_size} bytes; storage tmpfs: {used} used, {free} free");
+        let procs = tagged_processes(&b.ferry.tag);
+        let name = b.id(&format!("full{case}"));
+        let out = b.run_quiet_env(
+            env,
+            &[
+                "--debug",
+                "restore",
+                "-i",
+                archive.to_str().unwrap(),
+                "--name",
+                &name,
+                "-d",
+            ],
+        );
+        eprintln!(
+            "{case}: restore onto a full storage: exit {:?}\nlog/stderr: {}",
+            out.code, out.stderr
+        );
+        assert!(
+            !out.success(),
+            "{case}: the restore should fail: the storage is full"
+        );
+        assert!(
+            out.stderr.contains("the disk is full"),
+            "{case}: the error should say the disk is full; it said:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(logged),
+            "{case}: the log should say {logged:?}; it said:\n{}",
+            out.stderr
+        );
+        assert_restore_left_nothing(&b, &name, &procs);
+        assert_eq!(
+            file_digest(&archive),
+            before,
+            "{case}: the failed restore changed the archive"
+        );
+        assert_eq!(
+            files(&storage),
+            files_before,
+            "{case}: the failed restore changed the files in the storage"
+        );
+        let (used_after, _) = small.usage();
+        assert!(
+            used_after <= used,
+            "{case}: the failed restore left {} bytes on the storage",
+            used_after.saturating_sub(used)
+        );
+    }
 
     // With room, the same archive restores: it was not consumed, and the error was the disk.
     small.resize(used + archive_size * 3 + 64 * MIB);

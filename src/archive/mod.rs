@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod pages;
 pub mod reader;
 pub mod safe_path;
+pub mod stage;
 pub mod writer;
 
 pub use diff::{Change, ChangeKind, DiffSummary, apply_diff, changes, print_changes, write_diff};

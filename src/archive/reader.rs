@@ -1,13 +1,15 @@
 //! Reads a checkpoint archive into a directory and proves it whole before anyone uses it:
 //! every entry hashed as it is written out, the manifest's signature checked, its signer
-//! trusted, and the entries matched one to one. On any failure the caller removes the
-//! directory; the archive itself is never modified.
+//! trusted, and the entries matched one to one. The files go through a [`Stage`] (a
+//! private tmpfs for `restore -i`, see stage.rs). On any failure the caller removes the
+//! stage; the archive itself is never modified.
 
 use crate::archive::hashing::HashPipe;
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
+use crate::archive::stage::{self, Stage};
 use crate::identity::{Fingerprint, TrustStore};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// The entries a ferry archive may hold, besides `checkpoint/<file>`.
@@ -53,6 +55,15 @@ pub enum Error {
     },
     #[error("trust store: {0}")]
     Trust(#[from] crate::identity::Error),
+}
+
+impl From<stage::WriteError> for Error {
+    fn from(e: stage::WriteError) -> Error {
+        Error::Write {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// Who may have signed an archive for it to be restored.
@@ -102,25 +113,28 @@ pub fn decompressed(input: impl Read + 'static) -> std::io::Result<Box<dyn Read>
     })
 }
 
-/// Unpacks into `dest` (which must not exist) and verifies. `dest` holds the entries under
-/// their archive names on success; on error it may hold a part, for the caller to remove.
+/// Unpacks into `dest` on disk (which must not exist) and verifies. `dest` holds the entries
+/// under their archive names on success; on error it may hold a part, for the caller to
+/// remove.
 pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<Unpacked, Error> {
-    unpack_with_progress(input, dest, trust, &crate::progress::Progress::hidden())
+    let mut stage = Stage::disk(dest, "unpacked for reading")?;
+    unpack_with_progress(
+        input,
+        &mut stage,
+        trust,
+        &crate::progress::Progress::hidden(),
+    )
 }
 
-/// [`unpack`], advancing `progress` by every byte of entry content.
+/// [`unpack`] into `stage` (fresh and empty), advancing `progress` by every byte of entry
+/// content.
 pub fn unpack_with_progress(
     input: impl Read + 'static,
-    dest: &Path,
+    stage: &mut Stage,
     trust: Trust,
     progress: &crate::progress::Progress,
 ) -> Result<Unpacked, Error> {
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Write { path, source }
-    };
-    std::fs::create_dir(dest).map_err(werr(dest))?;
-    std::fs::create_dir(dest.join("checkpoint")).map_err(werr(dest))?;
+    stage.create_dir("checkpoint")?;
     let stream = decompressed(input).map_err(|e| Error::Corrupt(e.to_string()))?;
     let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tar = tar::Archive::new(Counted {
@@ -208,24 +222,20 @@ pub fn unpack_with_progress(
             }
             None => (name.clone(), false),
         };
-        let path = dest.join(&file);
         let opened = if append {
-            std::fs::OpenOptions::new().append(true).open(&path)
+            stage.append(&file)
         } else {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
+            stage.create(&file)
         };
-        let mut out = match opened {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        match opened {
+            Err(e) if e.source.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::BadEntry {
                     entry: name,
                     why: format!("{file} appears twice"),
                 });
             }
-            r => r.map_err(werr(&path))?,
-        };
+            r => r?,
+        }
         let mut pipe = HashPipe::new();
         let mut n = 0u64;
         loop {
@@ -245,7 +255,7 @@ pub fn unpack_with_progress(
                 break;
             }
             buf.truncate(k);
-            out.write_all(&buf).map_err(werr(&path))?;
+            stage.write(&buf)?;
             progress.inc(k as u64);
             pipe.update_owned(buf);
             n += k as u64;
@@ -315,7 +325,7 @@ pub fn unpack_with_progress(
         });
     }
     Ok(Unpacked {
-        dir: dest.to_path_buf(),
+        dir: stage.dir().to_path_buf(),
         manifest,
         signer,
         trusted_as,

@@ -1,8 +1,13 @@
 //! `ferry restore -i FILE`: an archive verified whole, its image found in the store, a new
 //! overlay rootfs with the container's changes applied, then CRIU restores into it. Any
 //! failure removes everything made; the archive file is never touched.
+//!
+//! The archive is unpacked into a private tmpfs when memory allows (archive/stage.rs): the
+//! images are scratch, read once by CRIU, which punches them out as it restores
+//! (`auto_dedup`), so memory holds them about once, not twice.
 
 use crate::archive::reader::{self, Trust, Unpacked};
+use crate::archive::stage::{Place, Stage};
 use crate::checkpoint::RestoreOptions;
 use crate::checkpoint::export::ContainerConfig;
 use crate::identity::{Identity, TrustStore};
@@ -33,6 +38,10 @@ pub struct ImportStats {
     pub rootfs_ms: f64,
     pub restore_ms: f64,
     pub total_ms: f64,
+    /// Where the archive was unpacked: "tmpfs", "disk", or "spilled" (tmpfs, then disk).
+    pub stage: Place,
+    /// Why there.
+    pub stage_reason: String,
     pub criu: Option<crate::criu::stats::RestoreStats>,
 }
 
@@ -53,11 +62,19 @@ impl Runtime {
         let tmp = self.storage.join("work");
         std::fs::create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
         let dir = tmp.join(format!("restore-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let result = self.import_into(opts, input, &dir, &mut stats);
+        let mut stage = Stage::private(&dir, opts.keep).map_err(Error::Other)?;
+        let result = self.import_into(opts, input, &mut stage, &mut stats);
+        stats.stage = stage.place();
+        stats.stage_reason = stage.why().to_string();
+        tracing::debug!(
+            dir = %dir.display(),
+            stage = stage.place().as_str(),
+            why = stage.why(),
+            "the archive was staged"
+        );
         let keep = result.as_ref().map(|(_, k)| *k).unwrap_or(false);
-        if !keep {
-            let _ = std::fs::remove_dir_all(&dir);
+        if !keep && let Err(e) = stage.remove() {
+            tracing::warn!("removing the unpacked archive: {e}");
         }
         let (code, _) = result?;
         stats.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -68,7 +85,7 @@ impl Runtime {
         &self,
         opts: ImportOptions,
         input: Box<dyn Read>,
-        dir: &Path,
+        stage: &mut Stage,
         stats: &mut ImportStats,
     ) -> Result<(i32, bool)> {
         let t = Instant::now();
@@ -90,7 +107,7 @@ impl Runtime {
             std::fs::metadata(&opts.input).ok().map(|m| m.len())
         };
         let progress = crate::progress::Progress::bytes("verifying archive", total);
-        let unpacked = reader::unpack_with_progress(ReadBox(input), dir, trust, &progress)
+        let unpacked = reader::unpack_with_progress(ReadBox(input), stage, trust, &progress)
             .map_err(|e| Error::Other(e.to_string()))?;
         progress.finish();
         stats.verify_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -122,7 +139,9 @@ impl Runtime {
                 image.name, image.digest, image.name
             ))
         })?;
-        let rootfs = self.rootfs_for_restore(&img, &id, &spec, &unpacked, &config, &store)?;
+        let rootfs = self
+            .rootfs_for_restore(&img, &id, &spec, &unpacked, &config, &store)
+            .map_err(|e| self.disk_full_hint(e))?;
         stats.rootfs_ms = t.elapsed().as_secs_f64() * 1000.0;
 
         let mut ro = opts.restore;
@@ -132,6 +151,9 @@ impl Runtime {
         ro.work_path = Some(unpacked.dir.clone());
         ro.detach = opts.detach;
         ro.image = Some(rootfs);
+        // The stage is ours alone and deleted after the restore: let CRIU punch out the pages
+        // it has restored, so a tmpfs stage shrinks as the process grows. Not with --keep.
+        ro.auto_dedup |= !opts.keep;
         let t = Instant::now();
         let restored = self.restore_container(ro)?;
         stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -177,7 +199,14 @@ impl Runtime {
                     &root,
                     allow_devices,
                 )
-                .map_err(|e| Error::Other(format!("applying the archive's rootfs changes: {e}")))?;
+                .map_err(|e| match e {
+                    // Kept as an io error, so that a full disk is recognised as one.
+                    crate::archive::diff::Error::Io { context, source } => Error::Io {
+                        context: format!("applying the archive's rootfs changes: {context}"),
+                        source,
+                    },
+                    e => Error::Other(format!("applying the archive's rootfs changes: {e}")),
+                })?;
             }
             let mut spec = spec.clone();
             let mut r = spec.root().clone().unwrap_or_default();
@@ -199,6 +228,28 @@ impl Runtime {
             Ok(()) => Ok(made),
             Err(e) => Err(with_cleanup(e, made.release(id))),
         }
+    }
+}
+
+impl Runtime {
+    /// The unpacked archive is in memory, so a full disk shows up here, building the rootfs:
+    /// say so and where, as the unpack would have.
+    fn disk_full_hint(&self, e: Error) -> Error {
+        fn enospc(e: &Error) -> bool {
+            match e {
+                Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+                Error::Sys { errno, .. } => *errno == nix::errno::Errno::ENOSPC,
+                Error::WithCleanup { error, .. } => enospc(error),
+                _ => false,
+            }
+        }
+        if !enospc(&e) {
+            return e;
+        }
+        Error::Other(format!(
+            "{e}; the disk is full: free space under the storage directory {} (--storage)",
+            self.storage.display()
+        ))
     }
 }
 

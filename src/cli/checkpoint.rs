@@ -291,7 +291,7 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
                 (p, Some(n)) if p.ends_with("_kib") => {
                     (&p[..p.len() - 4], format!("{:.1} MiB", n / 1024.0))
                 }
-                (p, _) => (p, v.to_string()),
+                (p, _) => (p, v.as_str().map_or_else(|| v.to_string(), String::from)),
             };
             let mut name = name.replace('_', " ");
             if value.ends_with(" ms") && !name.ends_with("time") {

@@ -134,6 +134,11 @@ impl Host {
     /// and CRIU can dump /dev/null but not a file of the host. What ferry has to say goes
     /// to `--log`, which the returned Output carries as its stderr.
     pub fn run_quiet(&self, args: &[&str]) -> Output {
+        self.run_quiet_env(&[], args)
+    }
+
+    /// [`run_quiet`](Self::run_quiet) with extra environment variables for ferry.
+    pub fn run_quiet_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
         let log = self.ferry.scratch().join(format!("quiet-{n}.log"));
         let mut cmd = Command::new(FERRY);
@@ -144,6 +149,7 @@ impl Host {
             .arg("--log")
             .arg(&log)
             .args(args)
+            .envs(env.iter().copied())
             .env("FERRY_TEST_TAG", &self.ferry.tag)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -332,7 +338,8 @@ pub fn wait_no_tagged(ferry: &Ferry) {
 }
 
 /// What a restore that failed must not leave: the container record, its bundle under the
-/// storage, mounts of it, its cgroups, its processes, CRIU's work directory.
+/// storage, mounts of it, its cgroups, its processes, CRIU's work directory and the tmpfs
+/// the archive was unpacked into.
 /// `procs_before`: this test's processes before the restore (a source container may run).
 pub fn assert_restore_left_nothing(host: &Host, id: &str, procs_before: &[i32]) {
     assert!(
@@ -368,11 +375,29 @@ pub fn assert_restore_left_nothing(host: &Host, id: &str, procs_before: &[i32]) 
         "the failed restore left processes: {:?}",
         tagged(&host.ferry)
     );
+    assert_work_clean(host);
+}
+
+/// Nothing under the storage's work directory: no files, and no mount (the tmpfs stage of
+/// `restore -i`), after a restore that succeeded or failed.
+pub fn assert_work_clean(host: &Host) {
     let work = host.storage.join("work");
+    let mounts = mounts_under(&work);
+    assert!(
+        mounts.is_empty(),
+        "the restore left mounts under {work:?}:\n{}",
+        mounts.join("\n")
+    );
     if let Ok(rd) = fs::read_dir(&work) {
         let left: Vec<_> = rd.flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "restore left work files: {left:?}");
     }
+}
+
+/// The JSON `--stats-file` wrote.
+pub fn read_stats(path: &Path) -> serde_json::Value {
+    let text = fs::read(path).unwrap_or_else(|e| panic!("read the stats file {path:?}: {e}"));
+    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("stats file {path:?}: {e}"))
 }
 
 /// Waits until no cgroup directory named `id` remains in any hierarchy; the panic lists them.
