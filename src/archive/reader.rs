@@ -4,7 +4,7 @@
 //! private tmpfs for `restore -i`, see stage.rs). On any failure the caller removes the
 //! stage; the archive itself is never modified.
 
-use crate::archive::hashing::HashPipe;
+use crate::archive::hashing::Hashers;
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::archive::stage::{self, Stage};
 use crate::identity::{Fingerprint, TrustStore};
@@ -144,7 +144,9 @@ pub fn unpack_with_progress(
     // Where the manifest's data (padded to a block) ends: a complete stream has the two
     // zero blocks of the end-of-archive marker after it.
     let mut manifest_end = 0u64;
-    let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    // Each entry's job in `hashers`, and its size as read.
+    let mut jobs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut hashers = Hashers::new(None);
     let mut parts: BTreeMap<String, u32> = BTreeMap::new();
     let mut signed: Option<SignedManifest> = None;
     let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -200,7 +202,7 @@ pub fn unpack_with_progress(
             entry: name.clone(),
             why,
         })?;
-        if seen.contains_key(&name) {
+        if jobs.contains_key(&name) {
             return Err(Error::BadEntry {
                 entry: name,
                 why: "it appears twice".into(),
@@ -236,10 +238,10 @@ pub fn unpack_with_progress(
             }
             r => r?,
         }
-        let mut pipe = HashPipe::new();
+        let job = hashers.begin();
         let mut n = 0u64;
         loop {
-            let mut buf = pipe.buffer();
+            let mut buf = hashers.buffer();
             buf.resize(crate::archive::hashing::CHUNK, 0);
             let mut k = 0;
             while k < buf.len() {
@@ -257,7 +259,9 @@ pub fn unpack_with_progress(
             buf.truncate(k);
             stage.write(&buf)?;
             progress.inc(k as u64);
-            pipe.update_owned(buf);
+            hashers
+                .update_owned(buf)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
             n += k as u64;
         }
         if n != entry.size() {
@@ -266,8 +270,16 @@ pub fn unpack_with_progress(
                 entry.size()
             )));
         }
-        seen.insert(name, (pipe.finish().0, n));
+        hashers.end().map_err(|e| Error::Corrupt(e.to_string()))?;
+        jobs.insert(name, (job, n));
     }
+    let digests = hashers
+        .finish()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut seen: BTreeMap<String, (String, u64)> = jobs
+        .into_iter()
+        .map(|(name, (job, n))| (name, (digests[job].0.clone(), n)))
+        .collect();
     let signed = signed.ok_or_else(|| {
         Error::Truncated("it ends without ferry.manifest (its last entry)".into())
     })?;

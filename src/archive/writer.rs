@@ -2,14 +2,12 @@
 //! entry is hashed while it is written and listed in the signed `ferry.manifest` that closes
 //! the stream. Nothing is staged: the output may be a pipe or a socket.
 
-use crate::archive::hashing::HashPipe;
+use crate::archive::hashing::{HashPipe, Hashers};
 use crate::archive::manifest::{Entry, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::identity::Identity;
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::SyncSender;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -153,68 +151,13 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Hashes a sequence of entries on one long-lived thread, for entries that come as many
-/// small parts (a thread each would cost more than the hashing), and hands every buffer
-/// back to whoever fills them.
-struct PartHasher {
-    tx: SyncSender<Option<Vec<u8>>>,
-    digests: Receiver<String>,
-    worker: JoinHandle<()>,
-    /// Indexes into `entries` waiting for their digest, in order.
-    pending: Vec<usize>,
-}
-
-impl PartHasher {
-    fn new(recycle: Option<SyncSender<Vec<u8>>>) -> PartHasher {
-        let (tx, rx) = sync_channel::<Option<Vec<u8>>>(4);
-        let (done, digests) = std::sync::mpsc::channel();
-        let worker = std::thread::spawn(move || {
-            let mut h = Sha256::new();
-            for msg in rx {
-                match msg {
-                    Some(buf) => {
-                        h.update(&buf);
-                        if let Some(r) = &recycle {
-                            let _ = r.try_send(buf);
-                        }
-                    }
-                    None => {
-                        let digest: [u8; 32] = std::mem::take(&mut h).finalize().into();
-                        if done.send(hex::encode(digest)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        PartHasher {
-            tx,
-            digests,
-            worker,
-            pending: vec![],
-        }
-    }
-
-    /// Fills in the digests of every entry handed over so far.
-    fn finish(self, entries: &mut [Entry]) -> std::io::Result<()> {
-        drop(self.tx);
-        self.worker
-            .join()
-            .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
-        for i in self.pending {
-            entries[i].sha256 = self
-                .digests
-                .recv()
-                .map_err(|_| std::io::Error::other("the hashing thread stopped early"))?;
-        }
-        Ok(())
-    }
-}
-
 pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<Encoder<W>>,
     entries: Vec<Entry>,
-    parts: Option<PartHasher>,
+    /// Hashes the entries added by [`add_chunks`](Self::add_chunks), several at once.
+    parts: Option<Hashers>,
+    /// (index into `entries`, job of `parts`) of each entry waiting for its digest.
+    pending: Vec<(usize, usize)>,
     /// Where [`add_chunks`](Self::add_chunks) returns its buffers once hashed.
     recycle: Option<SyncSender<Vec<u8>>>,
     /// Uncompressed bytes of entry content written so far.
@@ -235,6 +178,7 @@ impl<W: Write> ArchiveWriter<W> {
             tar,
             entries: vec![],
             parts: None,
+            pending: vec![],
             recycle: None,
             content_bytes: 0,
             progress: crate::progress::Progress::hidden(),
@@ -357,24 +301,19 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_path(name).map_err(werr)?;
         header.set_cksum();
         let recycle = self.recycle.clone();
-        let hasher = self.parts.get_or_insert_with(|| PartHasher::new(recycle));
+        let hasher = self.parts.get_or_insert_with(|| Hashers::new(recycle));
+        let job = hasher.begin();
         let out = self.tar.get_mut();
         out.write_all(header.as_bytes()).map_err(werr)?;
         for c in chunks {
             out.write_all(&c).map_err(werr)?;
             self.progress.inc(c.len() as u64);
-            hasher
-                .tx
-                .send(Some(c))
-                .map_err(|_| werr(std::io::Error::other("the hashing thread stopped")))?;
+            hasher.update_owned(c).map_err(werr)?;
         }
-        hasher
-            .tx
-            .send(None)
-            .map_err(|_| werr(std::io::Error::other("the hashing thread stopped")))?;
+        hasher.end().map_err(werr)?;
         let pad = (512 - (size % 512) as usize) % 512;
         out.write_all(&[0u8; 512][..pad]).map_err(werr)?;
-        hasher.pending.push(self.entries.len());
+        self.pending.push((self.entries.len(), job));
         self.content_bytes += size;
         self.entries.push(Entry {
             name: name.to_string(),
@@ -458,10 +397,13 @@ impl<W: Write> ArchiveWriter<W> {
     /// Closes the archive with the signed manifest of everything written.
     pub fn finish(mut self, mut manifest: Manifest, id: &Identity) -> Result<W, Error> {
         if let Some(h) = self.parts.take() {
-            h.finish(&mut self.entries).map_err(|source| Error::Write {
+            let digests = h.finish().map_err(|source| Error::Write {
                 entry: "(hashing)".into(),
                 source,
             })?;
+            for (i, job) in std::mem::take(&mut self.pending) {
+                self.entries[i].sha256 = digests[job].0.clone();
+            }
         }
         manifest.entries = std::mem::take(&mut self.entries);
         let signed = SignedManifest::sign(&manifest, id);
