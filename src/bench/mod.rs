@@ -69,6 +69,15 @@ fn wait_for(path: &Path, what: &str, limit: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Writes back what earlier steps left dirty, untimed, so every timed step (the floor's and
+/// ferry's alike) starts on a quiet machine: otherwise the kernel's writeback of the
+/// previous step's gigabyte lands in whichever step comes next, and the ratios swing 2x from
+/// run to run.
+fn quiesce() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 10000.0).round() / 10.0
 }
@@ -135,6 +144,7 @@ fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration)> {
         "the workload to fill its memory",
         Duration::from_secs(120),
     )?;
+    quiesce();
     let dump = run(
         Command::new("criu")
             .args(["dump", "-t", &child.id().to_string(), "-D"])
@@ -146,6 +156,7 @@ fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration)> {
     let _ = child.wait();
     let dump = dump?;
     let pidfile = dir.join("restored.pid");
+    quiesce();
     let restore = run(
         Command::new("criu")
             .args(["restore", "-d", "-D"])
@@ -202,6 +213,7 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
         )?;
         let archive = ckdir.join("archive");
         let st1 = ckdir.join("checkpoint.json");
+        quiesce();
         let checkpoint = run(
             ferry(o)
                 .args(["checkpoint", &id, "-e"])
@@ -212,6 +224,7 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
         )?;
         let archive_bytes = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
         let st2 = ckdir.join("restore.json");
+        quiesce();
         let restore = run(
             ferry(o)
                 .args(["restore", "-d", "-i"])
