@@ -91,13 +91,7 @@ pub fn decide(knob: Option<&str>, meminfo: &str) -> Result<Decision, String> {
             }
         });
     }
-    let field = |name: &str| -> Option<u64> {
-        meminfo.lines().find_map(|l| {
-            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
-            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-            Some(kib * 1024)
-        })
-    };
+    let field = |name: &str| meminfo_bytes(meminfo, name);
     let (Some(total), Some(available)) = (field("MemTotal"), field("MemAvailable")) else {
         return Ok(Decision::Disk {
             why: "/proc/meminfo has no MemTotal or MemAvailable".into(),
@@ -124,6 +118,33 @@ pub fn decide(knob: Option<&str>, meminfo: &str) -> Result<Decision, String> {
             ),
         }
     })
+}
+
+/// A `kB` field of /proc/meminfo's text, in bytes.
+pub fn meminfo_bytes(meminfo: &str, name: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    })
+}
+
+/// Whether memory can hold `bytes` more (a restored process) beside what is staged, with
+/// the same margin the stage keeps: then CRIU need not punch out the staged pages as it
+/// restores them, which costs it about 0.1 s per GiB.
+pub fn room_for(bytes: u64) -> bool {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    match (
+        meminfo_bytes(&meminfo, "MemTotal"),
+        meminfo_bytes(&meminfo, "MemAvailable"),
+    ) {
+        (Some(total), Some(available)) => {
+            available.saturating_sub(MIN_MARGIN.max(total / 20)) >= bytes
+        }
+        _ => false,
+    }
 }
 
 /// "1048576", "64K", "1M", "2G" (binary multiples).

@@ -42,6 +42,8 @@ pub struct ImportStats {
     pub stage: Place,
     /// Why there.
     pub stage_reason: String,
+    /// Whether CRIU punched out staged pages as it restored them (memory was short).
+    pub dedup: bool,
     pub criu: Option<crate::criu::stats::RestoreStats>,
 }
 
@@ -151,9 +153,20 @@ impl Runtime {
         ro.work_path = Some(unpacked.dir.clone());
         ro.detach = opts.detach;
         ro.image = Some(rootfs);
-        // The stage is ours alone and deleted after the restore: let CRIU punch out the pages
-        // it has restored, so a tmpfs stage shrinks as the process grows. Not with --keep.
-        ro.auto_dedup |= !opts.keep;
+        // The stage is ours alone and deleted after the restore. When memory cannot hold the
+        // restored process beside the staged pages, CRIU punches out each page it has
+        // restored, so the stage shrinks as the process grows (memory peaks at about one
+        // copy, not two). With room to spare it does not: punching costs time. Never with
+        // --keep.
+        let pages: u64 = unpacked
+            .manifest
+            .entries
+            .iter()
+            .filter(|e| e.name.starts_with("checkpoint/pages-"))
+            .map(|e| e.size)
+            .sum();
+        ro.auto_dedup |= !opts.keep && !crate::archive::stage::room_for(pages);
+        stats.dedup = ro.auto_dedup;
         let t = Instant::now();
         let restored = self.restore_container(ro)?;
         stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;
