@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 /// The largest part of a pages image: what the archive thread holds before writing it.
-pub const PART: usize = 4 << 20;
+pub const PART: usize = 1 << 20;
 
 /// `<file>.part<N>`: the name of the N-th part of `file`.
 pub fn part_name(file: &str, n: u32) -> String {
