@@ -28,6 +28,10 @@ pub enum BenchCommand {
         /// Print JSON rows instead of a table
         #[arg(long)]
         json: bool,
+        /// Runs of each size and compression, floor and ferry alternating; the fastest of
+        /// each side counts (noise only ever adds time)
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
     },
 }
 
@@ -38,6 +42,7 @@ impl BenchArgs {
             compress,
             dir,
             json,
+            repeat,
         } = self.what;
         let sizes = size
             .iter()
@@ -49,6 +54,7 @@ impl BenchArgs {
             compressions: compress,
             dir,
             ferry: std::env::current_exe().map_err(|e| Error::Other(e.to_string()))?,
+            repeat,
         };
         if !json {
             println!(

@@ -1,0 +1,60 @@
+//! `ferry bench checkpoint` runs end to end and reports what it measured. Only that it
+//! works is tested here: speed and memory targets are the bench's business, never a test's.
+
+mod common;
+
+use common::{FERRY, require_root, unique_id};
+use std::process::Command;
+
+#[test]
+fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
+    require_root();
+    let dir = std::env::temp_dir().join(unique_id("bench"));
+    let out = Command::new(FERRY)
+        .args([
+            "bench",
+            "checkpoint",
+            "--size",
+            "8M",
+            "--compress",
+            "none,zstd",
+        ])
+        .args(["--repeat", "2", "--json", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run ferry bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ferry bench failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for (row, compress) in rows.iter().zip(["none", "zstd"]) {
+        assert_eq!(row["compress"], compress);
+        assert_eq!(row["size_mib"], 8);
+        assert_eq!(row["runs"], 2);
+        for k in [
+            "floor_ms",
+            "ferry_ms",
+            "ratio",
+            "checkpoint_ms",
+            "restore_ms",
+        ] {
+            assert!(row[k].as_f64().unwrap_or(0.0) > 0.0, "{k} in {row}");
+        }
+        // The archive holds the 8 MiB the workload keeps in memory.
+        assert!(
+            row["archive_bytes"].as_u64().unwrap_or(0) > 8 << 20,
+            "{row}"
+        );
+        assert!(row["peak_rss_kib"].as_i64().unwrap_or(0) > 0, "{row}");
+        assert_eq!(row["restore_phases"]["stage"], "tmpfs", "{row}");
+    }
+    assert!(!dir.exists(), "the bench left {}", dir.display());
+}
