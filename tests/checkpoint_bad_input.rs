@@ -242,6 +242,7 @@ fn a_flipped_byte_in_each_entry_kind_is_refused_naming_the_entry() {
         "config.dump",
         "rootfs-diff.tar",
         "deleted.files",
+        "devshm-checkpoint.tar",
         "stats-dump",
         MANIFEST_NAME,
     ] {
@@ -427,11 +428,21 @@ fn crafted_entry_names_and_escaping_rootfs_entries_are_refused() {
             ],
         ),
     ];
-    for (what, items) in cases {
+    // The same crafted tars as the rootfs changes and as the container's /dev/shm files.
+    let targets = ["rootfs-diff.tar", "devshm-checkpoint.tar"];
+    assert!(
+        entries.iter().any(|(n, _)| n == targets[1]),
+        "the archive has no {}",
+        targets[1]
+    );
+    for (target, (what, items)) in targets
+        .iter()
+        .flat_map(|t| cases.iter().map(move |c| (*t, c)))
+    {
         let mut e = entries.clone();
         for (name, data) in e.iter_mut() {
-            if name == "rootfs-diff.tar" {
-                *data = diff_tar(&items);
+            if name == target {
+                *data = diff_tar(items);
             }
         }
         let bad = write_archive(
@@ -442,7 +453,7 @@ fn crafted_entry_names_and_escaping_rootfs_entries_are_refused() {
         let err = refused(&host, &bad, &[], &[]);
         assert!(
             err.contains("rootfs") || err.contains("escape") || err.contains("outside"),
-            "{what}: the refusal should say the entry escapes the rootfs:\n{err}"
+            "{what} in {target}: the refusal should say the entry escapes:\n{err}"
         );
         let mut left: Vec<_> = fs::read_dir(&outside)
             .unwrap()
@@ -453,12 +464,12 @@ fn crafted_entry_names_and_escaping_rootfs_entries_are_refused() {
         assert_eq!(
             left,
             vec!["decoy".to_string()],
-            "{what}: written outside the rootfs"
+            "{what} in {target}: written outside the rootfs"
         );
         assert_eq!(
             fs::read_to_string(&decoy).unwrap(),
             "decoy\n",
-            "{what}: decoy overwritten"
+            "{what} in {target}: decoy overwritten"
         );
     }
     assert_eq!(

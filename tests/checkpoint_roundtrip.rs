@@ -248,6 +248,42 @@ fn rootfs_changes_and_dev_shm_are_preserved() {
     // /dev/shm is the container's own tmpfs: look from inside.
     let out = host.run(&["exec", &new, "/bin/cat", "/dev/shm/blob"]).ok();
     assert_eq!(out.stdout, "in-shm\n");
+    // It travelled as podman keeps it, devshm-checkpoint.tar, not inside CRIU's images, and
+    // comes back a tmpfs with the spec's options.
+    let mut tar = tar::Archive::new(zstd::Decoder::new(fs::File::open(&archive).unwrap()).unwrap());
+    let mut shm_files = vec![];
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("devshm-checkpoint.tar") {
+            let mut inner = vec![];
+            std::io::Read::read_to_end(&mut e, &mut inner).unwrap();
+            for f in tar::Archive::new(inner.as_slice()).entries().unwrap() {
+                shm_files.push(f.unwrap().path().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(
+        shm_files
+            .iter()
+            .any(|f| f.trim_start_matches("./") == "blob"),
+        "devshm-checkpoint.tar holds {shm_files:?}"
+    );
+    let mounts = host.run(&["exec", &new, "/bin/cat", "/proc/mounts"]).ok();
+    let shm = mounts
+        .stdout
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/dev/shm"))
+        .unwrap_or_else(|| panic!("no /dev/shm in\n{}", mounts.stdout));
+    assert!(
+        shm.starts_with("shm /dev/shm tmpfs ") && shm.contains("nosuid") && shm.contains("noexec"),
+        "{shm}"
+    );
+    // Nothing of it left on the host side.
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains("devshm-"),
+        "the host still has the staging mount of /dev/shm:\n{host_mounts}"
+    );
     let mem = MemHold::at(root.join("tmp"));
     let (runid2, _) = mem.wait_count_above(before);
     assert_eq!(runid2, runid);

@@ -32,6 +32,9 @@ pub struct CheckpointOptions {
     /// CRIU sends the memory through this socket (criu::page_server) instead of writing it
     /// into the image path: `checkpoint -e` archives it while CRIU dumps.
     pub page_sink: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Leave the container's own /dev/shm tmpfs out of the images (as the external mount
+    /// [`externals::DEVSHM_KEY`]): `checkpoint -e` archives its files itself.
+    pub external_devshm: bool,
 }
 
 /// CRIU's clone flag for a namespace name as `--empty-ns` takes it.
@@ -205,7 +208,14 @@ impl Container {
             ext_mounts: if opts.pre_dump {
                 vec![]
             } else {
-                externals::for_dump(spec, &self.record.rootfs, &cgroup_dirs)
+                let mut m = externals::for_dump(spec, &self.record.rootfs, &cgroup_dirs);
+                if opts.external_devshm && externals::devshm_tmpfs(spec).is_some() {
+                    m.push(crate::criu::ExtMount {
+                        key: "/dev/shm".into(),
+                        val: externals::DEVSHM_KEY.into(),
+                    });
+                }
+                m
             },
             external,
             notify_scripts: true,

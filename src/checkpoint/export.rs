@@ -120,6 +120,39 @@ impl Write for Durable {
     }
 }
 
+/// A directory tree (`upper` over `lowers`, see archive::diff) as the tar entry `name`. A tar
+/// entry needs its size before its bytes, so the tar is produced twice: once into a counting
+/// sink, once for real through a pipe from a thread. The container is frozen, so the two
+/// passes must agree.
+fn add_tree<W: Write>(
+    w: &mut ArchiveWriter<W>,
+    name: &str,
+    upper: &std::path::Path,
+    lowers: &[PathBuf],
+) -> Result<crate::archive::DiffSummary> {
+    let size = crate::archive::diff::write_diff(upper, lowers, std::io::sink())
+        .map_err(|e| Error::Other(e.to_string()))?
+        .bytes;
+    let (reader, mut writer) = std::io::pipe().ctx(|| "pipe")?;
+    let (upper2, lowers2) = (upper.to_path_buf(), lowers.to_vec());
+    let producer = std::thread::spawn(move || {
+        crate::archive::diff::write_diff(&upper2, &lowers2, &mut writer)
+    });
+    let added = w.add_reader(name, size, reader);
+    let summary = producer
+        .join()
+        .map_err(|_| Error::Other(format!("the {name} writer panicked")))?
+        .map_err(|e| Error::Other(e.to_string()))?;
+    added.map_err(|e| Error::Other(e.to_string()))?;
+    if summary.bytes != size {
+        return Err(Error::Other(format!(
+            "the container's files changed while frozen ({size} then {} bytes of {name})",
+            summary.bytes
+        )));
+    }
+    Ok(summary)
+}
+
 impl Container {
     pub fn export(&self, opts: &ExportOptions) -> Result<ExportStats> {
         let t0 = Instant::now();
@@ -246,6 +279,8 @@ impl Container {
         ck.work_path = Some(work.join("criu-work"));
         ck.leave_running = true;
         ck.page_sink = Some(std::sync::Arc::new(std::os::fd::OwnedFd::from(theirs)));
+        let devshm = crate::checkpoint::externals::devshm_tmpfs(&self.record.spec).is_some();
+        ck.external_devshm = devshm;
         let dumped = self.dump(&ck);
         // Our copy of CRIU's end closed: if CRIU never connected, the server sees the end.
         drop(ck);
@@ -296,28 +331,7 @@ impl Container {
         .map_err(werr)?;
         if let Some((upper, lowers)) = &layers {
             let td = Instant::now();
-            // The diff goes in as one entry, so its size must be known before its bytes: a
-            // first pass counts (reading the changed files once), the second streams.
-            let size = crate::archive::diff::write_diff(upper, lowers, std::io::sink())
-                .map_err(|e| Error::Other(e.to_string()))?
-                .bytes;
-            let (reader, mut writer) = std::io::pipe().ctx(|| "pipe")?;
-            let (upper2, lowers2) = (upper.clone(), lowers.clone());
-            let producer = std::thread::spawn(move || {
-                crate::archive::diff::write_diff(&upper2, &lowers2, &mut writer)
-            });
-            w.add_reader("rootfs-diff.tar", size, reader)
-                .map_err(werr)?;
-            let summary = producer
-                .join()
-                .map_err(|_| Error::Other("rootfs diff writer panicked".into()))?
-                .map_err(|e| Error::Other(e.to_string()))?;
-            if summary.bytes != size {
-                return Err(Error::Other(format!(
-                    "the container's files changed while frozen ({} then {} bytes of diff)",
-                    size, summary.bytes
-                )));
-            }
+            let summary = add_tree(&mut w, "rootfs-diff.tar", upper, lowers)?;
             let deleted: Vec<String> = summary
                 .deleted
                 .iter()
@@ -328,8 +342,14 @@ impl Container {
                 &serde_json::to_vec(&deleted).unwrap_or_default(),
             )
             .map_err(werr)?;
-            stats.rootfs_diff_bytes = size;
+            stats.rootfs_diff_bytes = summary.bytes;
             stats.rootfs_diff_ms = ms(td.elapsed());
+        }
+        if devshm {
+            // Left out of CRIU's images (an external mount): its files, as podman keeps them.
+            let shm = PathBuf::from(format!("/proc/{}/root/dev/shm", self.pid()));
+            add_tree(&mut w, "devshm-checkpoint.tar", &shm, &[])
+                .map_err(|e| Error::Other(format!("the container's /dev/shm: {e}")))?;
         }
         let stats_file = work.join("criu-work").join("stats-dump");
         if stats_file.exists() {

@@ -97,6 +97,21 @@ fn userns_devices(spec: &Spec) -> Vec<String> {
     paths
 }
 
+/// The name `checkpoint -e` gives the container's /dev/shm in CRIU's images: the mount is
+/// left out of them and its files go into `devshm-checkpoint.tar` instead (podman's layout).
+pub const DEVSHM_KEY: &str = "devshm";
+
+/// The spec's `/dev/shm` mount when it is a tmpfs of the container's own (not a bind from the
+/// host, which is external anyway).
+pub fn devshm_tmpfs(spec: &Spec) -> Option<&Mount> {
+    spec.mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.destination() == Path::new("/dev/shm"))
+        .filter(|m| m.typ().as_deref() == Some("tmpfs") && !is_bind(m))
+}
+
 /// `ext_mnt` for dump: every external mount named by its own mount point.
 pub fn for_dump(spec: &Spec, rootfs: &Path, cgroup_dirs: &[(String, PathBuf)]) -> Vec<ExtMount> {
     let mut out = vec![];

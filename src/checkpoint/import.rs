@@ -167,8 +167,22 @@ impl Runtime {
             .sum();
         ro.auto_dedup |= !opts.keep && !crate::archive::stage::room_for(pages);
         stats.dedup = ro.auto_dedup;
+        // The container's /dev/shm, when the archive carries it (an external mount in the
+        // images): a tmpfs of its own, as the spec says, filled from the archive, bound into
+        // the container by CRIU and detached from here right after.
+        let devshm = match unpacked.dir.join("devshm-checkpoint.tar") {
+            p if p.exists() => Some(
+                DevShm::fill(&self.storage, &spec, &p, unpacked.trusted_as.is_some()).map_err(
+                    |e| with_cleanup(e, ro.image.take().map_or(Ok(()), |i| i.release(&id))),
+                )?,
+            ),
+            _ => None,
+        };
+        ro.devshm = devshm.as_ref().map(|d| d.dir.clone());
         let t = Instant::now();
-        let restored = self.restore_container(ro)?;
+        let restored = self.restore_container(ro);
+        drop(devshm);
+        let restored = restored?;
         stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;
         stats.criu = restored.report.stats.clone();
         if opts.detach {
@@ -263,6 +277,65 @@ impl Runtime {
             "{e}; the disk is full: free space under the storage directory {} (--storage)",
             self.storage.display()
         ))
+    }
+}
+
+/// A private tmpfs holding the container's /dev/shm files until CRIU has bound it into the
+/// restored container; unmounted (detached: the container keeps its bind) and removed on
+/// drop.
+struct DevShm {
+    dir: PathBuf,
+}
+
+impl DevShm {
+    fn fill(storage: &Path, spec: &Spec, tar: &Path, allow_devices: bool) -> Result<DevShm> {
+        use nix::mount::{MsFlags, mount};
+        let dir = storage
+            .join("work")
+            .join(format!("devshm-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let shm = DevShm { dir };
+        let opts = crate::checkpoint::externals::devshm_tmpfs(spec)
+            .map(|m| {
+                crate::runtime::rootfs::parse_options(m.options().as_deref().unwrap_or_default())
+            })
+            .unwrap_or_else(|| crate::runtime::rootfs::parse_options(&[]));
+        let flags = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+        let data = if opts.data.is_empty() {
+            "mode=1777".to_string()
+        } else {
+            opts.data.clone()
+        };
+        mount(
+            Some("shm"),
+            &shm.dir,
+            Some("tmpfs"),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(|e| {
+            Error::Other(format!(
+                "mounting a tmpfs for the container's /dev/shm at {} ({data}): {e}",
+                shm.dir.display()
+            ))
+        })?;
+        let file = std::fs::File::open(tar).ctx(|| "open devshm-checkpoint.tar")?;
+        crate::archive::diff::apply_diff(
+            std::io::BufReader::new(file),
+            &[],
+            &shm.dir,
+            allow_devices,
+        )
+        .map_err(|e| Error::Other(format!("restoring the container's /dev/shm: {e}")))?;
+        Ok(shm)
+    }
+}
+
+impl Drop for DevShm {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

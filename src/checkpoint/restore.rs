@@ -40,6 +40,10 @@ pub struct RestoreOptions {
     pub lsm_mount_context: Option<String>,
     /// Set when ferry made the bundle from an image (`restore -i`): released on failure.
     pub image: Option<ImageRootfs>,
+    /// A host directory holding the container's /dev/shm files (from the archive's
+    /// `devshm-checkpoint.tar`), bound at /dev/shm for the external mount
+    /// [`externals::DEVSHM_KEY`].
+    pub devshm: Option<PathBuf>,
 }
 
 /// The outcome of a restore: the container, and CRIU's report.
@@ -217,7 +221,16 @@ impl Runtime {
             orphan_pts_master: true,
             auto_dedup: opts.auto_dedup,
             lazy_pages: opts.lazy_pages,
-            ext_mounts: externals::for_restore(spec, &bundle.rootfs, &cgroup_dirs),
+            ext_mounts: {
+                let mut m = externals::for_restore(spec, &bundle.rootfs, &cgroup_dirs);
+                if let Some(d) = &opts.devshm {
+                    m.push(crate::criu::ExtMount {
+                        key: externals::DEVSHM_KEY.into(),
+                        val: d.to_string_lossy().into_owned(),
+                    });
+                }
+                m
+            },
             external: vec![],
             join_ns,
             inherit_fds,

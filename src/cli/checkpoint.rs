@@ -199,6 +199,7 @@ impl CheckpointArgs {
             status_fd: (c.status_fd >= 0).then_some(c.status_fd),
             auto_dedup: c.auto_dedup,
             page_sink: None,
+            external_devshm: false,
         })
     }
 }

@@ -126,6 +126,7 @@ impl RestoreArgs {
             lsm_profile: self.lsm_profile.clone(),
             lsm_mount_context: self.lsm_mount_context.clone(),
             image: None,
+            devshm: None,
         }
     }
 }
