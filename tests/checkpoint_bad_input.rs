@@ -812,3 +812,48 @@ fn pipe_round_trip(env: &[(&str, &str)]) {
     assert_deleted(&host, &new);
     assert_cgroups_gone(&new);
 }
+
+/// `checkpoint -e -` whose reader goes away while the memory is streaming (a dropped
+/// connection): the dump fails, the error says why, and the container runs on, the same
+/// process with the same memory.
+#[test]
+fn a_reader_that_goes_away_mid_stream_leaves_the_container_running() {
+    let (host, id, mem) = host_with_container("gone");
+    let (runid, _) = mem.wait_count_above(2);
+    let sum = mem.checksum().unwrap();
+    let err = host.ferry.scratch().join("gone.err");
+    let mut child = Command::new(FERRY)
+        .arg("--root")
+        .arg(host.ferry.root())
+        .arg("--storage")
+        .arg(&host.storage)
+        .args(["checkpoint", &id, "-e", "-", "--compress", "none"])
+        .env("FERRY_TEST_TAG", &host.ferry.tag)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    // Take the first MiB (the container holds 4 MiB of memory), then hang up.
+    let mut out = child.stdout.take().unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    drop(out);
+    let status = child.wait().unwrap();
+    let stderr = fs::read_to_string(&err).unwrap();
+    assert!(!status.success(), "the checkpoint should fail: {stderr}");
+    assert!(
+        stderr.contains("the reader went away") && stderr.contains("runs on as before"),
+        "the error should say the reader of the archive went away and that the container \
+         runs on:\n{stderr}"
+    );
+    still_running_and_counting(&host, &id, &mem);
+    let (runid_after, _) = mem.count().unwrap();
+    assert_eq!(
+        runid_after, runid,
+        "the container was restarted, not thawed"
+    );
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
+    assert_work_clean(&host);
+}

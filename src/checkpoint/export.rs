@@ -196,7 +196,13 @@ impl Container {
                 if opts.output != std::path::Path::new("-") {
                     let _ = std::fs::remove_file(&opts.output);
                 }
-                Err(crate::runtime::create::with_cleanup(e, unfreeze()))
+                match unfreeze() {
+                    Ok(()) => Err(Error::Other(format!(
+                        "{e}\nno checkpoint was made; container {:?} runs on as before",
+                        self.id
+                    ))),
+                    Err(thaw) => Err(crate::runtime::create::with_cleanup(e, Err(thaw))),
+                }
             }
         };
         if !opts.keep {
