@@ -10,7 +10,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub enum Kind<'a> {
@@ -54,9 +54,19 @@ fn stage1_inner(setup: Setup, chan: &Channel) -> Result<()> {
         Kind::Init { .. } => enter_new_namespaces(setup.spec, chan)?,
         Kind::Exec { init_pid } => join_namespaces_of(init_pid)?,
     }
+    // The parent must hear the container process's pid before anything the process itself
+    // says on the shared channel: the process waits until this end of a pipe closes, which
+    // happens once the pid is sent. (Without it the process's first message could overtake
+    // the pid under load, and the parent gave up on an "unexpected" RunCreateHooks.)
+    let (gate_r, gate_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe for the setup order")?;
     // SAFETY: single-threaded child; the grandchild only runs our own setup code.
     match unsafe { nix::unistd::fork() }.ctx(|| "fork the container process")? {
         ForkResult::Child => {
+            drop(gate_w);
+            let mut b = [0u8; 1];
+            while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(gate_r.as_fd(), &mut b) {}
+            drop(gate_r);
             let r = match setup.kind {
                 Kind::Init { .. } => init_main(&setup, chan),
                 Kind::Exec { .. } => exec_main(&setup, chan),
@@ -71,7 +81,12 @@ fn stage1_inner(setup: Setup, chan: &Channel) -> Result<()> {
             // SAFETY: as in stage1.
             unsafe { libc::_exit(1) }
         }
-        ForkResult::Parent { child } => chan.send(&Msg::Pid(child.as_raw())),
+        ForkResult::Parent { child } => {
+            drop(gate_r);
+            let sent = chan.send(&Msg::Pid(child.as_raw()));
+            drop(gate_w);
+            sent
+        }
     }
 }
 
