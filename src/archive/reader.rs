@@ -240,9 +240,13 @@ pub fn unpack_with_progress(
         }
         let job = hashers.begin();
         let mut n = 0u64;
-        loop {
+        // Read exactly the entry's size: a buffer taken for nothing would be dropped, and a
+        // fresh one allocated (and its pages touched) for every entry.
+        while n < entry.size() {
             let mut buf = hashers.buffer();
-            buf.resize(crate::archive::hashing::CHUNK, 0);
+            let want = (entry.size() - n).min(crate::archive::hashing::CHUNK as u64) as usize;
+            // A recycled buffer keeps its length: only a fresh or shorter one is zeroed.
+            buf.resize(want, 0);
             let mut k = 0;
             while k < buf.len() {
                 match entry
