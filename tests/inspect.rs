@@ -155,6 +155,7 @@ fn no_scratch_left(storage: &Path) {
 fn inspect_shows_the_processes_files_and_changes_of_a_checkpoint() {
     let s = Setup::start(
         "exec 3>>/tmp/held.txt; echo held >&3; echo inspected > /etc/motd; rm /etc/group; \
+         echo shared > /dev/shm/segment; \
          syslogd -n -O /tmp/syslog & sleep 1000 | cat & wait",
     );
     s.wait_for_processes(&["syslogd", "sleep", "cat"]);
@@ -183,6 +184,7 @@ fn inspect_shows_the_processes_files_and_changes_of_a_checkpoint() {
         "PIPE",
         "/etc/motd",
         "/etc/group",
+        "/dev/shm/segment",
     ] {
         assert!(
             text.contains(want),
@@ -258,6 +260,13 @@ fn inspect_shows_the_processes_files_and_changes_of_a_checkpoint() {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     assert!(changed.contains(&"/etc/motd"), "{changed:?}");
+    // The container's /dev/shm, from devshm-checkpoint.tar.
+    let shm = j["dev_shm"].as_array().unwrap_or_else(|| panic!("{j:#}"));
+    assert!(
+        shm.iter()
+            .any(|e| e["path"] == "/dev/shm/segment" && e["size"] == 7),
+        "{shm:?}"
+    );
     assert!(changed.contains(&"/tmp/held.txt"), "{changed:?}");
     assert_eq!(j["rootfs"]["deleted"], serde_json::json!(["/etc/group"]));
     no_scratch_left(&s.storage);

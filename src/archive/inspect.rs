@@ -51,6 +51,9 @@ pub struct Inspection {
     pub memory: MemoryTotals,
     pub files: Vec<OpenFile>,
     pub rootfs: RootfsChanges,
+    /// The files of the container's /dev/shm (`devshm-checkpoint.tar`); None when the
+    /// archive does not carry it (CRIU's images hold it instead).
+    pub dev_shm: Option<Vec<RootfsEntry>>,
     /// Images that could not be decoded (a newer CRIU, say): the rest is still shown.
     pub warnings: Vec<String>,
 }
@@ -255,6 +258,7 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
         }
     }
     let rootfs = rootfs_changes(&unpacked.dir, config.as_ref(), &mut warnings);
+    let dev_shm = dev_shm(&unpacked.dir, &mut warnings);
     Ok(Inspection {
         container: m.container.clone(),
         image: m.image.clone(),
@@ -282,6 +286,7 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
         memory,
         files,
         rootfs,
+        dev_shm,
         warnings,
     })
 }
@@ -501,39 +506,64 @@ fn rootfs_changes(
             Err(e) => warnings.push(format!("deleted.files: {e}")),
         }
     }
-    let Ok(f) = std::fs::File::open(&tar_path) else {
-        return changes;
-    };
-    let mut tar = tar::Archive::new(std::io::BufReader::new(f));
-    let result = (|| -> std::io::Result<()> {
-        for entry in tar.entries()? {
-            let entry = entry?;
-            let name = entry.path()?.to_string_lossy().into_owned();
-            let name = name.trim_start_matches("./").trim_end_matches('/');
-            let kind = entry.header().entry_type();
-            let kind_name = match kind {
-                tar::EntryType::Regular | tar::EntryType::Continuous => "file",
-                tar::EntryType::Directory => "dir",
-                tar::EntryType::Symlink => "symlink",
-                tar::EntryType::Link => "hardlink",
-                tar::EntryType::Fifo => "fifo",
-                tar::EntryType::Char => "char",
-                tar::EntryType::Block => "block",
-                _ => "other",
-            };
-            changes.changed.push(RootfsEntry {
-                path: format!("/{}", if name == "." { "" } else { name }),
-                kind: kind_name.into(),
-                size: if kind_name == "file" { entry.size() } else { 0 },
-                link: entry.link_name()?.map(|l| l.to_string_lossy().into_owned()),
-            });
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        warnings.push(format!("rootfs-diff.tar: {e}"));
+    match std::fs::File::open(&tar_path) {
+        Ok(f) => match tar_entries(f) {
+            Ok(e) => changes.changed = e,
+            Err(e) => warnings.push(format!("rootfs-diff.tar: {e}")),
+        },
+        Err(_) => return changes,
     }
     changes
+}
+
+/// The entries of a tar of files (rootfs diff, /dev/shm), each as an absolute path.
+fn tar_entries(f: std::fs::File) -> std::io::Result<Vec<RootfsEntry>> {
+    let mut out = vec![];
+    let mut tar = tar::Archive::new(std::io::BufReader::new(f));
+    for entry in tar.entries()? {
+        let entry = entry?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let name = name.trim_start_matches("./").trim_end_matches('/');
+        let kind = entry.header().entry_type();
+        let kind_name = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => "file",
+            tar::EntryType::Directory => "dir",
+            tar::EntryType::Symlink => "symlink",
+            tar::EntryType::Link => "hardlink",
+            tar::EntryType::Fifo => "fifo",
+            tar::EntryType::Char => "char",
+            tar::EntryType::Block => "block",
+            _ => "other",
+        };
+        out.push(RootfsEntry {
+            path: format!("/{}", if name == "." { "" } else { name }),
+            kind: kind_name.into(),
+            size: if kind_name == "file" { entry.size() } else { 0 },
+            link: entry.link_name()?.map(|l| l.to_string_lossy().into_owned()),
+        });
+    }
+    Ok(out)
+}
+
+/// `devshm-checkpoint.tar`, its root left out and its paths under /dev/shm.
+fn dev_shm(dir: &Path, warnings: &mut Vec<String>) -> Option<Vec<RootfsEntry>> {
+    let f = std::fs::File::open(dir.join("devshm-checkpoint.tar")).ok()?;
+    match tar_entries(f) {
+        Ok(entries) => Some(
+            entries
+                .into_iter()
+                .filter(|e| e.path != "/")
+                .map(|mut e| {
+                    e.path = format!("/dev/shm{}", e.path);
+                    e
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            warnings.push(format!("devshm-checkpoint.tar: {e}"));
+            Some(vec![])
+        }
+    }
 }
 
 /// 1536 → "1.5 KiB".
@@ -731,6 +761,22 @@ impl Inspection {
             for d in &r.deleted {
                 rows.push(vec!["D".into(), String::new(), String::new(), d.clone()]);
             }
+            o.push_str(&table(&rows));
+        }
+        if let Some(shm) = &self.dev_shm {
+            let bytes: u64 = shm.iter().map(|e| e.size).sum();
+            let _ = writeln!(o, "\n/dev/shm ({} entries, {})", shm.len(), human(bytes));
+            let rows: Vec<Vec<String>> = shm
+                .iter()
+                .map(|e| {
+                    let size = if e.kind == "file" {
+                        human(e.size)
+                    } else {
+                        String::new()
+                    };
+                    vec![e.kind.clone(), size, e.path.clone()]
+                })
+                .collect();
             o.push_str(&table(&rows));
         }
         for w in &self.warnings {
