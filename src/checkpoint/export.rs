@@ -154,6 +154,63 @@ fn add_tree<W: Write>(
 }
 
 impl Container {
+    /// The CRIU dump, its memory going straight into the archive `w` while CRIU dumps: CRIU
+    /// sends it to our page server (one thread), whose buffers the archive thread writes out
+    /// as they come. Returns the writer for the rest of the archive.
+    fn dump_into<W: Write + Send + 'static>(
+        &self,
+        mut ck: crate::checkpoint::CheckpointOptions,
+        mut w: ArchiveWriter<W>,
+        target: &str,
+    ) -> Result<(crate::criu::DumpReport, ArchiveWriter<W>)> {
+        let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().ctx(|| "socketpair for criu's pages")?;
+        for s in [ours.as_fd(), theirs.as_fd()] {
+            // A few MiB in flight, not the default 200 KiB: CRIU splices the pages in as
+            // fast as it reads them, and every stall of the socket is time frozen.
+            use nix::sys::socket::{setsockopt, sockopt};
+            let _ = setsockopt(&s, sockopt::SndBufForce, &(4 << 20));
+            let _ = setsockopt(&s, sockopt::RcvBufForce, &(4 << 20));
+        }
+        let (events_tx, events) = std::sync::mpsc::sync_channel(4);
+        let (pool_tx, pool) = std::sync::mpsc::sync_channel(32);
+        w.recycle_into(pool_tx);
+        let archiver = std::thread::spawn(move || {
+            let r = pages::write_events(&mut w, "checkpoint", events);
+            (w, r)
+        });
+        let server = std::thread::spawn(move || {
+            let mut sock = ours;
+            let mut sink = pages::ChannelSink {
+                tx: events_tx,
+                pool,
+            };
+            page_server::serve(&mut sock, &mut sink)
+        });
+        ck.page_sink = Some(std::sync::Arc::new(std::os::fd::OwnedFd::from(theirs)));
+        let dumped = self.dump(&ck);
+        // Our copy of CRIU's end closed: if CRIU never connected, the server sees the end.
+        drop(ck);
+        let served = server
+            .join()
+            .map_err(|_| Error::Other("the page server thread panicked".into()))?;
+        let (w, archived) = archiver
+            .join()
+            .map_err(|_| Error::Other("the archive thread panicked".into()))?;
+        // The first cause wins: an archive that could not be written (a full disk) makes
+        // the page server hang up, which makes the dump fail.
+        archived.map_err(werr)?;
+        match (dumped, served) {
+            (Err(e), Err(page_server::Error::Sink(s))) => {
+                Err(Error::Other(format!("{target}: {s} (and so: {e})")))
+            }
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(Error::Other(e.to_string())),
+            (Ok(r), Ok(_)) => Ok((r, w)),
+        }
+    }
+
     pub fn export(&self, opts: &ExportOptions) -> Result<ExportStats> {
         let t0 = Instant::now();
         let status = self.check_checkpointable()?;
@@ -245,68 +302,15 @@ impl Container {
             ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
         w.progress = crate::progress::Progress::bytes("checkpoint", None);
 
-        // The memory goes straight into the archive while CRIU dumps: CRIU sends it to our
-        // page server (one thread), whose buffers the archive thread writes out as they come.
         let t = Instant::now();
         let images = work.join("checkpoint");
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().ctx(|| "socketpair for criu's pages")?;
-        for s in [ours.as_fd(), theirs.as_fd()] {
-            // A few MiB in flight, not the default 200 KiB: CRIU splices the pages in as
-            // fast as it reads them, and every stall of the socket is time frozen.
-            let _ = nix::sys::socket::setsockopt(
-                &s,
-                nix::sys::socket::sockopt::SndBufForce,
-                &(4 << 20),
-            );
-            let _ = nix::sys::socket::setsockopt(
-                &s,
-                nix::sys::socket::sockopt::RcvBufForce,
-                &(4 << 20),
-            );
-        }
-        let (events_tx, events) = std::sync::mpsc::sync_channel(4);
-        let (pool_tx, pool) = std::sync::mpsc::sync_channel(32);
-        w.recycle_into(pool_tx);
-        let archiver = std::thread::spawn(move || {
-            let r = pages::write_events(&mut w, "checkpoint", events);
-            (w, r)
-        });
-        let server = std::thread::spawn(move || {
-            let mut sock = ours;
-            let mut sink = pages::ChannelSink {
-                tx: events_tx,
-                pool,
-            };
-            page_server::serve(&mut sock, &mut sink)
-        });
         let mut ck = opts.checkpoint.clone();
         ck.image_path = images.clone();
         ck.work_path = Some(work.join("criu-work"));
         ck.leave_running = true;
-        ck.page_sink = Some(std::sync::Arc::new(std::os::fd::OwnedFd::from(theirs)));
         let devshm = crate::checkpoint::externals::devshm_tmpfs(&self.record.spec).is_some();
         ck.external_devshm = devshm;
-        let dumped = self.dump(&ck);
-        // Our copy of CRIU's end closed: if CRIU never connected, the server sees the end.
-        drop(ck);
-        let served = server
-            .join()
-            .map_err(|_| Error::Other("the page server thread panicked".into()))?;
-        let (mut w, archived) = archiver
-            .join()
-            .map_err(|_| Error::Other("the archive thread panicked".into()))?;
-        // The first cause wins: an archive that could not be written (a full disk) makes
-        // the page server hang up, which makes the dump fail.
-        archived.map_err(werr)?;
-        let report = match (dumped, served) {
-            (Err(e), Err(page_server::Error::Sink(s))) => {
-                return Err(Error::Other(format!("{target}: {s} (and so: {e})")));
-            }
-            (Err(e), _) => return Err(e),
-            (Ok(_), Err(e)) => return Err(Error::Other(e.to_string())),
-            (Ok(r), Ok(_)) => r,
-        };
+        let (report, mut w) = self.dump_into(ck, w, &target)?;
         stats.dump_ms = ms(t.elapsed());
         stats.criu = report.stats.clone();
 
