@@ -41,7 +41,32 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
 
     let archive = host.ferry.scratch().join("rt.tar.zst");
     let a = archive.to_str().unwrap();
-    host.run(&["checkpoint", &id, "-e", a]).ok();
+    let ck_stats = host.ferry.scratch().join("rt-checkpoint.json");
+    host.run(&[
+        "checkpoint",
+        &id,
+        "-e",
+        a,
+        "--stats-file",
+        ck_stats.to_str().unwrap(),
+    ])
+    .ok();
+    // ferry's phases and CRIU's figures, as measured (not their values: no timing asserts).
+    let st = read_stats(&ck_stats);
+    for k in ["dump_ms", "archive_ms", "write_ms", "total_ms"] {
+        assert!(st[k].as_f64().unwrap_or(0.0) > 0.0, "{k} in {st}");
+    }
+    assert!(st["compress_ms"].as_f64().is_some(), "{st}");
+    assert!(
+        st["criu"]["pages_written"].as_u64().unwrap_or(0) >= 48 << 20 >> 12,
+        "{st}"
+    );
+    assert!(st["images_bytes"].as_u64().unwrap_or(0) > 48 << 20, "{st}");
+    assert_eq!(
+        st["archive_bytes"].as_u64(),
+        Some(fs::metadata(&archive).unwrap().len()),
+        "{st}"
+    );
     // Without --leave-running the source is gone: no record, no process.
     assert!(
         !host.ids().contains(&id),

@@ -98,6 +98,28 @@ impl<W: Write> Encoder<W> {
     }
 }
 
+/// Counts the time spent in the writer below it: for the compressor, the time the archive
+/// waited on compressing and writing (`--print-stats`' compress and write phases).
+struct Timed<W> {
+    inner: W,
+    spent: std::time::Duration,
+}
+
+impl<W: Write> Write for Timed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let t = std::time::Instant::now();
+        let r = self.inner.write(buf);
+        self.spent += t.elapsed();
+        r
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.inner.flush();
+        self.spent += t.elapsed();
+        r
+    }
+}
+
 /// Reads a file and punches holes behind itself every few MiB.
 struct Consuming {
     file: std::fs::File,
@@ -152,7 +174,7 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 pub struct ArchiveWriter<W: Write> {
-    tar: tar::Builder<Encoder<W>>,
+    tar: tar::Builder<Timed<Encoder<W>>>,
     entries: Vec<Entry>,
     /// Hashes the entries added by [`add_chunks`](Self::add_chunks), several at once.
     parts: Option<Hashers>,
@@ -172,7 +194,10 @@ impl<W: Write> ArchiveWriter<W> {
             entry: "(compressor)".into(),
             source,
         })?;
-        let mut tar = tar::Builder::new(enc);
+        let mut tar = tar::Builder::new(Timed {
+            inner: enc,
+            spent: std::time::Duration::ZERO,
+        });
         tar.mode(tar::HeaderMode::Deterministic);
         Ok(ArchiveWriter {
             tar,
@@ -277,6 +302,12 @@ impl<W: Write> ArchiveWriter<W> {
             size,
         });
         Ok(())
+    }
+
+    /// Time spent so far handing the tar stream to the compressor and the output below it
+    /// (with zstd's worker thread, the time spent waiting for it).
+    pub fn encode_time(&self) -> std::time::Duration {
+        self.tar.get_ref().spent
     }
 
     /// Buffers given to [`add_chunks`](Self::add_chunks) go back through `pool` once they
@@ -418,8 +449,8 @@ impl<W: Write> ArchiveWriter<W> {
         self.tar
             .append_data(&mut header, MANIFEST_NAME, bytes.as_slice())
             .map_err(werr)?;
-        let enc = self.tar.into_inner().map_err(werr)?;
-        let mut out = enc.finish().map_err(werr)?;
+        let timed = self.tar.into_inner().map_err(werr)?;
+        let mut out = timed.inner.finish().map_err(werr)?;
         out.flush().map_err(werr)?;
         Ok(out)
     }

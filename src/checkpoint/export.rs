@@ -46,6 +46,10 @@ pub struct ExportStats {
     pub dump_ms: f64,
     pub rootfs_diff_ms: f64,
     pub archive_ms: f64,
+    /// Of the dump and archive phases: time the archive waited on its compressor, and on
+    /// writing the compressed bytes out (including the final fdatasync).
+    pub compress_ms: f64,
+    pub write_ms: f64,
     pub total_ms: f64,
     pub images_bytes: u64,
     pub rootfs_diff_bytes: u64,
@@ -56,20 +60,33 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Counts what is written, for the archive size on a pipe.
+/// Counts what is written (the archive's size on a pipe) and the time writing it took.
 struct Counting<W> {
     inner: W,
     n: u64,
+    spent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<W> Counting<W> {
+    fn time<T>(&mut self, f: impl FnOnce(&mut W) -> T) -> T {
+        let t = Instant::now();
+        let r = f(&mut self.inner);
+        self.spent.fetch_add(
+            t.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        r
+    }
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(b)?;
+        let n = self.time(|w| w.write(b))?;
         self.n += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        self.time(|w| w.flush())
     }
 }
 
@@ -298,8 +315,16 @@ impl Container {
             opts.output.display().to_string()
         };
         let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
-        let mut w =
-            ArchiveWriter::new(Counting { inner: out, n: 0 }, opts.compression).map_err(werr)?;
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut w = ArchiveWriter::new(
+            Counting {
+                inner: out,
+                n: 0,
+                spent: written.clone(),
+            },
+            opts.compression,
+        )
+        .map_err(werr)?;
         w.progress = crate::progress::Progress::bytes("checkpoint", None);
 
         let t = Instant::now();
@@ -385,7 +410,12 @@ impl Container {
                 .into_iter()
                 .collect(),
         };
+        let spent_writing =
+            || Duration::from_nanos(written.load(std::sync::atomic::Ordering::Relaxed));
+        // The compressor's share: time in it less the time it spent writing out.
+        stats.compress_ms = ms(w.encode_time().saturating_sub(spent_writing()));
         let counted = w.finish(manifest, identity).map_err(werr)?;
+        stats.write_ms = ms(spent_writing());
         stats.archive_bytes = counted.n;
         let mut inner = counted.inner;
         inner
