@@ -857,3 +857,62 @@ fn a_reader_that_goes_away_mid_stream_leaves_the_container_running() {
     assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
     assert_work_clean(&host);
 }
+
+/// A restore killed while it stages the archive (SIGKILL: nothing of ferry runs to clean
+/// up) leaves its tmpfs mounted, holding memory; the next restore removes it, and restores.
+#[test]
+fn a_restore_killed_mid_stage_is_cleaned_up_by_the_next_one() {
+    let (host, id, mem) = host_with_container("killed");
+    let archive = export(&host, &id, "none", false);
+    let bytes = fs::read(&archive).unwrap();
+    let mut child = Command::new(FERRY)
+        .arg("--root")
+        .arg(host.ferry.root())
+        .arg("--storage")
+        .arg(&host.storage)
+        .args(["restore", "-i", "-", "--name", &host.id("never"), "-d"])
+        .env("FERRY_TEST_TAG", &host.ferry.tag)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Half the archive, then wait until it is being staged in its tmpfs, then kill.
+    let mut input = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut input, &bytes[..bytes.len() / 2]).unwrap();
+    let stage = host
+        .storage
+        .join("work")
+        .join(format!("restore-{}", child.id()));
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(stage.to_str().unwrap())
+    };
+    wait_for("the restore's tmpfs stage", WAIT, mounted);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(input);
+    assert!(
+        mounted(),
+        "the killed restore's stage should still be mounted"
+    );
+
+    // The next restore sweeps it away, and restores.
+    let copy = host.id("after");
+    host.run_quiet(&[
+        "restore",
+        "-i",
+        archive.to_str().unwrap(),
+        "--name",
+        &copy,
+        "-d",
+    ])
+    .ok();
+    host.ferry.wait_status(&copy, "running");
+    assert!(!mounted(), "the killed restore's tmpfs is still mounted");
+    assert!(!stage.exists(), "{} is still there", stage.display());
+    assert_work_clean(&host);
+    still_running_and_counting(&host, &id, &mem);
+    host.run(&["delete", "--force", &copy]).ok();
+}

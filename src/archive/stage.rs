@@ -405,6 +405,53 @@ impl Drop for Stage {
     }
 }
 
+/// The pid a work entry belongs to: `restore-<pid>`, `restore-<pid>.disk`, `devshm-<pid>`,
+/// `checkpoint-<id>-<pid>`.
+fn owner_pid(name: &str) -> Option<i32> {
+    let name = name.strip_suffix(".disk").unwrap_or(name);
+    let (kind, rest) = name.split_once('-')?;
+    if !matches!(kind, "restore" | "devshm" | "checkpoint") {
+        return None;
+    }
+    rest.rsplit('-').next()?.parse().ok()
+}
+
+/// Whether a process `pid` exists. Any process counts, not only a ferry: a ferry installed
+/// under another name is still alive, and an entry kept for a reused pid only waits for the
+/// next sweep.
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what ferry processes that no longer run left in `work` (the storage's `work`
+/// dir): their stages (unmounted first: a tmpfs left mounted would hold its memory until
+/// reboot), /dev/shm staging mounts and checkpoint scratch. A ferry killed mid-restore
+/// cannot clean up after itself; the next checkpoint or restore does. Entries of running
+/// processes are left alone. Returns what was removed.
+pub fn sweep_stale(work: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return vec![];
+    };
+    let mut removed = vec![];
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || alive(pid) {
+            continue;
+        }
+        let path = e.path();
+        // EINVAL when nothing is mounted there; MNT_DETACH for one still busy.
+        let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH);
+        if std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(path = %path.display(), pid, "removed what a ferry that is gone left");
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 fn spill_path(dir: &Path) -> PathBuf {
     let mut s = dir.as_os_str().to_owned();
     s.push(".disk");
@@ -640,5 +687,48 @@ mod tests {
         stage.create("f").unwrap();
         stage.write(b"abc").unwrap();
         assert_eq!(std::fs::read(d.path().join("s/f")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn work_entries_name_their_owner() {
+        assert_eq!(owner_pid("restore-123"), Some(123));
+        assert_eq!(owner_pid("restore-123.disk"), Some(123));
+        assert_eq!(owner_pid("devshm-7"), Some(7));
+        assert_eq!(owner_pid("checkpoint-my-app-2-99"), Some(99));
+        for other in ["tmp", "restore", "restore-x", "images-12", "checkpoint-abc"] {
+            assert_eq!(owner_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_stale_mounted_stage_is_swept_and_a_live_one_kept() {
+        let d = tempfile::tempdir().unwrap();
+        // pid_max is at most 4194304: this pid runs nothing.
+        let stale = d.path().join("restore-4194305");
+        std::fs::create_dir(&stale).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &stale,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .unwrap();
+        std::fs::write(stale.join("pages-1.img"), b"held").unwrap();
+        std::fs::create_dir(d.path().join("restore-4194305.disk")).unwrap();
+        // Ours (this test process) and an entry that is not ferry's stay.
+        let ours = d.path().join(format!("restore-{}", std::process::id()));
+        std::fs::create_dir(&ours).unwrap();
+        std::fs::create_dir(d.path().join("other")).unwrap();
+        let mut removed = sweep_stale(d.path());
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![stale.clone(), d.path().join("restore-4194305.disk")]
+        );
+        assert!(!stale.exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(stale.to_str().unwrap()), "{mounts}");
+        assert!(ours.exists() && d.path().join("other").exists());
     }
 }

@@ -246,6 +246,7 @@ impl Container {
         let storage = &self.runtime.storage;
         let identity =
             Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
+        crate::archive::stage::sweep_stale(&storage.join("work"));
         let work =
             storage
                 .join("work")

@@ -63,6 +63,7 @@ impl Runtime {
         // Not `tmp`: the image store empties that when it opens.
         let tmp = self.storage.join("work");
         std::fs::create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+        crate::archive::stage::sweep_stale(&tmp);
         let dir = tmp.join(format!("restore-{}", std::process::id()));
         let mut stage = Stage::private(&dir, opts.keep).map_err(Error::Other)?;
         let result = self.import_into(opts, input, &mut stage, &mut stats);
