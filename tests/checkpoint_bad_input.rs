@@ -916,3 +916,56 @@ fn a_restore_killed_mid_stage_is_cleaned_up_by_the_next_one() {
     still_running_and_counting(&host, &id, &mem);
     host.run(&["delete", "--force", &copy]).ok();
 }
+
+/// SIGTERM (a service stop, or Ctrl-C's SIGINT) while `checkpoint -e` streams the memory: an
+/// orderly abort, not a death half-way that would leave the container frozen or CRIU's
+/// parasite in it. The container runs on, the same process with the same memory; no partial
+/// archive and no work files are left.
+#[test]
+fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("term");
+    host.run_image("bb", &id, &["/bin/memhold", "512", SEED, "/tmp"]);
+    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
+    let (runid, _) = mem.wait_count_above(2);
+    let sum = mem.checksum().unwrap();
+    let archive = host.ferry.scratch().join("term.tar");
+    let err = host.ferry.scratch().join("term.err");
+    let mut child = Command::new(FERRY)
+        .arg("--root")
+        .arg(host.ferry.root())
+        .arg("--storage")
+        .arg(&host.storage)
+        .args(["checkpoint", &id, "-e"])
+        .arg(&archive)
+        .args(["--compress", "none"])
+        .env("FERRY_TEST_TAG", &host.ferry.tag)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    // Once the archive has started, half a GiB of memory takes a while to stream.
+    wait_for("the archive to start", WAIT, || {
+        fs::metadata(&archive).map(|m| m.len() > 0).unwrap_or(false)
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let stderr = fs::read_to_string(&err).unwrap();
+    assert!(!status.success(), "the checkpoint should stop: {stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM") && stderr.contains("runs on as before"),
+        "the error should say it was interrupted and the container runs on:\n{stderr}"
+    );
+    assert!(!archive.exists(), "a partial archive was left");
+    assert_work_clean(&host);
+    still_running_and_counting(&host, &id, &mem);
+    assert_eq!(mem.count().unwrap().0, runid, "the container was restarted");
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
+}

@@ -81,6 +81,8 @@ impl<W> Counting<W> {
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        // An interrupt stops the archive here; CRIU's dump then fails the ordinary way.
+        crate::sys::interrupt::check()?;
         let n = self.time(|w| w.write(b))?;
         self.n += n as u64;
         Ok(n)
@@ -114,6 +116,7 @@ impl Durable {
 
 impl Write for Durable {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        crate::sys::interrupt::check()?;
         let n = self.file.write(b)?;
         self.pos += n as u64;
         if self.pos - self.started >= Self::STEP {
@@ -340,6 +343,7 @@ impl Container {
         let devshm = crate::checkpoint::externals::devshm_tmpfs(&self.record.spec).is_some();
         ck.external_devshm = devshm;
         let (report, mut w) = self.dump_into(ck, w, &target)?;
+        crate::sys::interrupt::check().map_err(|e| Error::Other(e.to_string()))?;
         stats.dump_ms = ms(t.elapsed());
         stats.criu = report.stats.clone();
 

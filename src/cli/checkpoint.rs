@@ -144,6 +144,8 @@ impl CheckpointArgs {
                     )));
                 }
             }
+            // Ctrl-C or a service stop from here on aborts cleanly (sys::interrupt).
+            crate::sys::interrupt::guard();
             let opts = ExportOptions {
                 checkpoint: self.options()?,
                 output: output.clone(),

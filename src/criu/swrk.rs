@@ -95,11 +95,18 @@ impl Swrk {
             }
         }
         // SAFETY: between fork and exec the closure only makes async-signal-safe calls
-        // (dup2, prctl) on numbers computed before the fork; it allocates nothing.
+        // (prctl, sigprocmask, dup2) on numbers computed before the fork; it allocates
+        // nothing.
         unsafe {
             cmd.pre_exec(move || {
                 // criu must not outlive us half-way through a dump (runc sets it too).
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Signals ferry blocks for itself (sys::interrupt) are criu's to receive.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 for &(from, to) in &moves {

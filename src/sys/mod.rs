@@ -1,4 +1,5 @@
 //! Small wrappers over kernel interfaces shared by the runtime: signals, /proc, fds.
 
+pub mod interrupt;
 pub mod proc;
 pub mod signal;
