@@ -494,3 +494,64 @@ fn tcp_connection_inside_the_container_survives_with_tcp_established() {
     assert_deleted(&host, &id);
     assert_cgroups_gone(&id);
 }
+
+/// Shared anonymous memory (MAP_SHARED, held by two processes) goes through CRIU's shared
+/// memory path (`pagemap-shmem-*.img` through ferry's page server) and comes back whole.
+#[test]
+fn shared_memory_round_trips_through_the_archive() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("shm");
+    host.run_image("bb", &id, &["/bin/shmhold", "8", "/tmp"]);
+    let sums = |id: &str| -> Option<(u64, u64)> {
+        let t = fs::read_to_string(host.rootfs(id).join("tmp/shmsum")).ok()?;
+        let mut it = t.split_whitespace().map(|v| v.parse::<u64>().ok());
+        Some((it.next()??, it.next()??))
+    };
+    // Counted long enough that a restart (from 1) cannot pass for going on.
+    wait_for("shmhold to count to 10", WAIT, || {
+        sums(&id).is_some_and(|(c, _)| c >= 10)
+    });
+    let (count, sum) = sums(&id).unwrap();
+    let archive = host.ferry.scratch().join("shm.tar");
+    let a = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", a]).ok();
+    let names = {
+        let mut tar =
+            tar::Archive::new(zstd::Decoder::new(fs::File::open(&archive).unwrap()).unwrap());
+        tar.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("checkpoint/pagemap-shmem-")),
+        "no shared memory pagemap in {names:?}"
+    );
+    let new = host.id("shm-new");
+    host.run_quiet(&["restore", "-i", a, "--name", &new, "-d"])
+        .ok();
+    host.ferry.wait_status(&new, "running");
+    // The restored rootfs holds the sum file of the checkpoint's moment: wait for a newer one.
+    let at_restore = sums(&new).map(|(c, _)| c).unwrap_or(0);
+    assert!(
+        at_restore >= count,
+        "the restored count {at_restore} < {count}"
+    );
+    // Going on, not starting again: no count below the checkpoint's is ever seen.
+    let mut lowest = at_restore;
+    wait_for("the restored shmhold to go on counting", WAIT, || {
+        let now = sums(&new).map(|(c, _)| c).unwrap_or(at_restore);
+        lowest = lowest.min(now);
+        now > at_restore + 2
+    });
+    assert_eq!(
+        lowest, at_restore,
+        "the restored shmhold counted from the start again"
+    );
+    assert_eq!(sums(&new).unwrap().1, sum, "the shared memory changed");
+    host.run(&["delete", "--force", &new]).ok();
+    assert_deleted(&host, &new);
+}

@@ -237,7 +237,7 @@ impl Host {
 /// A busybox rootfs with the static helpers in /bin, to import as an image.
 pub fn image_rootfs(dir: &Path) {
     make_busybox_rootfs(dir);
-    for h in ["memhold", "tcppair", "counter"] {
+    for h in ["memhold", "tcppair", "counter", "shmhold"] {
         let dst = dir.join("bin").join(h);
         fs::copy(helper(h), &dst).unwrap();
         fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
