@@ -197,6 +197,7 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
     io(std::fs::create_dir_all(&work), || {
         format!("create {}", work.display())
     })?;
+    crate::archive::stage::sweep_stale(&work);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -406,14 +406,15 @@ impl Drop for Stage {
 }
 
 /// The pid a work entry belongs to: `restore-<pid>`, `restore-<pid>.disk`, `devshm-<pid>`,
-/// `checkpoint-<id>-<pid>`.
+/// `checkpoint-<id>-<pid>`, `inspect-<pid>-<nanos>`.
 fn owner_pid(name: &str) -> Option<i32> {
     let name = name.strip_suffix(".disk").unwrap_or(name);
     let (kind, rest) = name.split_once('-')?;
-    if !matches!(kind, "restore" | "devshm" | "checkpoint") {
-        return None;
+    match kind {
+        "restore" | "devshm" | "checkpoint" => rest.rsplit('-').next()?.parse().ok(),
+        "inspect" => rest.split('-').next()?.parse().ok(),
+        _ => None,
     }
-    rest.rsplit('-').next()?.parse().ok()
 }
 
 /// Whether a process `pid` exists. Any process counts, not only a ferry: a ferry installed
@@ -425,7 +426,7 @@ fn alive(pid: i32) -> bool {
 
 /// Removes what ferry processes that no longer run left in `work` (the storage's `work`
 /// dir): their stages (unmounted first: a tmpfs left mounted would hold its memory until
-/// reboot), /dev/shm staging mounts and checkpoint scratch. A ferry killed mid-restore
+/// reboot), /dev/shm staging mounts, checkpoint and inspect scratch. A ferry killed mid-restore
 /// cannot clean up after itself; the next checkpoint or restore does. Entries of running
 /// processes are left alone. Returns what was removed.
 pub fn sweep_stale(work: &Path) -> Vec<PathBuf> {
@@ -695,6 +696,8 @@ mod tests {
         assert_eq!(owner_pid("restore-123.disk"), Some(123));
         assert_eq!(owner_pid("devshm-7"), Some(7));
         assert_eq!(owner_pid("checkpoint-my-app-2-99"), Some(99));
+        assert_eq!(owner_pid("inspect-42-17a3f"), Some(42));
+        assert_eq!(owner_pid("inspect-42-1234"), Some(42));
         for other in ["tmp", "restore", "restore-x", "images-12", "checkpoint-abc"] {
             assert_eq!(owner_pid(other), None, "{other}");
         }
