@@ -969,3 +969,45 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     host.run(&["kill", &id, "USR1"]).ok();
     assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
 }
+
+/// Without a working criu, `checkpoint -e` says so before it freezes anything, and
+/// `restore -i` before it reads the archive.
+#[test]
+fn a_missing_criu_is_said_before_freezing_or_staging() {
+    let (host, id, mem) = host_with_container("nocriu");
+    let archive = host.ferry.scratch().join("nocriu.tar");
+    let a = archive.to_str().unwrap();
+    let env = [("FERRY_CRIU", "/nonexistent/criu")];
+    let out = host
+        .run_quiet_env(&env, &["checkpoint", &id, "-e", a])
+        .fails();
+    assert!(
+        out.stderr.contains("/nonexistent/criu") && out.stderr.contains("install CRIU"),
+        "{}",
+        out.stderr
+    );
+    assert!(!archive.exists(), "an archive was started");
+    still_running_and_counting(&host, &id, &mem);
+
+    let good = export(&host, &id, "none", false);
+    let out = host
+        .run_quiet_env(
+            &env,
+            &[
+                "--debug",
+                "restore",
+                "-i",
+                good.to_str().unwrap(),
+                "--name",
+                &host.id("never"),
+            ],
+        )
+        .fails();
+    assert!(out.stderr.contains("/nonexistent/criu"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("staged"),
+        "the archive was staged before criu was asked:\n{}",
+        out.stderr
+    );
+    assert_work_clean(&host);
+}

@@ -246,6 +246,11 @@ impl Container {
                 ))
             })?)
         };
+        // criu must answer before anything is frozen (a missing or broken criu is an error
+        // here, not a frozen container); the answer is kept for the dump.
+        crate::criu::Criu::new()
+            .version()
+            .map_err(|e| Error::Other(e.to_string()))?;
         let storage = &self.runtime.storage;
         let identity =
             Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;

@@ -51,6 +51,10 @@ impl Runtime {
     /// Returns the exit code (0 when detached) and the phase statistics.
     pub fn import(&self, opts: ImportOptions) -> Result<(i32, ImportStats)> {
         let t0 = Instant::now();
+        // A missing or broken criu is said before gigabytes are read and staged for it.
+        crate::criu::Criu::new()
+            .version()
+            .map_err(|e| Error::Other(e.to_string()))?;
         let mut stats = ImportStats::default();
         let input: Box<dyn Read> = if opts.input == Path::new("-") {
             Box::new(std::io::stdin())
