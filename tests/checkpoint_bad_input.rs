@@ -890,6 +890,14 @@ fn a_restore_killed_mid_stage_is_cleaned_up_by_the_next_one() {
             .contains(stage.to_str().unwrap())
     };
     wait_for("the restore's tmpfs stage", WAIT, mounted);
+    // Should the sweep fail, the test must still not leave the tmpfs mounted behind it.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(stage.clone());
     child.kill().unwrap();
     child.wait().unwrap();
     drop(input);
