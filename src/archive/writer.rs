@@ -2,7 +2,7 @@
 //! entry is hashed while it is written and listed in the signed `ferry.manifest` that closes
 //! the stream. Nothing is staged: the output may be a pipe or a socket.
 
-use crate::archive::hashing::{HashPipe, Hashers};
+use crate::archive::hashing::Hashers;
 use crate::archive::manifest::{Entry, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::identity::Identity;
 use std::io::{Read, Write};
@@ -159,16 +159,23 @@ impl Read for Consuming {
     }
 }
 
-/// Hashes (on the pipe's thread) what passes through.
-struct Hashing<R> {
+/// Hands what passes through to the hashing threads (for the tar crate's own path).
+struct Hashing<'a, R> {
     inner: R,
-    pipe: HashPipe,
+    hashers: &'a mut Hashers,
+    n: u64,
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.pipe.update(&buf[..n]);
+        if n > 0 {
+            let mut copy = self.hashers.buffer();
+            copy.clear();
+            copy.extend_from_slice(&buf[..n]);
+            self.hashers.update_owned(copy)?;
+            self.n += n as u64;
+        }
         Ok(n)
     }
 }
@@ -176,11 +183,12 @@ impl<R: Read> Read for Hashing<R> {
 pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<Timed<Encoder<W>>>,
     entries: Vec<Entry>,
-    /// Hashes the entries added by [`add_chunks`](Self::add_chunks), several at once.
-    parts: Option<Hashers>,
-    /// (index into `entries`, job of `parts`) of each entry waiting for its digest.
-    pending: Vec<(usize, usize)>,
-    /// Where [`add_chunks`](Self::add_chunks) returns its buffers once hashed.
+    /// Hashes every entry, several at once; made at the first entry, so that
+    /// [`recycle_into`](Self::recycle_into) can come first.
+    hashers: Option<Hashers>,
+    /// The job in `hashers` of each entry, by index: the digests are filled in at `finish`.
+    jobs: Vec<usize>,
+    /// Where hashed buffers go back to whoever fills them ([`recycle_into`](Self::recycle_into)).
     recycle: Option<SyncSender<Vec<u8>>>,
     /// Uncompressed bytes of entry content written so far.
     pub content_bytes: u64,
@@ -202,8 +210,8 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(ArchiveWriter {
             tar,
             entries: vec![],
-            parts: None,
-            pending: vec![],
+            hashers: None,
+            jobs: vec![],
             recycle: None,
             content_bytes: 0,
             progress: crate::progress::Progress::hidden(),
@@ -212,8 +220,47 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Adds `size` bytes read from `data` as the regular file `name`. The header and the
     /// padding are written here rather than by the tar crate, so the data moves in 1 MiB
-    /// reads while its digest is computed on another thread.
+    /// reads while its digest is computed on other threads.
     pub fn add_reader(&mut self, name: &str, size: u64, mut data: impl Read) -> Result<(), Error> {
+        if name.len() >= 100 {
+            // Long names need the tar crate's GNU extension records.
+            return self.add_reader_long(name, size, data);
+        }
+        let werr = |source| Error::Write {
+            entry: name.to_string(),
+            source,
+        };
+        let mut left = size;
+        self.add_entry(name, size, |hashers| {
+            if left == 0 {
+                return Ok(None);
+            }
+            let want = (left as usize).min(crate::archive::hashing::CHUNK);
+            let mut buf = hashers.buffer();
+            // A recycled buffer keeps its length: only a fresh or shorter one is zeroed.
+            buf.resize(want, 0);
+            let mut got = 0;
+            while got < want {
+                match data.read(&mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if got < want {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("expected {size} bytes, got {}", size - left + got as u64),
+                ));
+            }
+            left -= got as u64;
+            Ok(Some(buf))
+        })
+        .map_err(werr)
+    }
+
+    fn add_reader_long(&mut self, name: &str, size: u64, data: impl Read) -> Result<(), Error> {
         let werr = |source| Error::Write {
             entry: name.to_string(),
             source,
@@ -222,86 +269,70 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_size(size);
         header.set_mode(0o600);
         header.set_entry_type(tar::EntryType::Regular);
-        header.set_mtime(0);
-        if name.len() >= 100 {
-            // Long names need the tar crate's GNU extension records.
-            return self.add_reader_long(name, size, data);
+        let recycle = self.recycle.clone();
+        let hashers = self.hashers.get_or_insert_with(|| Hashers::new(recycle));
+        let job = hashers.begin();
+        let mut h = Hashing {
+            inner: data.take(size),
+            hashers,
+            n: 0,
+        };
+        self.tar
+            .append_data(&mut header, name, &mut h)
+            .map_err(werr)?;
+        let n = h.n;
+        h.hashers.end().map_err(werr)?;
+        if n != size {
+            return Err(werr(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("expected {size} bytes, got {n}"),
+            )));
         }
-        header.set_path(name).map_err(werr)?;
-        header.set_cksum();
-        let out = self.tar.get_mut();
-        out.write_all(header.as_bytes()).map_err(werr)?;
-        let mut pipe = HashPipe::new();
-        let mut left = size;
-        while left > 0 {
-            let want = (left as usize).min(crate::archive::hashing::CHUNK);
-            let mut buf = pipe.buffer();
-            buf.resize(want, 0);
-            let mut got = 0;
-            while got < want {
-                match data.read(&mut buf[got..]) {
-                    Ok(0) => break,
-                    Ok(k) => got += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(werr(e)),
-                }
-            }
-            if got < want {
-                return Err(werr(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("expected {size} bytes, got {}", size - left + got as u64),
-                )));
-            }
-            buf.truncate(got);
-            out.write_all(&buf).map_err(werr)?;
-            self.progress.inc(got as u64);
-            pipe.update_owned(buf);
-            left -= got as u64;
-        }
-        let pad = (512 - (size % 512) as usize) % 512;
-        out.write_all(&[0u8; 512][..pad]).map_err(werr)?;
-        let (sha256, _) = pipe.finish();
-        self.content_bytes += size;
-        self.entries.push(Entry {
-            name: name.to_string(),
-            sha256,
-            size,
-        });
+        self.push_entry(name, size, job);
         Ok(())
     }
 
-    fn add_reader_long(&mut self, name: &str, size: u64, data: impl Read) -> Result<(), Error> {
+    /// Writes the header of the regular file `name` of `size` bytes, then the buffers
+    /// `next` gives until it gives None (they must add up to `size`), each written out and
+    /// handed to the hashing threads, then the padding.
+    fn add_entry(
+        &mut self,
+        name: &str,
+        size: u64,
+        mut next: impl FnMut(&mut Hashers) -> std::io::Result<Option<Vec<u8>>>,
+    ) -> std::io::Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_size(size);
         header.set_mode(0o600);
         header.set_entry_type(tar::EntryType::Regular);
-        let mut h = Hashing {
-            inner: data.take(size),
-            pipe: HashPipe::new(),
-        };
-        self.tar
-            .append_data(&mut header, name, &mut h)
-            .map_err(|source| Error::Write {
-                entry: name.to_string(),
-                source,
-            })?;
-        let (sha256, n) = h.pipe.finish();
-        if n != size {
-            return Err(Error::Write {
-                entry: name.to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("expected {size} bytes, got {n}"),
-                ),
-            });
+        header.set_mtime(0);
+        header.set_path(name)?;
+        header.set_cksum();
+        let recycle = self.recycle.clone();
+        let hashers = self.hashers.get_or_insert_with(|| Hashers::new(recycle));
+        let job = hashers.begin();
+        let out = self.tar.get_mut();
+        out.write_all(header.as_bytes())?;
+        while let Some(buf) = next(hashers)? {
+            out.write_all(&buf)?;
+            self.progress.inc(buf.len() as u64);
+            hashers.update_owned(buf)?;
         }
+        hashers.end()?;
+        let pad = (512 - (size % 512) as usize) % 512;
+        out.write_all(&[0u8; 512][..pad])?;
+        self.push_entry(name, size, job);
+        Ok(())
+    }
+
+    fn push_entry(&mut self, name: &str, size: u64, job: usize) {
         self.content_bytes += size;
+        self.jobs.push(job);
         self.entries.push(Entry {
             name: name.to_string(),
-            sha256,
+            sha256: String::new(),
             size,
         });
-        Ok(())
     }
 
     /// Time spent so far handing the tar stream to the compressor and the output below it
@@ -316,42 +347,15 @@ impl<W: Write> ArchiveWriter<W> {
         self.recycle = Some(pool);
     }
 
-    /// Adds the regular file `name` made of `chunks`, without copying them: they are written
-    /// out here and hashed on a thread shared by all such entries.
+    /// Adds the regular file `name` made of `chunks`, without copying them.
     pub fn add_chunks(&mut self, name: &str, chunks: Vec<Vec<u8>>) -> Result<(), Error> {
-        let werr = |source| Error::Write {
-            entry: name.to_string(),
-            source,
-        };
         let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(size);
-        header.set_mode(0o600);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mtime(0);
-        header.set_path(name).map_err(werr)?;
-        header.set_cksum();
-        let recycle = self.recycle.clone();
-        let hasher = self.parts.get_or_insert_with(|| Hashers::new(recycle));
-        let job = hasher.begin();
-        let out = self.tar.get_mut();
-        out.write_all(header.as_bytes()).map_err(werr)?;
-        for c in chunks {
-            out.write_all(&c).map_err(werr)?;
-            self.progress.inc(c.len() as u64);
-            hasher.update_owned(c).map_err(werr)?;
-        }
-        hasher.end().map_err(werr)?;
-        let pad = (512 - (size % 512) as usize) % 512;
-        out.write_all(&[0u8; 512][..pad]).map_err(werr)?;
-        self.pending.push((self.entries.len(), job));
-        self.content_bytes += size;
-        self.entries.push(Entry {
-            name: name.to_string(),
-            sha256: String::new(),
-            size,
-        });
-        Ok(())
+        let mut chunks = chunks.into_iter();
+        self.add_entry(name, size, |_| Ok(chunks.next()))
+            .map_err(|source| Error::Write {
+                entry: name.to_string(),
+                source,
+            })
     }
 
     pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), Error> {
@@ -427,13 +431,13 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Closes the archive with the signed manifest of everything written.
     pub fn finish(mut self, mut manifest: Manifest, id: &Identity) -> Result<W, Error> {
-        if let Some(h) = self.parts.take() {
+        if let Some(h) = self.hashers.take() {
             let digests = h.finish().map_err(|source| Error::Write {
                 entry: "(hashing)".into(),
                 source,
             })?;
-            for (i, job) in std::mem::take(&mut self.pending) {
-                self.entries[i].sha256 = digests[job].0.clone();
+            for (e, &job) in self.entries.iter_mut().zip(&self.jobs) {
+                e.sha256 = digests[job].0.clone();
             }
         }
         manifest.entries = std::mem::take(&mut self.entries);
