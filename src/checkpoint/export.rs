@@ -92,6 +92,21 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
+/// The archive's destination: standard output for "-", else a new file made durable.
+fn open_output(path: &std::path::Path) -> Result<Box<dyn Write + Send>> {
+    Ok(if path == std::path::Path::new("-") {
+        Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout(),
+        ))
+    } else {
+        Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            Durable::new(std::fs::File::create(path).ctx(|| format!("create {}", path.display()))?),
+        ))
+    })
+}
+
 /// The archive file, on disk before the source is released: `flush` is fdatasync, so a
 /// host that crashes right after `checkpoint -e` still has the container in the archive.
 /// Writeback is started every few MiB as the archive is written, so that final sync (and
@@ -116,7 +131,6 @@ impl Durable {
 
 impl Write for Durable {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        crate::sys::interrupt::check()?;
         let n = self.file.write(b)?;
         self.pos += n as u64;
         if self.pos - self.started >= Self::STEP {
@@ -263,6 +277,15 @@ impl Container {
         let was_paused = status == Status::Paused;
         let cgroup = self.cgroup()?;
         let mut stats = ExportStats::default();
+        // The output opens before anything is frozen: a path that cannot be written is an
+        // error with the container untouched.
+        let out = match open_output(&opts.output) {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&work);
+                return Err(e);
+            }
+        };
 
         // Freeze first: CRIU leaves a frozen cgroup frozen after a dump that leaves the tasks
         // running, so nothing changes between the dump and the rootfs diff.
@@ -271,7 +294,7 @@ impl Container {
             cgroup.freeze()?;
         }
         stats.freeze_ms = ms(t.elapsed());
-        let result = self.export_frozen(opts, &work, layers, &identity, &mut stats);
+        let result = self.export_frozen(opts, out, &work, layers, &identity, &mut stats);
         // Back to the state it was in: a container paused by its owner stays paused.
         let unfreeze = || if was_paused { Ok(()) } else { cgroup.thaw() };
         let outcome = match result {
@@ -302,25 +325,12 @@ impl Container {
     fn export_frozen(
         &self,
         opts: &ExportOptions,
+        out: Box<dyn Write + Send>,
         work: &std::path::Path,
         layers: Option<(PathBuf, Vec<PathBuf>)>,
         identity: &Identity,
         stats: &mut ExportStats,
     ) -> Result<()> {
-        let out: Box<dyn Write + Send> = if opts.output == std::path::Path::new("-") {
-            Box::new(std::io::BufWriter::with_capacity(
-                1 << 20,
-                std::io::stdout(),
-            ))
-        } else {
-            let tmp = opts.output.clone();
-            Box::new(std::io::BufWriter::with_capacity(
-                1 << 20,
-                Durable::new(
-                    std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?,
-                ),
-            ))
-        };
         let target = if opts.output == std::path::Path::new("-") {
             "standard output".to_string()
         } else {
