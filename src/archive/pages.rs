@@ -9,7 +9,6 @@
 use crate::archive::hashing::CHUNK;
 use crate::archive::writer::{ArchiveWriter, Error};
 use crate::criu::page_server::PageSink;
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender};
 
@@ -93,59 +92,51 @@ impl PageSink for ChannelSink {
 }
 
 /// Writes what the page server sends as `<prefix>/<file>` entries until the sender is gone.
-/// Returns the page bytes written.
+/// The page server ends each pages image (`Done`) before it starts the next.
 pub fn write_events<W: Write>(
     w: &mut ArchiveWriter<W>,
     prefix: &str,
     events: Receiver<Event>,
-) -> Result<u64, Error> {
-    let mut next_part: HashMap<String, u32> = HashMap::new();
+) -> Result<(), Error> {
+    // The pages image being written, the number of its next part, and that part's buffers.
+    let mut file = String::new();
+    let mut next = 0u32;
     let mut part: Vec<Vec<u8>> = vec![];
-    let mut part_bytes = 0usize;
-    let mut total = 0u64;
-    let mut flush = |w: &mut ArchiveWriter<W>, file: &str, part: &mut Vec<Vec<u8>>| {
-        let n = next_part.entry(file.to_string()).or_insert(0);
-        let name = format!("{prefix}/{}", part_name(file, *n));
-        *n += 1;
+    let flush = |w: &mut ArchiveWriter<W>, file: &str, next: &mut u32, part: &mut Vec<_>| {
+        let name = format!("{prefix}/{}", part_name(file, *next));
+        *next += 1;
         w.add_chunks(&name, std::mem::take(part))
     };
-    let mut current: Option<String> = None;
     for ev in events {
         match ev {
-            Event::Data { file, buf } => {
-                if current.as_deref() != Some(file.as_str()) {
-                    if let Some(prev) = current.take()
-                        && !part.is_empty()
-                    {
-                        flush(w, &prev, &mut part)?;
+            Event::Data { file: f, buf } => {
+                if f != file {
+                    if !part.is_empty() {
+                        flush(w, &file, &mut next, &mut part)?;
                     }
-                    part_bytes = 0;
-                    current = Some(file.clone());
+                    (file, next) = (f, 0);
                 }
-                part_bytes += buf.len();
-                total += buf.len() as u64;
                 part.push(buf);
-                if part_bytes >= PART {
-                    flush(w, &file, &mut part)?;
-                    part_bytes = 0;
+                if part.iter().map(Vec::len).sum::<usize>() >= PART {
+                    flush(w, &file, &mut next, &mut part)?;
                 }
             }
-            Event::Done { file } => {
-                // Also an image with no data gets its (empty) first part: CRIU opens it.
-                let started = current.as_deref() == Some(file.as_str());
-                if !part.is_empty() || !started {
-                    flush(w, &file, &mut part)?;
+            Event::Done { file: f } => {
+                if f != file {
+                    (file, next) = (f, 0);
                 }
-                part.clear();
-                part_bytes = 0;
-                current = None;
+                // Also an image with no data gets its (empty) first part: CRIU opens it.
+                if !part.is_empty() || next == 0 {
+                    flush(w, &file, &mut next, &mut part)?;
+                }
+                file.clear();
             }
             Event::Image { file, bytes } => {
                 w.add_bytes(&format!("{prefix}/{file}"), &bytes)?;
             }
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 #[cfg(test)]
