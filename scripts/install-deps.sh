@@ -16,6 +16,8 @@ PKGS=(
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev libnl-3-dev
   libnet1-dev libcap-dev libbsd-dev pkgconf uuid-dev libnftables-dev libgnutls28-dev
   python3 xz-utils
+  # what CRIU runs itself: iptables-restore to lock a container's network while it dumps
+  iptables
   # reference clients ferry is tested against
   podman conmon skopeo
 )
