@@ -146,6 +146,18 @@ impl Runtime {
                 image.name, image.digest, image.name
             ))
         })?;
+        // The container's /dev/shm, when the archive carries it (an external mount in the
+        // images): a tmpfs of its own, as the spec says, filled from the archive, bound into
+        // the container by CRIU and detached from here right after (on drop).
+        let devshm = match unpacked.dir.join("devshm-checkpoint.tar") {
+            p if p.exists() => Some(DevShm::fill(
+                &self.storage,
+                &spec,
+                &p,
+                unpacked.trusted_as.is_some(),
+            )?),
+            _ => None,
+        };
         let rootfs = self
             .rootfs_for_restore(&img, &id, &spec, &unpacked, &config, &store)
             .map_err(|e| self.disk_full_hint(e))?;
@@ -172,17 +184,6 @@ impl Runtime {
             .sum();
         ro.auto_dedup |= !opts.keep && !crate::archive::stage::room_for(pages);
         stats.dedup = ro.auto_dedup;
-        // The container's /dev/shm, when the archive carries it (an external mount in the
-        // images): a tmpfs of its own, as the spec says, filled from the archive, bound into
-        // the container by CRIU and detached from here right after.
-        let devshm = match unpacked.dir.join("devshm-checkpoint.tar") {
-            p if p.exists() => Some(
-                DevShm::fill(&self.storage, &spec, &p, unpacked.trusted_as.is_some()).map_err(
-                    |e| with_cleanup(e, ro.image.take().map_or(Ok(()), |i| i.release(&id))),
-                )?,
-            ),
-            _ => None,
-        };
         ro.devshm = devshm.as_ref().map(|d| d.dir.clone());
         let t = Instant::now();
         let restored = self.restore_container(ro);
