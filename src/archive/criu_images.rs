@@ -17,6 +17,10 @@ pub const MM_MAGIC: u32 = 0x5749_2820;
 pub const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 pub const FDINFO_MAGIC: u32 = 0x5621_3732;
 pub const FILES_MAGIC: u32 = 0x5630_3138;
+pub const NETDEV_MAGIC: u32 = 0x5737_3951;
+
+/// `nd_type` of `images/netdev.proto`: the loopback device.
+pub const ND_LOOPBACK: u32 = 1;
 
 /// Why an image could not be read; `image` names the file.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +170,24 @@ pub fn entries(bytes: &[u8], magic: u32) -> Result<Vec<&[u8]>> {
             .ok_or_else(|| format!("an entry of {len} bytes at offset {at} is truncated"))?;
         out.push(entry);
         at += 4 + len;
+    }
+    Ok(out)
+}
+
+/// The links of a network namespace (`netdev-<ns id>.img`): each `net_device_entry`'s
+/// type (field 1) and name (field 5).
+pub fn decode_netdev(bytes: &[u8]) -> Result<Vec<(u32, String)>> {
+    let mut out = Vec::new();
+    for entry in entries(bytes, NETDEV_MAGIC)? {
+        let (mut typ, mut name) = (0, String::new());
+        for f in Fields(entry) {
+            match f? {
+                (1, v) => typ = v.u32(),
+                (5, v) => name = string(v),
+                _ => {}
+            }
+        }
+        out.push((typ, name));
     }
     Ok(out)
 }
@@ -708,6 +730,16 @@ mod tests {
             .sum();
         // pages-1.img holds exactly the present pages.
         assert_eq!(present as usize * 4096, 73728);
+    }
+
+    #[test]
+    fn real_netdev_image_of_a_loopback_only_namespace() {
+        let devs = decode_netdev(&fixture("netdev-10.img")).unwrap();
+        assert_eq!(devs, vec![(ND_LOOPBACK, "lo".to_string())]);
+        assert!(
+            decode_netdev(&fixture("mm-1.img")).is_err(),
+            "magic not checked"
+        );
     }
 
     #[test]

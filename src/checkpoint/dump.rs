@@ -29,6 +29,8 @@ pub struct CheckpointOptions {
     pub lazy_pages: bool,
     pub status_fd: Option<i32>,
     pub auto_dedup: bool,
+    /// Chosen by [`super::netlock::choose`] when None.
+    pub network_lock: Option<crate::criu::NetworkLock>,
     /// CRIU sends the memory through this socket (criu::page_server) instead of writing it
     /// into the image path: `checkpoint -e` archives it while CRIU dumps.
     pub page_sink: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
@@ -69,6 +71,17 @@ fn criu_error(e: crate::criu::Error) -> Error {
 }
 
 impl Container {
+    /// The network lock for a dump of this container with `opts` (checkpoint::netlock).
+    pub(crate) fn network_lock(&self, opts: &CheckpointOptions) -> crate::criu::NetworkLock {
+        super::netlock::choose(
+            opts.network_lock,
+            super::netlock::loopback_only_running(&self.record.spec, self.pid()),
+            opts.tcp_established,
+            &Criu::new(),
+            &self.runtime.root,
+        )
+    }
+
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         self.check_checkpointable()?;
         self.dump(opts)
@@ -221,6 +234,7 @@ impl Container {
             notify_scripts: true,
             status_fd: opts.status_fd,
             config_file: criu_config_file(spec),
+            network_lock: Some(self.network_lock(opts)),
             ..Default::default()
         };
         let mut notify = IgnoreNotifications;

@@ -51,6 +51,8 @@ pub struct ExportStats {
     pub compress_ms: f64,
     pub write_ms: f64,
     pub total_ms: f64,
+    /// How CRIU locked the network namespace (checkpoint::netlock).
+    pub network_lock: &'static str,
     pub images_bytes: u64,
     pub rootfs_diff_bytes: u64,
     pub archive_bytes: u64,
@@ -286,6 +288,13 @@ impl Container {
                 return Err(e);
             }
         };
+
+        // Decided before the freeze: the first answer about criu's nftables costs a criu run.
+        let mut opts = opts.clone();
+        let lock = self.network_lock(&opts.checkpoint);
+        opts.checkpoint.network_lock = Some(lock);
+        stats.network_lock = lock.as_str();
+        let opts = &opts;
 
         // Freeze first: CRIU leaves a frozen cgroup frozen after a dump that leaves the tasks
         // running, so nothing changes between the dump and the rootfs diff.

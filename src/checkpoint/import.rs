@@ -44,6 +44,8 @@ pub struct ImportStats {
     pub stage_reason: String,
     /// Whether CRIU punched out staged pages as it restored them (memory was short).
     pub dedup: bool,
+    /// How CRIU locked the network namespace (checkpoint::netlock).
+    pub network_lock: &'static str,
     pub criu: Option<crate::criu::stats::RestoreStats>,
 }
 
@@ -191,6 +193,7 @@ impl Runtime {
         let restored = restored?;
         stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;
         stats.criu = restored.report.stats.clone();
+        stats.network_lock = restored.network_lock.as_str();
         if opts.detach {
             return Ok((0, opts.keep));
         }

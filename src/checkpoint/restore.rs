@@ -34,6 +34,8 @@ pub struct RestoreOptions {
     pub manage_cgroups_mode: Option<String>,
     pub empty_ns: Vec<String>,
     pub auto_dedup: bool,
+    /// Chosen by [`super::netlock::choose`] when None.
+    pub network_lock: Option<crate::criu::NetworkLock>,
     pub lazy_pages: bool,
     pub status_fd: Option<i32>,
     pub lsm_profile: Option<String>,
@@ -46,10 +48,11 @@ pub struct RestoreOptions {
     pub devshm: Option<PathBuf>,
 }
 
-/// The outcome of a restore: the container, and CRIU's report.
+/// The outcome of a restore: the container, CRIU's report, and the network lock it used.
 pub struct Restored {
     pub container: Container,
     pub report: RestoreReport,
+    pub network_lock: crate::criu::NetworkLock,
 }
 
 impl Runtime {
@@ -203,6 +206,13 @@ impl Runtime {
             &opts.id,
         )
         .map_err(fail)?;
+        let network_lock = super::netlock::choose(
+            opts.network_lock,
+            super::netlock::loopback_only_images(spec, &opts.image_path),
+            opts.tcp_established,
+            &criu,
+            &self.root,
+        );
         let req = RestoreRequest {
             images_dir: opts.image_path.clone(),
             work_dir: opts.work_path.clone(),
@@ -243,6 +253,7 @@ impl Runtime {
             lsm_profile: opts.lsm_profile.clone(),
             lsm_mount_context: opts.lsm_mount_context.clone(),
             config_file: criu_config_file(spec),
+            network_lock: Some(network_lock),
             stdio: None,
         };
 
@@ -303,7 +314,11 @@ impl Runtime {
             Ok(())
         };
         finish().map_err(|e| (e, Some(pid)))?;
-        Ok(Restored { container, report })
+        Ok(Restored {
+            container,
+            report,
+            network_lock,
+        })
     }
 }
 

@@ -54,6 +54,11 @@ pub struct CriuFlags {
     /// Deduplicate the images of incremental dumps
     #[arg(long)]
     pub auto_dedup: bool,
+    /// How CRIU keeps packets away from the container's network namespace while it is
+    /// frozen: iptables, nftables or skip [default: skip for a namespace with only a
+    /// loopback device and no --tcp-established, else nftables when criu can, else iptables]
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub network_lock: Option<NetworkLockArg>,
     /// Keep temporary files (podman's --keep)
     #[arg(long)]
     pub keep: bool,
@@ -73,6 +78,24 @@ pub struct CriuFlags {
     /// Also write the statistics as JSON to FILE (for scripts and `ferry bench`)
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NetworkLockArg {
+    Iptables,
+    Nftables,
+    Skip,
+}
+
+impl NetworkLockArg {
+    pub fn method(self) -> crate::criu::NetworkLock {
+        use crate::criu::NetworkLock;
+        match self {
+            NetworkLockArg::Iptables => NetworkLock::Iptables,
+            NetworkLockArg::Nftables => NetworkLock::Nftables,
+            NetworkLockArg::Skip => NetworkLock::Skip,
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -200,6 +223,7 @@ impl CheckpointArgs {
             lazy_pages: c.lazy_pages,
             status_fd: (c.status_fd >= 0).then_some(c.status_fd),
             auto_dedup: c.auto_dedup,
+            network_lock: c.network_lock.map(NetworkLockArg::method),
             page_sink: None,
             external_devshm: false,
         })

@@ -11,8 +11,8 @@ mod swrk;
 
 pub use notify::{CallbackError, IgnoreNotifications, NotificationLog, Notify};
 pub use options::{
-    CgroupMode, CgroupRoot, DumpRequest, ExtMount, FIRST_EXTRA_FD, InheritFd, JoinNs, PageServer,
-    RestoreRequest,
+    CgroupMode, CgroupRoot, DumpRequest, ExtMount, FIRST_EXTRA_FD, InheritFd, JoinNs, NetworkLock,
+    PageServer, RestoreRequest,
 };
 pub use stats::{DumpStats, RestoreStats};
 
@@ -271,6 +271,60 @@ impl Criu {
             lazy_pages: want.lazy_pages && got.lazy_pages(),
             pidfd_store: want.pidfd_store && got.pidfd_store(),
         })
+    }
+
+    /// Whether this criu can lock a network namespace with nftables (built with libnftables,
+    /// on a kernel with nf_tables set concatenations): `criu check --feature
+    /// network_lock_nftables`. That costs a criu process and its kernel probe (40 ms), so
+    /// the answer is kept in `cache_dir` for this binary and kernel.
+    pub fn nftables_lock(&self, cache_dir: &Path) -> bool {
+        let Some(key) = self.cache_key() else {
+            return false;
+        };
+        let cache = cache_dir.join("criu-nftables-lock");
+        if let Ok(text) = std::fs::read_to_string(&cache)
+            && let Some((k, answer)) = text.trim_end().rsplit_once('\n')
+            && k == key
+        {
+            return answer == "yes";
+        }
+        let yes = std::process::Command::new(&self.binary)
+            .args(["check", "--feature", "network_lock_nftables"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let tmp = cache_dir.join(format!(".criu-nftables-lock.{}", std::process::id()));
+        let text = format!("{key}\n{}\n", if yes { "yes" } else { "no" });
+        if std::fs::create_dir_all(cache_dir).is_ok() && std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &cache);
+        }
+        yes
+    }
+
+    /// The binary as found on PATH, its identity and the running kernel: what a cached
+    /// answer about this criu depends on.
+    fn cache_key(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let path = if self.binary.components().count() > 1 {
+            self.binary.clone()
+        } else {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|d| d.join(&self.binary))
+                .find(|p| p.is_file())?
+        };
+        let m = std::fs::metadata(&path).ok()?;
+        let kernel = nix::sys::utsname::uname().ok()?;
+        Some(format!(
+            "{} {}:{} {} {} {}",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            m.size(),
+            kernel.release().to_string_lossy()
+        ))
     }
 
     /// Checkpoints the tree at `req.pid` into `req.images_dir`. A failed dump leaves the

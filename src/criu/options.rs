@@ -2,8 +2,8 @@
 //! translation into CRIU's RPC `criu_opts`. Translation is pure, so it is unit-tested here.
 
 use rust_criu::rust_criu_protobuf::rpc::{
-    Cgroup_root, Criu_cg_mode, Criu_opts, Criu_page_server_info, Ext_mount_map, Inherit_fd,
-    Join_namespace,
+    Cgroup_root, Criu_cg_mode, Criu_network_lock_method, Criu_opts, Criu_page_server_info,
+    Ext_mount_map, Inherit_fd, Join_namespace,
 };
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -47,6 +47,46 @@ impl CgroupMode {
             CgroupMode::Full => Criu_cg_mode::FULL,
             CgroupMode::Strict => Criu_cg_mode::STRICT,
             CgroupMode::Ignore => Criu_cg_mode::IGNORE,
+        }
+    }
+}
+
+/// How CRIU keeps packets away from a network namespace while its tasks are dumped or
+/// restored (`--network-lock`). The dump and the restore of one netns must agree: a lock
+/// left by one method is not lifted by the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkLock {
+    /// iptables rules, through iptables-restore processes (CRIU's default).
+    Iptables,
+    /// An nftables table, through libnftables inside criu: no processes to start.
+    Nftables,
+    /// No lock: for a namespace nothing can reach, or one locked by someone else.
+    Skip,
+}
+
+impl NetworkLock {
+    pub fn parse(s: &str) -> Option<NetworkLock> {
+        Some(match s {
+            "iptables" => NetworkLock::Iptables,
+            "nftables" => NetworkLock::Nftables,
+            "skip" => NetworkLock::Skip,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkLock::Iptables => "iptables",
+            NetworkLock::Nftables => "nftables",
+            NetworkLock::Skip => "skip",
+        }
+    }
+
+    fn rpc(self) -> Criu_network_lock_method {
+        match self {
+            NetworkLock::Iptables => Criu_network_lock_method::IPTABLES,
+            NetworkLock::Nftables => Criu_network_lock_method::NFTABLES,
+            NetworkLock::Skip => Criu_network_lock_method::SKIP,
         }
     }
 }
@@ -143,6 +183,8 @@ pub struct DumpRequest {
     pub status_fd: Option<RawFd>,
     /// A CRIU configuration file (runc: `org.criu.config` or `/etc/criu/runc.conf`).
     pub config_file: Option<PathBuf>,
+    /// CRIU's default (iptables) when None.
+    pub network_lock: Option<NetworkLock>,
 }
 
 /// What to restore and how: the options runc sets for `runc restore`
@@ -184,6 +226,8 @@ pub struct RestoreRequest {
     pub lsm_profile: Option<String>,
     pub lsm_mount_context: Option<String>,
     pub config_file: Option<PathBuf>,
+    /// CRIU's default (iptables) when None.
+    pub network_lock: Option<NetworkLock>,
     /// criu's stdin, stdout and stderr (runc gives it the container's stdio; a shell job's
     /// restored tasks take theirs from criu). /dev/null, /dev/null and ours when None.
     pub stdio: Option<[OwnedFd; 3]>,
@@ -281,6 +325,9 @@ pub(crate) fn dump_opts(req: &DumpRequest, dirs: DirFds) -> Criu_opts {
     o.cg_root = cg_roots(&req.cg_roots);
     o.notify_scripts = flag(req.notify_scripts);
     o.status_fd = req.status_fd;
+    if let Some(m) = req.network_lock {
+        o.set_network_lock(m.rpc());
+    }
     o.config_file = req.config_file.as_deref().map(path_string);
     o
 }
@@ -339,6 +386,9 @@ pub(crate) fn restore_opts(req: &RestoreRequest, dirs: DirFds) -> Criu_opts {
     o.status_fd = req.status_fd;
     o.lsm_profile = req.lsm_profile.clone();
     o.lsm_mount_context = req.lsm_mount_context.clone();
+    if let Some(m) = req.network_lock {
+        o.set_network_lock(m.rpc());
+    }
     o.config_file = req.config_file.as_deref().map(path_string);
     o
 }

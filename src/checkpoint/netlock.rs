@@ -1,0 +1,137 @@
+//! Which network lock CRIU uses for a container (`--network-lock`, docs/checkpoint.md).
+//!
+//! CRIU locks a network namespace it dumps or restores so that no packet reaches a socket
+//! while its tasks are frozen or half restored. Its default, iptables, starts
+//! iptables-restore (and, to unlock, iptables and iptables-restore again) inside the
+//! namespace: about 50 ms on each side of a checkpoint, whatever the container's size. So:
+//! - a namespace whose only device is the loopback one cannot be reached from outside, and
+//!   every task that could talk to it over loopback is frozen with the container: there is
+//!   nothing to lock (unless `--tcp-established` asks for connections to be carried, where
+//!   the lock stays, to be safe);
+//! - otherwise nftables, which criu does in-process through libnftables, when this criu and
+//!   kernel can (asked once, then cached in the runtime's state directory);
+//! - otherwise CRIU's default.
+//!
+//! A namespace the container joined (a path in the spec, e.g. podman's) is never skipped:
+//! it outlives the container and may be reachable. The choice depends only on the host, the
+//! spec and the images, so a dump and the restore on the same host agree, as they must when
+//! a lock is left in a namespace that outlives the dump.
+
+use crate::archive::criu_images;
+use crate::criu::{Criu, NetworkLock};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::path::Path;
+
+/// The lock for a container whose network namespace is `loopback_only` (see the module
+/// docs), unless the user chose one (`chosen`).
+pub fn choose(
+    chosen: Option<NetworkLock>,
+    loopback_only: bool,
+    tcp_established: bool,
+    criu: &Criu,
+    cache_dir: &Path,
+) -> NetworkLock {
+    if let Some(m) = chosen {
+        return m;
+    }
+    if loopback_only && !tcp_established {
+        NetworkLock::Skip
+    } else if criu.nftables_lock(cache_dir) {
+        NetworkLock::Nftables
+    } else {
+        NetworkLock::Iptables
+    }
+}
+
+/// Whether the spec gives the container a network namespace of its own (not a path to join).
+fn owns_netns(spec: &Spec) -> bool {
+    crate::runtime::namespaces::list(spec)
+        .iter()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_none())
+}
+
+/// At dump: the running container's own namespace has no device but `lo`
+/// (`/proc/<pid>/net/dev` lists the devices of the task's namespace).
+pub fn loopback_only_running(spec: &Spec, pid: i32) -> bool {
+    if !owns_netns(spec) {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/dev")) else {
+        return false;
+    };
+    devices_are_loopback(&text)
+}
+
+/// The device names of `/proc/net/dev` (after its two header lines) are all `lo`.
+fn devices_are_loopback(net_dev: &str) -> bool {
+    let names: Vec<&str> = net_dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
+        .collect();
+    !names.is_empty() && names.iter().all(|n| *n == "lo")
+}
+
+/// At restore: CRIU makes the namespace from the images (the spec does not name one to join)
+/// and every device the images hold (`netdev-*.img`) is a loopback device.
+pub fn loopback_only_images(spec: &Spec, images: &Path) -> bool {
+    if !owns_netns(spec) {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir(images) else {
+        return false;
+    };
+    let mut seen = false;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("netdev-") && name.ends_with(".img")) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            return false;
+        };
+        match criu_images::decode_netdev(&bytes) {
+            Ok(devs)
+                if !devs.is_empty() && devs.iter().all(|(t, _)| *t == criu_images::ND_LOOPBACK) =>
+            {
+                seen = true
+            }
+            _ => return false,
+        }
+    }
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_dev() {
+        let lo = "Inter-|   Receive                            |  Transmit\n \
+                  face |bytes    packets errs drop fifo frame compressed multicast|bytes\n    \
+                  lo:       0       0    0    0    0     0          0         0        0\n";
+        assert!(devices_are_loopback(lo));
+        let veth = format!("{lo}  eth0: 1 2 3 4 5 6 7 8 9\n");
+        assert!(!devices_are_loopback(&veth));
+        assert!(!devices_are_loopback("header\nheader\n"));
+    }
+
+    #[test]
+    fn explicit_choice_wins() {
+        let criu = Criu::with_binary("/nonexistent/criu");
+        let dir = std::env::temp_dir();
+        assert_eq!(
+            choose(Some(NetworkLock::Iptables), true, false, &criu, &dir),
+            NetworkLock::Iptables
+        );
+        assert_eq!(choose(None, true, false, &criu, &dir), NetworkLock::Skip);
+        // Connections to carry keep the lock; a criu that cannot say gets CRIU's default.
+        assert_eq!(choose(None, true, true, &criu, &dir), NetworkLock::Iptables);
+        assert_eq!(
+            choose(None, false, false, &criu, &dir),
+            NetworkLock::Iptables
+        );
+    }
+}
