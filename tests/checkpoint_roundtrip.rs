@@ -95,6 +95,7 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
     // Unpacked into memory (this machine has plenty), and nothing of it left.
     let st = read_stats(&stats);
     assert_eq!(st["stage"], "tmpfs", "{st}");
+    assert_eq!(st["dedup"], true, "{st}");
     assert_eq!(st["network_lock"], "skip", "{st}");
     assert_work_clean(&host);
     let mem = MemHold::at(host.rootfs(&id).join("tmp"));
@@ -199,8 +200,8 @@ fn leave_running_then_a_second_copy_under_a_new_name() {
     mem.wait_count_above(at_dump + 3);
 
     let copy = host.id("lr-copy");
-    // --auto-dedup: CRIU punches the restored pages out of the stage (what ferry does by
-    // itself when memory is short); the copy must still have all of its memory.
+    // CRIU punches the restored pages out of the stage (--auto-dedup, which restore -i
+    // does anyway); the copy must still have all of its memory.
     host.run_quiet(&["restore", "-i", a, "--name", &copy, "-d", "--auto-dedup"])
         .ok();
     host.ferry.wait_status(&copy, "running");

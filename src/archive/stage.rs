@@ -129,24 +129,6 @@ pub fn meminfo_bytes(meminfo: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// Whether memory can hold `bytes` more (a restored process) beside what is staged, with
-/// the same margin the stage keeps: then CRIU need not punch out the staged pages as it
-/// restores them, which costs it about 0.1 s per GiB.
-pub fn room_for(bytes: u64) -> bool {
-    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
-        return false;
-    };
-    match (
-        meminfo_bytes(&meminfo, "MemTotal"),
-        meminfo_bytes(&meminfo, "MemAvailable"),
-    ) {
-        (Some(total), Some(available)) => {
-            available.saturating_sub(MIN_MARGIN.max(total / 20)) >= bytes
-        }
-        _ => false,
-    }
-}
-
 /// "1048576", "64K", "1M", "2G" (binary multiples).
 fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();

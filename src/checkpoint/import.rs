@@ -4,7 +4,7 @@
 //!
 //! The archive is unpacked into a private tmpfs when memory allows (archive/stage.rs): the
 //! images are scratch, read once by CRIU, which punches them out as it restores
-//! (`auto_dedup`), so memory holds them about once, not twice.
+//! (`auto_dedup`), so memory holds them once, not twice.
 
 use crate::archive::reader::{self, Trust, Unpacked};
 use crate::archive::stage::{Place, Stage};
@@ -172,19 +172,12 @@ impl Runtime {
         ro.work_path = Some(unpacked.dir.clone());
         ro.detach = opts.detach;
         ro.image = Some(rootfs);
-        // The stage is ours alone and deleted after the restore. When memory cannot hold the
-        // restored process beside the staged pages, CRIU punches out each page it has
-        // restored, so the stage shrinks as the process grows (memory peaks at about one
-        // copy, not two). With room to spare it does not: punching costs time. Never with
-        // --keep.
-        let pages: u64 = unpacked
-            .manifest
-            .entries
-            .iter()
-            .filter(|e| e.name.starts_with("checkpoint/pages-"))
-            .map(|e| e.size)
-            .sum();
-        ro.auto_dedup |= !opts.keep && !crate::archive::stage::room_for(pages);
+        // The stage is ours alone and deleted after the restore, so CRIU punches out each
+        // page range it has restored: the stage shrinks as the process grows, memory peaks
+        // at one copy rather than two, the process takes the pages the stage just gave
+        // back (on these VMs a second gigabyte of fresh memory cost CRIU 1-1.5 s more), and
+        // nothing is left to free at the end. Never with --keep.
+        ro.auto_dedup |= !opts.keep;
         stats.dedup = ro.auto_dedup;
         ro.devshm = devshm.as_ref().map(|d| d.dir.clone());
         let t = Instant::now();
