@@ -4,6 +4,7 @@
 
 pub mod criu_images;
 pub mod diff;
+pub mod frames;
 pub mod hashing;
 pub mod inspect;
 pub mod manifest;

@@ -46,7 +46,7 @@ fn hint(e: &std::io::Error) -> &'static str {
 enum Encoder<W: Write> {
     Plain(W),
     Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zstd(crate::archive::frames::Frames<W>),
 }
 
 impl<W: Write> Write for Encoder<W> {
@@ -66,7 +66,7 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-impl<W: Write> Encoder<W> {
+impl<W: Write + Send + 'static> Encoder<W> {
     fn new(out: W, c: Compression) -> std::io::Result<Encoder<W>> {
         Ok(match c {
             Compression::None => Encoder::Plain(out),
@@ -75,20 +75,14 @@ impl<W: Write> Encoder<W> {
                 flate2::Compression::fast(),
             )),
             Compression::Zstd => {
-                // Level 1: memory pages gain little from more effort, and time is downtime.
-                let mut z = zstd::stream::write::Encoder::new(out, 1)?;
-                // One worker thread compresses while this thread reads and the hashing
-                // thread hashes: three busy threads already fill two cores, and each more
-                // worker holds its own job buffers. 4 MiB jobs over a 1 MiB window keep them
-                // small whatever the archive's size (ferry's RSS target).
-                z.multithread(1)?;
-                z.set_parameter(zstd::stream::raw::CParameter::WindowLog(20))?;
-                z.set_parameter(zstd::stream::raw::CParameter::JobSize(4 << 20))?;
+                let z = crate::archive::frames::Frames::new(out)?;
                 Encoder::Zstd(z)
             }
         })
     }
+}
 
+impl<W: Write> Encoder<W> {
     fn finish(self) -> std::io::Result<W> {
         match self {
             Encoder::Plain(w) => Ok(w),
@@ -196,7 +190,7 @@ pub struct ArchiveWriter<W: Write> {
     pub progress: crate::progress::Progress,
 }
 
-impl<W: Write> ArchiveWriter<W> {
+impl<W: Write + Send + 'static> ArchiveWriter<W> {
     pub fn new(out: W, compression: Compression) -> Result<ArchiveWriter<W>, Error> {
         let enc = Encoder::new(out, compression).map_err(|source| Error::Write {
             entry: "(compressor)".into(),
@@ -217,7 +211,9 @@ impl<W: Write> ArchiveWriter<W> {
             progress: crate::progress::Progress::hidden(),
         })
     }
+}
 
+impl<W: Write> ArchiveWriter<W> {
     /// Adds `size` bytes read from `data` as the regular file `name`. The header and the
     /// padding are written here rather than by the tar crate, so the data moves in 1 MiB
     /// reads while its digest is computed on other threads.

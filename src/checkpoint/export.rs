@@ -89,6 +89,12 @@ impl<W: Write> Write for Counting<W> {
         self.n += n as u64;
         Ok(n)
     }
+    fn write_vectored(&mut self, b: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        crate::sys::interrupt::check()?;
+        let n = self.time(|w| w.write_vectored(b))?;
+        self.n += n as u64;
+        Ok(n)
+    }
     fn flush(&mut self) -> std::io::Result<()> {
         self.time(|w| w.flush())
     }
@@ -102,9 +108,8 @@ fn open_output(path: &std::path::Path) -> Result<Box<dyn Write + Send>> {
             std::io::stdout(),
         ))
     } else {
-        Box::new(std::io::BufWriter::with_capacity(
-            1 << 20,
-            Durable::new(std::fs::File::create(path).ctx(|| format!("create {}", path.display()))?),
+        Box::new(Durable::new(
+            std::fs::File::create(path).ctx(|| format!("create {}", path.display()))?,
         ))
     })
 }
@@ -113,27 +118,47 @@ fn open_output(path: &std::path::Path) -> Result<Box<dyn Write + Send>> {
 /// host that crashes right after `checkpoint -e` still has the container in the archive.
 /// Writeback is started every few MiB as the archive is written, so that final sync (and
 /// the one the kernel does when the source's overlay is unmounted) finds little left.
+///
+/// It buffers small writes (tar headers, small entries) itself, and writes a large one
+/// (a page part, a raw zstd frame given as slices) with what is buffered in one writev:
+/// std's BufWriter would copy every slice of a vectored write into its buffer first.
 struct Durable {
     file: std::fs::File,
+    pending: Vec<u8>,
     pos: u64,
     started: u64,
 }
 
 impl Durable {
     const STEP: u64 = 32 << 20;
+    const BUFFER: usize = 256 << 10;
 
     fn new(file: std::fs::File) -> Durable {
         Durable {
             file,
+            pending: Vec::with_capacity(Self::BUFFER),
             pos: 0,
             started: 0,
         }
     }
-}
 
-impl Write for Durable {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(b)?;
+    /// Writes what is buffered followed by `more`, all of it.
+    fn write_through(&mut self, more: &[std::io::IoSlice<'_>]) -> std::io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut slices = Vec::with_capacity(more.len() + 1);
+        slices.push(std::io::IoSlice::new(&pending));
+        slices.extend(more.iter().map(|s| std::io::IoSlice::new(s)));
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let r = crate::archive::frames::write_all_vectored(&mut self.file, &mut slices);
+        self.pending = pending;
+        self.pending.clear();
+        r?;
+        self.wrote(total);
+        Ok(())
+    }
+
+    /// Counts `n` bytes written and starts writeback of every full step behind them.
+    fn wrote(&mut self, n: usize) {
         self.pos += n as u64;
         if self.pos - self.started >= Self::STEP {
             use std::os::fd::AsRawFd;
@@ -148,10 +173,30 @@ impl Write for Durable {
             };
             self.started = self.pos;
         }
-        Ok(n)
+    }
+}
+
+impl Write for Durable {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(b)])
+    }
+
+    fn write_vectored(&mut self, b: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let total: usize = b.iter().map(|s| s.len()).sum();
+        if self.pending.len() + total <= Self::BUFFER {
+            for s in b {
+                self.pending.extend_from_slice(s);
+            }
+        } else {
+            self.write_through(b)?;
+        }
+        Ok(total)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.write_through(&[])?;
+        }
         self.file.sync_data()
     }
 }

@@ -1,0 +1,352 @@
+//! The zstd compressor of archives: the stream cut into independent frames of 1 MiB of input
+//! each, made and written by one worker thread while the archive thread goes on.
+//!
+//! Memory pages are often incompressible (random, encrypted or already compressed data),
+//! and zstd spends as long failing to compress a megabyte as compressing it. So each chunk
+//! is first judged by a sample (eight 4 KiB slices spread over it, compressed together): a
+//! chunk whose sample saves under 3% goes out as a frame of raw blocks, which costs a copy;
+//! any other is compressed at level 1. btrfs and ZFS judge their blocks the same way before
+//! compressing them. A chunk misjudged as raw costs its compression, never its bytes.
+//!
+//! Concatenated frames are one valid zstd stream (RFC 8878 §3.1): `zstd -d`, podman's
+//! readers and ferry's own (archive::reader) read it as a whole.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+/// Input per frame.
+pub const CHUNK: usize = 1 << 20;
+/// zstd's level for chunks worth compressing: pages gain little from more effort, and
+/// time is downtime.
+const LEVEL: i32 = 1;
+/// The largest raw block (RFC 8878 §3.1.1.2: min(window, 128 KiB)).
+const RAW_BLOCK: usize = 128 << 10;
+const SAMPLES: usize = 8;
+const SAMPLE: usize = 4 << 10;
+
+/// An io::Error kept to be given again (it is not Clone): an OS error stays one, so that
+/// "the disk is full" is still recognised.
+#[derive(Clone)]
+struct Failed {
+    os: Option<i32>,
+    kind: io::ErrorKind,
+    what: String,
+}
+
+impl Failed {
+    fn of(e: &io::Error) -> Failed {
+        Failed {
+            os: e.raw_os_error(),
+            kind: e.kind(),
+            what: e.to_string(),
+        }
+    }
+
+    fn again(&self) -> io::Error {
+        match self.os {
+            Some(n) => io::Error::from_raw_os_error(n),
+            None => io::Error::new(self.kind, self.what.clone()),
+        }
+    }
+}
+
+enum Msg {
+    Chunk(Vec<u8>),
+    Flush,
+}
+
+pub struct Frames<W> {
+    buf: Vec<u8>,
+    tx: Option<SyncSender<Msg>>,
+    /// Chunk buffers the worker is done with.
+    back: Receiver<Vec<u8>>,
+    worker: Option<JoinHandle<io::Result<W>>>,
+    /// The worker's error, once it has failed: every later call repeats it.
+    failed: Option<Failed>,
+    /// Whether any chunk went to the worker.
+    sent: bool,
+}
+
+impl<W: Write + Send + 'static> Frames<W> {
+    pub fn new(out: W) -> io::Result<Frames<W>> {
+        let (tx, rx) = sync_channel::<Msg>(2);
+        let (back_tx, back) = sync_channel::<Vec<u8>>(4);
+        let mut cctx = zstd::bulk::Compressor::new(LEVEL)?;
+        cctx.include_checksum(false)?;
+        cctx.include_contentsize(true)?;
+        let worker = std::thread::Builder::new()
+            .name("zstd-frames".into())
+            .spawn(move || {
+                let mut out = out;
+                let mut packed = Vec::with_capacity(zstd::zstd_safe::compress_bound(CHUNK));
+                for msg in rx {
+                    match msg {
+                        Msg::Chunk(chunk) => {
+                            write_frame(&mut out, &mut cctx, &chunk, &mut packed)?;
+                            let _ = back_tx.try_send(chunk);
+                        }
+                        Msg::Flush => out.flush()?,
+                    }
+                }
+                Ok(out)
+            })?;
+        Ok(Frames {
+            buf: Vec::with_capacity(CHUNK),
+            tx: Some(tx),
+            back,
+            worker: Some(worker),
+            failed: None,
+            sent: false,
+        })
+    }
+}
+
+impl<W> Frames<W> {
+    /// Sends what is buffered as a frame of its own, then closes the stream; returns the
+    /// output once everything is written.
+    pub fn finish(mut self) -> io::Result<W> {
+        if self.buf.is_empty() && !self.sent {
+            // No input at all is still one (empty) frame, as `zstd` makes of an empty file.
+            self.send(Msg::Chunk(Vec::new()))?;
+        }
+        self.send_chunk()?;
+        self.tx = None;
+        self.join()
+    }
+
+    fn send(&mut self, msg: Msg) -> io::Result<()> {
+        if let Some(f) = &self.failed {
+            return Err(f.again());
+        }
+        let sent = self.tx.as_ref().map(|tx| tx.send(msg));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The worker stopped: its error says why.
+            _ => match self.join() {
+                Err(e) => Err(e),
+                Ok(_) => Err(io::Error::other("the compressor stopped early")),
+            },
+        }
+    }
+
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.back.try_recv().unwrap_or_default();
+        next.clear();
+        next.reserve(CHUNK);
+        let chunk = std::mem::replace(&mut self.buf, next);
+        self.sent = true;
+        self.send(Msg::Chunk(chunk))
+    }
+
+    fn join(&mut self) -> io::Result<W> {
+        let Some(worker) = self.worker.take() else {
+            return Err(match &self.failed {
+                Some(f) => f.again(),
+                None => io::Error::other("the compressor is finished"),
+            });
+        };
+        self.tx = None;
+        let r = worker
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the compressor thread panicked")));
+        if let Err(e) = &r {
+            self.failed = Some(Failed::of(e));
+        }
+        r
+    }
+}
+
+impl<W> Write for Frames<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(f) = &self.failed {
+            return Err(f.again());
+        }
+        let n = (CHUNK - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send_chunk()?;
+        }
+        Ok(n)
+    }
+
+    /// Cuts a frame at this point and has the worker flush the output after it.
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_chunk()?;
+        self.send(Msg::Flush)
+    }
+}
+
+/// Whether a sample of `chunk` saves under 3% compressed.
+fn incompressible(cctx: &mut zstd::bulk::Compressor<'_>, chunk: &[u8]) -> io::Result<bool> {
+    if chunk.len() < SAMPLES * SAMPLE * 2 {
+        return Ok(false);
+    }
+    let step = chunk.len() / SAMPLES;
+    let mut sample = Vec::with_capacity(SAMPLES * SAMPLE);
+    for i in 0..SAMPLES {
+        sample.extend_from_slice(&chunk[i * step..i * step + SAMPLE]);
+    }
+    let packed = cctx.compress(&sample)?;
+    Ok(packed.len() * 100 > sample.len() * 97)
+}
+
+fn write_frame<W: Write>(
+    out: &mut W,
+    cctx: &mut zstd::bulk::Compressor<'_>,
+    chunk: &[u8],
+    packed: &mut Vec<u8>,
+) -> io::Result<()> {
+    if incompressible(cctx, chunk)? {
+        return write_raw_frame(out, chunk);
+    }
+    packed.clear();
+    cctx.compress_to_buffer(chunk, packed)?;
+    out.write_all(packed)
+}
+
+/// A frame of raw blocks (RFC 8878 §3.1.1): magic, a header of one segment whose content
+/// size is given in 4 bytes, then blocks of at most 128 KiB, the last one marked. One
+/// vectored write: a buffered output passes it straight to the file, without a copy.
+fn write_raw_frame<W: Write>(out: &mut W, chunk: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; 9];
+    header[..4].copy_from_slice(&zstd::zstd_safe::MAGICNUMBER.to_le_bytes());
+    // Frame_Content_Size_flag 2 (4 bytes), Single_Segment_flag, no checksum, no dictionary.
+    header[4] = (2 << 6) | (1 << 5);
+    header[5..9].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+    let blocks: Vec<&[u8]> = if chunk.is_empty() {
+        vec![&[]]
+    } else {
+        chunk.chunks(RAW_BLOCK).collect()
+    };
+    // Block_Header: Last_Block, Block_Type 0 (raw), Block_Size; 3 bytes little-endian.
+    let heads: Vec<[u8; 3]> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let h = (i + 1 == blocks.len()) as u32 | ((b.len() as u32) << 3);
+            let h = h.to_le_bytes();
+            [h[0], h[1], h[2]]
+        })
+        .collect();
+    let mut slices = vec![io::IoSlice::new(&header)];
+    for (h, b) in heads.iter().zip(&blocks) {
+        slices.push(io::IoSlice::new(h));
+        slices.push(io::IoSlice::new(b));
+    }
+    write_all_vectored(out, &mut slices)
+}
+
+/// `Write::write_all_vectored`, which is not stable.
+pub fn write_all_vectored<W: Write + ?Sized>(
+    out: &mut W,
+    mut slices: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        zstd::stream::read::Decoder::new(bytes)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn random_goes_raw_text_is_compressed_and_both_decode_as_one_stream() {
+        let noise = random(3 * CHUNK + 12345, 7);
+        let text: Vec<u8> = b"the same line again and again, with a counter: "
+            .iter()
+            .cycle()
+            .take(2 * CHUNK + 99)
+            .copied()
+            .collect();
+        let mut input = noise.clone();
+        input.extend_from_slice(&text);
+        let mut f = Frames::new(Vec::new()).unwrap();
+        // Odd write sizes cross chunk boundaries.
+        for piece in input.chunks(300_007) {
+            f.write_all(piece).unwrap();
+        }
+        let out = f.finish().unwrap();
+        assert_eq!(decode(&out), input);
+        // Raw frames cost 9 bytes and 3 per 128 KiB; the text shrinks to almost nothing.
+        let raw = noise.len() + 4 * 9 + 3 * noise.len().div_ceil(RAW_BLOCK) + 3 * 8;
+        assert!(out.len() < raw + (64 << 10), "{} vs {raw}", out.len());
+        assert!(out.len() > noise.len(), "noise cannot shrink");
+    }
+
+    #[test]
+    fn empty_short_and_flushed_streams_decode() {
+        let f = Frames::new(Vec::new()).unwrap();
+        assert_eq!(decode(&f.finish().unwrap()), b"");
+        let mut f = Frames::new(Vec::new()).unwrap();
+        f.write_all(b"abc").unwrap();
+        f.flush().unwrap();
+        f.write_all(b"def").unwrap();
+        assert_eq!(decode(&f.finish().unwrap()), b"abcdef");
+        // A raw frame of exactly one block and of none.
+        for n in [RAW_BLOCK, 0, 1] {
+            let data = random(n, 3);
+            let mut out = Vec::new();
+            write_raw_frame(&mut out, &data).unwrap();
+            assert_eq!(decode(&out), data, "{n} bytes");
+        }
+    }
+
+    /// An output that fails after a while: the error comes back to the writer, not a hang.
+    #[test]
+    fn the_outputs_error_reaches_the_writer() {
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                if self.0 < b.len() {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                self.0 -= b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut f = Frames::new(Full(2 * CHUNK)).unwrap();
+        let data = random(CHUNK, 9);
+        let err = (0..16)
+            .find_map(|_| f.write_all(&data).err())
+            .or_else(|| f.finish().err())
+            .expect("writing 16 MiB into 2 MiB succeeded");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    }
+}
