@@ -101,6 +101,10 @@ fn is_allowed(name: &str) -> Result<(), String> {
 }
 
 /// Opens the (possibly compressed) tar stream, recognising zstd and gzip by their magic.
+///
+/// An uncompressed stream keeps a small buffer: tar reads the 512-byte headers through it,
+/// and a megabyte of entry data read past an empty buffer goes from the file straight into
+/// the caller's, where a buffer as large as that would have every byte copied once more.
 pub fn decompressed(input: impl Read + 'static) -> std::io::Result<Box<dyn Read>> {
     let mut r = BufReader::with_capacity(1 << 20, input);
     let head = r.fill_buf()?.to_vec();
@@ -109,8 +113,35 @@ pub fn decompressed(input: impl Read + 'static) -> std::io::Result<Box<dyn Read>
     } else if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::GzDecoder::new(r))
     } else {
-        Box::new(r)
+        Box::new(Rebuffered {
+            head: r.buffer().to_vec(),
+            at: 0,
+            inner: BufReader::with_capacity(16 << 10, r.into_inner()),
+        })
     })
+}
+
+/// What a large buffer already held, then the rest through a small one.
+struct Rebuffered<R> {
+    head: Vec<u8>,
+    at: usize,
+    inner: BufReader<R>,
+}
+
+impl<R: Read> Read for Rebuffered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at < self.head.len() {
+            let n = buf.len().min(self.head.len() - self.at);
+            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.head.len() {
+                self.head = Vec::new();
+                self.at = 0;
+            }
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Unpacks into `dest` on disk (which must not exist) and verifies. `dest` holds the entries
