@@ -51,8 +51,16 @@ impl Failed {
     }
 }
 
+/// A buffer others read too (archive::hashing hashes it meanwhile).
+pub type Shared = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// What [`Frames::write_shared`] takes as a frame of its own rather than copying it: a
+/// smaller buffer would make a frame too small to compress well.
+pub const SHARED_MIN: usize = 64 << 10;
+
 enum Msg {
     Chunk(Vec<u8>),
+    Shared(Shared),
     Flush,
 }
 
@@ -86,6 +94,9 @@ impl<W: Write + Send + 'static> Frames<W> {
                             write_frame(&mut out, &mut cctx, &chunk, &mut packed)?;
                             let _ = back_tx.try_send(chunk);
                         }
+                        Msg::Shared(buf) => {
+                            write_frame(&mut out, &mut cctx, (*buf).as_ref(), &mut packed)?
+                        }
                         Msg::Flush => out.flush()?,
                     }
                 }
@@ -113,6 +124,17 @@ impl<W> Frames<W> {
         self.send_chunk()?;
         self.tx = None;
         self.join()
+    }
+
+    /// Writes `buf` without copying it: what is buffered goes out as a frame, then `buf` as
+    /// one of its own (when it is at least [`SHARED_MIN`]; a smaller one is copied).
+    pub fn write_shared(&mut self, buf: Shared) -> io::Result<()> {
+        if (*buf).as_ref().len() < SHARED_MIN {
+            return self.write_all((*buf).as_ref());
+        }
+        self.send_chunk()?;
+        self.sent = true;
+        self.send(Msg::Shared(buf))
     }
 
     fn send(&mut self, msg: Msg) -> io::Result<()> {
@@ -305,6 +327,22 @@ mod tests {
         let raw = noise.len() + 4 * 9 + 3 * noise.len().div_ceil(RAW_BLOCK) + 3 * 8;
         assert!(out.len() < raw + (64 << 10), "{} vs {raw}", out.len());
         assert!(out.len() > noise.len(), "noise cannot shrink");
+    }
+
+    #[test]
+    fn shared_buffers_are_frames_of_their_own_in_order() {
+        let a = random(CHUNK, 1);
+        let b = random(100, 2);
+        let mut f = Frames::new(Vec::new()).unwrap();
+        f.write_all(b"head").unwrap();
+        f.write_shared(std::sync::Arc::new(a.clone())).unwrap();
+        f.write_shared(std::sync::Arc::new(b.clone())).unwrap();
+        f.write_all(b"tail").unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&a);
+        want.extend_from_slice(&b);
+        want.extend_from_slice(b"tail");
+        assert_eq!(decode(&f.finish().unwrap()), want);
     }
 
     #[test]

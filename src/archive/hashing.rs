@@ -3,7 +3,8 @@
 //! verifying an archive, so it must not wait for the I/O or stall it.
 
 use sha2::{Digest, Sha256};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 /// How much is handed to a hashing thread at once.
@@ -21,13 +22,44 @@ pub struct Hashers {
     /// Hashed buffers the caller's pool did not take, for [`buffer`](Self::buffer): fresh
     /// ones would be fresh pages, and touching fresh memory is slow on these VMs.
     pool: Receiver<Vec<u8>>,
+    pool_tx: SyncSender<Vec<u8>>,
+    recycle: Option<SyncSender<Vec<u8>>>,
     jobs: usize,
     current: Option<usize>,
 }
 
 enum Msg {
-    Data(Vec<u8>),
+    Data(Arc<Recycled>),
     End(usize),
+}
+
+/// A filled buffer that may be read by several threads at once (a hashing thread and the
+/// compressor, see [`Hashers::share`]); the last one done with it sends it back for reuse:
+/// first to the caller's pool, else to the hashers' own.
+pub struct Recycled {
+    buf: Vec<u8>,
+    recycle: Option<SyncSender<Vec<u8>>>,
+    pool: SyncSender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let buf = match &self.recycle {
+            Some(r) => match r.try_send(buf) {
+                Ok(()) => return,
+                Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => b,
+            },
+            None => buf,
+        };
+        let _ = self.pool.try_send(buf);
+    }
 }
 
 impl Hashers {
@@ -45,26 +77,15 @@ impl Hashers {
         let mut handles = vec![];
         for _ in 0..threads {
             let (tx, rx) = sync_channel::<Msg>(4);
-            let (done, pool_tx, recycle) = (done.clone(), pool_tx.clone(), recycle.clone());
+            let done = done.clone();
             handles.push(std::thread::spawn(move || {
                 let mut h = Sha256::new();
                 let mut n = 0u64;
                 for msg in rx {
                     match msg {
                         Msg::Data(buf) => {
-                            h.update(&buf);
-                            n += buf.len() as u64;
-                            let buf = match &recycle {
-                                Some(r) => match r.try_send(buf) {
-                                    Ok(()) => continue,
-                                    Err(
-                                        std::sync::mpsc::TrySendError::Full(b)
-                                        | std::sync::mpsc::TrySendError::Disconnected(b),
-                                    ) => b,
-                                },
-                                None => buf,
-                            };
-                            let _ = pool_tx.try_send(buf);
+                            h.update(buf.as_ref().as_ref());
+                            n += buf.buf.len() as u64;
                         }
                         Msg::End(job) => {
                             let digest = std::mem::take(&mut h).finalize().into();
@@ -82,6 +103,8 @@ impl Hashers {
             handles,
             results,
             pool,
+            pool_tx,
+            recycle,
             jobs: 0,
             current: None,
         }
@@ -105,6 +128,24 @@ impl Hashers {
 
     /// Hands over the entry's next bytes. Fails only when a hashing thread died.
     pub fn update_owned(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        let shared = self.share(buf);
+        self.update_shared(shared)
+    }
+
+    /// `buf`, to be read by the hashing thread and someone else ([`update_shared`]), and
+    /// recycled when both are done.
+    ///
+    /// [`update_shared`]: Self::update_shared
+    pub fn share(&self, buf: Vec<u8>) -> Arc<Recycled> {
+        Arc::new(Recycled {
+            buf,
+            recycle: self.recycle.clone(),
+            pool: self.pool_tx.clone(),
+        })
+    }
+
+    /// [`update_owned`](Self::update_owned) of a buffer [`share`](Self::share)d.
+    pub fn update_shared(&mut self, buf: Arc<Recycled>) -> std::io::Result<()> {
         let w = self.current.expect("begin() before update_owned()");
         self.workers[w]
             .send(Msg::Data(buf))

@@ -83,6 +83,14 @@ impl<W: Write + Send + 'static> Encoder<W> {
 }
 
 impl<W: Write> Encoder<W> {
+    /// Writes a buffer someone else reads too; zstd takes it without a copy.
+    fn write_shared(&mut self, buf: crate::archive::frames::Shared) -> std::io::Result<()> {
+        match self {
+            Encoder::Zstd(z) => z.write_shared(buf),
+            other => other.write_all((*buf).as_ref()),
+        }
+    }
+
     fn finish(self) -> std::io::Result<W> {
         match self {
             Encoder::Plain(w) => Ok(w),
@@ -97,6 +105,15 @@ impl<W: Write> Encoder<W> {
 struct Timed<W> {
     inner: W,
     spent: std::time::Duration,
+}
+
+impl<W: Write> Timed<Encoder<W>> {
+    fn write_shared(&mut self, buf: crate::archive::frames::Shared) -> std::io::Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.inner.write_shared(buf);
+        self.spent += t.elapsed();
+        r
+    }
 }
 
 impl<W: Write> Write for Timed<W> {
@@ -310,9 +327,11 @@ impl<W: Write> ArchiveWriter<W> {
         let out = self.tar.get_mut();
         out.write_all(header.as_bytes())?;
         while let Some(buf) = next(hashers)? {
-            out.write_all(&buf)?;
             self.progress.inc(buf.len() as u64);
-            hashers.update_owned(buf)?;
+            // Read by the compressor and a hashing thread at once, recycled after both.
+            let buf = hashers.share(buf);
+            out.write_shared(buf.clone())?;
+            hashers.update_shared(buf)?;
         }
         hashers.end()?;
         let pad = (512 - (size % 512) as usize) % 512;
