@@ -294,29 +294,44 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
         prepare(o)?;
         let mut rows = vec![];
         for &mib in &o.sizes_mib {
-            for c in &o.compressions {
-                // The floor right before each ferry round, so both see the same host state;
-                // of `repeat` such pairs, the best of each side counts (noise on these VMs
-                // only ever adds time), and the worst peak RSS.
-                let mut best_floor: Option<(Duration, Duration)> = None;
-                let mut best: Option<Row> = None;
-                let mut rss = 0;
-                for _ in 0..o.repeat.max(1) {
+            // A floor right before each ferry round, so both see the same host state; the
+            // compressions take turns within each repeat, so none of them gets all its runs
+            // in a slow stretch of the VM (single runs drift up to 2x over minutes). Of the
+            // `repeat` pairs of each, the best of each side counts (noise on these VMs only
+            // ever adds time), and the worst peak RSS.
+            struct Best {
+                floor: Option<(Duration, Duration)>,
+                ferry: Option<Row>,
+                rss: i64,
+            }
+            let mut best: Vec<Best> = o
+                .compressions
+                .iter()
+                .map(|_| Best {
+                    floor: None,
+                    ferry: None,
+                    rss: 0,
+                })
+                .collect();
+            for _ in 0..o.repeat.max(1) {
+                for (c, b) in o.compressions.iter().zip(best.iter_mut()) {
                     let (d, r) = floor(o, mib)?;
-                    if best_floor.is_none_or(|(bd, br)| d + r < bd + br) {
-                        best_floor = Some((d, r));
+                    if b.floor.is_none_or(|(bd, br)| d + r < bd + br) {
+                        b.floor = Some((d, r));
                     }
                     let row = ferry_round(o, mib, c)?;
-                    rss = rss.max(row.peak_rss_kib);
-                    if best.as_ref().is_none_or(|b| row.ferry_ms < b.ferry_ms) {
-                        best = Some(row);
+                    b.rss = b.rss.max(row.peak_rss_kib);
+                    if b.ferry.as_ref().is_none_or(|f| row.ferry_ms < f.ferry_ms) {
+                        b.ferry = Some(row);
                     }
                 }
-                let (Some(mut row), Some((d, r))) = (best, best_floor) else {
+            }
+            for b in best {
+                let (Some(mut row), Some((d, r))) = (b.ferry, b.floor) else {
                     continue;
                 };
                 row.runs = o.repeat.max(1);
-                row.peak_rss_kib = rss;
+                row.peak_rss_kib = b.rss;
                 row.floor_dump_ms = ms(d);
                 row.floor_restore_ms = ms(r);
                 row.floor_ms = ms(d + r);

@@ -28,8 +28,9 @@ pub enum BenchCommand {
         /// Print JSON rows instead of a table
         #[arg(long)]
         json: bool,
-        /// Runs of each size and compression, floor and ferry alternating; the fastest of
-        /// each side counts (noise only ever adds time)
+        /// Runs of each size and compression, floor and ferry alternating and the
+        /// compressions taking turns; the fastest of each side counts (noise only ever adds
+        /// time)
         #[arg(long, default_value_t = 3)]
         repeat: u32,
     },
