@@ -4,12 +4,14 @@
 //! Memory pages are often incompressible (random, encrypted or already compressed data),
 //! and zstd spends as long failing to compress a megabyte as compressing it. So each chunk
 //! is first judged by a sample (eight 4 KiB slices spread over it, compressed together): a
-//! chunk whose sample saves under 3% goes out as a frame of raw blocks, which costs a copy;
-//! any other is compressed at level 1. btrfs and ZFS judge their blocks the same way before
-//! compressing them. A chunk misjudged as raw costs its compression, never its bytes.
+//! chunk whose sample saves under 3% goes out as a frame of raw blocks, written with one
+//! writev; any other is compressed at level 1. btrfs and ZFS judge their blocks the same way
+//! before compressing them. A chunk misjudged as raw costs its compression, never its bytes.
+//! A page part (archive::pages) is a frame of its own, taken without a copy
+//! ([`Frames::write_shared`]); tar headers and small entries are gathered into chunks.
 //!
-//! Concatenated frames are one valid zstd stream (RFC 8878 §3.1): `zstd -d`, podman's
-//! readers and ferry's own (archive::reader) read it as a whole.
+//! Concatenated frames are one valid zstd stream (RFC 8878 §3.1): `zstd -d` and ferry's
+//! own reader (archive::reader, through the zstd crate's decoder) read it as a whole.
 
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
