@@ -281,7 +281,8 @@ impl Criu {
         let Some(key) = self.cache_key() else {
             return false;
         };
-        let cache = cache_dir.join("criu-nftables-lock");
+        // '@' is not allowed in a container id, so this can never be a container's directory.
+        let cache = cache_dir.join("criu@nftables-lock");
         if let Ok(text) = std::fs::read_to_string(&cache)
             && let Some((k, answer)) = text.trim_end().rsplit_once('\n')
             && k == key
@@ -295,7 +296,7 @@ impl Criu {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        let tmp = cache_dir.join(format!(".criu-nftables-lock.{}", std::process::id()));
+        let tmp = cache_dir.join(format!("criu@nftables-lock.{}", std::process::id()));
         let text = format!("{key}\n{}\n", if yes { "yes" } else { "no" });
         if std::fs::create_dir_all(cache_dir).is_ok() && std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, &cache);
