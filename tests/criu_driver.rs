@@ -105,6 +105,36 @@ fn version_is_4_or_later() {
     assert!(v.at_least(4, 0));
 }
 
+/// `nftables_lock` agrees with `criu check`, keeps its answer per binary and kernel, and
+/// asks again when the answer on file is for another binary.
+#[test]
+fn the_nftables_lock_answer_is_criu_checks_and_is_kept() {
+    let criu = criu();
+    let dir = tempfile::tempdir().unwrap();
+    let direct = Command::new(criu.binary())
+        .args(["check", "--feature", "network_lock_nftables"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert_eq!(criu.nftables_lock(dir.path()), direct);
+    let cache = dir.path().join("criu@nftables-lock");
+    let text = std::fs::read_to_string(&cache).expect("no answer kept");
+    let (key, answer) = text.trim_end().rsplit_once('\n').unwrap();
+    assert_eq!(answer, if direct { "yes" } else { "no" });
+    // The kept answer is what is used: flipped on file, it is what comes back.
+    let flipped = if direct { "no" } else { "yes" };
+    std::fs::write(&cache, format!("{key}\n{flipped}\n")).unwrap();
+    assert_eq!(criu.nftables_lock(dir.path()), !direct);
+    // An answer about another binary (or kernel) is not: criu is asked again.
+    std::fs::write(&cache, format!("/elsewhere/criu 1:2 3 4 5.0\n{flipped}\n")).unwrap();
+    assert_eq!(criu.nftables_lock(dir.path()), direct);
+    // A criu that cannot be found gets no answer, and nothing is kept for it.
+    let none = tempfile::tempdir().unwrap();
+    assert!(!Criu::with_binary("/nonexistent/criu").nftables_lock(none.path()));
+    assert!(!none.path().join("criu@nftables-lock").exists());
+}
+
 #[test]
 fn a_missing_criu_binary_says_how_to_get_one() {
     let e = Criu::with_binary("/nonexistent/criu")
