@@ -118,6 +118,63 @@ mod tests {
         assert!(!devices_are_loopback("header\nheader\n"));
     }
 
+    /// A `netdev-*.img` of one device of type `typ` named `name`.
+    fn netdev(typ: u8, name: &str) -> Vec<u8> {
+        let mut entry = vec![0x08, typ, 0x2a, name.len() as u8];
+        entry.extend_from_slice(name.as_bytes());
+        let mut img = criu_images::NETDEV_MAGIC.to_le_bytes().to_vec();
+        img.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        img.extend_from_slice(&entry);
+        img
+    }
+
+    #[test]
+    fn images_of_only_loopback_in_a_namespace_of_its_own() {
+        let spec = Spec::default();
+        assert!(
+            owns_netns(&spec),
+            "the default spec has a network namespace"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // No netdev image: nothing says the namespace is only lo.
+        assert!(!loopback_only_images(&spec, dir.path()));
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/archive/testdata/criu");
+        std::fs::copy(real.join("netdev-10.img"), dir.path().join("netdev-10.img")).unwrap();
+        assert!(loopback_only_images(&spec, dir.path()));
+        // A second namespace with a veth in it.
+        std::fs::write(dir.path().join("netdev-11.img"), netdev(2, "eth0")).unwrap();
+        assert!(!loopback_only_images(&spec, dir.path()));
+        std::fs::write(dir.path().join("netdev-11.img"), netdev(1, "lo")).unwrap();
+        assert!(loopback_only_images(&spec, dir.path()));
+        // Unreadable as a netdev image: not known to be only lo.
+        std::fs::write(dir.path().join("netdev-11.img"), b"garbage").unwrap();
+        assert!(!loopback_only_images(&spec, dir.path()));
+    }
+
+    #[test]
+    fn a_joined_namespace_is_never_only_loopback() {
+        use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
+        let ns = LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path("/var/run/netns/x")
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default()
+            .linux(
+                LinuxBuilder::default()
+                    .namespaces(vec![ns])
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert!(!owns_netns(&spec));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("netdev-10.img"), netdev(1, "lo")).unwrap();
+        assert!(!loopback_only_images(&spec, dir.path()));
+        assert!(!loopback_only_running(&spec, std::process::id() as i32));
+    }
+
     #[test]
     fn explicit_choice_wins() {
         let criu = Criu::with_binary("/nonexistent/criu");
