@@ -602,3 +602,49 @@ fn criu_has_nftables_lock() -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// A process of someone else's in the container's network namespace (a pod's other
+/// container, `ip netns exec`) could reach it over lo while it is frozen: the lock stays,
+/// although the namespace holds nothing but lo. Alone in it, the container is not locked.
+#[test]
+fn a_shared_network_namespace_is_locked_even_with_only_lo() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("netshare");
+    host.run_image("bb", &id, &["/bin/sh", "-c", "while :; do sleep 1; done"]);
+    let pid = host.ferry.pid(&id);
+    let lock_of = |name: &str| {
+        let archive = host.ferry.scratch().join(format!("{name}.tar"));
+        let stats = host.ferry.scratch().join(format!("{name}.json"));
+        host.run(&[
+            "checkpoint",
+            &id,
+            "-e",
+            archive.to_str().unwrap(),
+            "--leave-running",
+            "--stats-file",
+            stats.to_str().unwrap(),
+        ])
+        .ok();
+        read_stats(&stats)["network_lock"].clone()
+    };
+    assert_eq!(lock_of("alone"), "skip");
+    let mut guest = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("nsenter (util-linux)");
+    let ns = |p: u32| fs::read_link(format!("/proc/{p}/ns/net")).ok();
+    wait_for("the guest to enter the namespace", WAIT, || {
+        ns(guest.id()) == ns(pid as u32)
+    });
+    let shared = lock_of("shared");
+    let _ = guest.kill();
+    let _ = guest.wait();
+    assert_ne!(
+        shared, "skip",
+        "a namespace with a guest in it was left unlocked"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+}

@@ -73,9 +73,15 @@ fn criu_error(e: crate::criu::Error) -> Error {
 impl Container {
     /// The network lock for a dump of this container with `opts` (checkpoint::netlock).
     pub(crate) fn network_lock(&self, opts: &CheckpointOptions) -> crate::criu::NetworkLock {
+        // Only lo, and no process of anyone else's in the namespace: every task that could
+        // send to the container's sockets is frozen with it.
+        let inside = self.cgroup().and_then(|c| c.pids()).unwrap_or_default();
+        let unreachable = super::netlock::loopback_only_running(&self.record.spec, self.pid())
+            && !inside.is_empty()
+            && !super::netlock::netns_shared(self.pid(), &inside);
         super::netlock::choose(
             opts.network_lock,
-            super::netlock::loopback_only_running(&self.record.spec, self.pid()),
+            unreachable,
             opts.tcp_established,
             &Criu::new(),
             &self.runtime.root,

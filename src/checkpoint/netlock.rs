@@ -4,10 +4,11 @@
 //! while its tasks are frozen or half restored. Its default, iptables, starts
 //! iptables-restore (and, to unlock, iptables and iptables-restore again) inside the
 //! namespace: about 50 ms on each side of a checkpoint, whatever the container's size. So:
-//! - a namespace whose only device is the loopback one cannot be reached from outside, and
-//!   every task that could talk to it over loopback is frozen with the container: there is
-//!   nothing to lock (unless `--tcp-established` asks for connections to be carried, where
-//!   the lock stays, to be safe);
+//! - a namespace whose only device is the loopback one, and with no process in it but the
+//!   container's, cannot be reached from outside, and every task that could talk to it over
+//!   loopback is frozen with the container: there is nothing to lock (unless
+//!   `--tcp-established` asks for connections to be carried, where the lock stays, to be
+//!   safe);
 //! - otherwise nftables, which criu does in-process through libnftables, when this criu and
 //!   kernel can (asked once, then cached in the runtime's state directory);
 //! - otherwise CRIU's default.
@@ -60,6 +61,27 @@ pub fn loopback_only_running(spec: &Spec, pid: i32) -> bool {
         return false;
     };
     devices_are_loopback(&text)
+}
+
+/// Whether a process other than `inside` (the container's) is in the network namespace of
+/// `pid`: a pod's other containers, or `ip netns exec`, could then reach the container's
+/// sockets over lo while it is frozen. Every process's `/proc/<pid>/ns/net` is compared; a
+/// process that cannot be read (it went away) does not count. An error reading /proc
+/// counts as shared.
+pub fn netns_shared(pid: i32, inside: &[i32]) -> bool {
+    let Ok(ours) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
+        return true;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    procs.flatten().any(|e| {
+        let Some(other) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            return false;
+        };
+        !inside.contains(&other)
+            && std::fs::read_link(format!("/proc/{other}/ns/net")).is_ok_and(|ns| ns == ours)
+    })
 }
 
 /// The device names of `/proc/net/dev` (after its two header lines) are all `lo`.
@@ -173,6 +195,15 @@ mod tests {
         std::fs::write(dir.path().join("netdev-10.img"), netdev(1, "lo")).unwrap();
         assert!(!loopback_only_images(&spec, dir.path()));
         assert!(!loopback_only_running(&spec, std::process::id() as i32));
+    }
+
+    #[test]
+    fn our_own_namespace_is_shared_with_the_rest_of_the_host() {
+        let me = std::process::id() as i32;
+        // The test runs in the host's namespace, with init and everyone else.
+        assert!(netns_shared(me, &[me]));
+        // A process that does not exist has no namespace to be sure of.
+        assert!(netns_shared(i32::MAX, &[]));
     }
 
     #[test]
