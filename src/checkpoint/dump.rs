@@ -73,6 +73,9 @@ fn criu_error(e: crate::criu::Error) -> Error {
 impl Container {
     /// The network lock for a dump of this container with `opts` (checkpoint::netlock).
     pub(crate) fn network_lock(&self, opts: &CheckpointOptions) -> crate::criu::NetworkLock {
+        if let Some(chosen) = opts.network_lock {
+            return chosen;
+        }
         // Only lo, and no process of anyone else's in the namespace: every task that could
         // send to the container's sockets is frozen with it.
         let inside = self.cgroup().and_then(|c| c.pids()).unwrap_or_default();
