@@ -73,18 +73,12 @@ fn criu_error(e: crate::criu::Error) -> Error {
 impl Container {
     /// The network lock for a dump of this container with `opts` (checkpoint::netlock).
     pub(crate) fn network_lock(&self, opts: &CheckpointOptions) -> crate::criu::NetworkLock {
-        if let Some(chosen) = opts.network_lock {
-            return chosen;
-        }
-        // Only lo, and no process of anyone else's in the namespace: every task that could
-        // send to the container's sockets is frozen with it.
-        let inside = self.cgroup().and_then(|c| c.pids()).unwrap_or_default();
-        let unreachable = super::netlock::loopback_only_running(&self.record.spec, self.pid())
-            && !inside.is_empty()
-            && !super::netlock::netns_shared(self.pid(), &inside);
         super::netlock::choose(
             opts.network_lock,
-            unreachable,
+            || {
+                let inside = self.cgroup().and_then(|c| c.pids()).unwrap_or_default();
+                super::netlock::unreachable_running(&self.record.spec, self.pid(), &inside)
+            },
             opts.tcp_established,
             &Criu::new(),
             &self.runtime.root,

@@ -23,11 +23,12 @@ use crate::criu::{Criu, NetworkLock};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::path::Path;
 
-/// The lock for a container whose network namespace is `loopback_only` (see the module
-/// docs), unless the user chose one (`chosen`).
+/// The lock the user chose, else the one for a container whose network namespace
+/// `unreachable` says nothing outside it can reach (see the module docs). `unreachable` is
+/// asked only when its answer matters: at dump it reads every process's namespace.
 pub fn choose(
     chosen: Option<NetworkLock>,
-    loopback_only: bool,
+    unreachable: impl FnOnce() -> bool,
     tcp_established: bool,
     criu: &Criu,
     cache_dir: &Path,
@@ -35,7 +36,7 @@ pub fn choose(
     if let Some(m) = chosen {
         return m;
     }
-    if loopback_only && !tcp_established {
+    if !tcp_established && unreachable() {
         NetworkLock::Skip
     } else if criu.nftables_lock(cache_dir) {
         NetworkLock::Nftables
@@ -61,6 +62,13 @@ pub fn loopback_only_running(spec: &Spec, pid: i32) -> bool {
         return false;
     };
     devices_are_loopback(&text)
+}
+
+/// At dump: nothing outside the running container can reach its namespace. The namespace is
+/// its own and holds only lo ([`loopback_only_running`]), and no process but `inside` (the
+/// container's) is in it ([`netns_shared`]).
+pub fn unreachable_running(spec: &Spec, pid: i32, inside: &[i32]) -> bool {
+    loopback_only_running(spec, pid) && !inside.is_empty() && !netns_shared(pid, inside)
 }
 
 /// Whether a process other than `inside` (the container's) is in the network namespace of
@@ -211,14 +219,17 @@ mod tests {
         let criu = Criu::with_binary("/nonexistent/criu");
         let dir = std::env::temp_dir();
         assert_eq!(
-            choose(Some(NetworkLock::Iptables), true, false, &criu, &dir),
+            choose(Some(NetworkLock::Iptables), || true, false, &criu, &dir),
             NetworkLock::Iptables
         );
-        assert_eq!(choose(None, true, false, &criu, &dir), NetworkLock::Skip);
+        assert_eq!(choose(None, || true, false, &criu, &dir), NetworkLock::Skip);
         // Connections to carry keep the lock; a criu that cannot say gets CRIU's default.
-        assert_eq!(choose(None, true, true, &criu, &dir), NetworkLock::Iptables);
         assert_eq!(
-            choose(None, false, false, &criu, &dir),
+            choose(None, || true, true, &criu, &dir),
+            NetworkLock::Iptables
+        );
+        assert_eq!(
+            choose(None, || false, false, &criu, &dir),
             NetworkLock::Iptables
         );
     }

@@ -208,7 +208,7 @@ impl Runtime {
         .map_err(fail)?;
         let network_lock = super::netlock::choose(
             opts.network_lock,
-            super::netlock::loopback_only_images(spec, &opts.image_path),
+            || super::netlock::loopback_only_images(spec, &opts.image_path),
             opts.tcp_established,
             &criu,
             &self.root,
