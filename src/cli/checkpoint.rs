@@ -57,8 +57,8 @@ pub struct CriuFlags {
     /// How CRIU keeps packets away from the container's network namespace while it is
     /// frozen: iptables, nftables or skip [default: skip for a namespace with only a
     /// loopback device and no --tcp-established, else nftables when criu can, else iptables]
-    #[arg(long, value_enum, value_name = "METHOD")]
-    pub network_lock: Option<NetworkLockArg>,
+    #[arg(long, value_name = "METHOD", value_parser = network_lock_parser())]
+    pub network_lock: Option<crate::criu::NetworkLock>,
     /// Keep temporary files (podman's --keep)
     #[arg(long)]
     pub keep: bool,
@@ -80,22 +80,11 @@ pub struct CriuFlags {
     pub stats_file: Option<PathBuf>,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum NetworkLockArg {
-    Iptables,
-    Nftables,
-    Skip,
-}
-
-impl NetworkLockArg {
-    pub fn method(self) -> crate::criu::NetworkLock {
-        use crate::criu::NetworkLock;
-        match self {
-            NetworkLockArg::Iptables => NetworkLock::Iptables,
-            NetworkLockArg::Nftables => NetworkLock::Nftables,
-            NetworkLockArg::Skip => NetworkLock::Skip,
-        }
-    }
+/// `--network-lock`'s values, as [`crate::criu::NetworkLock::parse`] reads them.
+fn network_lock_parser() -> impl clap::builder::TypedValueParser<Value = crate::criu::NetworkLock> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["iptables", "nftables", "skip"])
+        .map(|s| crate::criu::NetworkLock::parse(&s).expect("one of the possible values"))
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -223,7 +212,7 @@ impl CheckpointArgs {
             lazy_pages: c.lazy_pages,
             status_fd: (c.status_fd >= 0).then_some(c.status_fd),
             auto_dedup: c.auto_dedup,
-            network_lock: c.network_lock.map(NetworkLockArg::method),
+            network_lock: c.network_lock,
             page_sink: None,
             external_devshm: false,
         })

@@ -121,9 +121,7 @@ impl RestoreArgs {
             manage_cgroups_mode: c.manage_cgroups_mode.map(|m| m.as_str().to_string()),
             empty_ns: c.empty_ns.clone(),
             auto_dedup: c.auto_dedup,
-            network_lock: c
-                .network_lock
-                .map(super::checkpoint::NetworkLockArg::method),
+            network_lock: c.network_lock,
             lazy_pages: c.lazy_pages,
             status_fd: (c.status_fd >= 0).then_some(c.status_fd),
             lsm_profile: self.lsm_profile.clone(),
