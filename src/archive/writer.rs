@@ -107,27 +107,27 @@ struct Timed<W> {
     spent: std::time::Duration,
 }
 
-impl<W: Write> Timed<Encoder<W>> {
-    fn write_shared(&mut self, buf: crate::archive::frames::Shared) -> std::io::Result<()> {
+impl<W> Timed<W> {
+    fn time<T>(&mut self, f: impl FnOnce(&mut W) -> T) -> T {
         let t = std::time::Instant::now();
-        let r = self.inner.write_shared(buf);
+        let r = f(&mut self.inner);
         self.spent += t.elapsed();
         r
     }
 }
 
+impl<W: Write> Timed<Encoder<W>> {
+    fn write_shared(&mut self, buf: crate::archive::frames::Shared) -> std::io::Result<()> {
+        self.time(|e| e.write_shared(buf))
+    }
+}
+
 impl<W: Write> Write for Timed<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let t = std::time::Instant::now();
-        let r = self.inner.write(buf);
-        self.spent += t.elapsed();
-        r
+        self.time(|w| w.write(buf))
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        let t = std::time::Instant::now();
-        let r = self.inner.flush();
-        self.spent += t.elapsed();
-        r
+        self.time(|w| w.flush())
     }
 }
 
@@ -195,10 +195,9 @@ pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<Timed<Encoder<W>>>,
     entries: Vec<Entry>,
     /// Hashes every entry, several at once; made at the first entry, so that
-    /// [`recycle_into`](Self::recycle_into) can come first.
+    /// [`recycle_into`](Self::recycle_into) can come first. Entry n is its job n: the
+    /// digests are filled in at `finish`.
     hashers: Option<Hashers>,
-    /// The job in `hashers` of each entry, by index: the digests are filled in at `finish`.
-    jobs: Vec<usize>,
     /// Where hashed buffers go back to whoever fills them ([`recycle_into`](Self::recycle_into)).
     recycle: Option<SyncSender<Vec<u8>>>,
     /// Uncompressed bytes of entry content written so far.
@@ -222,7 +221,6 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             tar,
             entries: vec![],
             hashers: None,
-            jobs: vec![],
             recycle: None,
             content_bytes: 0,
             progress: crate::progress::Progress::hidden(),
@@ -284,7 +282,7 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_entry_type(tar::EntryType::Regular);
         let recycle = self.recycle.clone();
         let hashers = self.hashers.get_or_insert_with(|| Hashers::new(recycle));
-        let job = hashers.begin();
+        hashers.begin();
         let mut h = Hashing {
             inner: data.take(size),
             hashers,
@@ -301,7 +299,7 @@ impl<W: Write> ArchiveWriter<W> {
                 format!("expected {size} bytes, got {n}"),
             )));
         }
-        self.push_entry(name, size, job);
+        self.push_entry(name, size);
         Ok(())
     }
 
@@ -323,7 +321,7 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_cksum();
         let recycle = self.recycle.clone();
         let hashers = self.hashers.get_or_insert_with(|| Hashers::new(recycle));
-        let job = hashers.begin();
+        hashers.begin();
         let out = self.tar.get_mut();
         out.write_all(header.as_bytes())?;
         while let Some(buf) = next(hashers)? {
@@ -336,13 +334,13 @@ impl<W: Write> ArchiveWriter<W> {
         hashers.end()?;
         let pad = (512 - (size % 512) as usize) % 512;
         out.write_all(&[0u8; 512][..pad])?;
-        self.push_entry(name, size, job);
+        self.push_entry(name, size);
         Ok(())
     }
 
-    fn push_entry(&mut self, name: &str, size: u64, job: usize) {
+    /// Lists an entry whose bytes went to the hashers as their latest job.
+    fn push_entry(&mut self, name: &str, size: u64) {
         self.content_bytes += size;
-        self.jobs.push(job);
         self.entries.push(Entry {
             name: name.to_string(),
             sha256: String::new(),
@@ -451,8 +449,18 @@ impl<W: Write> ArchiveWriter<W> {
                 entry: "(hashing)".into(),
                 source,
             })?;
-            for (e, &job) in self.entries.iter_mut().zip(&self.jobs) {
-                e.sha256 = digests[job].0.clone();
+            if digests.len() != self.entries.len() {
+                return Err(Error::Write {
+                    entry: "(hashing)".into(),
+                    source: std::io::Error::other(format!(
+                        "{} digests for {} entries",
+                        digests.len(),
+                        self.entries.len()
+                    )),
+                });
+            }
+            for (e, (sha256, _)) in self.entries.iter_mut().zip(digests) {
+                e.sha256 = sha256;
             }
         }
         manifest.entries = std::mem::take(&mut self.entries);
