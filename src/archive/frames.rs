@@ -223,17 +223,27 @@ impl<W> Frames<W> {
 
     /// Hands the next piece to its worker.
     fn send(&mut self, input: Input) -> io::Result<()> {
+        self.sent = true;
+        self.enqueue(|f, seq| {
+            let w = (seq % f.jobs.len().max(1) as u64) as usize;
+            f.jobs
+                .get(w)
+                .is_some_and(|tx| tx.send((seq, input)).is_ok())
+        })
+    }
+
+    /// Gives `put` the next sequence number to queue something under; it says whether the
+    /// queue took it. A thread that stopped (a queue that refused) is asked why.
+    fn enqueue(&mut self, put: impl FnOnce(&Self, u64) -> bool) -> io::Result<()> {
         if let Some(f) = &self.failed {
             return Err(f.again());
         }
-        self.sent = true;
         let seq = self.seq;
         self.seq += 1;
-        let w = (seq % self.jobs.len().max(1) as u64) as usize;
-        match self.jobs.get(w).map(|tx| tx.send((seq, input))) {
-            Some(Ok(())) => Ok(()),
-            // A thread stopped: the first error says why.
-            _ => Err(self.stopped()),
+        if put(self, seq) {
+            Ok(())
+        } else {
+            Err(self.stopped())
         }
     }
 
@@ -308,19 +318,11 @@ impl<W> Write for Frames<W> {
     /// Cuts a frame at this point and has the writer flush the output after it.
     fn flush(&mut self) -> io::Result<()> {
         self.send_chunk()?;
-        if let Some(f) = &self.failed {
-            return Err(f.again());
-        }
-        let seq = self.seq;
-        self.seq += 1;
-        match self
-            .writer_tx
-            .as_ref()
-            .map(|tx| tx.send((seq, Output::Flush)))
-        {
-            Some(Ok(())) => Ok(()),
-            _ => Err(self.stopped()),
-        }
+        self.enqueue(|f, seq| {
+            f.writer_tx
+                .as_ref()
+                .is_some_and(|tx| tx.send((seq, Output::Flush)).is_ok())
+        })
     }
 }
 

@@ -121,7 +121,7 @@ pub fn decide(knob: Option<&str>, meminfo: &str) -> Result<Decision, String> {
 }
 
 /// A `kB` field of /proc/meminfo's text, in bytes.
-pub fn meminfo_bytes(meminfo: &str, name: &str) -> Option<u64> {
+fn meminfo_bytes(meminfo: &str, name: &str) -> Option<u64> {
     meminfo.lines().find_map(|l| {
         let rest = l.strip_prefix(name)?.strip_prefix(':')?;
         let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;

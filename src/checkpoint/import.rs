@@ -42,7 +42,8 @@ pub struct ImportStats {
     pub stage: Place,
     /// Why there.
     pub stage_reason: String,
-    /// Whether CRIU punched out staged pages as it restored them (memory was short).
+    /// Whether CRIU punched out staged pages as it restored them (always, except with
+    /// --keep).
     pub dedup: bool,
     /// How CRIU locked the network namespace (checkpoint::netlock).
     pub network_lock: &'static str,
