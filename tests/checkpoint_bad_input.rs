@@ -15,7 +15,7 @@ use ferry::identity::Identity;
 use sha2::Digest;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 const SEED: &str = "0xbad1";
 
@@ -691,12 +691,8 @@ fn a_failed_checkpoint_leaves_the_container_running() {
     let id2 = host.id("hostfile");
     let tag = format!("FERRY_TEST_TAG={}", host.ferry.tag);
     let log = host.ferry.scratch().join("stdout-on-host");
-    let status = Command::new(FERRY)
-        .arg("--root")
-        .arg(host.ferry.root())
-        .arg("--storage")
-        .arg(&host.storage)
-        .args([
+    let status = host
+        .command(&[
             "run",
             "-d",
             "--image",
@@ -708,7 +704,6 @@ fn a_failed_checkpoint_leaves_the_container_running() {
             "env",
         ])
         .args([tag.as_str(), "/bin/memhold", "1", SEED, "/tmp"])
-        .env("FERRY_TEST_TAG", &host.ferry.tag)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&log).unwrap())
         .stderr(Stdio::null())
@@ -754,16 +749,7 @@ fn pipe_round_trip(env: &[(&str, &str)]) {
     let (runid, before) = mem.wait_count_above(3);
     let new = host.id("piped");
     let err_dir = host.ferry.scratch();
-    let base = |args: &[&str]| {
-        let mut c = Command::new(FERRY);
-        c.arg("--root")
-            .arg(host.ferry.root())
-            .arg("--storage")
-            .arg(&host.storage)
-            .args(args)
-            .env("FERRY_TEST_TAG", &host.ferry.tag);
-        c
-    };
+    let base = |args: &[&str]| host.command(args);
     let mut ck = base(&["checkpoint", &id, "-e", "-"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -822,13 +808,8 @@ fn a_reader_that_goes_away_mid_stream_leaves_the_container_running() {
     let (runid, _) = mem.wait_count_above(2);
     let sum = mem.checksum().unwrap();
     let err = host.ferry.scratch().join("gone.err");
-    let mut child = Command::new(FERRY)
-        .arg("--root")
-        .arg(host.ferry.root())
-        .arg("--storage")
-        .arg(&host.storage)
-        .args(["checkpoint", &id, "-e", "-", "--compress", "none"])
-        .env("FERRY_TEST_TAG", &host.ferry.tag)
+    let mut child = host
+        .command(&["checkpoint", &id, "-e", "-", "--compress", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(fs::File::create(&err).unwrap())
@@ -865,13 +846,8 @@ fn a_restore_killed_mid_stage_is_cleaned_up_by_the_next_one() {
     let (host, id, mem) = host_with_container("killed");
     let archive = export(&host, &id, "none", false);
     let bytes = fs::read(&archive).unwrap();
-    let mut child = Command::new(FERRY)
-        .arg("--root")
-        .arg(host.ferry.root())
-        .arg("--storage")
-        .arg(&host.storage)
-        .args(["restore", "-i", "-", "--name", &host.id("never"), "-d"])
-        .env("FERRY_TEST_TAG", &host.ferry.tag)
+    let mut child = host
+        .command(&["restore", "-i", "-", "--name", &host.id("never"), "-d"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -940,15 +916,10 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     let sum = mem.checksum().unwrap();
     let archive = host.ferry.scratch().join("term.tar");
     let err = host.ferry.scratch().join("term.err");
-    let mut child = Command::new(FERRY)
-        .arg("--root")
-        .arg(host.ferry.root())
-        .arg("--storage")
-        .arg(&host.storage)
-        .args(["checkpoint", &id, "-e"])
+    let mut child = host
+        .command(&["checkpoint", &id, "-e"])
         .arg(&archive)
         .args(["--compress", "none"])
-        .env("FERRY_TEST_TAG", &host.ferry.tag)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(&err).unwrap())

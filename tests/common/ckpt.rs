@@ -43,12 +43,8 @@ impl Drop for Host {
     fn drop(&mut self) {
         let ids = self.ids.lock().unwrap().clone();
         for id in &ids {
-            let _ = Command::new(FERRY)
-                .arg("--root")
-                .arg(self.ferry.root())
-                .arg("--storage")
-                .arg(&self.storage)
-                .args(["delete", "--force", id])
+            let _ = self
+                .command(&["delete", "--force", id])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -137,20 +133,26 @@ impl Host {
         self.run_quiet_env(&[], args)
     }
 
-    /// [`run_quiet`](Self::run_quiet) with extra environment variables for ferry.
-    pub fn run_quiet_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
-        let n = self.seq.fetch_add(1, Ordering::SeqCst);
-        let log = self.ferry.scratch().join(format!("quiet-{n}.log"));
+    /// `ferry --root R --storage S ARGS` as a Command, tagged like every ferry of the test,
+    /// for a test that wires its stdio or its lifetime itself.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(FERRY);
         cmd.arg("--root")
             .arg(self.ferry.root())
             .arg("--storage")
             .arg(&self.storage)
-            .arg("--log")
-            .arg(&log)
             .args(args)
-            .envs(env.iter().copied())
-            .env("FERRY_TEST_TAG", &self.ferry.tag)
+            .env("FERRY_TEST_TAG", &self.ferry.tag);
+        cmd
+    }
+
+    /// [`run_quiet`](Self::run_quiet) with extra environment variables for ferry.
+    pub fn run_quiet_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let log = self.ferry.scratch().join(format!("quiet-{n}.log"));
+        let log_str = log.to_str().unwrap();
+        let mut cmd = self.command(&[&["--log", log_str], args].concat());
+        cmd.envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
