@@ -178,7 +178,7 @@ pub fn unpack_with_progress(
     // Each entry's job in `hashers`, and its size as read.
     let mut jobs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     let mut hashers = Hashers::new(None);
-    let mut parts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut admission = Admission::default();
     let mut signed: Option<SignedManifest> = None;
     let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
@@ -188,72 +188,15 @@ pub fn unpack_with_progress(
             .map_err(|e| Error::Corrupt(e.to_string()))?
             .to_string_lossy()
             .into_owned();
-        if signed.is_some() {
-            return Err(Error::BadEntry {
-                entry: name,
-                why: "it follows ferry.manifest, which must be the last entry".into(),
-            });
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_dir() && name.trim_end_matches('/') == "checkpoint" {
-            continue;
-        }
-        if !kind.is_file() {
-            return Err(Error::BadEntry {
-                entry: name,
-                why: format!("a {kind:?} entry; a ferry archive holds only regular files"),
-            });
-        }
-        if name == MANIFEST_NAME {
-            if entry.size() > MAX_MANIFEST {
-                return Err(Error::BadEntry {
-                    entry: name,
-                    why: "larger than any manifest".into(),
-                });
+        let (file, append) = match admission.admit(&name, entry.header().entry_type())? {
+            Admitted::Skip => continue,
+            Admitted::Manifest => {
+                let size = entry.size();
+                signed = Some(read_manifest(&mut entry, size)?);
+                manifest_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+                continue;
             }
-            let mut text = Vec::new();
-            entry
-                .read_to_end(&mut text)
-                .map_err(|e| read_error(e, MANIFEST_NAME))?;
-            manifest_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-            if text.len() as u64 != entry.size() {
-                return Err(Error::Truncated(format!(
-                    "{MANIFEST_NAME} ends after {} of {} bytes",
-                    text.len(),
-                    entry.size()
-                )));
-            }
-            signed = Some(
-                serde_json::from_slice(&text)
-                    .map_err(|e| manifest::Error::Malformed(e.to_string()))?,
-            );
-            continue;
-        }
-        is_allowed(&name).map_err(|why| Error::BadEntry {
-            entry: name.clone(),
-            why,
-        })?;
-        if jobs.contains_key(&name) {
-            return Err(Error::BadEntry {
-                entry: name,
-                why: "it appears twice".into(),
-            });
-        }
-        // Parts of one file (see archive::pages) are joined back, strictly in order.
-        let (file, append) = match name
-            .strip_prefix("checkpoint/")
-            .and_then(crate::archive::pages::split_part)
-        {
-            Some((file, n)) => {
-                let expected = parts.get(file).copied().unwrap_or(0);
-                if n != expected {
-                    let why = format!("out of order: part {expected} of {file} comes first");
-                    return Err(Error::BadEntry { entry: name, why });
-                }
-                parts.insert(file.to_string(), n + 1);
-                (format!("checkpoint/{file}"), n > 0)
-            }
-            None => (name.clone(), false),
+            Admitted::File { file, part } => (file, part.is_some_and(|n| n > 0)),
         };
         let opened = if append {
             stage.append(&file)
@@ -311,20 +254,134 @@ pub fn unpack_with_progress(
     let digests = hashers
         .finish()
         .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let mut seen: BTreeMap<String, (String, u64)> = jobs
-        .into_iter()
-        .map(|(name, (job, n))| (name, (digests[job].0.clone(), n)))
-        .collect();
     let signed = signed.ok_or_else(|| {
         Error::Truncated("it ends without ferry.manifest (its last entry)".into())
     })?;
     drop(entries_done(tar));
     let n = consumed.load(std::sync::atomic::Ordering::Relaxed);
     if n < manifest_end + 1024 {
-        return Err(Error::Truncated(
-            "the end-of-archive marker after ferry.manifest is missing".into(),
-        ));
+        return Err(end_marker_missing());
     }
+    let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
+    let sizes = jobs.iter().map(|(k, v)| (k.clone(), v.1)).collect();
+    let listed = check_listing(&manifest, &sizes)?;
+    for (name, (job, _)) in &jobs {
+        check_digest(name, &digests[*job].0, listed[name.as_str()])?;
+    }
+    Ok(Unpacked {
+        dir: stage.dir().to_path_buf(),
+        manifest,
+        signer,
+        trusted_as,
+    })
+}
+
+/// What an entry is, judged by its header.
+pub(crate) enum Admitted {
+    /// The `checkpoint/` directory itself: nothing to write.
+    Skip,
+    Manifest,
+    /// A file to stage: whole, or part `n` of it (archive::pages).
+    File {
+        file: String,
+        part: Option<u32>,
+    },
+}
+
+/// The checks every entry of an archive passes, in order, before anything is written for
+/// it: only regular files under the names a ferry archive holds, each once, the parts of a
+/// file strictly in order, and nothing after the manifest.
+#[derive(Default)]
+pub(crate) struct Admission {
+    names: std::collections::BTreeSet<String>,
+    files: std::collections::BTreeSet<String>,
+    parts: BTreeMap<String, u32>,
+    manifest: bool,
+}
+
+impl Admission {
+    pub(crate) fn admit(&mut self, name: &str, kind: tar::EntryType) -> Result<Admitted, Error> {
+        let bad = |why: String| Error::BadEntry {
+            entry: name.to_string(),
+            why,
+        };
+        if self.manifest {
+            return Err(bad(
+                "it follows ferry.manifest, which must be the last entry".into(),
+            ));
+        }
+        if kind.is_dir() && name.trim_end_matches('/') == "checkpoint" {
+            return Ok(Admitted::Skip);
+        }
+        if !kind.is_file() {
+            return Err(bad(format!(
+                "a {kind:?} entry; a ferry archive holds only regular files"
+            )));
+        }
+        if name == MANIFEST_NAME {
+            self.manifest = true;
+            return Ok(Admitted::Manifest);
+        }
+        is_allowed(name).map_err(&bad)?;
+        if !self.names.insert(name.to_string()) {
+            return Err(bad("it appears twice".into()));
+        }
+        // Parts of one file (see archive::pages) are joined back, strictly in order.
+        let (file, part) = match name
+            .strip_prefix("checkpoint/")
+            .and_then(crate::archive::pages::split_part)
+        {
+            Some((file, n)) => {
+                let expected = self.parts.get(file).copied().unwrap_or(0);
+                if n != expected {
+                    return Err(bad(format!(
+                        "out of order: part {expected} of {file} comes first"
+                    )));
+                }
+                self.parts.insert(file.to_string(), n + 1);
+                (format!("checkpoint/{file}"), Some(n))
+            }
+            None => (name.to_string(), None),
+        };
+        if part.unwrap_or(0) == 0 && !self.files.insert(file.clone()) {
+            return Err(bad(format!("{file} appears twice")));
+        }
+        Ok(Admitted::File { file, part })
+    }
+}
+
+/// The manifest entry's signed text.
+pub(crate) fn read_manifest(entry: &mut impl Read, size: u64) -> Result<SignedManifest, Error> {
+    if size > MAX_MANIFEST {
+        return Err(Error::BadEntry {
+            entry: MANIFEST_NAME.into(),
+            why: "larger than any manifest".into(),
+        });
+    }
+    let mut text = Vec::new();
+    entry
+        .take(size)
+        .read_to_end(&mut text)
+        .map_err(|e| read_error(e, MANIFEST_NAME))?;
+    if text.len() as u64 != size {
+        return Err(Error::Truncated(format!(
+            "{MANIFEST_NAME} ends after {} of {size} bytes",
+            text.len()
+        )));
+    }
+    Ok(serde_json::from_slice(&text).map_err(|e| manifest::Error::Malformed(e.to_string()))?)
+}
+
+pub(crate) fn end_marker_missing() -> Error {
+    Error::Truncated("the end-of-archive marker after ferry.manifest is missing".into())
+}
+
+/// The manifest, once its signature holds and its signer is one `trust` accepts; with the
+/// signer and the name it is trusted under.
+pub(crate) fn check_signer(
+    signed: SignedManifest,
+    trust: Trust,
+) -> Result<(Manifest, Fingerprint, Option<String>), Error> {
     let (manifest, signer) = signed.verify()?;
     let trusted_as = match trust {
         Trust::AnySigner => None,
@@ -343,39 +400,55 @@ pub fn unpack_with_progress(
             }
         }
     };
+    Ok((manifest, signer, trusted_as))
+}
+
+/// The archive holds exactly the entries the manifest lists, each of the listed size; the
+/// manifest's entries by name.
+pub(crate) fn check_listing<'m>(
+    manifest: &'m Manifest,
+    sizes: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<&'m str, &'m manifest::Entry>, Error> {
+    let mut listed = BTreeMap::new();
     for e in &manifest.entries {
-        match seen.remove(&e.name) {
+        match sizes.get(&e.name) {
             None => {
                 return Err(Error::Tampered {
                     entry: e.name.clone(),
                     why: "listed in the manifest but missing from the archive".into(),
                 });
             }
-            Some((sha, size)) if size != e.size || sha != e.sha256 => {
+            Some(&size) if size != e.size => {
                 return Err(Error::Tampered {
                     entry: e.name.clone(),
-                    why: format!(
-                        "sha256 {}… size {size}, the manifest says sha256 {}… size {}",
-                        &sha[..12],
-                        &e.sha256[..12.min(e.sha256.len())],
-                        e.size
-                    ),
+                    why: format!("size {size}, the manifest says {}", e.size),
                 });
             }
             Some(_) => {}
         }
+        listed.insert(e.name.as_str(), e);
     }
-    if let Some(extra) = seen.keys().next() {
+    if let Some(extra) = sizes.keys().find(|k| !listed.contains_key(k.as_str())) {
         return Err(Error::Tampered {
             entry: extra.clone(),
             why: "present in the archive but not in the manifest".into(),
         });
     }
-    Ok(Unpacked {
-        dir: stage.dir().to_path_buf(),
-        manifest,
-        signer,
-        trusted_as,
+    Ok(listed)
+}
+
+/// The entry `name`'s sha256 (hex) is the one the manifest lists.
+pub(crate) fn check_digest(name: &str, sha: &str, want: &manifest::Entry) -> Result<(), Error> {
+    if sha == want.sha256 {
+        return Ok(());
+    }
+    Err(Error::Tampered {
+        entry: name.to_string(),
+        why: format!(
+            "sha256 {}…, the manifest says sha256 {}…",
+            &sha[..12.min(sha.len())],
+            &want.sha256[..12.min(want.sha256.len())]
+        ),
     })
 }
 
