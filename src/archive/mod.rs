@@ -5,6 +5,7 @@
 pub mod criu_images;
 pub mod diff;
 pub mod frames;
+pub mod gate;
 pub mod hashing;
 pub mod inspect;
 pub mod manifest;
