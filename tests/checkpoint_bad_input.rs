@@ -555,7 +555,7 @@ fn a_criu_failure_quotes_its_log_and_leaves_nothing() {
         &host,
         &bad,
         &[("FERRY_STAGE_TMPFS_BYTES", "64K")],
-        &["--debug"],
+        &["--debug", "--verify-first"],
         &["criu", "restore.log"],
     );
     assert!(
@@ -583,13 +583,46 @@ fn a_flipped_byte_after_a_spill_is_refused_and_leaves_nothing() {
         &host,
         &bad,
         &[("FERRY_STAGE_TMPFS_BYTES", "1M")],
-        &["--debug"],
+        &["--debug", "--verify-first"],
         &[part.as_str(), "altered"],
     );
     assert!(
         err.contains("spills to disk"),
         "the 1 MiB stage should have spilled:\n{err}"
     );
+}
+
+/// A flipped byte in the last part of a 64 MiB memory, with the pages fed to CRIU as they
+/// are verified (archive::feed): CRIU is already restoring and waits at that part, which
+/// is refused; the restore fails naming the part, and nothing restored ever ran or is left.
+#[test]
+fn a_flipped_byte_in_the_last_page_part_stops_a_fed_restore() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("fedflip");
+    host.run_image("bb", &id, &["/bin/memhold", "64", SEED, "/tmp"]);
+    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
+    mem.wait_count_above(2);
+    let archive = export(&host, &id, "none", false);
+    let (part, pos, size) = entry_offsets(&archive)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with("checkpoint/pages-") && n.contains(".img.part"))
+        .last()
+        .expect("no pages parts");
+    assert!(
+        part.ends_with(".part63") || part.ends_with(".part64"),
+        "{part}"
+    );
+    let mut bytes = fs::read(&archive).unwrap();
+    bytes[(pos + size / 2) as usize] ^= 0x20;
+    let bad = write_archive(&host, "fedflip.tar", &bytes);
+    let err = refused(&host, &bad, &["--debug"], &[part.as_str(), "altered"]);
+    if ferry::archive::gate::supported(&host.storage) {
+        assert!(
+            err.contains("fed to CRIU"),
+            "the pages should have been fed while CRIU restored:\n{err}"
+        );
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod criu_images;
 pub mod diff;
+pub mod feed;
 pub mod frames;
 pub mod gate;
 pub mod hashing;

@@ -266,7 +266,7 @@ pub fn unpack_with_progress(
     let sizes = jobs.iter().map(|(k, v)| (k.clone(), v.1)).collect();
     let listed = check_listing(&manifest, &sizes)?;
     for (name, (job, _)) in &jobs {
-        check_digest(name, &digests[*job].0, listed[name.as_str()])?;
+        check_digest(name, &digests[*job].0, &listed[name.as_str()].sha256)?;
     }
     Ok(Unpacked {
         dir: stage.dir().to_path_buf(),
@@ -438,8 +438,8 @@ pub(crate) fn check_listing<'m>(
 }
 
 /// The entry `name`'s sha256 (hex) is the one the manifest lists.
-pub(crate) fn check_digest(name: &str, sha: &str, want: &manifest::Entry) -> Result<(), Error> {
-    if sha == want.sha256 {
+pub(crate) fn check_digest(name: &str, sha: &str, want: &str) -> Result<(), Error> {
+    if sha == want {
         return Ok(());
     }
     Err(Error::Tampered {
@@ -447,7 +447,7 @@ pub(crate) fn check_digest(name: &str, sha: &str, want: &manifest::Entry) -> Res
         why: format!(
             "sha256 {}…, the manifest says sha256 {}…",
             &sha[..12.min(sha.len())],
-            &want.sha256[..12.min(want.sha256.len())]
+            &want[..12.min(want.len())]
         ),
     })
 }
@@ -471,7 +471,7 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-fn read_error(e: std::io::Error, what: &str) -> Error {
+pub(crate) fn read_error(e: std::io::Error, what: &str) -> Error {
     // The tar crate says "failed to read entire block" when the stream stops inside a block.
     if e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().contains("entire block") {
         Error::Truncated(format!("{what}: {e}"))

@@ -207,6 +207,13 @@ impl Stage {
         r.map_err(|e| format!("create {}: {}", e.path.display(), e.source))
     }
 
+    /// For `restore -i` feeding CRIU the pages as they are verified (archive::feed): on
+    /// disk, leftovers of an earlier process with our pid at `dir` removed first.
+    pub fn private_on_disk(dir: &Path, why: &str) -> Result<Stage, String> {
+        clear(dir, &spill_path(dir));
+        Stage::disk(dir, why).map_err(|e| format!("create {}: {}", e.path.display(), e.source))
+    }
+
     fn new(dir: &Path, place: Place, mounted: bool, why: String) -> Stage {
         Stage {
             dir: dir.to_path_buf(),

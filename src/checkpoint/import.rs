@@ -1,15 +1,21 @@
-//! `ferry restore -i FILE`: an archive verified whole, its image found in the store, a new
-//! overlay rootfs with the container's changes applied, then CRIU restores into it. Any
-//! failure removes everything made; the archive file is never touched.
+//! `ferry restore -i FILE`: an archive verified, its image found in the store, a new overlay
+//! rootfs with the container's changes applied, then CRIU restores into it. Any failure
+//! removes everything made; the archive file is never touched.
 //!
-//! The archive is unpacked into a private tmpfs when memory allows (archive/stage.rs): the
-//! images are scratch, read once by CRIU, which punches them out as it restores
-//! (`auto_dedup`), so memory holds them once, not twice.
+//! A plain uncompressed archive file has its signature, signer and every entry but the
+//! memory pages verified before CRIU starts; the pages are then verified and staged while
+//! CRIU restores, each of CRIU's reads held until its range is verified, and nothing
+//! restored runs before all of them are (archive::feed, archive::gate). A pipe, a
+//! compressed archive or `--verify-first` is verified whole before CRIU starts, unpacked
+//! into a private tmpfs when memory allows (archive/stage.rs). Either way the images are
+//! scratch, read once by CRIU, which punches them out as it restores (`auto_dedup`), so
+//! memory holds them once, not twice.
 
 use crate::archive::reader::{self, Trust, Unpacked};
 use crate::archive::stage::{Place, Stage};
 use crate::checkpoint::RestoreOptions;
 use crate::checkpoint::export::ContainerConfig;
+use crate::checkpoint::restore::BeforeResume;
 use crate::identity::{Identity, TrustStore};
 use crate::image::Store;
 use crate::runtime::error::{Context, Error, Result};
@@ -18,6 +24,7 @@ use crate::runtime::{Runtime, create::with_cleanup};
 use oci_spec::runtime::Spec;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, Default)]
@@ -28,6 +35,9 @@ pub struct ImportOptions {
     pub detach: bool,
     pub keep: bool,
     pub allow_untrusted: bool,
+    /// Verify the whole archive before CRIU starts, rather than feeding it the pages as
+    /// they are verified (archive::feed).
+    pub verify_first: bool,
     /// The runc-style restore flags (tcp, file locks, pid file, console socket, …).
     pub restore: RestoreOptions,
 }
@@ -47,6 +57,11 @@ pub struct ImportStats {
     pub dedup: bool,
     /// How CRIU locked the network namespace (checkpoint::netlock).
     pub network_lock: &'static str,
+    /// "while restoring" when the pages were verified and fed to CRIU as it restored
+    /// (archive::feed), "before restoring" when the whole archive was verified first.
+    pub pages_verified: &'static str,
+    /// How long verifying and writing the pages took, from when CRIU could start.
+    pub feed_ms: f64,
     pub criu: Option<crate::criu::stats::RestoreStats>,
 }
 
@@ -59,20 +74,40 @@ impl Runtime {
             .version()
             .map_err(|e| Error::Other(e.to_string()))?;
         let mut stats = ImportStats::default();
-        let input: Box<dyn Read> = if opts.input == Path::new("-") {
-            Box::new(std::io::stdin())
-        } else {
-            Box::new(
-                std::fs::File::open(&opts.input)
-                    .ctx(|| format!("open the archive {}", opts.input.display()))?,
-            )
-        };
         // Not `tmp`: the image store empties that when it opens.
         let tmp = self.storage.join("work");
         std::fs::create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
         crate::archive::stage::sweep_stale(&tmp);
         let dir = tmp.join(format!("restore-{}", std::process::id()));
-        let mut stage = Stage::private(&dir, opts.keep).map_err(Error::Other)?;
+        // The pages go to CRIU as they are verified when the archive can be read out of
+        // order (a plain file, uncompressed) and the kernel can hold CRIU's reads of the
+        // staged pages (a file on disk: tmpfs has no such hook).
+        let feed = !opts.verify_first
+            && opts.input != Path::new("-")
+            && crate::archive::feed::applies(&opts.input)
+            && crate::archive::gate::supported(&tmp);
+        let (input, mut stage) = if feed {
+            let stage = Stage::private_on_disk(
+                &dir,
+                "the pages are fed to CRIU as they are verified, which the kernel can gate \
+                 on disk but not on tmpfs",
+            );
+            (
+                Source::Fed(opts.input.clone()),
+                stage.map_err(Error::Other)?,
+            )
+        } else {
+            let input: Box<dyn Read> = if opts.input == Path::new("-") {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(
+                    std::fs::File::open(&opts.input)
+                        .ctx(|| format!("open the archive {}", opts.input.display()))?,
+                )
+            };
+            let stage = Stage::private(&dir, opts.keep).map_err(Error::Other)?;
+            (Source::Stream(input), stage)
+        };
         let result = self.import_into(opts, input, &mut stage, &mut stats);
         stats.stage = stage.place();
         stats.stage_reason = stage.why().to_string();
@@ -94,7 +129,7 @@ impl Runtime {
     fn import_into(
         &self,
         opts: ImportOptions,
-        input: Box<dyn Read>,
+        input: Source,
         stage: &mut Stage,
         stats: &mut ImportStats,
     ) -> Result<(i32, bool)> {
@@ -110,16 +145,28 @@ impl Runtime {
                 own: identity.fingerprint(),
             }
         };
-        // 'static reader for the decompressor.
-        let total = if opts.input == Path::new("-") {
-            None
-        } else {
-            std::fs::metadata(&opts.input).ok().map(|m| m.len())
+        let (unpacked, feed) = match input {
+            Source::Fed(path) => {
+                let (u, f) = crate::archive::feed::unpack(&path, stage, trust)
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                stats.pages_verified = "while restoring";
+                (u, Some(Arc::new(Mutex::new(f))))
+            }
+            Source::Stream(input) => {
+                let total = if opts.input == Path::new("-") {
+                    None
+                } else {
+                    std::fs::metadata(&opts.input).ok().map(|m| m.len())
+                };
+                let progress = crate::progress::Progress::bytes("verifying archive", total);
+                // 'static reader for the decompressor.
+                let u = reader::unpack_with_progress(ReadBox(input), stage, trust, &progress)
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                progress.finish();
+                stats.pages_verified = "before restoring";
+                (u, None)
+            }
         };
-        let progress = crate::progress::Progress::bytes("verifying archive", total);
-        let unpacked = reader::unpack_with_progress(ReadBox(input), stage, trust, &progress)
-            .map_err(|e| Error::Other(e.to_string()))?;
-        progress.finish();
         stats.verify_ms = t.elapsed().as_secs_f64() * 1000.0;
         let (spec, config) = read_dumps(&unpacked)?;
         check_host(&unpacked)?;
@@ -181,9 +228,32 @@ impl Runtime {
         ro.auto_dedup |= !opts.keep;
         stats.dedup = ro.auto_dedup;
         ro.devshm = devshm.as_ref().map(|d| d.dir.clone());
+        ro.before_resume = feed.clone().map(|f| {
+            BeforeResume(Box::new(move || {
+                f.lock().unwrap_or_else(|e| e.into_inner()).wait()
+            }))
+        });
         let t = Instant::now();
         let restored = self.restore_container(ro);
         drop(devshm);
+        if let Some(f) = feed {
+            // Every page was verified before the restored tasks could resume (pre-resume
+            // waits for the feed), so a bad part means CRIU failed, and says why better.
+            let fed = f.lock().unwrap_or_else(|e| e.into_inner()).finish();
+            match fed {
+                Ok(took) => stats.feed_ms = took.as_secs_f64() * 1000.0,
+                Err(e) if restored.is_err() => {
+                    return Err(Error::Other(format!(
+                        "{e} (CRIU was refused those bytes and stopped; nothing restored ran)"
+                    )));
+                }
+                Err(e) => {
+                    return Err(Error::Other(format!(
+                        "{e} (found after the restore; the container was left as restored)"
+                    )));
+                }
+            }
+        }
         let restored = restored?;
         stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;
         stats.criu = restored.report.stats.clone();
@@ -347,6 +417,14 @@ impl Read for ReadBox {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         self.0.read(b)
     }
+}
+
+/// Where `restore -i` reads the archive from.
+enum Source {
+    /// Stream it through once (a pipe, a compressed archive, --verify-first).
+    Stream(Box<dyn Read>),
+    /// Read it out of order and feed the pages while CRIU restores (archive::feed).
+    Fed(PathBuf),
 }
 
 fn read_dumps(u: &Unpacked) -> Result<(Spec, ContainerConfig)> {

@@ -46,6 +46,18 @@ pub struct RestoreOptions {
     /// `devshm-checkpoint.tar`), bound at /dev/shm for the external mount
     /// [`externals::DEVSHM_KEY`].
     pub devshm: Option<PathBuf>,
+    /// Asked at CRIU's pre-resume notification, before anything restored runs; an error
+    /// aborts the restore (restore -i: every page fed to CRIU has been verified).
+    pub before_resume: Option<BeforeResume>,
+}
+
+/// A check run before the restored tasks resume (see [`RestoreOptions::before_resume`]).
+pub struct BeforeResume(pub Box<dyn FnMut() -> std::result::Result<(), String> + Send>);
+
+impl std::fmt::Debug for BeforeResume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeResume")
+    }
 }
 
 /// The outcome of a restore: the container, CRIU's report, and the network lock it used.
@@ -78,7 +90,7 @@ impl Runtime {
         }
     }
 
-    fn restore_checked(&self, opts: RestoreOptions) -> Result<Restored> {
+    fn restore_checked(&self, mut opts: RestoreOptions) -> Result<Restored> {
         validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let spec = &bundle.spec;
@@ -112,7 +124,7 @@ impl Runtime {
         }
         let criu_root = dir.join("criu-root");
         let cgroup = cgroup_of(spec, &opts.id)?;
-        let result = self.restore_into(&opts, &bundle, &dir, &criu_root, cgroup.as_ref());
+        let result = self.restore_into(&mut opts, &bundle, &dir, &criu_root, cgroup.as_ref());
         // The bind mount for CRIU's root is only needed while it restores.
         let _ = nix::mount::umount2(&criu_root, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir(&criu_root);
@@ -134,7 +146,7 @@ impl Runtime {
 
     fn restore_into(
         &self,
-        opts: &RestoreOptions,
+        opts: &mut RestoreOptions,
         bundle: &Bundle,
         dir: &Path,
         criu_root: &Path,
@@ -282,6 +294,7 @@ impl Runtime {
                 None => None,
             },
             pid: None,
+            before_resume: opts.before_resume.take(),
         };
         let resources = cgroups::container_resources(spec);
         let report = criu
@@ -393,6 +406,7 @@ struct RestoreNotify {
     state: OciState,
     console: Option<OwnedFd>,
     pid: Option<i32>,
+    before_resume: Option<BeforeResume>,
 }
 
 impl Notify for RestoreNotify {
@@ -409,6 +423,11 @@ impl Notify for RestoreNotify {
                 )?;
             }
             "post-restore" => self.pid = Some(pid),
+            "pre-resume" => {
+                if let Some(check) = &mut self.before_resume {
+                    (check.0)()?;
+                }
+            }
             "orphan-pts-master" => {
                 let (Some(sock), Some(master)) = (&self.console, fds.first()) else {
                     return Err("criu sent a pty master but there is no console socket".into());

@@ -55,6 +55,10 @@ pub struct RestoreArgs {
     /// checked)
     #[arg(long)]
     pub insecure_allow_untrusted: bool,
+    /// With -i: verify the whole archive before CRIU starts, instead of feeding CRIU the
+    /// memory pages as they are verified (slower; nothing unverified is read either way)
+    #[arg(long)]
+    pub verify_first: bool,
     /// Container id
     pub id: Option<String>,
 }
@@ -85,6 +89,7 @@ impl RestoreArgs {
                 detach: self.detach,
                 keep: self.criu.keep,
                 allow_untrusted: self.insecure_allow_untrusted,
+                verify_first: self.verify_first,
                 restore: self.restore_options(String::new(), PathBuf::new(), PathBuf::new()),
             };
             let (code, stats) = runtime.import(opts)?;
@@ -128,6 +133,7 @@ impl RestoreArgs {
             lsm_mount_context: self.lsm_mount_context.clone(),
             image: None,
             devshm: None,
+            before_resume: None,
         }
     }
 }
