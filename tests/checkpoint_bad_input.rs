@@ -606,8 +606,7 @@ fn a_flipped_byte_in_the_last_page_part_stops_a_fed_restore() {
     let archive = export(&host, &id, "none", false);
     let (part, pos, size) = entry_offsets(&archive)
         .into_iter()
-        .filter(|(n, _, _)| n.starts_with("checkpoint/pages-") && n.contains(".img.part"))
-        .last()
+        .rfind(|(n, _, _)| n.starts_with("checkpoint/pages-") && n.contains(".img.part"))
         .expect("no pages parts");
     assert!(
         part.ends_with(".part63") || part.ends_with(".part64"),
