@@ -624,6 +624,77 @@ fn a_flipped_byte_in_the_last_page_part_stops_a_fed_restore() {
     }
 }
 
+/// The same for a zstd archive, whose tail is read first through the mark at its end
+/// (archive::frames::TailMark). A mark moved to another frame is refused, naming it; a mark
+/// that is no mark at all leaves the archive to be read in order, and it restores.
+#[test]
+fn a_zstd_archive_fed_while_restoring_refuses_a_flipped_page_byte_and_a_moved_mark() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("zfeed");
+    host.run_image("bb", &id, &["/bin/memhold", "64", SEED, "/tmp"]);
+    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
+    mem.wait_count_above(2);
+    let archive = export(&host, &id, "zstd", false);
+    let bytes = fs::read(&archive).unwrap();
+    let plain = host.ferry.scratch().join("zfeed-plain.tar");
+    fs::write(&plain, zstd::decode_all(bytes.as_slice()).unwrap()).unwrap();
+    let plain_bytes = fs::read(&plain).unwrap();
+    let (part, pos, size) = entry_offsets(&plain)
+        .into_iter()
+        .rfind(|(n, _, s)| {
+            n.starts_with("checkpoint/pages-") && n.contains(".img.part") && *s == 1 << 20
+        })
+        .expect("no whole pages parts");
+    // memhold's memory is pseudo-random, so its parts are frames stored raw: find the
+    // part's bytes.
+    let at = (pos + size / 2) as usize;
+    let needle = &plain_bytes[at..at + 64];
+    let found = bytes
+        .windows(64)
+        .position(|w| w == needle)
+        .expect("the part's bytes are not stored raw");
+    let mut flipped = bytes.clone();
+    flipped[found] ^= 0x20;
+    let bad = write_archive(&host, "zfeed-flip.tar.zst", &flipped);
+    let err = refused(&host, &bad, &["--debug"], &[part.as_str(), "altered"]);
+    let fed = ferry::archive::gate::supported(&host.storage);
+    if fed {
+        assert!(
+            err.contains("fed to CRIU"),
+            "the pages should have been fed while CRIU restored:\n{err}"
+        );
+        // The mark's frame offset (bytes 16..24 of the last 32) moved to the first frame.
+        let mut moved = bytes.clone();
+        let n = moved.len();
+        moved[n - 16..n - 8].copy_from_slice(&0u64.to_le_bytes());
+        let bad = write_archive(&host, "zfeed-moved.tar.zst", &moved);
+        refused(&host, &bad, &[], &["tail mark", "--verify-first"]);
+    }
+    // Not a mark at all: read in order, verified first, and restored.
+    let mut unmarked = bytes.clone();
+    let n = unmarked.len();
+    unmarked[n - 24] ^= 0xff;
+    let good = write_archive(&host, "zfeed-unmarked.tar.zst", &unmarked);
+    let stats = host.ferry.scratch().join("zfeed-unmarked.json");
+    let copy = host.id("zfeed-copy");
+    host.run_quiet(&[
+        "restore",
+        "-i",
+        good.to_str().unwrap(),
+        "--name",
+        &copy,
+        "-d",
+        "--stats-file",
+        stats.to_str().unwrap(),
+    ])
+    .ok();
+    let st: serde_json::Value = serde_json::from_slice(&fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(st["pages_verified"], "before restoring", "{st}");
+    host.ferry.wait_status(&copy, "running");
+    host.run(&["delete", "--force", &copy]).ok();
+}
+
 #[test]
 fn a_criu_failure_runc_style_leaves_nothing() {
     let host = Host::new();

@@ -10,15 +10,18 @@
 //! it and refuses CRIU's waiting read, so CRIU fails before anything restored runs, and the
 //! restore's pre-resume notification waits for the whole feed ([`Feed::wait`]).
 
+use crate::archive::frames::{TAIL_MARK_LEN, TailMark};
 use crate::archive::gate::Gate;
+use crate::archive::hashing::Hashers;
 use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_signer,
-    end_marker_missing, read_error, read_manifest,
+    end_marker_missing, read_error, read_manifest, stage_stream,
 };
 use crate::archive::stage::Stage;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,19 +32,61 @@ use std::time::Instant;
 /// How much of a part is read, hashed and written at once.
 const CHUNK: u64 = 1 << 20;
 
-/// Whether `path` is an archive [`unpack`] can read: a regular file, not compressed.
-pub fn applies(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
+/// How [`unpack`] finds its way in an archive file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Layout {
+    /// Uncompressed: the tar headers are read by seeking past the data.
+    Plain,
+    /// zstd with a tail mark (archive::frames::TailMark): the tail is decompressed first,
+    /// the pages from the start while CRIU restores.
+    Zstd(TailMark),
+}
+
+/// How [`unpack`] can read `path`: a regular file, uncompressed or zstd with a tail mark;
+/// None for anything else (a pipe, gzip, zstd from before the mark), which is read whole
+/// first.
+pub fn layout(path: &Path) -> Option<Layout> {
+    let f = File::open(path).ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
     }
     let mut head = [0u8; 4];
-    if f.read_exact_at(&mut head, 0).is_err() {
-        return false;
+    f.read_exact_at(&mut head, 0).ok()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return None;
     }
-    !head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) && !head.starts_with(&[0x1f, 0x8b])
+    if head != ZSTD_MAGIC {
+        return Some(Layout::Plain);
+    }
+    let len = meta.len();
+    let mut tail = [0u8; TAIL_MARK_LEN as usize];
+    f.read_exact_at(&mut tail, len.checked_sub(TAIL_MARK_LEN)?)
+        .ok()?;
+    let mark = TailMark::parse(&tail, len)?;
+    f.read_exact_at(&mut head, mark.frame_offset).ok()?;
+    (head == ZSTD_MAGIC).then_some(Layout::Zstd(mark))
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A byte range of a file, read from its start (the file's own offset is not used).
+struct Region {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Region {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (buf.len() as u64).min(self.end.saturating_sub(self.pos)) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// One part of a pages image: where its data is in the archive and in the staged file.
@@ -56,11 +101,23 @@ struct Part {
     sha256: String,
 }
 
-/// Reads `archive` (see [`applies`]) into `stage` (fresh, empty, on a filesystem the gate
-/// works on) and starts feeding its pages; see the module doc.
-pub fn unpack(archive: &Path, stage: &mut Stage, trust: Trust) -> Result<(Unpacked, Feed), Error> {
+/// Reads `archive` (of `layout`, see [`layout`]) into `stage` (fresh, empty, on a filesystem
+/// the gate works on) and starts feeding its pages; see the module doc.
+pub fn unpack(
+    archive: &Path,
+    layout: Layout,
+    stage: &mut Stage,
+    trust: Trust,
+) -> Result<(Unpacked, Feed), Error> {
     let file = File::open(archive).map_err(|e| Error::Corrupt(format!("open: {e}")))?;
     stage.create_dir("checkpoint")?;
+    match layout {
+        Layout::Plain => unpack_plain(file, stage, trust),
+        Layout::Zstd(mark) => unpack_zstd(file, mark, stage, trust),
+    }
+}
+
+fn unpack_plain(file: File, stage: &mut Stage, trust: Trust) -> Result<(Unpacked, Feed), Error> {
     let mut admission = Admission::default();
     // Whole entries: name, staged file, data offset, size.
     let mut wholes: Vec<(String, String, u64, u64)> = vec![];
@@ -150,11 +207,28 @@ pub fn unpack(archive: &Path, stage: &mut Stage, trust: Trust) -> Result<(Unpack
             &listed[name.as_str()].sha256,
         )?;
     }
-    // The pages files are opened for writing before the gate marks them: reads and writes
-    // through a file opened earlier are never held.
+    let (outs, gate) = gated_files(stage, &files)?;
+    let feed = Feed::start(gate.clone(), move |stop| {
+        fill(&file, &outs, &parts, &gate, stop)
+    });
+    let unpacked = Unpacked {
+        dir: stage.dir().to_path_buf(),
+        manifest,
+        signer,
+        trusted_as,
+    };
+    Ok((unpacked, feed))
+}
+
+/// Makes the pages files empty on the stage, opened for writing before the gate marks them
+/// (reads and writes through a file opened earlier are never held), and gates them.
+/// Staged files open for writing, with their paths (for errors).
+type Outs = Vec<(PathBuf, File)>;
+
+fn gated_files(stage: &Stage, files: &[(String, u64)]) -> Result<(Outs, Arc<Gate>), Error> {
     let mut outs = vec![];
     let mut gated = vec![];
-    for (staged, size) in &files {
+    for (staged, size) in files {
         let path = stage.dir().join(staged);
         let out = std::fs::OpenOptions::new()
             .write(true)
@@ -167,18 +241,11 @@ pub fn unpack(archive: &Path, stage: &mut Stage, trust: Trust) -> Result<(Unpack
         outs.push((path.clone(), out));
         gated.push((path, *size));
     }
-    let gate = Arc::new(Gate::new(&gated).map_err(|e| Error::Write {
+    let gate = Gate::new(&gated).map_err(|e| Error::Write {
         path: stage.dir().to_path_buf(),
         source: e,
-    })?);
-    let feed = Feed::start(file, outs, parts, gate);
-    let unpacked = Unpacked {
-        dir: stage.dir().to_path_buf(),
-        manifest,
-        signer,
-        trusted_as,
-    };
-    Ok((unpacked, feed))
+    })?;
+    Ok((outs, Arc::new(gate)))
 }
 
 /// The pages being verified and written while CRIU restores. Dropping it stops the feed
@@ -193,12 +260,17 @@ pub struct Feed {
 }
 
 impl Feed {
-    fn start(archive: File, outs: Vec<(PathBuf, File)>, parts: Vec<Part>, gate: Arc<Gate>) -> Feed {
+    /// Runs `fill` (given the stop flag) on a thread of its own; a failure refuses CRIU's
+    /// waiting reads.
+    fn start(
+        gate: Arc<Gate>,
+        fill: impl FnOnce(&AtomicBool) -> Result<(), Error> + Send + 'static,
+    ) -> Feed {
         let stop = Arc::new(AtomicBool::new(false));
         let worker = {
             let (stop, gate) = (stop.clone(), gate.clone());
             std::thread::spawn(move || {
-                let r = fill(&archive, &outs, &parts, &gate, &stop);
+                let r = fill(&stop);
                 if r.is_err() {
                     gate.fail();
                 }
@@ -334,4 +406,253 @@ fn feed_part(archive: &File, out: &(PathBuf, File), p: &Part, buf: &mut [u8]) ->
         done += n as u64;
     }
     check_digest(&p.name, &hex::encode(h.finalize()), &p.sha256)
+}
+
+/// Where a part fed from a zstd archive's head goes, and what it must be.
+struct Expected {
+    file: usize,
+    n: usize,
+    offset: u64,
+    size: u64,
+    sha256: String,
+}
+
+fn unpack_zstd(
+    file: File,
+    mark: TailMark,
+    stage: &mut Stage,
+    trust: Trust,
+) -> Result<(Unpacked, Feed), Error> {
+    let file = Arc::new(file);
+    let len = file
+        .metadata()
+        .map_err(|e| Error::Corrupt(e.to_string()))?
+        .len();
+    let tail = Region {
+        file: file.clone(),
+        pos: mark.frame_offset,
+        end: len - TAIL_MARK_LEN,
+    };
+    let tail = zstd::stream::read::Decoder::new(tail).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let staged = stage_stream(tail, stage, &crate::progress::Progress::hidden())?;
+    if let Some(p) = staged.entries.keys().find(|n| part_of(n).is_some()) {
+        return Err(Error::BadEntry {
+            entry: p.clone(),
+            why: "a pages part after the archive's tail mark (the mark at the end of the \
+                  file may be damaged: --verify-first reads the archive in order)"
+                .into(),
+        });
+    }
+    let signed = staged.signed.ok_or_else(|| {
+        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
+    })?;
+    if staged.consumed < staged.manifest_end + 1024 {
+        return Err(end_marker_missing());
+    }
+    let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
+    // Every entry the tail does not hold must be a pages part, which the feed brings.
+    let mut sizes: BTreeMap<String, u64> = staged
+        .entries
+        .iter()
+        .map(|(k, v)| (k.clone(), v.1))
+        .collect();
+    let mut by_file: BTreeMap<String, Vec<(u32, &crate::archive::manifest::Entry)>> =
+        BTreeMap::new();
+    for e in &manifest.entries {
+        if sizes.contains_key(&e.name) {
+            continue;
+        }
+        if let Some((f, n)) = part_of(&e.name) {
+            by_file.entry(f).or_default().push((n, e));
+            sizes.insert(e.name.clone(), e.size);
+        }
+    }
+    let listed = check_listing(&manifest, &sizes)?;
+    for (name, (sha, _)) in &staged.entries {
+        check_digest(name, sha, &listed[name.as_str()].sha256)?;
+    }
+    let mut files = vec![];
+    let mut expected = BTreeMap::new();
+    for (f, mut parts) in by_file {
+        parts.sort_by_key(|p| p.0);
+        let mut offset = 0;
+        for (i, (n, e)) in parts.iter().enumerate() {
+            if *n as usize != i {
+                return Err(Error::Tampered {
+                    entry: format!("{f}.part{i}"),
+                    why: "listed in the manifest but missing from the archive".into(),
+                });
+            }
+            expected.insert(
+                e.name.clone(),
+                Expected {
+                    file: files.len(),
+                    n: i,
+                    offset,
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                },
+            );
+            offset += e.size;
+        }
+        files.push((f, offset));
+    }
+    let (outs, gate) = gated_files(stage, &files)?;
+    let head = Region {
+        file,
+        pos: 0,
+        end: mark.frame_offset,
+    };
+    let counts: Vec<usize> = {
+        let mut c = vec![0; files.len()];
+        for e in expected.values() {
+            c[e.file] += 1;
+        }
+        c
+    };
+    let feed = Feed::start(gate.clone(), move |stop| {
+        let head =
+            zstd::stream::read::Decoder::new(head).map_err(|e| Error::Corrupt(e.to_string()))?;
+        fill_stream(head, mark.tar_offset, &expected, counts, &outs, &gate, stop)
+    });
+    let unpacked = Unpacked {
+        dir: stage.dir().to_path_buf(),
+        manifest,
+        signer,
+        trusted_as,
+    };
+    Ok((unpacked, feed))
+}
+
+/// `checkpoint/<file>.part<N>` → (`checkpoint/<file>`, N).
+fn part_of(name: &str) -> Option<(String, u32)> {
+    let (f, n) = name
+        .strip_prefix("checkpoint/")
+        .and_then(crate::archive::pages::split_part)?;
+    Some((format!("checkpoint/{f}"), n))
+}
+
+/// Feeds the parts of a zstd archive's head, decompressed in order on this thread and
+/// hashed on others; each file's gate opens over its prefix of matched parts. The head must
+/// hold exactly the expected parts and end at the tail mark's `tar_len`.
+fn fill_stream(
+    head: impl Read,
+    tar_len: u64,
+    expected: &BTreeMap<String, Expected>,
+    counts: Vec<usize>,
+    outs: &[(PathBuf, File)],
+    gate: &Gate,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
+    let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tar = tar::Archive::new(crate::archive::reader::Counted {
+        inner: head,
+        n: consumed.clone(),
+    });
+    let mut admission = Admission::default();
+    let mut hashers = Hashers::new(None);
+    // Each job's part; which parts of each file are matched, and how many from the first.
+    let mut jobs: Vec<&str> = vec![];
+    let mut matched: Vec<Vec<bool>> = counts.iter().map(|&c| vec![false; c]).collect();
+    let mut prefix = vec![0usize; counts.len()];
+    // Where each part ends in its file.
+    let mut ends: Vec<Vec<u64>> = counts.iter().map(|&c| vec![0; c]).collect();
+    for e in expected.values() {
+        ends[e.file][e.n] = e.offset + e.size;
+    }
+    let mut settle = |done: Vec<(usize, String, u64)>, jobs: &[&str]| -> Result<(), Error> {
+        for (job, sha, _) in done {
+            let name = jobs[job];
+            let e = &expected[name];
+            check_digest(name, &sha, &e.sha256)?;
+            matched[e.file][e.n] = true;
+            let (f, p) = (e.file, &mut prefix[e.file]);
+            while *p < matched[f].len() && matched[f][*p] {
+                *p += 1;
+            }
+            if *p > 0 {
+                gate.advance(f, ends[f][*p - 1]);
+            }
+        }
+        Ok(())
+    };
+    let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
+    for entry in entries {
+        if stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
+        let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
+        let name = entry
+            .path()
+            .map_err(|e| Error::Corrupt(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        match admission.admit(&name, entry.header().entry_type())? {
+            Admitted::Skip => continue,
+            Admitted::File { part: Some(_), .. } => {}
+            _ => {
+                return Err(Error::BadEntry {
+                    entry: name,
+                    why: "only pages parts come before the archive's tail mark".into(),
+                });
+            }
+        }
+        let (key, e) = expected
+            .get_key_value(&name)
+            .ok_or_else(|| Error::Tampered {
+                entry: name.clone(),
+                why: "present in the archive but not in the manifest".into(),
+            })?;
+        if entry.size() != e.size {
+            return Err(Error::Tampered {
+                entry: name,
+                why: format!("size {}, the manifest says {}", entry.size(), e.size),
+            });
+        }
+        hashers.begin();
+        jobs.push(key.as_str());
+        let mut done = 0u64;
+        while done < e.size {
+            let mut buf = hashers.buffer();
+            buf.resize(CHUNK.min(e.size - done) as usize, 0);
+            entry
+                .read_exact(&mut buf)
+                .map_err(|err| read_error(err, &name))?;
+            let out = &outs[e.file];
+            out.1
+                .write_all_at(&buf, e.offset + done)
+                .map_err(|source| Error::Write {
+                    path: out.0.clone(),
+                    source,
+                })?;
+            done += buf.len() as u64;
+            hashers
+                .update_owned(buf)
+                .map_err(|err| Error::Corrupt(err.to_string()))?;
+        }
+        hashers
+            .end()
+            .map_err(|err| Error::Corrupt(err.to_string()))?;
+        settle(hashers.take_done(), &jobs)?;
+    }
+    let rest = hashers
+        .close()
+        .map_err(|err| Error::Corrupt(err.to_string()))?;
+    settle(rest, &jobs)?;
+    if let Some((name, _)) = expected.iter().find(|(_, e)| !matched[e.file][e.n]) {
+        return Err(Error::Tampered {
+            entry: name.clone(),
+            why: "listed in the manifest but missing from the archive".into(),
+        });
+    }
+    if consumed.load(Ordering::Relaxed) != tar_len {
+        return Err(Error::Corrupt(
+            "the pages end elsewhere than the archive's tail mark says".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn stopped() -> Error {
+    Error::Corrupt("the restore stopped before its pages were read".into())
 }

@@ -14,6 +14,11 @@
 //!
 //! Concatenated frames are one valid zstd stream (RFC 8878 §3.1): `zstd -d` and ferry's
 //! own reader (archive::reader, through the zstd crate's decoder) read it as a whole.
+//!
+//! [`Frames::mark_tail`] cuts a frame where the archive's tail (everything after the memory
+//! pages) begins, and the stream then ends with a skippable frame saying where that is
+//! ([`TailMark`]), which decoders pass over: restore reads the tail first and feeds CRIU
+//! the pages while it restores (archive::feed).
 
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -85,6 +90,73 @@ enum Output {
     /// buffer back to.
     Packed(Vec<u8>, Input, usize),
     Flush,
+    /// The archive's tail starts here, at this offset of the uncompressed stream.
+    Mark(u64),
+}
+
+/// Where an archive's tail starts: the offset of its first frame in the file, and of its
+/// first byte in the uncompressed tar stream. Written last, as a skippable frame
+/// (RFC 8878 §3.1.2) of [`TAIL_MARK_LEN`] bytes; a hint only, since it is not signed:
+/// everything read through it is still checked against the manifest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TailMark {
+    pub frame_offset: u64,
+    pub tar_offset: u64,
+}
+
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+const TAIL_MAGIC: &[u8; 8] = b"FERRYTL1";
+pub const TAIL_MARK_LEN: u64 = 32;
+
+impl TailMark {
+    fn bytes(&self) -> [u8; TAIL_MARK_LEN as usize] {
+        let mut b = [0u8; TAIL_MARK_LEN as usize];
+        b[..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&24u32.to_le_bytes());
+        b[8..16].copy_from_slice(TAIL_MAGIC);
+        b[16..24].copy_from_slice(&self.frame_offset.to_le_bytes());
+        b[24..32].copy_from_slice(&self.tar_offset.to_le_bytes());
+        b
+    }
+
+    /// The mark at the end of a file of `len` bytes whose last [`TAIL_MARK_LEN`] are `b`,
+    /// if they are one and point inside the file.
+    pub fn parse(b: &[u8], len: u64) -> Option<TailMark> {
+        if b.len() != TAIL_MARK_LEN as usize
+            || b[..4] != SKIPPABLE_MAGIC.to_le_bytes()
+            || b[4..8] != 24u32.to_le_bytes()
+            || &b[8..16] != TAIL_MAGIC
+        {
+            return None;
+        }
+        let m = TailMark {
+            frame_offset: u64::from_le_bytes(b[16..24].try_into().ok()?),
+            tar_offset: u64::from_le_bytes(b[24..32].try_into().ok()?),
+        };
+        (m.frame_offset + TAIL_MARK_LEN < len).then_some(m)
+    }
+}
+
+/// Counts what goes through to the file, for the tail mark.
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.inner.write_vectored(bufs)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 pub struct Frames<W> {
@@ -150,7 +222,8 @@ impl<W: Write + Send + 'static> Frames<W> {
         }
         let writer = std::thread::Builder::new().name("zstd-out".into()).spawn(
             move || -> io::Result<W> {
-                let mut out = out;
+                let mut out = Counting { inner: out, n: 0 };
+                let mut mark = None;
                 let mut next = 0u64;
                 let mut waiting = std::collections::BTreeMap::new();
                 for (seq, o) in writer_rx {
@@ -170,6 +243,13 @@ impl<W: Write + Send + 'static> Frames<W> {
                                 out.flush()?;
                                 None
                             }
+                            Output::Mark(tar_offset) => {
+                                mark = Some(TailMark {
+                                    frame_offset: out.n,
+                                    tar_offset,
+                                });
+                                None
+                            }
                         };
                         if let Some(Input::Chunk(chunk)) = input {
                             let _ = back_tx.try_send(chunk);
@@ -182,7 +262,10 @@ impl<W: Write + Send + 'static> Frames<W> {
                         "the compressor lost frame {next} (frame {seq} is waiting)"
                     )));
                 }
-                Ok(out)
+                if let Some(m) = mark {
+                    out.write_all(&m.bytes())?;
+                }
+                Ok(out.inner)
             },
         )?;
         Ok(Frames {
@@ -219,6 +302,17 @@ impl<W> Frames<W> {
         }
         self.send_chunk()?;
         self.send(Input::Shared(buf))
+    }
+
+    /// Ends the current frame: the archive's tail starts at `tar_offset` of the uncompressed
+    /// stream, with the next frame, which the stream's last bytes will point at.
+    pub fn mark_tail(&mut self, tar_offset: u64) -> io::Result<()> {
+        self.send_chunk()?;
+        self.enqueue(|f, seq| {
+            f.writer_tx
+                .as_ref()
+                .is_some_and(|tx| tx.send((seq, Output::Mark(tar_offset))).is_ok())
+        })
     }
 
     /// Hands the next piece to its worker.
@@ -413,6 +507,28 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         out
+    }
+
+    #[test]
+    fn the_tail_mark_points_at_the_frame_where_the_tail_starts() {
+        let head = random(CHUNK + 777, 3);
+        let tail = b"everything after the pages".repeat(1000);
+        let mut f = Frames::new(Vec::new()).unwrap();
+        f.write_all(&head).unwrap();
+        f.mark_tail(head.len() as u64).unwrap();
+        f.write_all(&tail).unwrap();
+        let bytes = f.finish().unwrap();
+        // One stream still: decoders pass over the mark.
+        assert_eq!(decode(&bytes), [head.as_slice(), &tail].concat());
+        let len = bytes.len() as u64;
+        let m = TailMark::parse(&bytes[bytes.len() - TAIL_MARK_LEN as usize..], len).unwrap();
+        assert_eq!(m.tar_offset, head.len() as u64);
+        assert_eq!(decode(&bytes[m.frame_offset as usize..]), tail);
+        // Anything else at the end is no mark.
+        assert_eq!(TailMark::parse(&bytes[..32], len), None);
+        let mut far = bytes[bytes.len() - 32..].to_vec();
+        far[16..24].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(TailMark::parse(&far, len), None);
     }
 
     #[test]

@@ -160,23 +160,41 @@ impl Hashers {
             .map_err(|_| std::io::Error::other("a hashing thread stopped"))
     }
 
-    /// The hex digest and byte count of every entry, by number.
-    pub fn finish(self) -> std::io::Result<Vec<(String, u64)>> {
+    /// The entries hashed since the last call, as (number, hex digest, byte count), without
+    /// waiting: for a caller that acts on each digest as soon as it is known.
+    pub fn take_done(&self) -> Vec<(usize, String, u64)> {
+        self.results
+            .try_iter()
+            .map(|(job, d, n)| (job, hex::encode(d), n))
+            .collect()
+    }
+
+    /// Waits for every entry; those not yet taken by [`take_done`](Self::take_done).
+    pub fn close(self) -> std::io::Result<Vec<(usize, String, u64)>> {
         drop(self.workers);
         for h in self.handles {
             h.join()
                 .map_err(|_| std::io::Error::other("a hashing thread panicked"))?;
         }
-        let mut out = vec![(String::new(), 0); self.jobs];
+        Ok(self
+            .results
+            .try_iter()
+            .map(|(job, d, n)| (job, hex::encode(d), n))
+            .collect())
+    }
+
+    /// The hex digest and byte count of every entry, by number.
+    pub fn finish(self) -> std::io::Result<Vec<(String, u64)>> {
+        let jobs = self.jobs;
+        let mut out = vec![(String::new(), 0); jobs];
         let mut got = 0;
-        for (job, digest, n) in self.results.try_iter() {
-            out[job] = (hex::encode(digest), n);
+        for (job, digest, n) in self.close()? {
+            out[job] = (digest, n);
             got += 1;
         }
-        if got != self.jobs {
+        if got != jobs {
             return Err(std::io::Error::other(format!(
-                "hashed {got} of {} entries",
-                self.jobs
+                "hashed {got} of {jobs} entries"
             )));
         }
         Ok(out)

@@ -102,6 +102,8 @@ pub fn write_events<W: Write>(
     let mut file = String::new();
     let mut next = 0u32;
     let mut part: Vec<Vec<u8>> = vec![];
+    // The images the page server rebuilt (pagemaps): small, kept for after the pages.
+    let mut images = vec![];
     let flush = |w: &mut ArchiveWriter<W>, file: &str, next: &mut u32, part: &mut Vec<_>| {
         let name = format!("{prefix}/{}", part_name(file, *next));
         *next += 1;
@@ -131,10 +133,13 @@ pub fn write_events<W: Write>(
                 }
                 file.clear();
             }
-            Event::Image { file, bytes } => {
-                w.add_bytes(&format!("{prefix}/{file}"), &bytes)?;
-            }
+            // After the pages: a restore reads everything but them first (archive::feed).
+            Event::Image { file, bytes } => images.push((file, bytes)),
         }
+    }
+    w.mark_tail()?;
+    for (file, bytes) in images {
+        w.add_bytes(&format!("{prefix}/{file}"), &bytes)?;
     }
     Ok(())
 }

@@ -167,6 +167,49 @@ pub fn unpack_with_progress(
 ) -> Result<Unpacked, Error> {
     stage.create_dir("checkpoint")?;
     let stream = decompressed(input).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let staged = stage_stream(stream, stage, progress)?;
+    let signed = staged.signed.ok_or_else(|| {
+        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
+    })?;
+    if staged.consumed < staged.manifest_end + 1024 {
+        return Err(end_marker_missing());
+    }
+    let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
+    let sizes = staged
+        .entries
+        .iter()
+        .map(|(k, v)| (k.clone(), v.1))
+        .collect();
+    let listed = check_listing(&manifest, &sizes)?;
+    for (name, (sha, _)) in &staged.entries {
+        check_digest(name, sha, &listed[name.as_str()].sha256)?;
+    }
+    Ok(Unpacked {
+        dir: stage.dir().to_path_buf(),
+        manifest,
+        signer,
+        trusted_as,
+    })
+}
+
+/// What one pass over a tar stream staged: each entry's sha256 (hex) and size, the signed
+/// manifest if it came, where its data (padded to a block) ended, and how many bytes of
+/// the stream there were (a complete stream has the two zero blocks of the end-of-archive
+/// marker after the manifest). Nothing is checked against the manifest yet.
+pub(crate) struct Streamed {
+    pub entries: BTreeMap<String, (String, u64)>,
+    pub signed: Option<SignedManifest>,
+    pub manifest_end: u64,
+    pub consumed: u64,
+}
+
+/// Stages every entry of `stream` (entries admitted as [`Admission`] says), hashing each
+/// on other threads as it is written.
+pub(crate) fn stage_stream(
+    stream: impl Read,
+    stage: &mut Stage,
+    progress: &crate::progress::Progress,
+) -> Result<Streamed, Error> {
     let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tar = tar::Archive::new(Counted {
         inner: stream,
@@ -254,25 +297,17 @@ pub fn unpack_with_progress(
     let digests = hashers
         .finish()
         .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let signed = signed.ok_or_else(|| {
-        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
-    })?;
-    drop(entries_done(tar));
-    let n = consumed.load(std::sync::atomic::Ordering::Relaxed);
-    if n < manifest_end + 1024 {
-        return Err(end_marker_missing());
-    }
-    let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
-    let sizes = jobs.iter().map(|(k, v)| (k.clone(), v.1)).collect();
-    let listed = check_listing(&manifest, &sizes)?;
-    for (name, (job, _)) in &jobs {
-        check_digest(name, &digests[*job].0, &listed[name.as_str()].sha256)?;
-    }
-    Ok(Unpacked {
-        dir: stage.dir().to_path_buf(),
-        manifest,
-        signer,
-        trusted_as,
+    // What follows the end-of-archive marker must read to its end too: a zstd stream cut
+    // short there (its tail mark, archive::frames) is a truncated archive.
+    entries_done(tar).map_err(|e| read_error(e, "after the end-of-archive marker"))?;
+    Ok(Streamed {
+        entries: jobs
+            .into_iter()
+            .map(|(name, (job, n))| (name, (digests[job].0.clone(), n)))
+            .collect(),
+        signed,
+        manifest_end,
+        consumed: consumed.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -457,9 +492,10 @@ fn entries_done<R: Read>(tar: tar::Archive<R>) -> std::io::Result<u64> {
     std::io::copy(&mut tar.into_inner(), &mut std::io::sink())
 }
 
-struct Counted<R> {
-    inner: R,
-    n: std::sync::Arc<std::sync::atomic::AtomicU64>,
+/// Counts the bytes read through it.
+pub(crate) struct Counted<R> {
+    pub inner: R,
+    pub n: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<R: Read> Read for Counted<R> {

@@ -105,6 +105,8 @@ impl<W: Write> Encoder<W> {
 struct Timed<W> {
     inner: W,
     spent: std::time::Duration,
+    /// Bytes of the (uncompressed) tar stream written so far.
+    written: u64,
 }
 
 impl<W> Timed<W> {
@@ -118,13 +120,18 @@ impl<W> Timed<W> {
 
 impl<W: Write> Timed<Encoder<W>> {
     fn write_shared(&mut self, buf: crate::archive::frames::Shared) -> std::io::Result<()> {
-        self.time(|e| e.write_shared(buf))
+        let n = (*buf).as_ref().len() as u64;
+        self.time(|e| e.write_shared(buf))?;
+        self.written += n;
+        Ok(())
     }
 }
 
 impl<W: Write> Write for Timed<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.time(|w| w.write(buf))
+        let n = self.time(|w| w.write(buf))?;
+        self.written += n as u64;
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.time(|w| w.flush())
@@ -215,6 +222,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         let mut tar = tar::Builder::new(Timed {
             inner: enc,
             spent: std::time::Duration::ZERO,
+            written: 0,
         });
         tar.mode(tar::HeaderMode::Deterministic);
         Ok(ArchiveWriter {
@@ -440,6 +448,21 @@ impl<W: Write> ArchiveWriter<W> {
             }
         }
         Ok(())
+    }
+
+    /// Marks where the archive's tail (what follows the memory pages) begins, for a restore
+    /// that reads it first (archive::frames::TailMark; zstd only: an uncompressed archive
+    /// is found out by seeking, a gzip one cannot be).
+    pub fn mark_tail(&mut self) -> Result<(), Error> {
+        let t = self.tar.get_mut();
+        let at = t.written;
+        match &mut t.inner {
+            Encoder::Zstd(z) => z.mark_tail(at).map_err(|source| Error::Write {
+                entry: "(tail mark)".into(),
+                source,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Closes the archive with the signed manifest of everything written.

@@ -80,20 +80,21 @@ impl Runtime {
         crate::archive::stage::sweep_stale(&tmp);
         let dir = tmp.join(format!("restore-{}", std::process::id()));
         // The pages go to CRIU as they are verified when the archive can be read out of
-        // order (a plain file, uncompressed) and the kernel can hold CRIU's reads of the
-        // staged pages (a file on disk: tmpfs has no such hook).
-        let feed = !opts.verify_first
-            && opts.input != Path::new("-")
-            && crate::archive::feed::applies(&opts.input)
-            && crate::archive::gate::supported(&tmp);
-        let (input, mut stage) = if feed {
+        // order (a file, uncompressed or zstd with a tail mark) and the kernel can hold
+        // CRIU's reads of the staged pages (a file on disk: tmpfs has no such hook).
+        let layout = match opts.verify_first || opts.input == Path::new("-") {
+            true => None,
+            false => crate::archive::feed::layout(&opts.input)
+                .filter(|_| crate::archive::gate::supported(&tmp)),
+        };
+        let (input, mut stage) = if let Some(layout) = layout {
             let stage = Stage::private_on_disk(
                 &dir,
                 "the pages are fed to CRIU as they are verified, which the kernel can gate \
                  on disk but not on tmpfs",
             );
             (
-                Source::Fed(opts.input.clone()),
+                Source::Fed(opts.input.clone(), layout),
                 stage.map_err(Error::Other)?,
             )
         } else {
@@ -146,8 +147,8 @@ impl Runtime {
             }
         };
         let (unpacked, feed) = match input {
-            Source::Fed(path) => {
-                let (u, f) = crate::archive::feed::unpack(&path, stage, trust)
+            Source::Fed(path, layout) => {
+                let (u, f) = crate::archive::feed::unpack(&path, layout, stage, trust)
                     .map_err(|e| Error::Other(e.to_string()))?;
                 stats.pages_verified = "while restoring";
                 (u, Some(Arc::new(Mutex::new(f))))
@@ -424,7 +425,7 @@ enum Source {
     /// Stream it through once (a pipe, a compressed archive, --verify-first).
     Stream(Box<dyn Read>),
     /// Read it out of order and feed the pages while CRIU restores (archive::feed).
-    Fed(PathBuf),
+    Fed(PathBuf, crate::archive::feed::Layout),
 }
 
 fn read_dumps(u: &Unpacked) -> Result<(Spec, ContainerConfig)> {
