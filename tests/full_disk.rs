@@ -5,7 +5,9 @@
 //! file, and leaves the archive as it was (a restore with room then succeeds from the same
 //! file). The archive is unpacked into memory, so "full" means the container's rootfs cannot
 //! be written; with the in-memory stage capped, the stage's spill to disk fills it instead.
-//! The small disks are tmpfs mounts made by the test.
+//! The small disks are tmpfs mounts made by the test (tmpfs cannot gate a fed restore's
+//! pages, so those restores verify first). A small ext4 shows that a storage too small to
+//! stage fed pages falls back to verifying first, in memory.
 
 #[path = "common/ckpt.rs"]
 mod ckpt;
@@ -42,6 +44,43 @@ impl Tmpfs {
             "-o",
             &format!("size={size},mode=0755"),
             "tmpfs",
+            path.to_str().unwrap(),
+        ]);
+        Tmpfs {
+            dir: Some(dir),
+            path,
+        }
+    }
+
+    /// A small ext4 (a sparse image file, loop-mounted) instead: a filesystem on which the
+    /// kernel can gate a fed restore's pages (archive::gate), unlike tmpfs.
+    fn ext4(mib: u64) -> Tmpfs {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-small-ext4-")
+            .tempdir()
+            .unwrap();
+        let image = dir.path().join("fs.img");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(mib * MIB)
+            .unwrap();
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .output()
+            .expect("run mkfs.ext4 (e2fsprogs)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.path().join("mnt");
+        fs::create_dir(&path).unwrap();
+        mount_cmd(&[
+            "-o",
+            "loop",
+            image.to_str().unwrap(),
             path.to_str().unwrap(),
         ]);
         Tmpfs {
@@ -331,4 +370,57 @@ fn a_restore_onto_a_full_disk_says_so_and_leaves_nothing() {
     mem2.wait_count_above(c + 2);
     b.run(&["delete", "-f", &name2]).ok();
     assert_deleted(&b, &name2);
+}
+
+/// A fed restore (archive::feed) stages the pages on disk, and may run ahead of CRIU by all
+/// of them. On a storage too small for that it verifies the archive first, in memory, as
+/// it did before, and the restore succeeds.
+#[test]
+fn a_storage_too_small_for_fed_pages_verifies_first_in_memory_and_restores() {
+    let a = Host::new();
+    let image = a.ferry.scratch().join("image-rootfs");
+    image_rootfs(&image);
+    let (src, mem) = counting_container(&a, &image, "smallfed");
+    let (runid, before) = mem.wait_count_above(2);
+    let archive = a.ferry.scratch().join("smallfed.tar");
+    let ar = archive.to_str().unwrap();
+    a.run(&["checkpoint", &src, "-e", ar, "--compress", "none"])
+        .ok();
+
+    let small = Tmpfs::ext4(128);
+    let storage = small.path().join("storage");
+    fs::create_dir(&storage).unwrap();
+    if !ferry::archive::gate::supported(&storage) {
+        eprintln!("this kernel cannot gate files on ext4: nothing to fall back from");
+        return;
+    }
+    let b = Host::on_storage(storage.clone());
+    b.import_dir("bb", &image);
+    b.run(&["trust", "add", &a.fingerprint()]).ok();
+    let stats = b.ferry.scratch().join("smallfed.json");
+    let out = b
+        .run_quiet(&[
+            "--debug",
+            "restore",
+            "-i",
+            ar,
+            "-d",
+            "--stats-file",
+            stats.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        out.stderr.contains("too little disk"),
+        "the log should say why the pages were not fed:\n{}",
+        out.stderr
+    );
+    let st: serde_json::Value = serde_json::from_slice(&fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(st["pages_verified"], "before restoring", "{st}");
+    assert_eq!(st["stage"], "tmpfs", "{st}");
+    b.ferry.wait_status(&src, "running");
+    let mem = MemHold::at(b.rootfs(&src).join("tmp"));
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid, "restarted rather than restored");
+    b.run(&["delete", "--force", &src]).ok();
+    assert_deleted(&b, &src);
 }

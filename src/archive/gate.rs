@@ -23,9 +23,10 @@ const FAN_EVENT_INFO_TYPE_RANGE: u8 = 6;
 
 /// Whether files in `dir` can be gated: a probe file marked and unmarked. False on kernels
 /// before 6.14, on filesystems without the hook (tmpfs, overlayfs) and without
-/// CAP_SYS_ADMIN.
+/// CAP_SYS_ADMIN. The probe is named like the work entries a later restore sweeps
+/// (`restore-probe-<pid>`), should this one be killed before it removes it.
 pub fn supported(dir: &Path) -> bool {
-    let probe = dir.join(format!(".gate-probe-{}", std::process::id()));
+    let probe = dir.join(format!("restore-probe-{}", std::process::id()));
     if std::fs::write(&probe, b"").is_err() {
         return false;
     }

@@ -85,7 +85,8 @@ impl Runtime {
         let layout = match opts.verify_first || opts.input == Path::new("-") {
             true => None,
             false => crate::archive::feed::layout(&opts.input)
-                .filter(|_| crate::archive::gate::supported(&tmp)),
+                .filter(|_| crate::archive::gate::supported(&tmp))
+                .filter(|l| room_for_pages(&tmp, &opts.input, *l)),
         };
         let (input, mut stage) = if let Some(layout) = layout {
             let stage = Stage::private_on_disk(
@@ -418,6 +419,34 @@ impl Read for ReadBox {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         self.0.read(b)
     }
+}
+
+/// Whether the disk stage of a fed restore has room for the archive's pages: the feed may
+/// run ahead of CRIU by all of them (CRIU punches each range out once restored). Else the
+/// archive is verified first into the tmpfs stage, which spills to disk only when memory
+/// is short too.
+fn room_for_pages(work: &Path, archive: &Path, layout: crate::archive::feed::Layout) -> bool {
+    // The pages are at most the uncompressed archive, or what precedes a zstd one's tail.
+    let size = match layout {
+        crate::archive::feed::Layout::Zstd(mark) => mark.tar_offset,
+        crate::archive::feed::Layout::Plain => match std::fs::metadata(archive) {
+            Ok(m) => m.len(),
+            Err(_) => return false,
+        },
+    };
+    let room = nix::sys::statvfs::statvfs(work)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        .unwrap_or(0);
+    let ok = room >= size.saturating_add(256 << 20);
+    if !ok {
+        tracing::debug!(
+            room,
+            archive = size,
+            "too little disk under the storage to feed the pages from a disk stage; \
+             verifying the archive first"
+        );
+    }
+    ok
 }
 
 /// Where `restore -i` reads the archive from.
