@@ -151,7 +151,9 @@ impl Gate {
 
 impl Drop for Gate {
     /// Answers whatever still waits (a read of what is ready passes, anything else is
-    /// refused) and unmarks the files.
+    /// refused) and unmarks the files. Drop it only once no one reads the files any more
+    /// (CRIU has exited): the kernel lets through a read that comes after the listener has
+    /// stopped, when the group closes.
     fn drop(&mut self) {
         self.update(|s| s.stop = true);
         if let Some(l) = self.listener.take() {
@@ -208,8 +210,15 @@ fn listen(inner: &Inner) {
             },
         ];
         // SAFETY: two valid pollfds.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            continue;
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0
+            && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
+        {
+            // Cannot wait on the group any more. Never leave a read waiting (the kernel lets
+            // through whatever waits when the group closes): refuse what is not ready, and
+            // look for events every millisecond from now on.
+            inner.state.lock().unwrap_or_else(|e| e.into_inner()).failed = true;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            fds[0].revents = libc::POLLIN;
         }
         if fds[1].revents != 0 {
             let mut n = [0u8; 8];
