@@ -31,6 +31,33 @@ fn start_memhold(host: &Host, image: &str, id: &str, mib: &str) -> (MemHold, Str
     (mem, sum)
 }
 
+/// The restored `id` (a memhold that had counted to `at.1` in run `at.0`, its memory
+/// hashing to `sum`) runs, counts on rather than restarting, and rehashes its memory to
+/// `sum` (its second rehash: start_memhold asked for the first); then it is deleted and
+/// leaves nothing. `via` says what the memory came through.
+fn goes_on_with_its_memory_then_delete(
+    host: &Host,
+    id: &str,
+    at: (u64, u64),
+    sum: &str,
+    via: &str,
+) {
+    host.ferry.wait_status(id, "running");
+    let mem = MemHold::at(host.rootfs(id).join("tmp"));
+    let (runid, after) = mem.wait_count_above(at.1);
+    assert_eq!(runid, at.0, "restarted rather than restored");
+    assert!(after > at.1);
+    host.run(&["kill", id, "USR1"]).ok();
+    assert_eq!(
+        mem.wait_rehash(2),
+        sum,
+        "the memory restored through {via} differs from the dumped one"
+    );
+    host.run(&["delete", "--force", id]).ok();
+    assert_deleted(host, id);
+    assert_cgroups_gone(id);
+}
+
 #[test]
 fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
     let host = Host::new();
@@ -176,20 +203,7 @@ fn a_stage_too_small_for_the_archive_spills_to_disk_and_the_restore_succeeds() {
     );
     assert_work_clean(&host);
 
-    host.ferry.wait_status(&id, "running");
-    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
-    let (runid2, after) = mem.wait_count_above(before);
-    assert_eq!(runid2, runid, "restarted rather than restored");
-    assert!(after > before);
-    host.run(&["kill", &id, "USR1"]).ok();
-    assert_eq!(
-        mem.wait_rehash(2),
-        sum,
-        "the memory restored through the spilled stage differs from the dumped one"
-    );
-    host.run(&["delete", "--force", &id]).ok();
-    assert_deleted(&host, &id);
-    assert_cgroups_gone(&id);
+    goes_on_with_its_memory_then_delete(&host, &id, (runid, before), &sum, "the spilled stage");
 }
 
 /// An uncompressed archive file: CRIU starts once everything but the memory pages is
@@ -229,20 +243,7 @@ fn an_uncompressed_archive_feeds_its_pages_while_criu_restores() {
     assert_eq!(st["dedup"], true, "{st}");
     assert_work_clean(&host);
 
-    host.ferry.wait_status(&id, "running");
-    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
-    let (runid2, after) = mem.wait_count_above(before);
-    assert_eq!(runid2, runid, "restarted rather than restored");
-    assert!(after > before);
-    host.run(&["kill", &id, "USR1"]).ok();
-    assert_eq!(
-        mem.wait_rehash(2),
-        sum,
-        "the memory fed to CRIU differs from the dumped one"
-    );
-    host.run(&["delete", "--force", &id]).ok();
-    assert_deleted(&host, &id);
-    assert_cgroups_gone(&id);
+    goes_on_with_its_memory_then_delete(&host, &id, (runid, before), &sum, "the feed");
 }
 
 #[test]

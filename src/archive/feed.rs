@@ -15,7 +15,7 @@ use crate::archive::gate::Gate;
 use crate::archive::hashing::Hashers;
 use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_signer,
-    end_marker_missing, read_error, read_manifest, stage_stream,
+    end_marker_missing, entry_name, read_error, read_manifest, stage_stream,
 };
 use crate::archive::stage::Stage;
 use sha2::{Digest, Sha256};
@@ -111,13 +111,28 @@ pub fn unpack(
 ) -> Result<(Unpacked, Feed), Error> {
     let file = File::open(archive).map_err(|e| Error::Corrupt(format!("open: {e}")))?;
     stage.create_dir("checkpoint")?;
-    match layout {
-        Layout::Plain => unpack_plain(file, stage, trust),
-        Layout::Zstd(mark) => unpack_zstd(file, mark, stage, trust),
-    }
+    let (checked, feed) = match layout {
+        Layout::Plain => unpack_plain(file, stage, trust)?,
+        Layout::Zstd(mark) => unpack_zstd(file, mark, stage, trust)?,
+    };
+    let (manifest, signer, trusted_as) = checked;
+    let unpacked = Unpacked {
+        dir: stage.dir().to_path_buf(),
+        manifest,
+        signer,
+        trusted_as,
+    };
+    Ok((unpacked, feed))
 }
 
-fn unpack_plain(file: File, stage: &mut Stage, trust: Trust) -> Result<(Unpacked, Feed), Error> {
+/// The manifest, its signer and the name it is trusted under (reader::check_signer).
+type Checked = (
+    crate::archive::manifest::Manifest,
+    crate::identity::Fingerprint,
+    Option<String>,
+);
+
+fn unpack_plain(file: File, stage: &mut Stage, trust: Trust) -> Result<(Checked, Feed), Error> {
     let mut admission = Admission::default();
     // Whole entries: name, staged file, data offset, size.
     let mut wholes: Vec<(String, String, u64, u64)> = vec![];
@@ -132,11 +147,7 @@ fn unpack_plain(file: File, stage: &mut Stage, trust: Trust) -> Result<(Unpacked
         .map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
-        let name = entry
-            .path()
-            .map_err(|e| Error::Corrupt(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
+        let name = entry_name(&entry)?;
         let (at, size) = (entry.raw_file_position(), entry.size());
         match admission.admit(&name, entry.header().entry_type())? {
             Admitted::Skip => {}
@@ -211,13 +222,7 @@ fn unpack_plain(file: File, stage: &mut Stage, trust: Trust) -> Result<(Unpacked
     let feed = Feed::start(gate.clone(), move |stop| {
         fill(&file, &outs, &parts, &gate, stop)
     });
-    let unpacked = Unpacked {
-        dir: stage.dir().to_path_buf(),
-        manifest,
-        signer,
-        trusted_as,
-    };
-    Ok((unpacked, feed))
+    Ok(((manifest, signer, trusted_as), feed))
 }
 
 /// Makes the pages files empty on the stage, opened for writing before the gate marks them
@@ -422,7 +427,7 @@ fn unpack_zstd(
     mark: TailMark,
     stage: &mut Stage,
     trust: Trust,
-) -> Result<(Unpacked, Feed), Error> {
+) -> Result<(Checked, Feed), Error> {
     let file = Arc::new(file);
     let len = file
         .metadata()
@@ -515,13 +520,7 @@ fn unpack_zstd(
             zstd::stream::read::Decoder::new(head).map_err(|e| Error::Corrupt(e.to_string()))?;
         fill_stream(head, mark.tar_offset, &expected, counts, &outs, &gate, stop)
     });
-    let unpacked = Unpacked {
-        dir: stage.dir().to_path_buf(),
-        manifest,
-        signer,
-        trusted_as,
-    };
-    Ok((unpacked, feed))
+    Ok(((manifest, signer, trusted_as), feed))
 }
 
 /// `checkpoint/<file>.part<N>` → (`checkpoint/<file>`, N).
@@ -582,11 +581,7 @@ fn fill_stream(
             return Err(stopped());
         }
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
-        let name = entry
-            .path()
-            .map_err(|e| Error::Corrupt(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
+        let name = entry_name(&entry)?;
         match admission.admit(&name, entry.header().entry_type())? {
             Admitted::Skip => continue,
             Admitted::File { part: Some(_), .. } => {}
@@ -660,21 +655,10 @@ fn stopped() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::frames::tests::random as noise;
     use crate::archive::manifest::{FORMAT_VERSION, Manifest, SourceHost};
     use crate::archive::writer::{ArchiveWriter, Compression};
     use crate::identity::Identity;
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     /// An archive of three pages parts (the last short) and one small image after them.
     fn archive(dir: &Path, c: Compression, id: &Identity) -> (PathBuf, Vec<Vec<u8>>) {

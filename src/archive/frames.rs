@@ -484,11 +484,12 @@ pub fn write_all_vectored<W: Write + ?Sized>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
 
-    fn random(n: usize, seed: u64) -> Vec<u8> {
+    /// `n` bytes of xorshift noise (incompressible), different for each odd `seed`.
+    pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {

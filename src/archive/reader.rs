@@ -226,11 +226,7 @@ pub(crate) fn stage_stream(
     let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
-        let name = entry
-            .path()
-            .map_err(|e| Error::Corrupt(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
+        let name = entry_name(&entry)?;
         let (file, append) = match admission.admit(&name, entry.header().entry_type())? {
             Admitted::Skip => continue,
             Admitted::Manifest => {
@@ -309,6 +305,15 @@ pub(crate) fn stage_stream(
         manifest_end,
         consumed: consumed.load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// An entry's path as a string.
+pub(crate) fn entry_name<R: Read>(entry: &tar::Entry<R>) -> Result<String, Error> {
+    Ok(entry
+        .path()
+        .map_err(|e| Error::Corrupt(e.to_string()))?
+        .to_string_lossy()
+        .into_owned())
 }
 
 /// What an entry is, judged by its header.
