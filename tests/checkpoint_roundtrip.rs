@@ -153,40 +153,65 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
     assert_cgroups_gone(&id);
 }
 
-/// An archive bigger than the tmpfs it is unpacked into (capped at 1 MiB by the knob): the
-/// stage spills to disk mid-entry and the restore goes on from there, with every byte.
-#[test]
-fn a_stage_too_small_for_the_archive_spills_to_disk_and_the_restore_succeeds() {
+/// What [`none_round_trip`] leaves to check.
+struct RoundTrip {
+    host: Host,
+    id: String,
+    /// The run id and count before the checkpoint.
+    at: (u64, u64),
+    sum: String,
+    stats: serde_json::Value,
+    out: Output,
+}
+
+/// A memhold of `mib` MiB checkpointed into an uncompressed archive (the source released),
+/// then restored under its id, detached, with `restore_args` and `env`, `--debug` and its
+/// statistics kept.
+fn none_round_trip(
+    prefix: &str,
+    mib: &str,
+    env: &[(&str, &str)],
+    restore_args: &[&str],
+) -> RoundTrip {
     let host = Host::new();
     host.import_image("bb");
-    let id = host.id("spill");
-    let (mem, sum) = start_memhold(&host, "bb", &id, "16");
-    let (runid, before) = mem.wait_count_above(3);
-    let archive = host.ferry.scratch().join("spill.tar");
+    let id = host.id(prefix);
+    let (mem, sum) = start_memhold(&host, "bb", &id, mib);
+    let at = mem.wait_count_above(3);
+    let archive = host.ferry.scratch().join(format!("{prefix}.tar"));
     let a = archive.to_str().unwrap();
     host.run(&["checkpoint", &id, "-e", a, "--compress", "none"])
         .ok();
     wait_no_tagged(&host.ferry);
+    let stats = host.ferry.scratch().join(format!("{prefix}-restore.json"));
+    let mut args = vec!["--debug", "restore", "-i", a, "-d", "--stats-file"];
+    args.push(stats.to_str().unwrap());
+    args.extend_from_slice(restore_args);
+    let out = host.run_quiet_env(env, &args).ok();
+    let stats = read_stats(&stats);
+    RoundTrip {
+        host,
+        id,
+        at,
+        sum,
+        stats,
+        out,
+    }
+}
 
-    let stats = host.ferry.scratch().join("spill-restore.json");
-    let out = host
-        .run_quiet_env(
-            &[("FERRY_STAGE_TMPFS_BYTES", "1M")],
-            // Verified whole first: the path through the tmpfs stage (an uncompressed
-            // file would otherwise be fed to CRIU through a disk stage, archive::feed).
-            &[
-                "--debug",
-                "restore",
-                "-i",
-                a,
-                "-d",
-                "--verify-first",
-                "--stats-file",
-                stats.to_str().unwrap(),
-            ],
-        )
-        .ok();
-    let st = read_stats(&stats);
+/// An archive bigger than the tmpfs it is unpacked into (capped at 1 MiB by the knob): the
+/// stage spills to disk mid-entry and the restore goes on from there, with every byte.
+#[test]
+fn a_stage_too_small_for_the_archive_spills_to_disk_and_the_restore_succeeds() {
+    // Verified whole first: the path through the tmpfs stage (an uncompressed file would
+    // otherwise be fed to CRIU through a disk stage, archive::feed).
+    let rt = none_round_trip(
+        "spill",
+        "16",
+        &[("FERRY_STAGE_TMPFS_BYTES", "1M")],
+        &["--verify-first"],
+    );
+    let st = &rt.stats;
     assert_eq!(
         st["stage"], "spilled",
         "a 16 MiB archive cannot fit a 1 MiB tmpfs: {st}"
@@ -197,13 +222,12 @@ fn a_stage_too_small_for_the_archive_spills_to_disk_and_the_restore_succeeds() {
         "the reason should say the cap and where it filled: {why}"
     );
     assert!(
-        out.stderr.contains("spills to disk"),
+        rt.out.stderr.contains("spills to disk"),
         "the debug log should say the stage spilled:\n{}",
-        out.stderr
+        rt.out.stderr
     );
-    assert_work_clean(&host);
-
-    goes_on_with_its_memory_then_delete(&host, &id, (runid, before), &sum, "the spilled stage");
+    assert_work_clean(&rt.host);
+    goes_on_with_its_memory_then_delete(&rt.host, &rt.id, rt.at, &rt.sum, "the spilled stage");
 }
 
 /// An uncompressed archive file: CRIU starts once everything but the memory pages is
@@ -211,29 +235,9 @@ fn a_stage_too_small_for_the_archive_spills_to_disk_and_the_restore_succeeds() {
 /// whole and the counter goes on.
 #[test]
 fn an_uncompressed_archive_feeds_its_pages_while_criu_restores() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("fed");
-    let (mem, sum) = start_memhold(&host, "bb", &id, "64");
-    let (runid, before) = mem.wait_count_above(3);
-    let archive = host.ferry.scratch().join("fed.tar");
-    let a = archive.to_str().unwrap();
-    host.run(&["checkpoint", &id, "-e", a, "--compress", "none"])
-        .ok();
-    wait_no_tagged(&host.ferry);
-
-    let stats = host.ferry.scratch().join("fed-restore.json");
-    host.run_quiet(&[
-        "restore",
-        "-i",
-        a,
-        "-d",
-        "--stats-file",
-        stats.to_str().unwrap(),
-    ])
-    .ok();
-    let st = read_stats(&stats);
-    if ferry::archive::gate::supported(&host.storage) {
+    let rt = none_round_trip("fed", "64", &[], &[]);
+    let st = &rt.stats;
+    if ferry::archive::gate::supported(&rt.host.storage) {
         assert_eq!(st["pages_verified"], "while restoring", "{st}");
         assert_eq!(st["stage"], "disk", "{st}");
         assert!(st["feed_ms"].as_f64().unwrap_or(0.0) > 0.0, "{st}");
@@ -241,9 +245,8 @@ fn an_uncompressed_archive_feeds_its_pages_while_criu_restores() {
         assert_eq!(st["pages_verified"], "before restoring", "{st}");
     }
     assert_eq!(st["dedup"], true, "{st}");
-    assert_work_clean(&host);
-
-    goes_on_with_its_memory_then_delete(&host, &id, (runid, before), &sum, "the feed");
+    assert_work_clean(&rt.host);
+    goes_on_with_its_memory_then_delete(&rt.host, &rt.id, rt.at, &rt.sum, "the feed");
 }
 
 #[test]

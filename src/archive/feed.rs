@@ -439,7 +439,7 @@ fn unpack_zstd(
         end: len - TAIL_MARK_LEN,
     };
     let tail = zstd::stream::read::Decoder::new(tail).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let staged = stage_stream(tail, stage, &crate::progress::Progress::hidden())?;
+    let mut staged = stage_stream(tail, stage, &crate::progress::Progress::hidden())?;
     if let Some(p) = staged.entries.keys().find(|n| part_of(n).is_some()) {
         return Err(Error::BadEntry {
             entry: p.clone(),
@@ -448,13 +448,7 @@ fn unpack_zstd(
                 .into(),
         });
     }
-    let signed = staged.signed.ok_or_else(|| {
-        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
-    })?;
-    if staged.consumed < staged.manifest_end + 1024 {
-        return Err(end_marker_missing());
-    }
-    let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
+    let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
     // Every entry the tail does not hold must be a pages part, which the feed brings.
     let mut sizes: BTreeMap<String, u64> = staged
         .entries

@@ -167,14 +167,8 @@ pub fn unpack_with_progress(
 ) -> Result<Unpacked, Error> {
     stage.create_dir("checkpoint")?;
     let stream = decompressed(input).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let staged = stage_stream(stream, stage, progress)?;
-    let signed = staged.signed.ok_or_else(|| {
-        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
-    })?;
-    if staged.consumed < staged.manifest_end + 1024 {
-        return Err(end_marker_missing());
-    }
-    let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
+    let mut staged = stage_stream(stream, stage, progress)?;
+    let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
     let sizes = staged
         .entries
         .iter()
@@ -201,6 +195,20 @@ pub(crate) struct Streamed {
     pub signed: Option<SignedManifest>,
     pub manifest_end: u64,
     pub consumed: u64,
+}
+
+impl Streamed {
+    /// The signed manifest, once the stream is known to have been complete: the manifest
+    /// came, and the end-of-archive marker after it.
+    pub(crate) fn take_manifest(&mut self) -> Result<SignedManifest, Error> {
+        let signed = self.signed.take().ok_or_else(|| {
+            Error::Truncated("it ends without ferry.manifest (its last entry)".into())
+        })?;
+        if self.consumed < self.manifest_end + 1024 {
+            return Err(end_marker_missing());
+        }
+        Ok(signed)
+    }
 }
 
 /// Stages every entry of `stream` (entries admitted as [`Admission`] says), hashing each
