@@ -21,10 +21,15 @@ const SEED: &str = "0xbad1";
 
 /// A host with image `bb` and a memhold container `id` counting in it.
 fn host_with_container(prefix: &str) -> (Host, String, MemHold) {
+    host_with_memory(prefix, "4")
+}
+
+/// [`host_with_container`] holding `mib` MiB.
+fn host_with_memory(prefix: &str, mib: &str) -> (Host, String, MemHold) {
     let host = Host::new();
     host.import_image("bb");
     let id = host.id(prefix);
-    host.run_image("bb", &id, &["/bin/memhold", "4", SEED, "/tmp"]);
+    host.run_image("bb", &id, &["/bin/memhold", mib, SEED, "/tmp"]);
     let mem = MemHold::at(host.rootfs(&id).join("tmp"));
     mem.wait_count_above(2);
     (host, id, mem)
@@ -597,12 +602,7 @@ fn a_flipped_byte_after_a_spill_is_refused_and_leaves_nothing() {
 /// is refused; the restore fails naming the part, and nothing restored ever ran or is left.
 #[test]
 fn a_flipped_byte_in_the_last_page_part_stops_a_fed_restore() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("fedflip");
-    host.run_image("bb", &id, &["/bin/memhold", "64", SEED, "/tmp"]);
-    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
-    mem.wait_count_above(2);
+    let (host, id, _) = host_with_memory("fedflip", "64");
     let archive = export(&host, &id, "none", false);
     let (part, pos, size) = entry_offsets(&archive)
         .into_iter()
@@ -629,12 +629,7 @@ fn a_flipped_byte_in_the_last_page_part_stops_a_fed_restore() {
 /// that is no mark at all leaves the archive to be read in order, and it restores.
 #[test]
 fn a_zstd_archive_fed_while_restoring_refuses_a_flipped_page_byte_and_a_moved_mark() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("zfeed");
-    host.run_image("bb", &id, &["/bin/memhold", "64", SEED, "/tmp"]);
-    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
-    mem.wait_count_above(2);
+    let (host, id, _) = host_with_memory("zfeed", "64");
     let archive = export(&host, &id, "zstd", false);
     let bytes = fs::read(&archive).unwrap();
     let plain = host.ferry.scratch().join("zfeed-plain.tar");
