@@ -1,14 +1,17 @@
-//! `restore -i` of an uncompressed archive in a file, with the memory pages fed to CRIU while
-//! it restores (docs/checkpoint.md, "Pages fed while CRIU restores").
+//! `restore -i` of an archive file, with the memory pages fed to CRIU while it restores
+//! (docs/checkpoint.md, "Pages fed while CRIU restores").
 //!
-//! [`unpack`] reads the tar headers first (seeking past the data), checks the manifest's
-//! signature and signer, checks that the archive lists exactly the manifest's entries at
-//! their sizes, and verifies and stages every entry but the pages parts. The pages images
-//! are then made empty on the stage and gated (archive::gate): CRIU may start, and each of its
-//! reads waits until the range it wants has been written and its parts' digests matched.
-//! The [`Feed`] does that on every core, in archive order; a part that does not match stops
-//! it and refuses CRIU's waiting read, so CRIU fails before anything restored runs, and the
-//! restore's pre-resume notification waits for the whole feed ([`Feed::wait`]).
+//! [`unpack`] reads everything but the pages first: an uncompressed archive's tar headers by
+//! seeking past the data, a zstd archive's tail (archive::frames::TailMark) by decompressing
+//! from where its last bytes point. It checks the manifest's signature and signer, that the
+//! archive holds exactly the manifest's entries at their sizes, and verifies and stages every
+//! entry but the pages parts. The pages images are then made empty on the stage and gated
+//! (archive::gate): CRIU may start, and each of its reads waits until the range it wants has
+//! been written and its parts' digests matched. The [`Feed`] does that on every core, in
+//! archive order; a part that does not match (or a head that is not exactly the manifest's
+//! parts) stops it and refuses CRIU's waiting read, so CRIU fails before anything restored
+//! runs, and the restore's pre-resume notification waits for the whole feed
+//! ([`Feed::wait`]).
 
 use crate::archive::frames::{TAIL_MARK_LEN, TailMark};
 use crate::archive::gate::Gate;
