@@ -21,6 +21,7 @@ use crate::archive::reader::{
     end_marker_missing, entry_name, read_error, read_manifest, stage_stream,
 };
 use crate::archive::stage::Stage;
+use crate::progress::Progress;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -106,17 +107,19 @@ struct Part {
 
 /// Reads `archive` (of `layout`, see [`layout`]) into `stage` (fresh, empty, on a filesystem
 /// the gate works on) and starts feeding its pages; see the module doc.
+/// `progress` is advanced by every byte of the pages as the feed writes them.
 pub fn unpack(
     archive: &Path,
     layout: Layout,
     stage: &mut Stage,
     trust: Trust,
+    progress: Arc<Progress>,
 ) -> Result<(Unpacked, Feed), Error> {
     let file = File::open(archive).map_err(|e| Error::Corrupt(format!("open: {e}")))?;
     stage.create_dir("checkpoint")?;
     let (checked, feed) = match layout {
-        Layout::Plain => unpack_plain(file, stage, trust)?,
-        Layout::Zstd(mark) => unpack_zstd(file, mark, stage, trust)?,
+        Layout::Plain => unpack_plain(file, stage, trust, progress)?,
+        Layout::Zstd(mark) => unpack_zstd(file, mark, stage, trust, progress)?,
     };
     let (manifest, signer, trusted_as) = checked;
     let unpacked = Unpacked {
@@ -135,7 +138,12 @@ type Checked = (
     Option<String>,
 );
 
-fn unpack_plain(file: File, stage: &mut Stage, trust: Trust) -> Result<(Checked, Feed), Error> {
+fn unpack_plain(
+    file: File,
+    stage: &mut Stage,
+    trust: Trust,
+    progress: Arc<Progress>,
+) -> Result<(Checked, Feed), Error> {
     let mut admission = Admission::default();
     // Whole entries: name, staged file, data offset, size.
     let mut wholes: Vec<(String, String, u64, u64)> = vec![];
@@ -223,7 +231,7 @@ fn unpack_plain(file: File, stage: &mut Stage, trust: Trust) -> Result<(Checked,
     }
     let (outs, gate) = gated_files(stage, &files)?;
     let feed = Feed::start(gate.clone(), move |stop| {
-        fill(&file, &outs, &parts, &gate, stop)
+        fill(&file, &outs, &parts, &gate, &progress, stop)
     });
     Ok(((manifest, signer, trusted_as), feed))
 }
@@ -340,6 +348,7 @@ fn fill(
     outs: &[(PathBuf, File)],
     parts: &[Part],
     gate: &Gate,
+    progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
     let next = AtomicUsize::new(0);
@@ -366,6 +375,7 @@ fn fill(
                 gate.fail();
                 return r;
             }
+            progress.inc(p.size);
             let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
             d.0[k] = true;
             while d.1 < parts.len() && d.0[d.1] {
@@ -430,6 +440,7 @@ fn unpack_zstd(
     mark: TailMark,
     stage: &mut Stage,
     trust: Trust,
+    progress: Arc<Progress>,
 ) -> Result<(Checked, Feed), Error> {
     let file = Arc::new(file);
     let len = file
@@ -515,7 +526,12 @@ fn unpack_zstd(
     let feed = Feed::start(gate.clone(), move |stop| {
         let head =
             zstd::stream::read::Decoder::new(head).map_err(|e| Error::Corrupt(e.to_string()))?;
-        fill_stream(head, mark.tar_offset, &expected, counts, &outs, &gate, stop)
+        let to = Target {
+            outs: &outs,
+            gate: &gate,
+            progress: &progress,
+        };
+        fill_stream(head, mark.tar_offset, &expected, counts, to, stop)
     });
     Ok(((manifest, signer, trusted_as), feed))
 }
@@ -531,15 +547,26 @@ fn part_of(name: &str) -> Option<(String, u32)> {
 /// Feeds the parts of a zstd archive's head, decompressed in order on this thread and
 /// hashed on others; each file's gate opens over its prefix of matched parts. The head must
 /// hold exactly the expected parts and end at the tail mark's `tar_len`.
+/// Where a feed's parts go: the staged files, their gate, the progress bar.
+struct Target<'a> {
+    outs: &'a [(PathBuf, File)],
+    gate: &'a Gate,
+    progress: &'a Progress,
+}
+
 fn fill_stream(
     head: impl Read,
     tar_len: u64,
     expected: &BTreeMap<String, Expected>,
     counts: Vec<usize>,
-    outs: &[(PathBuf, File)],
-    gate: &Gate,
+    to: Target,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
+    let Target {
+        outs,
+        gate,
+        progress,
+    } = to;
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tar = tar::Archive::new(crate::archive::reader::Counted {
         inner: head,
@@ -618,6 +645,7 @@ fn fill_stream(
                     source,
                 })?;
             done += buf.len() as u64;
+            progress.inc(buf.len() as u64);
             hashers
                 .update_owned(buf)
                 .map_err(|err| Error::Corrupt(err.to_string()))?;
@@ -682,6 +710,10 @@ mod tests {
         (path, parts)
     }
 
+    fn hidden() -> Arc<Progress> {
+        Arc::new(Progress::hidden())
+    }
+
     /// Reads the whole pages file as CRIU would, from another opener than the feed.
     fn read_pages(stage: &Path, len: usize) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
         let path = stage.join("checkpoint/pages-1.img");
@@ -708,7 +740,8 @@ mod tests {
             assert_eq!(layout == Layout::Plain, c == Compression::None);
 
             let mut stage = Stage::disk(&d.path().join(format!("good-{c:?}")), "test").unwrap();
-            let (u, mut feed) = unpack(&path, layout, &mut stage, Trust::AnySigner).unwrap();
+            let (u, mut feed) =
+                unpack(&path, layout, &mut stage, Trust::AnySigner, hidden()).unwrap();
             assert_eq!(
                 std::fs::read(u.dir.join("checkpoint/inventory.img")).unwrap(),
                 b"inventory"
@@ -728,7 +761,8 @@ mod tests {
             let bad = d.path().join(format!("bad-{c:?}.tar"));
             std::fs::write(&bad, &bytes).unwrap();
             let mut stage = Stage::disk(&d.path().join(format!("bad-{c:?}")), "test").unwrap();
-            let (_, mut feed) = unpack(&bad, layout, &mut stage, Trust::AnySigner).unwrap();
+            let (_, mut feed) =
+                unpack(&bad, layout, &mut stage, Trust::AnySigner, hidden()).unwrap();
             let read = read_pages(stage.dir(), want.len()).join().unwrap();
             assert_eq!(
                 read.map(|_| ()).unwrap_err().raw_os_error(),

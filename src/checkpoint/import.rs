@@ -149,7 +149,16 @@ impl Runtime {
         };
         let (unpacked, feed) = match input {
             Source::Fed(path, layout) => {
-                let (u, f) = crate::archive::feed::unpack(&path, layout, stage, trust)
+                // The pages are most of the archive: what precedes a zstd one's tail, or
+                // about all of an uncompressed one.
+                let total = match layout {
+                    crate::archive::feed::Layout::Zstd(mark) => Some(mark.tar_offset),
+                    crate::archive::feed::Layout::Plain => {
+                        std::fs::metadata(&path).ok().map(|m| m.len())
+                    }
+                };
+                let progress = Arc::new(crate::progress::Progress::bytes("restoring", total));
+                let (u, f) = crate::archive::feed::unpack(&path, layout, stage, trust, progress)
                     .map_err(|e| Error::Other(e.to_string()))?;
                 stats.pages_verified = "while restoring";
                 (u, Some(Arc::new(Mutex::new(f))))
