@@ -77,7 +77,8 @@ struct State {
 }
 
 struct Inner {
-    group: OwnedFd,
+    /// None when the kernel would not hold the files' reads.
+    group: Option<OwnedFd>,
     wake: OwnedFd,
     /// (st_dev, st_ino) of each gated file → its index.
     files: HashMap<(u64, u64), usize>,
@@ -92,8 +93,13 @@ pub struct Gate {
 
 impl Gate {
     /// Marks `files` (path and final size each); from now on other openers' reads wait.
+    ///
+    /// When the kernel will not hold them after all (say `supported` passed, but this user
+    /// has used up its fanotify groups: `fs.fanotify.max_user_groups`, 128 by default, which
+    /// a host restoring many containers at once can reach), the gate holds nothing:
+    /// [`holds`](Self::holds) says so, and the caller must have every byte in place before
+    /// anyone reads.
     pub fn new(files: &[(PathBuf, u64)]) -> io::Result<Gate> {
-        let group = group()?;
         let mut ids = HashMap::new();
         for (i, (path, _)) in files.iter().enumerate() {
             let m = std::fs::metadata(path)?;
@@ -104,8 +110,20 @@ impl Gate {
                 ),
                 i,
             );
-            mark(&group, path)?;
         }
+        let group = group().and_then(|g| {
+            for (path, _) in files {
+                mark(&g, path)?;
+            }
+            Ok(g)
+        });
+        let group = match group {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::debug!("fanotify cannot gate the pages ({e}): they are verified first");
+                None
+            }
+        };
         // SAFETY: plain syscall; the fd returned is ours.
         let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if wake < 0 {
@@ -123,14 +141,23 @@ impl Gate {
                 stop: false,
             }),
         });
-        let i = inner.clone();
-        let listener = std::thread::Builder::new()
-            .name("ferry-gate".into())
-            .spawn(move || listen(&i))?;
-        Ok(Gate {
-            inner,
-            listener: Some(listener),
-        })
+        let listener = match inner.group {
+            Some(_) => {
+                let i = inner.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("ferry-gate".into())
+                        .spawn(move || listen(&i))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Gate { inner, listener })
+    }
+
+    /// Whether reads of the files are held until ready (see [`new`](Self::new)).
+    pub fn holds(&self) -> bool {
+        self.listener.is_some()
     }
 
     /// File `file` may now be read up to `ready` bytes from its start.
@@ -176,6 +203,9 @@ struct Waiting {
 }
 
 fn listen(inner: &Inner) {
+    let Some(group) = &inner.group else {
+        return;
+    };
     let mut waiting: Vec<Waiting> = vec![];
     // u64s: event records are 8-byte aligned.
     let mut buf = vec![0u64; 1024];
@@ -184,7 +214,7 @@ fn listen(inner: &Inner) {
             let s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             waiting.retain(|w| match decide(&s, w) {
                 Some(allow) => {
-                    respond(&inner.group, w.fd.as_raw_fd(), allow);
+                    respond(group, w.fd.as_raw_fd(), allow);
                     false
                 }
                 None => true,
@@ -193,13 +223,13 @@ fn listen(inner: &Inner) {
         };
         if stop {
             for w in waiting.drain(..) {
-                respond(&inner.group, w.fd.as_raw_fd(), false);
+                respond(group, w.fd.as_raw_fd(), false);
             }
             return;
         }
         let mut fds = [
             libc::pollfd {
-                fd: inner.group.as_raw_fd(),
+                fd: group.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -227,13 +257,8 @@ fn listen(inner: &Inner) {
         }
         if fds[0].revents != 0 {
             // SAFETY: reading into our buffer, of its size in bytes.
-            let n = unsafe {
-                libc::read(
-                    inner.group.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len() * 8,
-                )
-            };
+            let n =
+                unsafe { libc::read(group.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len() * 8) };
             if n > 0 {
                 // SAFETY: the u64 buffer viewed as the n bytes the kernel wrote.
                 let bytes =
