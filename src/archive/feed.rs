@@ -121,7 +121,7 @@ pub fn unpack(
         Layout::Plain => unpack_plain(file, stage, trust, progress)?,
         Layout::Zstd(mark) => unpack_zstd(file, mark, stage, trust, progress)?,
     };
-    if !feed.gate.as_ref().is_some_and(|g| g.holds()) {
+    if !feed.fed_while_restoring() {
         // Nothing would hold CRIU's reads: every page in place and verified before it starts.
         feed.finish()?;
     }
@@ -305,6 +305,12 @@ impl Feed {
             started: Instant::now(),
             took: None,
         }
+    }
+
+    /// Whether the pages are still being fed, CRIU's reads held until they are ready
+    /// (false when no gate could hold them, and they were all verified in unpack).
+    pub fn fed_while_restoring(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.holds())
     }
 
     /// Waits until every part is verified and written; the first part that failed, as a

@@ -160,7 +160,11 @@ impl Runtime {
                 let progress = Arc::new(crate::progress::Progress::bytes("restoring", total));
                 let (u, f) = crate::archive::feed::unpack(&path, layout, stage, trust, progress)
                     .map_err(|e| Error::Other(e.to_string()))?;
-                stats.pages_verified = "while restoring";
+                stats.pages_verified = if f.fed_while_restoring() {
+                    "while restoring"
+                } else {
+                    "before restoring"
+                };
                 (u, Some(Arc::new(Mutex::new(f))))
             }
             Source::Stream(input) => {
