@@ -2,12 +2,12 @@
 //! rootfs with the container's changes applied, then CRIU restores into it. Any failure
 //! removes everything made; the archive file is never touched.
 //!
-//! A plain uncompressed archive file has its signature, signer and every entry but the
-//! memory pages verified before CRIU starts; the pages are then verified and staged while
-//! CRIU restores, each of CRIU's reads held until its range is verified, and nothing
-//! restored runs before all of them are (archive::feed, archive::gate). A pipe, a
-//! compressed archive or `--verify-first` is verified whole before CRIU starts, unpacked
-//! into a private tmpfs when memory allows (archive/stage.rs). Either way the images are
+//! An archive file (uncompressed, or zstd with a tail mark) has its signature, signer and
+//! every entry but the memory pages verified before CRIU starts; the pages are then verified
+//! and staged while CRIU restores, each of CRIU's reads held until its range is verified,
+//! and nothing restored runs before all of them are (archive::feed, archive::gate). A pipe,
+//! a gzip archive or `--verify-first` is verified whole before CRIU starts, unpacked into a
+//! private tmpfs when memory allows (archive/stage.rs). Either way the images are
 //! scratch, read once by CRIU, which punches them out as it restores (`auto_dedup`), so
 //! memory holds them once, not twice.
 
