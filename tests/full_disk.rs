@@ -390,10 +390,9 @@ fn a_storage_too_small_for_fed_pages_verifies_first_in_memory_and_restores() {
     let small = Tmpfs::ext4(128);
     let storage = small.path().join("storage");
     fs::create_dir(&storage).unwrap();
-    if !ferry::archive::gate::supported(&storage) {
-        eprintln!("this kernel cannot gate files on ext4: nothing to fall back from");
-        return;
-    }
+    // Before Linux 6.14 no restore feeds its pages: then it is verified first for that
+    // reason, and the log has no word about the disk.
+    let gated = ferry::archive::gate::supported(&storage);
     let b = Host::on_storage(storage.clone());
     b.import_dir("bb", &image);
     b.run(&["trust", "add", &a.fingerprint()]).ok();
@@ -410,7 +409,7 @@ fn a_storage_too_small_for_fed_pages_verifies_first_in_memory_and_restores() {
         ])
         .ok();
     assert!(
-        out.stderr.contains("too little disk"),
+        !gated || out.stderr.contains("too little disk"),
         "the log should say why the pages were not fed:\n{}",
         out.stderr
     );
