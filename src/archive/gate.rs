@@ -21,18 +21,11 @@ use std::thread::JoinHandle;
 const FAN_PRE_ACCESS: u64 = 0x0010_0000;
 const FAN_EVENT_INFO_TYPE_RANGE: u8 = 6;
 
-/// Whether files in `dir` can be gated: a probe file marked and unmarked. False on kernels
-/// before 6.14, on filesystems without the hook (tmpfs, overlayfs) and without
-/// CAP_SYS_ADMIN. The probe is named like the work entries a later restore sweeps
-/// (`restore-probe-<pid>`), should this one be killed before it removes it.
+/// Whether files in `dir` can be gated: the directory itself takes the mark (in a group
+/// closed right away). False on kernels before 6.14, on filesystems without the hook
+/// (tmpfs, overlayfs) and without CAP_SYS_ADMIN.
 pub fn supported(dir: &Path) -> bool {
-    let probe = dir.join(format!("restore-probe-{}", std::process::id()));
-    if std::fs::write(&probe, b"").is_err() {
-        return false;
-    }
-    let ok = group().and_then(|g| mark(&g, &probe)).is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+    group().and_then(|g| mark(&g, dir)).is_ok()
 }
 
 fn group() -> io::Result<OwnedFd> {

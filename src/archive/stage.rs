@@ -434,8 +434,7 @@ pub fn sweep_stale(work: &Path) -> Vec<PathBuf> {
         let path = e.path();
         // EINVAL when nothing is mounted there; MNT_DETACH for one still busy.
         let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH);
-        let gone = std::fs::remove_dir_all(&path).is_ok() || std::fs::remove_file(&path).is_ok();
-        if gone {
+        if std::fs::remove_dir_all(&path).is_ok() {
             tracing::info!(path = %path.display(), pid, "removed what a ferry that is gone left");
             removed.push(path);
         }
