@@ -65,7 +65,7 @@ pub type Shared = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// What [`Frames::write_shared`] takes as a frame of its own rather than copying it: a
 /// smaller buffer would make a frame too small to compress well.
-pub const SHARED_MIN: usize = 64 << 10;
+const SHARED_MIN: usize = 64 << 10;
 
 /// A piece of the stream for a compressing worker.
 enum Input {

@@ -76,7 +76,7 @@ impl Container {
         super::netlock::choose(
             opts.network_lock,
             || {
-                let inside = self.cgroup().and_then(|c| c.pids()).unwrap_or_default();
+                let inside = self.processes().unwrap_or_default();
                 super::netlock::unreachable_running(&self.record.spec, self.pid(), &inside)
             },
             opts.tcp_established,

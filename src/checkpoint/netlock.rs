@@ -54,7 +54,7 @@ fn owns_netns(spec: &Spec) -> bool {
 
 /// At dump: the running container's own namespace has no device but `lo`
 /// (`/proc/<pid>/net/dev` lists the devices of the task's namespace).
-pub fn loopback_only_running(spec: &Spec, pid: i32) -> bool {
+fn loopback_only_running(spec: &Spec, pid: i32) -> bool {
     if !owns_netns(spec) {
         return false;
     }
@@ -76,7 +76,7 @@ pub fn unreachable_running(spec: &Spec, pid: i32, inside: &[i32]) -> bool {
 /// sockets over lo while it is frozen. Every process's `/proc/<pid>/ns/net` is compared; a
 /// process that cannot be read (it went away) does not count. An error reading /proc
 /// counts as shared.
-pub fn netns_shared(pid: i32, inside: &[i32]) -> bool {
+fn netns_shared(pid: i32, inside: &[i32]) -> bool {
     let Ok(ours) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
         return true;
     };
