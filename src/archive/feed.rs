@@ -93,16 +93,92 @@ impl Read for Region {
     }
 }
 
-/// One part of a pages image: where its data is in the archive and in the staged file.
+/// One part of a pages image: where it goes in its staged file, and the digest the
+/// manifest gives it.
 struct Part {
     name: String,
+    /// The pages file (index into the staged files) and the part's number in it.
     file: usize,
-    /// Offset of the data in the archive.
-    at: u64,
+    n: usize,
     /// Offset in the staged file.
     offset: u64,
     size: u64,
     sha256: String,
+}
+
+/// Which parts of each pages file have matched their digests; the gate opens over each
+/// file's prefix of matched parts, since CRIU reads a file from its start.
+struct Matched {
+    parts: Vec<Vec<bool>>,
+    prefix: Vec<usize>,
+    /// Where each part ends in its file.
+    ends: Vec<Vec<u64>>,
+}
+
+impl Matched {
+    fn new<'a>(files: usize, parts: impl Iterator<Item = &'a Part>) -> Matched {
+        let mut ends: Vec<Vec<u64>> = vec![vec![]; files];
+        for p in parts {
+            let e = &mut ends[p.file];
+            if e.len() <= p.n {
+                e.resize(p.n + 1, 0);
+            }
+            e[p.n] = p.offset + p.size;
+        }
+        Matched {
+            parts: ends.iter().map(|e| vec![false; e.len()]).collect(),
+            prefix: vec![0; files],
+            ends,
+        }
+    }
+
+    fn matched(&mut self, p: &Part, gate: &Gate) {
+        let done = &mut self.parts[p.file];
+        done[p.n] = true;
+        let prefix = &mut self.prefix[p.file];
+        while *prefix < done.len() && done[*prefix] {
+            *prefix += 1;
+        }
+        if *prefix > 0 {
+            gate.advance(p.file, self.ends[p.file][*prefix - 1]);
+        }
+    }
+
+    fn is_matched(&self, p: &Part) -> bool {
+        self.parts[p.file][p.n]
+    }
+}
+
+/// Reads `size` bytes at `at` of `archive` into `buf`, a piece at a time, hands each piece
+/// to `put` with its offset from `at`, and returns their sha256 (hex).
+fn copy_hashed(
+    archive: &File,
+    at: u64,
+    size: u64,
+    name: &str,
+    buf: &mut [u8],
+    mut put: impl FnMut(&[u8], u64) -> Result<(), Error>,
+) -> Result<String, Error> {
+    let mut h = Sha256::new();
+    let mut done = 0;
+    while done < size {
+        let n = (buf.len() as u64).min(size - done) as usize;
+        archive
+            .read_exact_at(&mut buf[..n], at + done)
+            .map_err(|e| read_error(e, name))?;
+        h.update(&buf[..n]);
+        put(&buf[..n], done)?;
+        done += n as u64;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// An error writing the staged file `out`.
+fn write_error(out: &(PathBuf, File)) -> impl Fn(std::io::Error) -> Error + '_ {
+    |source| Error::Write {
+        path: out.0.clone(),
+        source,
+    }
 }
 
 /// Reads `archive` (of `layout`, see [`layout`]) into `stage` (fresh, empty, on a filesystem
@@ -151,7 +227,8 @@ fn unpack_plain(
     let mut admission = Admission::default();
     // Whole entries: name, staged file, data offset, size.
     let mut wholes: Vec<(String, String, u64, u64)> = vec![];
-    let mut parts: Vec<Part> = vec![];
+    // Pages parts, each with the offset of its data in the archive.
+    let mut parts: Vec<(u64, Part)> = vec![];
     // Staged pages files and the bytes their parts add up to.
     let mut files: Vec<(String, u64)> = vec![];
     let mut signed = None;
@@ -173,7 +250,7 @@ fn unpack_plain(
             Admitted::File { file, part: None } => wholes.push((name, file, at, size)),
             Admitted::File {
                 file,
-                part: Some(_),
+                part: Some(n),
             } => {
                 let i = match files.iter().position(|f| f.0 == file) {
                     Some(i) => i,
@@ -182,14 +259,15 @@ fn unpack_plain(
                         files.len() - 1
                     }
                 };
-                parts.push(Part {
+                let part = Part {
                     name,
                     file: i,
-                    at,
+                    n: n as usize,
                     offset: files[i].1,
                     size,
                     sha256: String::new(),
-                });
+                };
+                parts.push((at, part));
                 files[i].1 += size;
             }
         }
@@ -208,43 +286,42 @@ fn unpack_plain(
     let sizes: BTreeMap<String, u64> = wholes
         .iter()
         .map(|w| (w.0.clone(), w.3))
-        .chain(parts.iter().map(|p| (p.name.clone(), p.size)))
+        .chain(parts.iter().map(|(_, p)| (p.name.clone(), p.size)))
         .collect();
     let listed = check_listing(&manifest, &sizes)?;
-    for p in &mut parts {
+    for (_, p) in &mut parts {
         p.sha256 = listed[p.name.as_str()].sha256.clone();
     }
+    let mut buf = vec![0u8; CHUNK as usize];
     for (name, staged, at, size) in &wholes {
         stage.create(staged)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK.min(*size) as usize];
-        let mut done = 0;
-        while done < *size {
-            let n = CHUNK.min(size - done) as usize;
-            file.read_exact_at(&mut buf[..n], at + done)
-                .map_err(|e| read_error(e, name))?;
-            h.update(&buf[..n]);
-            stage.write(&buf[..n])?;
-            done += n as u64;
-        }
-        check_digest(
+        let sha = copy_hashed(
+            &file,
+            *at,
+            *size,
             name,
-            &hex::encode(h.finalize()),
-            &listed[name.as_str()].sha256,
+            &mut buf,
+            |b, _| Ok(stage.write(b)?),
         )?;
+        check_digest(name, &sha, &listed[name.as_str()].sha256)?;
     }
     let (outs, gate) = gated_files(stage, &files)?;
     let feed = Feed::start(gate.clone(), move |stop| {
-        fill(&file, &outs, &parts, &gate, &progress, stop)
+        let to = Target {
+            outs: &outs,
+            gate: &gate,
+            progress: &progress,
+        };
+        fill(&file, &parts, files.len(), to, stop)
     });
     Ok(((manifest, signer, trusted_as), feed))
 }
 
-/// Makes the pages files empty on the stage, opened for writing before the gate marks them
-/// (reads and writes through a file opened earlier are never held), and gates them.
 /// Staged files open for writing, with their paths (for errors).
 type Outs = Vec<(PathBuf, File)>;
 
+/// Makes the pages files empty on the stage, opened for writing before the gate marks them
+/// (reads and writes through a file opened earlier are never held), and gates them.
 fn gated_files(stage: &Stage, files: &[(String, u64)]) -> Result<(Outs, Arc<Gate>), Error> {
     let mut outs = vec![];
     let mut gated = vec![];
@@ -349,20 +426,25 @@ impl Drop for Feed {
     }
 }
 
-/// Verifies and writes the parts on every core, and opens the gate over each file's prefix
-/// of finished parts.
+/// Where a feed's parts go: the staged files, their gate, the progress bar.
+struct Target<'a> {
+    outs: &'a [(PathBuf, File)],
+    gate: &'a Gate,
+    progress: &'a Progress,
+}
+
+/// Verifies and writes the parts (each with the offset of its data in `archive`) on every
+/// core, and opens the gate over each file's prefix of matched parts.
 fn fill(
     archive: &File,
-    outs: &[(PathBuf, File)],
-    parts: &[Part],
-    gate: &Gate,
-    progress: &Progress,
+    parts: &[(u64, Part)],
+    files: usize,
+    to: Target,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    // Which parts are done, and how many from the first are.
-    let done = Mutex::new((vec![false; parts.len()], 0usize));
+    let matched = Mutex::new(Matched::new(files, parts.iter().map(|(_, p)| p)));
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -373,24 +455,24 @@ fn fill(
             if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            let Some(p) = parts.get(k) else {
+            let Some((at, p)) = parts.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 return Ok(());
             };
-            let r = feed_part(archive, &outs[p.file], p, &mut buf);
+            let out = &to.outs[p.file];
+            let r = copy_hashed(archive, *at, p.size, &p.name, &mut buf, |b, off| {
+                out.1
+                    .write_all_at(b, p.offset + off)
+                    .map_err(write_error(out))
+            })
+            .and_then(|sha| check_digest(&p.name, &sha, &p.sha256));
             if r.is_err() {
                 failed.store(true, Ordering::Relaxed);
-                gate.fail();
+                to.gate.fail();
                 return r;
             }
-            progress.inc(p.size);
-            let mut d = done.lock().unwrap_or_else(|e| e.into_inner());
-            d.0[k] = true;
-            while d.1 < parts.len() && d.0[d.1] {
-                let q = &parts[d.1];
-                gate.advance(q.file, q.offset + q.size);
-                d.1 += 1;
-            }
+            to.progress.inc(p.size);
+            let mut m = matched.lock().unwrap_or_else(|e| e.into_inner());
+            m.matched(p, to.gate);
         }
     };
     let results: Vec<Result<(), Error>> = std::thread::scope(|s| {
@@ -407,40 +489,9 @@ fn fill(
         r?;
     }
     if stop.load(Ordering::Relaxed) {
-        return Err(Error::Corrupt(
-            "the restore stopped before its pages were read".into(),
-        ));
+        return Err(stopped());
     }
     Ok(())
-}
-
-fn feed_part(archive: &File, out: &(PathBuf, File), p: &Part, buf: &mut [u8]) -> Result<(), Error> {
-    let mut h = Sha256::new();
-    let mut done = 0;
-    while done < p.size {
-        let n = CHUNK.min(p.size - done) as usize;
-        archive
-            .read_exact_at(&mut buf[..n], p.at + done)
-            .map_err(|e| read_error(e, &p.name))?;
-        h.update(&buf[..n]);
-        out.1
-            .write_all_at(&buf[..n], p.offset + done)
-            .map_err(|e| Error::Write {
-                path: out.0.clone(),
-                source: e,
-            })?;
-        done += n as u64;
-    }
-    check_digest(&p.name, &hex::encode(h.finalize()), &p.sha256)
-}
-
-/// Where a part fed from a zstd archive's head goes, and what it must be.
-struct Expected {
-    file: usize,
-    n: usize,
-    offset: u64,
-    size: u64,
-    sha256: String,
 }
 
 fn unpack_zstd(
@@ -504,16 +555,15 @@ fn unpack_zstd(
                     why: "listed in the manifest but missing from the archive".into(),
                 });
             }
-            expected.insert(
-                e.name.clone(),
-                Expected {
-                    file: files.len(),
-                    n: i,
-                    offset,
-                    size: e.size,
-                    sha256: e.sha256.clone(),
-                },
-            );
+            let part = Part {
+                name: e.name.clone(),
+                file: files.len(),
+                n: i,
+                offset,
+                size: e.size,
+                sha256: e.sha256.clone(),
+            };
+            expected.insert(e.name.clone(), part);
             offset += e.size;
         }
         files.push((f, offset));
@@ -524,13 +574,6 @@ fn unpack_zstd(
         pos: 0,
         end: mark.frame_offset,
     };
-    let counts: Vec<usize> = {
-        let mut c = vec![0; files.len()];
-        for e in expected.values() {
-            c[e.file] += 1;
-        }
-        c
-    };
     let feed = Feed::start(gate.clone(), move |stop| {
         let head =
             zstd::stream::read::Decoder::new(head).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -539,7 +582,8 @@ fn unpack_zstd(
             gate: &gate,
             progress: &progress,
         };
-        fill_stream(head, mark.tar_offset, &expected, counts, to, stop)
+        let matched = Matched::new(files.len(), expected.values());
+        fill_stream(head, mark.tar_offset, &expected, matched, to, stop)
     });
     Ok(((manifest, signer, trusted_as), feed))
 }
@@ -554,19 +598,12 @@ fn part_of(name: &str) -> Option<(String, u32)> {
 
 /// Feeds the parts of a zstd archive's head, decompressed in order on this thread and
 /// hashed on others; each file's gate opens over its prefix of matched parts. The head must
-/// hold exactly the expected parts and end at the tail mark's `tar_len`.
-/// Where a feed's parts go: the staged files, their gate, the progress bar.
-struct Target<'a> {
-    outs: &'a [(PathBuf, File)],
-    gate: &'a Gate,
-    progress: &'a Progress,
-}
-
+/// hold exactly the `expected` parts (by name) and end at the tail mark's `tar_len`.
 fn fill_stream(
     head: impl Read,
     tar_len: u64,
-    expected: &BTreeMap<String, Expected>,
-    counts: Vec<usize>,
+    expected: &BTreeMap<String, Part>,
+    mut matched: Matched,
     to: Target,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
@@ -582,28 +619,13 @@ fn fill_stream(
     });
     let mut admission = Admission::default();
     let mut hashers = Hashers::new(None);
-    // Each job's part; which parts of each file are matched, and how many from the first.
-    let mut jobs: Vec<&str> = vec![];
-    let mut matched: Vec<Vec<bool>> = counts.iter().map(|&c| vec![false; c]).collect();
-    let mut prefix = vec![0usize; counts.len()];
-    // Where each part ends in its file.
-    let mut ends: Vec<Vec<u64>> = counts.iter().map(|&c| vec![0; c]).collect();
-    for e in expected.values() {
-        ends[e.file][e.n] = e.offset + e.size;
-    }
-    let mut settle = |done: Vec<(usize, String, u64)>, jobs: &[&str]| -> Result<(), Error> {
+    // Each hashing job's part.
+    let mut jobs: Vec<&Part> = vec![];
+    let mut settle = |done: Vec<(usize, String, u64)>, jobs: &[&Part]| -> Result<(), Error> {
         for (job, sha, _) in done {
-            let name = jobs[job];
-            let e = &expected[name];
-            check_digest(name, &sha, &e.sha256)?;
-            matched[e.file][e.n] = true;
-            let (f, p) = (e.file, &mut prefix[e.file]);
-            while *p < matched[f].len() && matched[f][*p] {
-                *p += 1;
-            }
-            if *p > 0 {
-                gate.advance(f, ends[f][*p - 1]);
-            }
+            let p = jobs[job];
+            check_digest(&p.name, &sha, &p.sha256)?;
+            matched.matched(p, gate);
         }
         Ok(())
     };
@@ -624,12 +646,10 @@ fn fill_stream(
                 });
             }
         }
-        let (key, e) = expected
-            .get_key_value(&name)
-            .ok_or_else(|| Error::Tampered {
-                entry: name.clone(),
-                why: "present in the archive but not in the manifest".into(),
-            })?;
+        let e = expected.get(&name).ok_or_else(|| Error::Tampered {
+            entry: name.clone(),
+            why: "present in the archive but not in the manifest".into(),
+        })?;
         if entry.size() != e.size {
             return Err(Error::Tampered {
                 entry: name,
@@ -637,7 +657,7 @@ fn fill_stream(
             });
         }
         hashers.begin();
-        jobs.push(key.as_str());
+        jobs.push(e);
         let mut done = 0u64;
         while done < e.size {
             let mut buf = hashers.buffer();
@@ -648,10 +668,7 @@ fn fill_stream(
             let out = &outs[e.file];
             out.1
                 .write_all_at(&buf, e.offset + done)
-                .map_err(|source| Error::Write {
-                    path: out.0.clone(),
-                    source,
-                })?;
+                .map_err(write_error(out))?;
             done += buf.len() as u64;
             progress.inc(buf.len() as u64);
             hashers
@@ -667,9 +684,9 @@ fn fill_stream(
         .close()
         .map_err(|err| Error::Corrupt(err.to_string()))?;
     settle(rest, &jobs)?;
-    if let Some((name, _)) = expected.iter().find(|(_, e)| !matched[e.file][e.n]) {
+    if let Some(p) = expected.values().find(|p| !matched.is_matched(p)) {
         return Err(Error::Tampered {
-            entry: name.clone(),
+            entry: p.name.clone(),
             why: "listed in the manifest but missing from the archive".into(),
         });
     }
