@@ -21,6 +21,7 @@ use crate::archive::reader::{
     end_marker_missing, entry_name, read_error, read_manifest, stage_stream,
 };
 use crate::archive::stage::Stage;
+use crate::image::layer::Compression;
 use crate::progress::Progress;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -55,24 +56,23 @@ pub fn layout(path: &Path) -> Option<Layout> {
     if !meta.is_file() {
         return None;
     }
-    let mut head = [0u8; 4];
-    f.read_exact_at(&mut head, 0).ok()?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        return None;
-    }
-    if head != ZSTD_MAGIC {
-        return Some(Layout::Plain);
+    let sniff = |at: u64| {
+        let mut head = [0u8; 4];
+        f.read_exact_at(&mut head, at).ok()?;
+        Some(Compression::sniff(&head))
+    };
+    match sniff(0)? {
+        Compression::None => return Some(Layout::Plain),
+        Compression::Gzip => return None,
+        Compression::Zstd => {}
     }
     let len = meta.len();
     let mut tail = [0u8; TAIL_MARK_LEN as usize];
     f.read_exact_at(&mut tail, len.checked_sub(TAIL_MARK_LEN)?)
         .ok()?;
     let mark = TailMark::parse(&tail, len)?;
-    f.read_exact_at(&mut head, mark.frame_offset).ok()?;
-    (head == ZSTD_MAGIC).then_some(Layout::Zstd(mark))
+    (sniff(mark.frame_offset)? == Compression::Zstd).then_some(Layout::Zstd(mark))
 }
-
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// A byte range of a file, read from its start (the file's own offset is not used).
 struct Region {
