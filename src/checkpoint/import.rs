@@ -252,22 +252,18 @@ impl Runtime {
         let restored = self.restore_container(ro);
         drop(devshm);
         if let Some(f) = feed {
-            // Every page was verified before the restored tasks could resume (pre-resume
-            // waits for the feed), so a bad part means CRIU failed, and says why better.
-            let fed = f.lock().unwrap_or_else(|e| e.into_inner()).finish();
-            match fed {
-                Ok(took) => stats.feed_ms = took.as_secs_f64() * 1000.0,
-                Err(e) if restored.is_err() => {
-                    return Err(Error::Other(format!(
+            // pre-resume waited for the feed and fails the restore on a bad part, so a feed
+            // that failed means CRIU failed, and the feed says why better.
+            let took = f
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finish()
+                .map_err(|e| {
+                    Error::Other(format!(
                         "{e} (CRIU was refused those bytes and stopped; nothing restored ran)"
-                    )));
-                }
-                Err(e) => {
-                    return Err(Error::Other(format!(
-                        "{e} (found after the restore; the container was left as restored)"
-                    )));
-                }
-            }
+                    ))
+                })?;
+            stats.feed_ms = took.as_secs_f64() * 1000.0;
         }
         let restored = restored?;
         stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;
