@@ -113,35 +113,10 @@ pub fn decompressed(input: impl Read + 'static) -> std::io::Result<Box<dyn Read>
     } else if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::GzDecoder::new(r))
     } else {
-        Box::new(Rebuffered {
-            head: r.buffer().to_vec(),
-            at: 0,
-            inner: BufReader::with_capacity(16 << 10, r.into_inner()),
-        })
+        // What the large buffer already held, then the rest through a small one.
+        let held = std::io::Cursor::new(r.buffer().to_vec());
+        Box::new(held.chain(BufReader::with_capacity(16 << 10, r.into_inner())))
     })
-}
-
-/// What a large buffer already held, then the rest through a small one.
-struct Rebuffered<R> {
-    head: Vec<u8>,
-    at: usize,
-    inner: BufReader<R>,
-}
-
-impl<R: Read> Read for Rebuffered<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at < self.head.len() {
-            let n = buf.len().min(self.head.len() - self.at);
-            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
-            self.at += n;
-            if self.at == self.head.len() {
-                self.head = Vec::new();
-                self.at = 0;
-            }
-            return Ok(n);
-        }
-        self.inner.read(buf)
-    }
 }
 
 /// Unpacks into `dest` on disk (which must not exist) and verifies. `dest` holds the entries
