@@ -100,6 +100,18 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
+/// What `checkpoint -e` makes ready before it freezes the container, so that the frozen
+/// time is the dump's and the archive's only.
+struct Prepared<'a> {
+    out: Box<dyn Write + Send>,
+    work: &'a std::path::Path,
+    /// The overlay's upper dir and lower layers, unless --ignore-rootfs.
+    layers: Option<(PathBuf, Vec<PathBuf>)>,
+    identity: &'a Identity,
+    /// What the manifest says of this host.
+    source: SourceHost,
+}
+
 /// The archive's destination: standard output for "-", else a new file made durable.
 fn open_output(path: &std::path::Path) -> Result<Box<dyn Write + Send>> {
     Ok(if path == std::path::Path::new("-") {
@@ -308,10 +320,12 @@ impl Container {
             })?)
         };
         // criu must answer before anything is frozen (a missing or broken criu is an error
-        // here, not a frozen container); the answer is kept for the dump.
-        crate::criu::Criu::new()
+        // here, not a frozen container); the answer is kept for the dump. What the manifest
+        // says of this host is read now too, not while the container is frozen.
+        let v = crate::criu::Criu::new()
             .version()
             .map_err(|e| Error::Other(e.to_string()))?;
+        let source = SourceHost::this_host(format!("{}.{}.{}", v.major, v.minor, v.sublevel));
         let storage = &self.runtime.storage;
         let identity =
             Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
@@ -348,7 +362,14 @@ impl Container {
             cgroup.freeze()?;
         }
         stats.freeze_ms = ms(t.elapsed());
-        let result = self.export_frozen(opts, out, &work, layers, &identity, &mut stats);
+        let ready = Prepared {
+            out,
+            work: &work,
+            layers,
+            identity: &identity,
+            source,
+        };
+        let result = self.export_frozen(opts, ready, &mut stats);
         // Back to the state it was in: a container paused by its owner stays paused.
         let unfreeze = || if was_paused { Ok(()) } else { cgroup.thaw() };
         let outcome = match result {
@@ -379,12 +400,16 @@ impl Container {
     fn export_frozen(
         &self,
         opts: &ExportOptions,
-        out: Box<dyn Write + Send>,
-        work: &std::path::Path,
-        layers: Option<(PathBuf, Vec<PathBuf>)>,
-        identity: &Identity,
+        ready: Prepared,
         stats: &mut ExportStats,
     ) -> Result<()> {
+        let Prepared {
+            out,
+            work,
+            layers,
+            identity,
+            source,
+        } = ready;
         let target = if opts.output == std::path::Path::new("-") {
             "standard output".to_string()
         } else {
@@ -467,16 +492,12 @@ impl Container {
         if stats_file.exists() {
             w.add_file("stats-dump", &stats_file).map_err(werr)?;
         }
-        let criu_version = crate::criu::Criu::new()
-            .version()
-            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.sublevel))
-            .unwrap_or_default();
         let manifest = Manifest {
             format: FORMAT_VERSION,
             created: chrono::Utc::now(),
             container: self.id.clone(),
             image,
-            source: SourceHost::this_host(criu_version),
+            source,
             entries: vec![],
             annotations: self
                 .record
