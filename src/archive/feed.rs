@@ -706,7 +706,7 @@ fn stopped() -> Error {
 mod tests {
     use super::*;
     use crate::archive::frames::tests::random as noise;
-    use crate::archive::manifest::{FORMAT_VERSION, Manifest, SourceHost};
+    use crate::archive::reader::tests::manifest;
     use crate::archive::writer::{ArchiveWriter, Compression};
     use crate::identity::Identity;
 
@@ -722,16 +722,7 @@ mod tests {
         w.mark_tail().unwrap();
         w.add_bytes("checkpoint/inventory.img", b"inventory")
             .unwrap();
-        let m = Manifest {
-            format: FORMAT_VERSION,
-            created: chrono::Utc::now(),
-            container: "c".into(),
-            image: None,
-            source: SourceHost::default(),
-            entries: vec![],
-            annotations: Default::default(),
-        };
-        w.finish(m, id).unwrap();
+        w.finish(manifest(), id).unwrap();
         (path, parts)
     }
 

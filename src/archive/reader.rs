@@ -505,13 +505,14 @@ pub(crate) fn read_error(e: std::io::Error, what: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::archive::manifest::{FORMAT_VERSION, SourceHost};
     use crate::archive::writer::{ArchiveWriter, Compression};
     use crate::identity::Identity;
 
-    fn manifest() -> Manifest {
+    /// An empty manifest for archives made in tests.
+    pub(crate) fn manifest() -> Manifest {
         Manifest {
             format: FORMAT_VERSION,
             created: chrono::Utc::now(),
