@@ -581,9 +581,7 @@ fn a_flipped_byte_after_a_spill_is_refused_and_leaves_nothing() {
         .find(|(n, _, _)| n.starts_with("checkpoint/pages-") && n.ends_with(".part3"))
         .expect("no pages-*.img.part3");
     assert!(size > 0, "{part} is empty");
-    let mut bytes = fs::read(&archive).unwrap();
-    bytes[(pos + size / 2) as usize] ^= 0x20;
-    let bad = write_archive(&host, "flipspill.tar", &bytes);
+    let bad = flipped(&host, &archive, pos + size / 2, "flipspill.tar");
     let err = refused_env(
         &host,
         &bad,
@@ -612,16 +610,29 @@ fn a_flipped_byte_in_the_last_page_part_stops_a_fed_restore() {
         part.ends_with(".part63") || part.ends_with(".part64"),
         "{part}"
     );
-    let mut bytes = fs::read(&archive).unwrap();
-    bytes[(pos + size / 2) as usize] ^= 0x20;
-    let bad = write_archive(&host, "fedflip.tar", &bytes);
+    let bad = flipped(&host, &archive, pos + size / 2, "fedflip.tar");
     let err = refused(&host, &bad, &["--debug"], &[part.as_str(), "altered"]);
-    if ferry::archive::gate::supported(&host.storage) {
+    assert_fed_where_the_kernel_can(&host, &err);
+}
+
+/// A copy of `archive` named `name` with the byte at `at` flipped.
+fn flipped(host: &Host, archive: &Path, at: u64, name: &str) -> PathBuf {
+    let mut bytes = fs::read(archive).unwrap();
+    bytes[at as usize] ^= 0x20;
+    write_archive(host, name, &bytes)
+}
+
+/// A refused restore's `--debug` log shows its pages were fed to CRIU (archive::feed), on a
+/// kernel that can gate them; returns whether it can.
+fn assert_fed_where_the_kernel_can(host: &Host, err: &str) -> bool {
+    let fed = ferry::archive::gate::supported(&host.storage);
+    if fed {
         assert!(
             err.contains("fed to CRIU"),
             "the pages should have been fed while CRIU restored:\n{err}"
         );
     }
+    fed
 }
 
 /// The same for a zstd archive, whose tail is read first through the mark at its end
@@ -649,16 +660,9 @@ fn a_zstd_archive_fed_while_restoring_refuses_a_flipped_page_byte_and_a_moved_ma
         .windows(64)
         .position(|w| w == needle)
         .expect("the part's bytes are not stored raw");
-    let mut flipped = bytes.clone();
-    flipped[found] ^= 0x20;
-    let bad = write_archive(&host, "zfeed-flip.tar.zst", &flipped);
+    let bad = flipped(&host, &archive, found as u64, "zfeed-flip.tar.zst");
     let err = refused(&host, &bad, &["--debug"], &[part.as_str(), "altered"]);
-    let fed = ferry::archive::gate::supported(&host.storage);
-    if fed {
-        assert!(
-            err.contains("fed to CRIU"),
-            "the pages should have been fed while CRIU restored:\n{err}"
-        );
+    if assert_fed_where_the_kernel_can(&host, &err) {
         // The mark's frame offset (bytes 16..24 of the last 32) moved to the first frame.
         let mut moved = bytes.clone();
         let n = moved.len();
@@ -684,7 +688,7 @@ fn a_zstd_archive_fed_while_restoring_refuses_a_flipped_page_byte_and_a_moved_ma
         stats.to_str().unwrap(),
     ])
     .ok();
-    let st: serde_json::Value = serde_json::from_slice(&fs::read(&stats).unwrap()).unwrap();
+    let st = read_stats(&stats);
     assert_eq!(st["pages_verified"], "before restoring", "{st}");
     host.ferry.wait_status(&copy, "running");
     host.run(&["delete", "--force", &copy]).ok();

@@ -413,7 +413,7 @@ fn a_storage_too_small_for_fed_pages_verifies_first_in_memory_and_restores() {
         "the log should say why the pages were not fed:\n{}",
         out.stderr
     );
-    let st: serde_json::Value = serde_json::from_slice(&fs::read(&stats).unwrap()).unwrap();
+    let st = read_stats(&stats);
     assert_eq!(st["pages_verified"], "before restoring", "{st}");
     assert_eq!(st["stage"], "tmpfs", "{st}");
     b.ferry.wait_status(&src, "running");
