@@ -12,6 +12,8 @@ CRIU_MIN_MAJOR=4
 PKGS=(
   # build and test tools
   build-essential pkg-config patch busybox-static iproute2 procps util-linux kmod
+  # mkfs.ext4, for the test of a restore on a storage too small to stage its pages
+  e2fsprogs
   # CRIU 4.x build dependencies (bookworm's CRIU 3.17 fails on this kernel; built below)
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev libnl-3-dev
   libnet1-dev libcap-dev libbsd-dev pkgconf uuid-dev libnftables-dev libgnutls28-dev
