@@ -20,6 +20,7 @@ use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_signer,
     end_marker_missing, entry_name, read_error, read_manifest, stage_stream,
 };
+use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
 use crate::image::layer::Compression;
 use crate::progress::Progress;
@@ -433,6 +434,48 @@ struct Target<'a> {
     progress: &'a Progress,
 }
 
+/// Copies one or two parts (each with the offset of its data in `archive`) to their staged
+/// files, a piece of each at a time, and checks their digests, computed side by side.
+fn copy_pair(
+    archive: &File,
+    pair: [Option<&(u64, Part)>; 2],
+    outs: &[(PathBuf, File)],
+    bufs: &mut [Vec<u8>; 2],
+) -> Result<(), Error> {
+    let mut lanes = [Lane::new(), Lane::new()];
+    let mut done = [0u64; 2];
+    loop {
+        let mut n = [0usize; 2];
+        for (k, (at, p)) in pair
+            .iter()
+            .enumerate()
+            .filter_map(|(k, q)| Some((k, (*q)?)))
+        {
+            n[k] = CHUNK.min(p.size - done[k]) as usize;
+            let piece = &mut bufs[k][..n[k]];
+            archive
+                .read_exact_at(piece, at + done[k])
+                .map_err(|e| read_error(e, &p.name))?;
+            let out = &outs[p.file];
+            out.1
+                .write_all_at(piece, p.offset + done[k])
+                .map_err(write_error(out))?;
+            done[k] += n[k] as u64;
+        }
+        if n == [0, 0] {
+            break;
+        }
+        let [a, b] = &mut lanes;
+        update_pair(a, &bufs[0][..n[0]], b, &bufs[1][..n[1]]);
+    }
+    for (lane, q) in lanes.into_iter().zip(pair) {
+        if let Some((_, p)) = q {
+            check_digest(&p.name, &hex::encode(lane.finalize()), &p.sha256)?;
+        }
+    }
+    Ok(())
+}
+
 /// Verifies and writes the parts (each with the offset of its data in `archive`) on every
 /// core, and opens the gate over each file's prefix of matched parts.
 fn fill(
@@ -450,29 +493,27 @@ fn fill(
         .unwrap_or(2)
         .clamp(1, 4);
     let work = || -> Result<(), Error> {
-        let mut buf = vec![0u8; CHUNK as usize];
+        let mut bufs = [vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]];
         loop {
             if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let Some((at, p)) = parts.get(next.fetch_add(1, Ordering::Relaxed)) else {
+            // Two parts at a time: their digests are computed side by side (sha256x2).
+            let i = next.fetch_add(2, Ordering::Relaxed);
+            let Some(first) = parts.get(i) else {
                 return Ok(());
             };
-            let out = &to.outs[p.file];
-            let r = copy_hashed(archive, *at, p.size, &p.name, &mut buf, |b, off| {
-                out.1
-                    .write_all_at(b, p.offset + off)
-                    .map_err(write_error(out))
-            })
-            .and_then(|sha| check_digest(&p.name, &sha, &p.sha256));
-            if r.is_err() {
+            let pair = [Some(first), parts.get(i + 1)];
+            if let Err(e) = copy_pair(archive, pair, to.outs, &mut bufs) {
                 failed.store(true, Ordering::Relaxed);
                 to.gate.fail();
-                return r;
+                return Err(e);
             }
-            to.progress.inc(p.size);
             let mut m = matched.lock().unwrap_or_else(|e| e.into_inner());
-            m.matched(p, to.gate);
+            for (_, p) in pair.into_iter().flatten() {
+                to.progress.inc(p.size);
+                m.matched(p, to.gate);
+            }
         }
     };
     let results: Vec<Result<(), Error>> = std::thread::scope(|s| {

@@ -2,7 +2,8 @@
 //! digests are computed on the other cores. Hashing is the slowest step of writing and of
 //! verifying an archive, so it must not wait for the I/O or stall it.
 
-use sha2::{Digest, Sha256};
+use crate::archive::sha256x2::{Lane, update_pair};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
@@ -18,7 +19,7 @@ pub const CHUNK: usize = 1 << 20;
 pub struct Hashers {
     workers: Vec<SyncSender<Msg>>,
     handles: Vec<JoinHandle<()>>,
-    results: Receiver<(usize, [u8; 32], u64)>,
+    results: Receiver<Done>,
     /// Hashed buffers the caller's pool did not take, for [`buffer`](Self::buffer): fresh
     /// ones would be fresh pages, and touching fresh memory is slow on these VMs.
     pool: Receiver<Vec<u8>>,
@@ -31,6 +32,148 @@ pub struct Hashers {
 enum Msg {
     Data(Arc<Recycled>),
     End(usize),
+}
+
+/// A digest for the caller: (job, sha256, byte count).
+type Done = (usize, [u8; 32], u64);
+
+/// A hashing thread. It hashes two entries at once (archive::sha256x2), nearly twice as fast
+/// as one: the entry being sent, beside an earlier one it still holds, or two earlier ones.
+/// Entries reach a thread one after the other, so it holds an entry's bytes back (at most
+/// [`HOLD`](Self::HOLD)) until the next entry brings bytes to pair them with, and hashes
+/// alone only what it can no longer pair: past that limit, or once the caller is done.
+#[derive(Default)]
+struct Worker {
+    lanes: [Option<Open>; 2],
+    /// The lane of the entry being sent.
+    current: Option<usize>,
+}
+
+/// An entry in one of a worker's lanes.
+struct Open {
+    job: Option<usize>,
+    lane: Lane,
+    /// Bytes not yet hashed: buffers, and how far into the first one.
+    queue: VecDeque<Arc<Recycled>>,
+    pos: usize,
+    held: usize,
+    n: u64,
+}
+
+impl Open {
+    fn front(&self) -> &[u8] {
+        &self.queue[0].buf[self.pos..]
+    }
+
+    /// `k` bytes of the front buffer are hashed.
+    fn advance(&mut self, k: usize) {
+        self.pos += k;
+        self.held -= k;
+        self.n += k as u64;
+        if self.pos == self.queue[0].buf.len() {
+            self.queue.pop_front();
+            self.pos = 0;
+        }
+    }
+
+    fn hash_alone(&mut self) {
+        while !self.queue.is_empty() {
+            let k = self.front().len();
+            self.lane.update(&self.queue[0].buf[self.pos..]);
+            self.advance(k);
+        }
+    }
+}
+
+impl Worker {
+    /// How much of one entry a worker holds back waiting for another to pair it with.
+    const HOLD: usize = 4 * CHUNK;
+
+    fn run(mut self, rx: Receiver<Msg>, done: std::sync::mpsc::Sender<Done>) {
+        for msg in rx {
+            let lane = match self.current {
+                Some(l) => l,
+                None => {
+                    // One lane is always free here: the last entry ended, and whichever
+                    // lane still held bytes was paired with the other until one emptied.
+                    let l = self.lanes.iter().position(Option::is_none).unwrap_or(0);
+                    self.lanes[l] = Some(Open {
+                        job: None,
+                        lane: Lane::new(),
+                        queue: VecDeque::new(),
+                        pos: 0,
+                        held: 0,
+                        n: 0,
+                    });
+                    self.current = Some(l);
+                    l
+                }
+            };
+            let open = self.lanes[lane].as_mut().expect("the current lane is open");
+            match msg {
+                Msg::Data(buf) => {
+                    open.held += buf.buf.len();
+                    if !buf.buf.is_empty() {
+                        open.queue.push_back(buf);
+                    }
+                }
+                Msg::End(job) => {
+                    open.job = Some(job);
+                    self.current = None;
+                }
+            }
+            if self.hash(false, &done).is_err() {
+                return;
+            }
+        }
+        let _ = self.hash(true, &done);
+    }
+
+    /// Hashes what can be hashed now (everything once `closing`) and sends the digests of
+    /// the entries that are done.
+    fn hash(&mut self, closing: bool, done: &std::sync::mpsc::Sender<Done>) -> Result<(), ()> {
+        loop {
+            if let [Some(a), Some(b)] = &mut self.lanes
+                && !a.queue.is_empty()
+                && !b.queue.is_empty()
+            {
+                let k = a.front().len().min(b.front().len());
+                update_pair(
+                    &mut a.lane,
+                    &a.queue[0].buf[a.pos..a.pos + k],
+                    &mut b.lane,
+                    &b.queue[0].buf[b.pos..b.pos + k],
+                );
+                a.advance(k);
+                b.advance(k);
+                continue;
+            }
+            let mut progressed = false;
+            for l in 0..2 {
+                let others_free = self.lanes[1 - l].is_none();
+                let Some(open) = &mut self.lanes[l] else {
+                    continue;
+                };
+                if !open.queue.is_empty()
+                    && (closing || (others_free && open.job.is_none() && open.held > Self::HOLD))
+                {
+                    open.hash_alone();
+                    progressed = true;
+                }
+                if open.queue.is_empty()
+                    && let Some(job) = open.job
+                {
+                    let open = self.lanes[l].take().expect("checked above");
+                    done.send((job, open.lane.finalize(), open.n))
+                        .map_err(|_| ())?;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// A filled buffer that may be read by several threads at once (a hashing thread and the
@@ -78,24 +221,7 @@ impl Hashers {
         for _ in 0..threads {
             let (tx, rx) = sync_channel::<Msg>(4);
             let done = done.clone();
-            handles.push(std::thread::spawn(move || {
-                let mut h = Sha256::new();
-                let mut n = 0u64;
-                for msg in rx {
-                    match msg {
-                        Msg::Data(buf) => {
-                            h.update(buf.as_ref().as_ref());
-                            n += buf.buf.len() as u64;
-                        }
-                        Msg::End(job) => {
-                            let digest = std::mem::take(&mut h).finalize().into();
-                            if done.send((job, digest, std::mem::take(&mut n))).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }));
+            handles.push(std::thread::spawn(move || Worker::default().run(rx, done)));
             workers.push(tx);
         }
         Hashers {
@@ -204,6 +330,7 @@ impl Hashers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn many_entries_on_many_threads_keep_their_order() {
@@ -225,6 +352,59 @@ mod tests {
         for (d, (hex_digest, n)) in datas.iter().zip(out) {
             assert_eq!(n, d.len() as u64);
             assert_eq!(hex_digest, hex::encode(Sha256::digest(d)));
+        }
+    }
+
+    /// Entries held back to be paired, paired with entries of other sizes, larger than a
+    /// worker holds, empty, in pieces that leave the pair at different offsets in a block.
+    #[test]
+    fn entries_of_every_shape_hashed_two_at_a_time() {
+        let mut x = 17u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let sizes = [
+            1 << 20,
+            1 << 20,
+            (1 << 20) + 7,
+            0,
+            64,
+            5 * CHUNK + 3,
+            1 << 20,
+            100,
+            0,
+            2 * CHUNK,
+            1,
+        ];
+        let datas: Vec<Vec<u8>> = sizes.iter().map(|&n| noise(n)).collect();
+        let pieces = [CHUNK, 4096, 77, CHUNK / 2 + 1];
+        let mut h = Hashers::new(None);
+        for (i, d) in datas.iter().enumerate() {
+            h.begin();
+            for c in d.chunks(pieces[i % pieces.len()]) {
+                let mut b = h.buffer();
+                b.clear();
+                b.extend_from_slice(c);
+                h.update_owned(b).unwrap();
+            }
+            h.end().unwrap();
+        }
+        let out = h.finish().unwrap();
+        for (d, (hex_digest, n)) in datas.iter().zip(out) {
+            assert_eq!(n, d.len() as u64);
+            assert_eq!(
+                hex_digest,
+                hex::encode(Sha256::digest(d)),
+                "{} bytes",
+                d.len()
+            );
         }
     }
 }

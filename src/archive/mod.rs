@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod pages;
 pub mod reader;
 pub mod safe_path;
+pub mod sha256x2;
 pub mod stage;
 pub mod writer;
 
