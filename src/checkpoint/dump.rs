@@ -109,7 +109,9 @@ impl Container {
     /// (`export` checks before it freezes, so nothing is checked twice while frozen).
     pub(crate) fn dump(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         let criu = Criu::new();
-        let version = criu.version().map_err(criu_error)?;
+        let version = criu
+            .version_cached(&self.runtime.root)
+            .map_err(criu_error)?;
         if !version.at_least(3, 0) {
             return Err(Error::Other(format!(
                 "criu {version:?} is too old: ferry needs 3.0 or later"

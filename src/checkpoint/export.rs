@@ -323,7 +323,7 @@ impl Container {
         // here, not a frozen container); the answer is kept for the dump. What the manifest
         // says of this host is read now too, not while the container is frozen.
         let v = crate::criu::Criu::new()
-            .version()
+            .version_cached(&self.runtime.root)
             .map_err(|e| Error::Other(e.to_string()))?;
         let source = SourceHost::this_host(format!("{}.{}.{}", v.major, v.minor, v.sublevel));
         let storage = &self.runtime.storage;

@@ -71,7 +71,7 @@ impl Runtime {
         let t0 = Instant::now();
         // A missing or broken criu is said before gigabytes are read and staged for it.
         crate::criu::Criu::new()
-            .version()
+            .version_cached(&self.root)
             .map_err(|e| Error::Other(e.to_string()))?;
         let mut stats = ImportStats::default();
         // Not `tmp`: the image store empties that when it opens.

@@ -145,6 +145,30 @@ impl CriuVersion {
     }
 }
 
+impl CriuVersion {
+    /// One line for [`Criu::version_cached`]: `major minor sublevel [gitid]`.
+    fn to_cache(&self) -> String {
+        let v = format!("{} {} {}", self.major, self.minor, self.sublevel);
+        match &self.gitid {
+            Some(g) => format!("{v} {g}"),
+            None => v,
+        }
+    }
+
+    fn from_cache(line: &str) -> Option<CriuVersion> {
+        let mut w = line.split(' ');
+        let mut num = || w.next()?.parse().ok();
+        let (major, minor, sublevel) = (num()?, num()?, num()?);
+        let gitid = w.next().map(str::to_string);
+        Some(CriuVersion {
+            major,
+            minor,
+            sublevel,
+            gitid,
+        })
+    }
+}
+
 impl fmt::Display for CriuVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.sublevel)?;
@@ -219,6 +243,16 @@ impl Criu {
 
     /// Asks criu for its version.
     pub fn version(&self) -> Result<CriuVersion> {
+        self.version_kept(None)
+    }
+
+    /// [`version`](Self::version), the answer also kept in `cache_dir` for this binary
+    /// (a criu process and its start cost 10-15 ms on every checkpoint and restore).
+    pub fn version_cached(&self, cache_dir: &Path) -> Result<CriuVersion> {
+        self.version_kept(Some(cache_dir))
+    }
+
+    fn version_kept(&self, cache_dir: Option<&Path>) -> Result<CriuVersion> {
         // Asked once per process: every question costs a criu process.
         static CACHE: std::sync::Mutex<Vec<(PathBuf, CriuVersion)>> =
             std::sync::Mutex::new(Vec::new());
@@ -229,7 +263,21 @@ impl Criu {
         {
             return Ok(v);
         }
-        let v = self.ask_version()?;
+        let mut asked = None;
+        let kept = cache_dir.and_then(|dir| {
+            self.cached(dir, "version", || match self.ask_version() {
+                Ok(v) => Some(v.to_cache()),
+                Err(e) => {
+                    asked = Some(e);
+                    None
+                }
+            })
+        });
+        let v = match (kept.as_deref().and_then(CriuVersion::from_cache), asked) {
+            (Some(v), _) => v,
+            (None, Some(e)) => return Err(e),
+            (None, None) => self.ask_version()?,
+        };
         if let Ok(mut c) = CACHE.lock() {
             c.push((self.binary.clone(), v.clone()));
         }
@@ -278,51 +326,73 @@ impl Criu {
     /// network_lock_nftables`. That costs a criu process and its kernel probe (40 ms), so
     /// the answer is kept in `cache_dir` for this binary and kernel.
     pub fn nftables_lock(&self, cache_dir: &Path) -> bool {
-        let Some(key) = self.cache_key() else {
-            return false;
-        };
+        let answer = self.cached(cache_dir, "nftables-lock", || {
+            let yes = std::process::Command::new(&self.binary)
+                .args(["check", "--feature", "network_lock_nftables"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            Some(if yes { "yes" } else { "no" }.to_string())
+        });
+        answer.as_deref() == Some("yes")
+    }
+
+    /// A one-line answer about this criu binary on this kernel, kept in
+    /// `cache_dir/criu@NAME` under [`cache_key`](Self::cache_key): read from there when the
+    /// key matches, else `ask`ed and written (an answer of None is not kept). None also when
+    /// the binary cannot be found.
+    fn cached(
+        &self,
+        cache_dir: &Path,
+        name: &str,
+        ask: impl FnOnce() -> Option<String>,
+    ) -> Option<String> {
+        let key = self.cache_key()?;
         // '@' is not allowed in a container id, so this can never be a container's directory.
-        let cache = cache_dir.join("criu@nftables-lock");
+        let cache = cache_dir.join(format!("criu@{name}"));
         if let Ok(text) = std::fs::read_to_string(&cache)
             && let Some((k, answer)) = text.trim_end().rsplit_once('\n')
             && k == key
         {
-            return answer == "yes";
+            return Some(answer.to_string());
         }
-        let yes = std::process::Command::new(&self.binary)
-            .args(["check", "--feature", "network_lock_nftables"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        let tmp = cache_dir.join(format!("criu@nftables-lock.{}", std::process::id()));
-        let text = format!("{key}\n{}\n", if yes { "yes" } else { "no" });
-        if std::fs::create_dir_all(cache_dir).is_ok() && std::fs::write(&tmp, text).is_ok() {
+        let answer = ask()?;
+        let tmp = cache_dir.join(format!("criu@{name}.{}", std::process::id()));
+        if std::fs::create_dir_all(cache_dir).is_ok()
+            && std::fs::write(&tmp, format!("{key}\n{answer}\n")).is_ok()
+        {
             let _ = std::fs::rename(&tmp, &cache);
         }
-        yes
+        Some(answer)
+    }
+
+    /// The binary's path, looked up on PATH when it is a bare name.
+    fn located(&self) -> Option<PathBuf> {
+        if self.binary.components().count() > 1 {
+            return Some(self.binary.clone());
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(&self.binary))
+            .find(|p| p.is_file())
     }
 
     /// The binary as found on PATH, its identity and the running kernel: what a cached
     /// answer about this criu depends on.
     fn cache_key(&self) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
-        let path = if self.binary.components().count() > 1 {
-            self.binary.clone()
-        } else {
-            std::env::split_paths(&std::env::var_os("PATH")?)
-                .map(|d| d.join(&self.binary))
-                .find(|p| p.is_file())?
-        };
+        let path = self.located()?;
         let m = std::fs::metadata(&path).ok()?;
         let kernel = nix::sys::utsname::uname().ok()?;
+        // ctime too: any change to the file sets it, and it cannot be set back.
         Some(format!(
-            "{} {}:{} {} {} {}",
+            "{} {}:{} {} {} {} {}",
             path.display(),
             m.dev(),
             m.ino(),
             m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            m.ctime_nsec() + m.ctime() * 1_000_000_000,
             m.size(),
             kernel.release().to_string_lossy()
         ))
@@ -495,5 +565,47 @@ impl OpenDirs {
             images: self.images.as_raw_fd(),
             work: self.work.as_ref().map(|w| w.as_raw_fd()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version kept on file is what `version_cached` answers for the binary it was
+    /// kept for; for any other binary criu is asked again, and its answer replaces it.
+    #[test]
+    fn the_version_is_kept_per_binary() {
+        let real = Criu::new()
+            .located()
+            .expect("criu is installed (make test does it)");
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("criu-one"), dir.path().join("criu-two"));
+        std::os::unix::fs::symlink(&real, &one).unwrap();
+        std::os::unix::fs::symlink(&real, &two).unwrap();
+        let (one, two) = (Criu::with_binary(one), Criu::with_binary(two));
+        let kept = dir.path().join("criu@version");
+        let key = one.cache_key().unwrap();
+        std::fs::write(&kept, format!("{key}\n9 8 7 kept\n")).unwrap();
+        let v = one.version_cached(dir.path()).unwrap();
+        assert_eq!(
+            (v.major, v.minor, v.sublevel, v.gitid.as_deref()),
+            (9, 8, 7, Some("kept"))
+        );
+        let asked = two.version_cached(dir.path()).unwrap();
+        assert_eq!(asked, Criu::with_binary(&real).version().unwrap());
+        let text = std::fs::read_to_string(&kept).unwrap();
+        assert_eq!(
+            text,
+            format!("{}\n{}\n", two.cache_key().unwrap(), asked.to_cache())
+        );
+        // A criu that cannot be run is an error, and nothing is kept for it.
+        let none = tempfile::tempdir().unwrap();
+        assert!(
+            Criu::with_binary("/nonexistent/criu")
+                .version_cached(none.path())
+                .is_err()
+        );
+        assert!(!none.path().join("criu@version").exists());
     }
 }
