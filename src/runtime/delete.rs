@@ -64,6 +64,11 @@ impl Container {
         if cgroup.is_frozen().unwrap_or(false) {
             cgroup.thaw()?;
         }
+        // What they hold is freed here too, beside their own exits: the wait below is
+        // mostly the kernel freeing their memory.
+        for p in cgroup.pids().unwrap_or_default() {
+            crate::sys::proc::release_memory(p);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = cgroup.pids().unwrap_or_default();
