@@ -332,63 +332,13 @@ mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
 
-    #[test]
-    fn many_entries_on_many_threads_keep_their_order() {
-        let mut h = Hashers::new(None);
-        let datas: Vec<Vec<u8>> = (0..9u8)
-            .map(|i| vec![i; 1000 * usize::from(i) + 1])
-            .collect();
-        for d in &datas {
-            h.begin();
-            for c in d.chunks(700) {
-                let mut b = h.buffer();
-                b.clear();
-                b.extend_from_slice(c);
-                h.update_owned(b).unwrap();
-            }
-            h.end().unwrap();
-        }
-        let out = h.finish().unwrap();
-        for (d, (hex_digest, n)) in datas.iter().zip(out) {
-            assert_eq!(n, d.len() as u64);
-            assert_eq!(hex_digest, hex::encode(Sha256::digest(d)));
-        }
-    }
-
-    /// Entries held back to be paired, paired with entries of other sizes, larger than a
-    /// worker holds, empty, in pieces that leave the pair at different offsets in a block.
-    #[test]
-    fn entries_of_every_shape_hashed_two_at_a_time() {
-        let mut x = 17u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
-        let sizes = [
-            1 << 20,
-            1 << 20,
-            (1 << 20) + 7,
-            0,
-            64,
-            5 * CHUNK + 3,
-            1 << 20,
-            100,
-            0,
-            2 * CHUNK,
-            1,
-        ];
-        let datas: Vec<Vec<u8>> = sizes.iter().map(|&n| noise(n)).collect();
-        let pieces = [CHUNK, 4096, 77, CHUNK / 2 + 1];
+    /// Hashes each of `datas` as one entry, handed over in pieces of `piece(i)` bytes, and
+    /// checks every digest and count against sha2's.
+    fn hashed_in_pieces(datas: &[Vec<u8>], piece: impl Fn(usize) -> usize) {
         let mut h = Hashers::new(None);
         for (i, d) in datas.iter().enumerate() {
             h.begin();
-            for c in d.chunks(pieces[i % pieces.len()]) {
+            for c in d.chunks(piece(i)) {
                 let mut b = h.buffer();
                 b.clear();
                 b.extend_from_slice(c);
@@ -406,5 +356,39 @@ mod tests {
                 d.len()
             );
         }
+    }
+
+    #[test]
+    fn many_entries_on_many_threads_keep_their_order() {
+        let datas: Vec<Vec<u8>> = (0..9u8)
+            .map(|i| vec![i; 1000 * usize::from(i) + 1])
+            .collect();
+        hashed_in_pieces(&datas, |_| 700);
+    }
+
+    /// Entries held back to be paired, paired with entries of other sizes, larger than a
+    /// worker holds, empty, in pieces that leave the pair at different offsets in a block.
+    #[test]
+    fn entries_of_every_shape_hashed_two_at_a_time() {
+        let sizes = [
+            1 << 20,
+            1 << 20,
+            (1 << 20) + 7,
+            0,
+            64,
+            5 * CHUNK + 3,
+            1 << 20,
+            100,
+            0,
+            2 * CHUNK,
+            1,
+        ];
+        let datas: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| crate::archive::frames::tests::random(n, 2 * i as u64 + 1))
+            .collect();
+        let pieces = [CHUNK, 4096, 77, CHUNK / 2 + 1];
+        hashed_in_pieces(&datas, |i| pieces[i % pieces.len()]);
     }
 }

@@ -291,19 +291,8 @@ mod shani {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::frames::tests::random as noise;
     use sha2::{Digest, Sha256};
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn reference(d: &[u8]) -> [u8; 32] {
         Sha256::digest(d).into()
