@@ -96,7 +96,11 @@ impl Worker {
                 None => {
                     // One lane is always free here: the last entry ended, and whichever
                     // lane still held bytes was paired with the other until one emptied.
-                    let l = self.lanes.iter().position(Option::is_none).unwrap_or(0);
+                    let l = self
+                        .lanes
+                        .iter()
+                        .position(Option::is_none)
+                        .expect("a free lane");
                     self.lanes[l] = Some(Open {
                         job: None,
                         lane: Lane::new(),
