@@ -14,7 +14,7 @@ pub const CHUNK: usize = 1 << 20;
 /// sha256 of a sequence of entries on several threads: each entry goes whole to one thread,
 /// and consecutive entries go to different threads, so an archive whose big files come as
 /// parts (archive::pages) is hashed on every core, two entries at a time on each (see
-/// [`Worker`]). Hashing is the slowest step of writing and of verifying an archive: one
+/// `Worker`). Hashing is the slowest step of writing and of verifying an archive: one
 /// thread does 1.8 GB/s with SHA-NI on one entry, 3.5 GB/s on two, still slower than the
 /// copies around it.
 pub struct Hashers {
