@@ -263,20 +263,17 @@ impl Criu {
         {
             return Ok(v);
         }
-        let mut asked = None;
-        let kept = cache_dir.and_then(|dir| {
-            self.cached(dir, "version", || match self.ask_version() {
-                Ok(v) => Some(v.to_cache()),
-                Err(e) => {
-                    asked = Some(e);
-                    None
+        let v = match cache_dir {
+            None => self.ask_version()?,
+            Some(dir) => {
+                let line =
+                    self.cached(dir, "version", || self.ask_version().map(|v| v.to_cache()))?;
+                match CriuVersion::from_cache(&line) {
+                    Some(v) => v,
+                    // Not a line this ferry wrote: ask.
+                    None => self.ask_version()?,
                 }
-            })
-        });
-        let v = match (kept.as_deref().and_then(CriuVersion::from_cache), asked) {
-            (Some(v), _) => v,
-            (None, Some(e)) => return Err(e),
-            (None, None) => self.ask_version()?,
+            }
         };
         if let Ok(mut c) = CACHE.lock() {
             c.push((self.binary.clone(), v.clone()));
@@ -334,29 +331,31 @@ impl Criu {
                 .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
-            Some(if yes { "yes" } else { "no" }.to_string())
+            Ok::<_, std::convert::Infallible>(if yes { "yes" } else { "no" }.to_string())
         });
-        answer.as_deref() == Some("yes")
+        answer.is_ok_and(|a| a == "yes")
     }
 
     /// A one-line answer about this criu binary on this kernel, kept in
     /// `cache_dir/criu@NAME` under [`cache_key`](Self::cache_key): read from there when the
-    /// key matches, else `ask`ed and written (an answer of None is not kept). None also when
-    /// the binary cannot be found.
-    fn cached(
+    /// key matches, else `ask`ed and written. An error is not kept, and neither is anything
+    /// about a binary that cannot be found.
+    fn cached<E>(
         &self,
         cache_dir: &Path,
         name: &str,
-        ask: impl FnOnce() -> Option<String>,
-    ) -> Option<String> {
-        let key = self.cache_key()?;
+        ask: impl FnOnce() -> std::result::Result<String, E>,
+    ) -> std::result::Result<String, E> {
+        let Some(key) = self.cache_key() else {
+            return ask();
+        };
         // '@' is not allowed in a container id, so this can never be a container's directory.
         let cache = cache_dir.join(format!("criu@{name}"));
         if let Ok(text) = std::fs::read_to_string(&cache)
             && let Some((k, answer)) = text.trim_end().rsplit_once('\n')
             && k == key
         {
-            return Some(answer.to_string());
+            return Ok(answer.to_string());
         }
         let answer = ask()?;
         let tmp = cache_dir.join(format!("criu@{name}.{}", std::process::id()));
@@ -365,7 +364,7 @@ impl Criu {
         {
             let _ = std::fs::rename(&tmp, &cache);
         }
-        Some(answer)
+        Ok(answer)
     }
 
     /// The binary's path, looked up on PATH when it is a bare name.
