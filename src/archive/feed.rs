@@ -24,7 +24,6 @@ use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
 use crate::image::layer::Compression;
 use crate::progress::Progress;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
@@ -150,28 +149,52 @@ impl Matched {
     }
 }
 
-/// Reads `size` bytes at `at` of `archive` into `buf`, a piece at a time, hands each piece
-/// to `put` with its offset from `at`, and returns their sha256 (hex).
-fn copy_hashed(
-    archive: &File,
+/// A range of the archive to copy out and hash: `size` bytes at `at`, named `name` in
+/// errors, each piece handed to `put` with its offset from `at`.
+struct Copy<'a> {
     at: u64,
     size: u64,
-    name: &str,
-    buf: &mut [u8],
-    mut put: impl FnMut(&[u8], u64) -> Result<(), Error>,
-) -> Result<String, Error> {
-    let mut h = Sha256::new();
-    let mut done = 0;
-    while done < size {
-        let n = (buf.len() as u64).min(size - done) as usize;
-        archive
-            .read_exact_at(&mut buf[..n], at + done)
-            .map_err(|e| read_error(e, name))?;
-        h.update(&buf[..n]);
-        put(&buf[..n], done)?;
-        done += n as u64;
+    name: &'a str,
+    put: Put<'a>,
+}
+
+/// Where [`Copy`] puts each piece: given the piece and its offset in the range.
+type Put<'a> = Box<dyn FnMut(&[u8], u64) -> Result<(), Error> + 'a>;
+
+/// Copies one or two ranges of `archive` (see [`Copy`]), a piece of each at a time through
+/// `bufs`, hashing them side by side (archive::sha256x2); their sha256s (hex, that of no
+/// bytes for a None).
+fn copy_hashed(
+    archive: &File,
+    mut copies: [Option<Copy<'_>>; 2],
+    bufs: &mut [Vec<u8>; 2],
+) -> Result<[String; 2], Error> {
+    let mut lanes = [Lane::new(), Lane::new()];
+    let mut done = [0u64; 2];
+    loop {
+        let mut n = [0usize; 2];
+        for (k, c) in copies.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            n[k] = (bufs[k].len() as u64).min(c.size - done[k]) as usize;
+            let piece = &mut bufs[k][..n[k]];
+            archive
+                .read_exact_at(piece, c.at + done[k])
+                .map_err(|e| read_error(e, c.name))?;
+            (c.put)(piece, done[k])?;
+            done[k] += n[k] as u64;
+        }
+        if n == [0, 0] {
+            break;
+        }
+        let [a, b] = &mut lanes;
+        update_pair(a, &bufs[0][..n[0]], b, &bufs[1][..n[1]]);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(lanes.map(|l| hex::encode(l.finalize())))
+}
+
+/// Two buffers of CHUNK for [`copy_hashed`].
+fn copy_buffers() -> [Vec<u8>; 2] {
+    [vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]]
 }
 
 /// An error writing the staged file `out`.
@@ -293,17 +316,16 @@ fn unpack_plain(
     for (_, p) in &mut parts {
         p.sha256 = listed[p.name.as_str()].sha256.clone();
     }
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut bufs = copy_buffers();
     for (name, staged, at, size) in &wholes {
         stage.create(staged)?;
-        let sha = copy_hashed(
-            &file,
-            *at,
-            *size,
+        let whole = Copy {
+            at: *at,
+            size: *size,
             name,
-            &mut buf,
-            |b, _| Ok(stage.write(b)?),
-        )?;
+            put: Box::new(|b, _| Ok(stage.write(b)?)),
+        };
+        let [sha, _] = copy_hashed(&file, [Some(whole), None], &mut bufs)?;
         check_digest(name, &sha, &listed[name.as_str()].sha256)?;
     }
     let (outs, gate) = gated_files(stage, &files)?;
@@ -435,42 +457,32 @@ struct Target<'a> {
 }
 
 /// Copies one or two parts (each with the offset of its data in `archive`) to their staged
-/// files, a piece of each at a time, and checks their digests, computed side by side.
-fn copy_pair(
+/// files and checks their digests.
+fn copy_parts(
     archive: &File,
     pair: [Option<&(u64, Part)>; 2],
     outs: &[(PathBuf, File)],
     bufs: &mut [Vec<u8>; 2],
 ) -> Result<(), Error> {
-    let mut lanes = [Lane::new(), Lane::new()];
-    let mut done = [0u64; 2];
-    loop {
-        let mut n = [0usize; 2];
-        for (k, (at, p)) in pair
-            .iter()
-            .enumerate()
-            .filter_map(|(k, q)| Some((k, (*q)?)))
-        {
-            n[k] = CHUNK.min(p.size - done[k]) as usize;
-            let piece = &mut bufs[k][..n[k]];
-            archive
-                .read_exact_at(piece, at + done[k])
-                .map_err(|e| read_error(e, &p.name))?;
+    let copies = pair.map(|q| {
+        q.map(|(at, p)| {
             let out = &outs[p.file];
-            out.1
-                .write_all_at(piece, p.offset + done[k])
-                .map_err(write_error(out))?;
-            done[k] += n[k] as u64;
-        }
-        if n == [0, 0] {
-            break;
-        }
-        let [a, b] = &mut lanes;
-        update_pair(a, &bufs[0][..n[0]], b, &bufs[1][..n[1]]);
-    }
-    for (lane, q) in lanes.into_iter().zip(pair) {
+            Copy {
+                at: *at,
+                size: p.size,
+                name: &p.name,
+                put: Box::new(move |b, off| {
+                    out.1
+                        .write_all_at(b, p.offset + off)
+                        .map_err(write_error(out))
+                }),
+            }
+        })
+    });
+    let shas = copy_hashed(archive, copies, bufs)?;
+    for (sha, q) in shas.into_iter().zip(pair) {
         if let Some((_, p)) = q {
-            check_digest(&p.name, &hex::encode(lane.finalize()), &p.sha256)?;
+            check_digest(&p.name, &sha, &p.sha256)?;
         }
     }
     Ok(())
@@ -493,7 +505,7 @@ fn fill(
         .unwrap_or(2)
         .clamp(1, 4);
     let work = || -> Result<(), Error> {
-        let mut bufs = [vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]];
+        let mut bufs = copy_buffers();
         loop {
             if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -504,7 +516,7 @@ fn fill(
                 return Ok(());
             };
             let pair = [Some(first), parts.get(i + 1)];
-            if let Err(e) = copy_pair(archive, pair, to.outs, &mut bufs) {
+            if let Err(e) = copy_parts(archive, pair, to.outs, &mut bufs) {
                 failed.store(true, Ordering::Relaxed);
                 to.gate.fail();
                 return Err(e);
