@@ -18,7 +18,7 @@ use crate::archive::gate::Gate;
 use crate::archive::hashing::Hashers;
 use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_signer,
-    end_marker_missing, entry_name, read_error, read_manifest, stage_stream,
+    complete, entry_name, read_error, read_manifest, stage_stream,
 };
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
@@ -45,6 +45,17 @@ pub enum Layout {
     /// zstd with a tail mark (archive::frames::TailMark): the tail is decompressed first,
     /// the pages from the start while CRIU restores.
     Zstd(TailMark),
+}
+
+impl Layout {
+    /// At most how many bytes of pages `archive` (of this layout) holds: what precedes a
+    /// zstd archive's tail, or all of an uncompressed one.
+    pub fn pages_size(self, archive: &Path) -> Option<u64> {
+        match self {
+            Layout::Zstd(mark) => Some(mark.tar_offset),
+            Layout::Plain => std::fs::metadata(archive).ok().map(|m| m.len()),
+        }
+    }
 }
 
 /// How [`unpack`] can read `path`: a regular file, uncompressed or zstd with a tail mark;
@@ -296,16 +307,11 @@ fn unpack_plain(
             }
         }
     }
-    let signed = signed.ok_or_else(|| {
-        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
-    })?;
     let len = file
         .metadata()
         .map_err(|e| Error::Corrupt(e.to_string()))?
         .len();
-    if len < manifest_end + 1024 {
-        return Err(end_marker_missing());
-    }
+    let signed = complete(signed, manifest_end, len)?;
     let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
     let sizes: BTreeMap<String, u64> = wholes
         .iter()

@@ -176,14 +176,27 @@ impl Streamed {
     /// The signed manifest, once the stream is known to have been complete: the manifest
     /// came, and the end-of-archive marker after it.
     pub(crate) fn take_manifest(&mut self) -> Result<SignedManifest, Error> {
-        let signed = self.signed.take().ok_or_else(|| {
-            Error::Truncated("it ends without ferry.manifest (its last entry)".into())
-        })?;
-        if self.consumed < self.manifest_end + 1024 {
-            return Err(end_marker_missing());
-        }
-        Ok(signed)
+        complete(self.signed.take(), self.manifest_end, self.consumed)
     }
+}
+
+/// The signed manifest of a tar stream of `len` bytes whose manifest's data (padded to a
+/// block) ended at `manifest_end`, once the stream is known to be complete: the manifest
+/// came, and the two zero blocks of the end-of-archive marker after it.
+pub(crate) fn complete(
+    signed: Option<SignedManifest>,
+    manifest_end: u64,
+    len: u64,
+) -> Result<SignedManifest, Error> {
+    let signed = signed.ok_or_else(|| {
+        Error::Truncated("it ends without ferry.manifest (its last entry)".into())
+    })?;
+    if len < manifest_end + 1024 {
+        return Err(Error::Truncated(
+            "the end-of-archive marker after ferry.manifest is missing".into(),
+        ));
+    }
+    Ok(signed)
 }
 
 /// Stages every entry of `stream` (entries admitted as [`Admission`] says), hashing each
@@ -393,10 +406,6 @@ pub(crate) fn read_manifest(entry: &mut impl Read, size: u64) -> Result<SignedMa
         )));
     }
     Ok(serde_json::from_slice(&text).map_err(|e| manifest::Error::Malformed(e.to_string()))?)
-}
-
-pub(crate) fn end_marker_missing() -> Error {
-    Error::Truncated("the end-of-archive marker after ferry.manifest is missing".into())
 }
 
 /// The manifest, once its signature holds and its signer is one `trust` accepts; with the

@@ -149,14 +149,8 @@ impl Runtime {
         };
         let (unpacked, feed) = match input {
             Source::Fed(path, layout) => {
-                // The pages are most of the archive: what precedes a zstd one's tail, or
-                // about all of an uncompressed one.
-                let total = match layout {
-                    crate::archive::feed::Layout::Zstd(mark) => Some(mark.tar_offset),
-                    crate::archive::feed::Layout::Plain => {
-                        std::fs::metadata(&path).ok().map(|m| m.len())
-                    }
-                };
+                // The pages are most of the archive.
+                let total = layout.pages_size(&path);
                 let progress = Arc::new(crate::progress::Progress::bytes("restoring", total));
                 let (u, f) = crate::archive::feed::unpack(&path, layout, stage, trust, progress)
                     .map_err(|e| Error::Other(e.to_string()))?;
@@ -435,13 +429,8 @@ impl Read for ReadBox {
 /// archive is verified first into the tmpfs stage, which spills to disk only when memory
 /// is short too.
 fn room_for_pages(work: &Path, archive: &Path, layout: crate::archive::feed::Layout) -> bool {
-    // The pages are at most the uncompressed archive, or what precedes a zstd one's tail.
-    let size = match layout {
-        crate::archive::feed::Layout::Zstd(mark) => mark.tar_offset,
-        crate::archive::feed::Layout::Plain => match std::fs::metadata(archive) {
-            Ok(m) => m.len(),
-            Err(_) => return false,
-        },
+    let Some(size) = layout.pages_size(archive) else {
+        return false;
     };
     let room = nix::sys::statvfs::statvfs(work)
         .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
