@@ -101,7 +101,7 @@ impl<W: Write> Write for Counting<W> {
 }
 
 /// What `checkpoint -e` makes ready before it freezes the container, so that the frozen
-/// time is the dump's and the archive's only.
+/// time is the dump's and the archive's only: nothing here depends on the frozen state.
 struct Prepared<'a> {
     out: Box<dyn Write + Send>,
     work: &'a std::path::Path,
@@ -110,6 +110,10 @@ struct Prepared<'a> {
     identity: &'a Identity,
     /// What the manifest says of this host.
     source: SourceHost,
+    /// `spec.dump` and `config.dump`, and the image the manifest names.
+    spec: Vec<u8>,
+    config: Vec<u8>,
+    image: Option<ImageRef>,
 }
 
 /// The archive's destination: standard output for "-", else a new file made durable.
@@ -326,6 +330,19 @@ impl Container {
             .version_cached(&self.runtime.root)
             .map_err(|e| Error::Other(e.to_string()))?;
         let source = SourceHost::this_host(format!("{}.{}.{}", v.major, v.minor, v.sublevel));
+        let spec = serde_json::to_vec_pretty(&self.record.spec)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let image = self.record.image.as_ref().map(|i| ImageRef {
+            name: i.image.clone(),
+            digest: i.digest.clone(),
+        });
+        let config = serde_json::to_vec_pretty(&ContainerConfig {
+            id: self.id.clone(),
+            image: image.clone(),
+            created: self.record.created,
+            rootfs_included: layers.is_some(),
+        })
+        .unwrap_or_default();
         let storage = &self.runtime.storage;
         let identity =
             Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
@@ -368,6 +385,9 @@ impl Container {
             layers,
             identity: &identity,
             source,
+            spec,
+            config,
+            image,
         };
         let result = self.export_frozen(opts, ready, &mut stats);
         // Back to the state it was in: a container paused by its owner stays paused.
@@ -409,6 +429,9 @@ impl Container {
             layers,
             identity,
             source,
+            spec,
+            config,
+            image,
         } = ready;
         let target = if opts.output == std::path::Path::new("-") {
             "standard output".to_string()
@@ -448,24 +471,8 @@ impl Container {
             w.add_dir_consuming("checkpoint", &images).map_err(werr)?;
         }
         stats.images_bytes = w.content_bytes;
-        let spec = serde_json::to_vec_pretty(&self.record.spec)
-            .map_err(|e| Error::Other(e.to_string()))?;
         w.add_bytes("spec.dump", &spec).map_err(werr)?;
-        let image = self.record.image.as_ref().map(|i| ImageRef {
-            name: i.image.clone(),
-            digest: i.digest.clone(),
-        });
-        let config = ContainerConfig {
-            id: self.id.clone(),
-            image: image.clone(),
-            created: self.record.created,
-            rootfs_included: layers.is_some(),
-        };
-        w.add_bytes(
-            "config.dump",
-            &serde_json::to_vec_pretty(&config).unwrap_or_default(),
-        )
-        .map_err(werr)?;
+        w.add_bytes("config.dump", &config).map_err(werr)?;
         if let Some((upper, lowers)) = &layers {
             let td = Instant::now();
             let summary = add_tree(&mut w, "rootfs-diff.tar", upper, lowers)?;
