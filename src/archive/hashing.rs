@@ -57,8 +57,6 @@ struct Open {
     /// Bytes not yet hashed: buffers, and how far into the first one.
     queue: VecDeque<Arc<Recycled>>,
     pos: usize,
-    held: usize,
-    n: u64,
 }
 
 impl Open {
@@ -69,12 +67,15 @@ impl Open {
     /// `k` bytes of the front buffer are hashed.
     fn advance(&mut self, k: usize) {
         self.pos += k;
-        self.held -= k;
-        self.n += k as u64;
         if self.pos == self.queue[0].buf.len() {
             self.queue.pop_front();
             self.pos = 0;
         }
+    }
+
+    /// Bytes not yet hashed.
+    fn held(&self) -> usize {
+        self.queue.iter().map(|b| b.buf.len()).sum::<usize>() - self.pos
     }
 
     fn hash_alone(&mut self) {
@@ -107,8 +108,6 @@ impl Worker {
                         lane: Lane::new(),
                         queue: VecDeque::new(),
                         pos: 0,
-                        held: 0,
-                        n: 0,
                     });
                     self.current = Some(l);
                     l
@@ -117,7 +116,6 @@ impl Worker {
             let open = self.lanes[lane].as_mut().expect("the current lane is open");
             match msg {
                 Msg::Data(buf) => {
-                    open.held += buf.buf.len();
                     if !buf.buf.is_empty() {
                         open.queue.push_back(buf);
                     }
@@ -160,7 +158,7 @@ impl Worker {
                     continue;
                 };
                 if !open.queue.is_empty()
-                    && (closing || (others_free && open.job.is_none() && open.held > Self::HOLD))
+                    && (closing || (others_free && open.job.is_none() && open.held() > Self::HOLD))
                 {
                     open.hash_alone();
                     progressed = true;
@@ -169,8 +167,8 @@ impl Worker {
                     && let Some(job) = open.job
                 {
                     let open = self.lanes[l].take().expect("checked above");
-                    done.send((job, open.lane.finalize(), open.n))
-                        .map_err(|_| ())?;
+                    let n = open.lane.hashed();
+                    done.send((job, open.lane.finalize(), n)).map_err(|_| ())?;
                     progressed = true;
                 }
             }

@@ -76,6 +76,11 @@ impl Lane {
         self.len += data.len() as u64;
     }
 
+    /// How many bytes it has been given.
+    pub fn hashed(&self) -> u64 {
+        self.len
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         let data = self.top_up(data);
         if self.buffered == 0 {
