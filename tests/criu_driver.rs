@@ -437,7 +437,8 @@ fn a_failing_dump_quotes_the_error_lines_of_the_log() {
 }
 
 #[test]
-fn a_failing_before_request_hook_stops_criu_before_it_restores() {
+fn a_failing_before_tasks_hook_stops_criu_before_it_gets_the_request() {
+    // Without notify scripts there is nothing to hold criu at, so the hook runs first.
     let criu = criu();
     let dir = tempfile::tempdir().unwrap();
     let mut criu_pid = 0;
@@ -451,11 +452,75 @@ fn a_failing_before_request_hook_stops_criu_before_it_restores() {
             Err("no cgroup for you".into())
         })
         .unwrap_err();
-    assert!(matches!(e, Error::BeforeRequest { .. }), "{e:?}");
+    assert!(matches!(e, Error::BeforeTasks { .. }), "{e:?}");
     assert!(e.to_string().contains("no cgroup for you"), "{e}");
     assert!(!alive(criu_pid), "criu {criu_pid} should be gone");
     // It never got the request, so it wrote no log.
     assert!(!dir.path().join("restore.log").exists());
+}
+
+#[test]
+fn a_before_tasks_hook_runs_while_criu_starts_and_its_failure_restores_nothing() {
+    let criu = criu();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("count");
+    let mut child = start_counter(&file, None);
+    let pid = child.id() as i32;
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    criu.dump(dump_request(&images, pid), &mut NotificationLog::default())
+        .unwrap();
+    let _ = child.wait();
+    let at_dump = read_counter(&file).unwrap();
+
+    let restore = |hook_fails: bool| {
+        let req = RestoreRequest {
+            images_dir: images.clone(),
+            rst_sibling: true,
+            notify_scripts: true,
+            ..Default::default()
+        };
+        let mut seen = NotificationLog::default();
+        let mut tree_during_hook = true;
+        let r = criu.restore(req, &mut seen, |_| {
+            // Long enough that criu, were it not held, would have restored the tree.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            tree_during_hook = alive(pid);
+            if hook_fails {
+                Err("no cgroup for you".into())
+            } else {
+                Ok(())
+            }
+        });
+        (r, seen, tree_during_hook)
+    };
+
+    // A failing hook: criu is refused at pre-restore, before it forks anything.
+    let (r, seen, tree_during_hook) = restore(true);
+    assert!(!tree_during_hook);
+    let e = r.unwrap_err();
+    assert!(matches!(e, Error::BeforeTasks { .. }), "{e:?}");
+    assert!(e.to_string().contains("no cgroup for you"), "{e}");
+    assert!(
+        seen.scripts().is_empty(),
+        "the callbacks never see a notification once the hook failed: {:?}",
+        seen.seen
+    );
+    assert!(!alive(pid), "nothing was restored");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(read_counter(&file), Some(at_dump), "nothing counts");
+
+    // A hook that succeeds: the tree is restored only after it, and counts on.
+    let (r, seen, tree_during_hook) = restore(false);
+    let report = r.unwrap();
+    let _restored = Restored(report.pid);
+    assert!(
+        !tree_during_hook,
+        "criu made the tree before the hook was done"
+    );
+    assert_eq!(report.pid, pid);
+    assert_eq!(seen.scripts()[0], "pre-restore", "{:?}", seen.seen);
+    assert!(wait_counter_above(&file, at_dump) > at_dump);
 }
 
 #[test]

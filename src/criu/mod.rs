@@ -83,7 +83,7 @@ pub enum Error {
         source: CallbackError,
     },
     #[error("preparing criu (pid {pid}) for {op}: {source}")]
-    BeforeRequest {
+    BeforeTasks {
         op: &'static str,
         pid: i32,
         #[source]
@@ -413,14 +413,15 @@ impl Criu {
         self.dump_as(Criu_req_type::PRE_DUMP, "pre-dump", req, notify)
     }
 
-    /// Restores the tree imaged in `req.images_dir`. `before_request` runs with criu's pid
-    /// before criu gets the request: the place to move criu into the container's cgroup, so
-    /// the restored tasks are born there.
+    /// Restores the tree imaged in `req.images_dir`. `before_tasks` runs with criu's pid
+    /// before criu makes any task: the place to move criu into the container's cgroup, so
+    /// the restored tasks are born there. With `notify_scripts` it runs while criu starts
+    /// (`swrk::Call::before_tasks`).
     pub fn restore(
         &self,
         mut req: RestoreRequest,
         notify: &mut dyn Notify,
-        before_request: impl FnOnce(i32) -> std::result::Result<(), CallbackError>,
+        before_tasks: impl FnOnce(i32) -> std::result::Result<(), CallbackError> + Send,
     ) -> Result<RestoreReport> {
         let dirs = OpenDirs::open(&req.images_dir, req.work_dir.as_deref())?;
         let log = dirs
@@ -439,7 +440,7 @@ impl Criu {
             extra_fds,
             stdio: req.stdio.take(),
             notify,
-            before_request: Some(Box::new(before_request)),
+            before_tasks: Some(Box::new(before_tasks)),
             log: Some(log.clone()),
             tolerate_exit_status: false,
         })?;
@@ -502,7 +503,7 @@ impl Criu {
             extra_fds,
             stdio: None,
             notify,
-            before_request: None,
+            before_tasks: None,
             log: Some(log.clone()),
             // criu stays for the next pre-dump and fails when we hang up instead.
             tolerate_exit_status: kind == Criu_req_type::PRE_DUMP,
@@ -525,7 +526,7 @@ fn simple_call<'a>(op: &'static str, req: Criu_req, notify: &'a mut dyn Notify) 
         extra_fds: Vec::new(),
         stdio: None,
         notify,
-        before_request: None,
+        before_tasks: None,
         log: None,
         tolerate_exit_status: false,
     }

@@ -218,7 +218,7 @@ pub struct RestoreRequest {
     /// Fds criu inherits: the n-th lands at [`FIRST_EXTRA_FD`] + n.
     pub inherit_fds: Vec<InheritFd>,
     /// Where the tasks' cgroups go: the container's cgroup, which criu itself joins first
-    /// (see `before_request` of [`super::Criu::restore`]).
+    /// (see `before_tasks` of [`super::Criu::restore`]).
     pub cg_roots: Vec<CgroupRoot>,
     pub notify_scripts: bool,
     pub status_fd: Option<RawFd>,

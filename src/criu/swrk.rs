@@ -25,8 +25,8 @@ const RECV_BUF: usize = 64 * 1024;
 /// CRIU sends at most one fd per message (the orphan pts master); room for a few more.
 const MAX_FDS_PER_MESSAGE: usize = 8;
 
-/// The caller's hook that runs with criu's pid before the request is sent.
-pub(crate) type BeforeRequest<'a> = Box<dyn FnOnce(i32) -> Result<(), CallbackError> + 'a>;
+/// The caller's hook that runs with criu's pid before criu makes any task.
+pub(crate) type BeforeTasks<'a> = Box<dyn FnOnce(i32) -> Result<(), CallbackError> + Send + 'a>;
 
 /// One request to one `criu swrk` process.
 pub(crate) struct Call<'a> {
@@ -38,8 +38,13 @@ pub(crate) struct Call<'a> {
     /// criu's stdin, stdout, stderr; /dev/null, /dev/null and ours when None.
     pub stdio: Option<[OwnedFd; 3]>,
     pub notify: &'a mut dyn Notify,
-    /// Runs with criu's pid after it started and before it gets the request.
-    pub before_request: Option<BeforeRequest<'a>>,
+    /// Runs with criu's pid after it started and before it makes any task. With notify
+    /// scripts on, it runs on a thread while criu starts (criu probes the kernel for 30 ms
+    /// first, and a process's first cgroup move waits out an RCU grace period of 10-30 ms),
+    /// and criu's first notification (a restore's `pre-restore`, sent before it forks
+    /// anything) is answered only once the hook is done; without them it runs before criu
+    /// gets the request.
+    pub before_tasks: Option<BeforeTasks<'a>>,
     /// The log criu writes, quoted on failure.
     pub log: Option<PathBuf>,
     /// A non-zero exit after a successful answer is fine: a PRE_DUMP criu waits for the next
@@ -261,6 +266,34 @@ fn is_final(t: Criu_req_type) -> bool {
     )
 }
 
+/// The caller's `before_tasks` while it runs beside criu, and once it is done.
+enum Hook<'s> {
+    Running(std::thread::ScopedJoinHandle<'s, Result<(), CallbackError>>),
+    Done(Result<(), CallbackError>),
+}
+
+impl Hook<'_> {
+    /// Waits for a running hook; true when it failed.
+    fn wait(&mut self) -> bool {
+        if let Hook::Running(_) = self
+            && let Hook::Running(h) = std::mem::replace(self, Hook::Done(Ok(())))
+        {
+            *self = Hook::Done(h.join().unwrap_or_else(|_| {
+                Err("the hook run before criu makes its tasks panicked".into())
+            }));
+        }
+        matches!(self, Hook::Done(Err(_)))
+    }
+
+    fn into_error(mut self, op: &'static str, pid: i32) -> Option<Error> {
+        self.wait();
+        match self {
+            Hook::Done(Err(source)) => Some(Error::BeforeTasks { op, pid, source }),
+            _ => None,
+        }
+    }
+}
+
 /// Runs one request through a fresh `criu swrk` and returns CRIU's final answer.
 pub(crate) fn call(binary: &Path, c: Call<'_>) -> Result<Criu_resp, Error> {
     let Call {
@@ -269,71 +302,98 @@ pub(crate) fn call(binary: &Path, c: Call<'_>) -> Result<Criu_resp, Error> {
         extra_fds,
         stdio,
         notify,
-        before_request,
+        before_tasks,
         log,
         tolerate_exit_status,
     } = c;
     let swrk = Swrk::spawn(binary, extra_fds, stdio)?;
     let pid = swrk.pid();
     tracing::debug!(op, pid, "criu swrk started");
-
-    if let Some(hook) = before_request
-        && let Err(source) = hook(pid)
-    {
-        swrk.abandon();
-        return Err(Error::BeforeRequest { op, pid, source });
-    }
-    if let Err(e) = swrk.send(&req) {
-        swrk.abandon();
-        return Err(e);
-    }
-
-    // The first error wins; we still read on until criu's final answer, so criu can undo
-    // what it did (thaw the tasks, kill half-restored ones) before we hang up.
-    let mut callback_error: Option<(String, CallbackError)> = None;
-    let answer = loop {
-        let (resp, fds) = match swrk.recv() {
-            Ok(Some(m)) => m,
-            Ok(None) => break None,
-            Err(e) => {
-                swrk.abandon();
-                return Err(e);
-            }
+    // The scope joins a hook still running when we return early.
+    std::thread::scope(|scope| {
+        let mut hook = match before_tasks {
+            None => Hook::Done(Ok(())),
+            Some(h) if req.opts.notify_scripts() => Hook::Running(scope.spawn(move || h(pid))),
+            Some(h) => Hook::Done(h(pid)),
         };
-        if resp.type_() == Criu_req_type::NOTIFY && resp.success() {
-            let script = resp.notify.script().to_string();
-            let npid = resp.notify.pid();
-            tracing::debug!(op, script, pid = npid, fds = fds.len(), "criu notification");
-            let ok = if callback_error.is_some() {
-                false
-            } else {
-                match notify.notify(&script, npid, fds) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        callback_error = Some((script, e));
-                        false
-                    }
+        if let Hook::Done(Err(_)) = hook {
+            swrk.abandon();
+            return Err(hook.into_error(op, pid).expect("the hook failed"));
+        }
+        if let Err(e) = swrk.send(&req) {
+            swrk.abandon();
+            return Err(e);
+        }
+
+        // The first error wins; we still read on until criu's final answer, so criu can
+        // undo what it did (thaw the tasks, kill half-restored ones) before we hang up.
+        let mut callback_error: Option<(String, CallbackError)> = None;
+        let answer = loop {
+            let (resp, fds) = match swrk.recv() {
+                Ok(Some(m)) => m,
+                Ok(None) => break None,
+                Err(e) => {
+                    swrk.abandon();
+                    return Err(e);
                 }
             };
-            if let Err(e) = swrk.reply_to_notify(ok) {
-                swrk.abandon();
-                return Err(e);
+            if resp.type_() == Criu_req_type::NOTIFY && resp.success() {
+                let script = resp.notify.script().to_string();
+                let npid = resp.notify.pid();
+                tracing::debug!(op, script, pid = npid, fds = fds.len(), "criu notification");
+                // A failed hook refuses the notification: criu aborts before its tasks.
+                let ok = if hook.wait() || callback_error.is_some() {
+                    false
+                } else {
+                    match notify.notify(&script, npid, fds) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            callback_error = Some((script, e));
+                            false
+                        }
+                    }
+                };
+                if let Err(e) = swrk.reply_to_notify(ok) {
+                    swrk.abandon();
+                    return Err(e);
+                }
+                continue;
             }
-            continue;
+            if !resp.success() || is_final(resp.type_()) {
+                break Some(resp);
+            }
+            let t = resp.type_();
+            swrk.abandon();
+            return Err(Error::Rpc {
+                pid,
+                what: format!("unexpected answer of type {t:?} to a {op} request"),
+            });
+        };
+        let status = swrk.finish()?;
+        tracing::debug!(op, pid, %status, "criu swrk exited");
+        if let Some(e) = hook.into_error(op, pid) {
+            return Err(e);
         }
-        if !resp.success() || is_final(resp.type_()) {
-            break Some(resp);
-        }
-        let t = resp.type_();
-        swrk.abandon();
-        return Err(Error::Rpc {
-            pid,
-            what: format!("unexpected answer of type {t:?} to a {op} request"),
-        });
-    };
+        finish(
+            op,
+            status,
+            log,
+            tolerate_exit_status,
+            answer,
+            callback_error,
+        )
+    })
+}
 
-    let status = swrk.finish()?;
-    tracing::debug!(op, pid, %status, "criu swrk exited");
+/// criu's answer, exit status and log, and a notification callback's error, made one result.
+fn finish(
+    op: &'static str,
+    status: std::process::ExitStatus,
+    log: Option<PathBuf>,
+    tolerate_exit_status: bool,
+    answer: Option<Criu_resp>,
+    callback_error: Option<(String, CallbackError)>,
+) -> Result<Criu_resp, Error> {
     let quote = |log: &Option<PathBuf>| log.as_deref().map(excerpt).unwrap_or_default();
 
     if let Some((script, source)) = callback_error {
