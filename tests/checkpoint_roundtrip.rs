@@ -10,6 +10,7 @@ mod common;
 
 use ckpt::*;
 use common::*;
+use serde_json::json;
 use std::fs;
 use std::io::Write;
 
@@ -718,4 +719,98 @@ fn a_shared_network_namespace_is_locked_even_with_only_lo() {
     );
     host.run(&["delete", "--force", &id]).ok();
     assert_deleted(&host, &id);
+}
+
+#[test]
+fn masked_directories_come_back_read_only_and_empty_unless_the_container_changed_them() {
+    let host = Host::new();
+    // /srv/left stays the empty read-only tmpfs ferry masks it with; /srv/changed is
+    // remounted read-write and written by the container (it has CAP_SYS_ADMIN for that).
+    let script = format!(
+        "set -e; mount -o remount,rw /srv/changed; echo kept > /srv/changed/f; \
+         exec /bin/memhold 8 {SEED} /tmp"
+    );
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/sh", "-c", &script]);
+    bundle
+        .with_helper("memhold")
+        .write_file("/srv/left/hidden", "under the mask\n", 0o644)
+        .write_file("/srv/changed/hidden", "under the mask\n", 0o644)
+        .edit(|s| {
+            let masked = s["linux"]["maskedPaths"].as_array_mut().unwrap();
+            masked.push(json!("/srv/left"));
+            masked.push(json!("/srv/changed"));
+            for set in ["bounding", "effective", "permitted"] {
+                s["process"]["capabilities"][set]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("CAP_SYS_ADMIN"));
+            }
+        });
+    bundle.save();
+    let id = host.id("masked");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (runid, before) = mem.wait_count_above(2);
+
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+    host.run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
+        .ok();
+    // The untouched one was left out of CRIU's images; the changed one CRIU archived.
+    let log = fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(
+        log.contains("ferry-masked-dir:/srv/left"),
+        "/srv/left was not declared external"
+    );
+    assert!(
+        !log.contains("ferry-masked-dir:/srv/changed"),
+        "/srv/changed was declared external though the container wrote to it"
+    );
+
+    host.run_quiet(&[
+        "restore",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        "-d",
+        &id,
+    ])
+    .ok();
+    host.ferry.wait_status(&id, "running");
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid, "restarted rather than restored");
+
+    let inside = |cmd: &str| host.run(&["exec", &id, "/bin/sh", "-c", cmd]).ok().stdout;
+    assert_eq!(inside("cat /srv/changed/f"), "kept\n");
+    assert_eq!(inside("ls -A /srv/left"), "", "/srv/left is not empty");
+    let mountinfo = inside("cat /proc/self/mountinfo");
+    let left = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/srv/left"))
+        .unwrap_or_else(|| panic!("no mount at /srv/left:\n{mountinfo}"));
+    let (mine, fs) = left.split_once(" - ").unwrap();
+    assert!(mine.split(' ').nth(5).unwrap().starts_with("ro,"), "{left}");
+    assert!(fs.starts_with("tmpfs tmpfs ro"), "{left}");
+    // Each masked directory has a tmpfs of its own, as it had before.
+    let changed = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/srv/changed"))
+        .unwrap_or_else(|| panic!("no mount at /srv/changed:\n{mountinfo}"));
+    assert_ne!(left.split(' ').nth(2), changed.split(' ').nth(2));
+    // Nothing of the restore's own tmpfs is left mounted on the host.
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts
+            .lines()
+            .any(|l| l.contains(host.ferry.root().to_str().unwrap()) && l.contains("criu-masked")),
+        "{host_mounts}"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
 }

@@ -233,6 +233,12 @@ impl Container {
                         val: externals::DEVSHM_KEY.into(),
                     });
                 }
+                for p in externals::untouched_masked_dirs(spec, self.pid()) {
+                    m.push(crate::criu::ExtMount {
+                        val: externals::masked_dir_key(&p),
+                        key: p,
+                    });
+                }
                 m
             },
             external,

@@ -169,6 +169,10 @@ impl Runtime {
         .ctx(|| format!("bind {} for criu", bundle.rootfs.display()))
         .map_err(fail)?;
         prepare_mountpoints(spec, &bundle.rootfs).map_err(fail)?;
+        // Lives until CRIU is done: its binds in the container outlive our mounts.
+        let masked = externals::MaskedDirs::mount(spec, &bundle.rootfs, &dir.join("criu-masked"))
+            .ctx(|| "mount empty read-only tmpfs for the masked directories")
+            .map_err(fail)?;
 
         let cgroup_dirs = cgroup.paths();
         let mut empty_ns = 0;
@@ -251,6 +255,7 @@ impl Runtime {
                         val: d.to_string_lossy().into_owned(),
                     });
                 }
+                m.extend(masked.ext_mounts.iter().cloned());
                 m
             },
             external: vec![],
@@ -304,6 +309,7 @@ impl Runtime {
                 Ok(())
             })
             .map_err(|e| (Error::Other(e.to_string()), notify.pid))?;
+        drop(masked);
         let pid = if report.pid > 0 {
             report.pid
         } else {

@@ -55,9 +55,9 @@ impl Overlay {
         // The last mount on a path is the one visible there.
         Ok(text
             .lines()
-            .filter_map(parse_mountinfo_line)
-            .rfind(|(point, fstype, _)| fstype == "overlay" && Path::new(point) == target)
-            .and_then(|(_, _, opts)| from_options(&opts)))
+            .filter_map(crate::sys::mountinfo::parse_line)
+            .rfind(|m| m.fstype == "overlay" && Path::new(&m.point) == target)
+            .and_then(|m| from_options(&m.super_opts)))
     }
 }
 
@@ -73,37 +73,6 @@ fn escape_option(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace(':', "\\:")
         .replace(',', "\\,")
-}
-
-/// (mount point, fs type, super options) of one mountinfo line, octal escapes decoded.
-fn parse_mountinfo_line(line: &str) -> Option<(String, String, String)> {
-    let (left, right) = line.split_once(" - ")?;
-    let point = unescape_octal(left.split(' ').nth(4)?);
-    let mut r = right.split(' ');
-    let fstype = r.next()?.to_string();
-    let _source = r.next()?;
-    let opts = unescape_octal(r.next().unwrap_or(""));
-    Some((point, fstype, opts))
-}
-
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Splits overlay super options on unescaped commas, then lowerdir on unescaped colons.
@@ -150,10 +119,10 @@ mod tests {
     #[test]
     fn podman_mountinfo_line() {
         let line = "812 640 0:120 / /var/lib/containers/storage/overlay/abc/merged rw,nodev,relatime - overlay overlay rw,context=\"x\",lowerdir=/var/lib/containers/storage/overlay/l/AAA:/var/lib/containers/storage/overlay/l/BBB,upperdir=/var/lib/containers/storage/overlay/abc/diff,workdir=/var/lib/containers/storage/overlay/abc/work,nouserxattr";
-        let (point, fstype, opts) = parse_mountinfo_line(line).unwrap();
-        assert_eq!(point, "/var/lib/containers/storage/overlay/abc/merged");
-        assert_eq!(fstype, "overlay");
-        let o = from_options(&opts).unwrap();
+        let m = crate::sys::mountinfo::parse_line(line).unwrap();
+        assert_eq!(m.point, "/var/lib/containers/storage/overlay/abc/merged");
+        assert_eq!(m.fstype, "overlay");
+        let o = from_options(&m.super_opts).unwrap();
         assert_eq!(o.lowers.len(), 2);
         assert_eq!(
             o.upper,
@@ -163,7 +132,6 @@ mod tests {
 
     #[test]
     fn escapes_round_trip() {
-        assert_eq!(unescape_octal("/a\\040b"), "/a b");
         let o = from_options("lowerdir=/a\\:b:/c,upperdir=/u,workdir=/w").unwrap();
         assert_eq!(o.lowers, vec![PathBuf::from("/a:b"), PathBuf::from("/c")]);
         assert_eq!(escape_option("/a:b,c"), "/a\\:b\\,c");

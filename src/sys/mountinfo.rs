@@ -1,0 +1,92 @@
+//! `/proc/<pid>/mountinfo`, one line at a time (proc(5)).
+
+/// The fields of one mount ferry looks at, octal escapes decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The mounted directory of the filesystem (`/` unless a bind of a subdirectory).
+    pub root: String,
+    /// Where it is mounted, relative to the reading process's root.
+    pub point: String,
+    /// The mount's own options (`ro,nosuid,relatime`).
+    pub mount_opts: String,
+    pub fstype: String,
+    /// The superblock's options (`ro`, `rw,size=65536k`).
+    pub super_opts: String,
+}
+
+impl Mount {
+    /// True when the filesystem itself (not only this mount of it) is read-only.
+    pub fn super_read_only(&self) -> bool {
+        self.super_opts.split(',').any(|o| o == "ro")
+    }
+}
+
+/// One line of mountinfo; None for a line that does not parse.
+pub fn parse_line(line: &str) -> Option<Mount> {
+    let (left, right) = line.split_once(" - ")?;
+    let mut l = left.split(' ');
+    let root = unescape_octal(l.nth(3)?);
+    let point = unescape_octal(l.next()?);
+    let mount_opts = l.next()?.to_string();
+    let mut r = right.split(' ');
+    let fstype = r.next()?.to_string();
+    let _source = r.next()?;
+    let super_opts = unescape_octal(r.next().unwrap_or(""));
+    Some(Mount {
+        root,
+        point,
+        mount_opts,
+        fstype,
+        super_opts,
+    })
+}
+
+/// Every mount of `text`, in the kernel's order (a later mount on a path covers an earlier).
+pub fn parse(text: &str) -> Vec<Mount> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_masked_tmpfs_and_an_escaped_bind() {
+        let m = parse_line("116 106 0:49 / /proc/acpi ro,relatime - tmpfs tmpfs ro").unwrap();
+        assert_eq!(m.root, "/");
+        assert_eq!(m.point, "/proc/acpi");
+        assert_eq!(m.mount_opts, "ro,relatime");
+        assert_eq!(m.fstype, "tmpfs");
+        assert!(m.super_read_only());
+        let m = parse_line(
+            "118 106 0:6 /null /proc/my\\040keys rw,nosuid shared:1 - devtmpfs devtmpfs \
+             rw,size=12334460k,mode=755",
+        )
+        .unwrap();
+        assert_eq!(m.root, "/null");
+        assert_eq!(m.point, "/proc/my keys");
+        assert_eq!(m.fstype, "devtmpfs");
+        assert!(!m.super_read_only());
+        assert!(parse_line("garbage").is_none());
+    }
+}
