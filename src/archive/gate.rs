@@ -25,7 +25,14 @@ const FAN_EVENT_INFO_TYPE_RANGE: u8 = 6;
 /// closed right away). False on kernels before 6.14, on filesystems without the hook
 /// (tmpfs, overlayfs) and without CAP_SYS_ADMIN.
 pub fn supported(dir: &Path) -> bool {
-    group().and_then(|g| mark(&g, dir)).is_ok()
+    let Ok(g) = group() else {
+        return false;
+    };
+    let ok = mark(&g, dir).is_ok();
+    // Closing a group that held a mark waits for the kernel's fsnotify readers (an SRCU
+    // grace period, 4-5 ms here): not on the restore's way.
+    std::thread::spawn(move || drop(g));
+    ok
 }
 
 fn group() -> io::Result<OwnedFd> {
