@@ -61,13 +61,18 @@ impl Container {
         let cgroup = self.cgroup()?;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGKILL);
         self.kill(Signal::SIGKILL, true)?;
+        // What they hold is freed on a thread of ours too, beside their own exits: the wait
+        // below is mostly the kernel freeing their memory. It starts before the thaw: a
+        // thawed process detaches its memory at once and frees it alone, and then there is
+        // nothing left for anyone else to take (process_mrelease says ESRCH).
+        let pids = cgroup.pids().unwrap_or_default();
+        let release = std::thread::spawn(move || {
+            for p in pids {
+                crate::sys::proc::release_memory(p);
+            }
+        });
         if cgroup.is_frozen().unwrap_or(false) {
             cgroup.thaw()?;
-        }
-        // What they hold is freed here too, beside their own exits: the wait below is
-        // mostly the kernel freeing their memory.
-        for p in cgroup.pids().unwrap_or_default() {
-            crate::sys::proc::release_memory(p);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -77,6 +82,7 @@ impl Container {
                 .filter(|p| crate::sys::proc::stat(*p).is_some_and(|(s, _)| s != 'Z'))
                 .collect();
             if !self.is_init_alive() && alive.is_empty() {
+                let _ = release.join();
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -88,7 +94,7 @@ impl Container {
             for p in &alive {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
             }
-            std::thread::sleep(Duration::from_millis(5));
+            crate::sys::proc::wait_any_exit(&alive, Duration::from_millis(5));
         }
     }
 }

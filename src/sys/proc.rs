@@ -40,7 +40,9 @@ pub fn fd_target(pid: i32, fd: i32) -> Option<String> {
 
 /// Frees the memory of `pid`, already sent SIGKILL, on the calling thread while the process
 /// exits on its own (process_mrelease, Linux 5.15): a process holding 1 GiB took 72-90 ms to
-/// exit here, 51-55 ms with its caller freeing beside it. Does nothing where the kernel
+/// exit here, 51-55 ms with its caller freeing beside it. Call it before the process can
+/// run again (while its cgroup is still frozen): once running, a dying process detaches
+/// its memory within a few microseconds and frees it alone. Does nothing where the kernel
 /// cannot: an older kernel, a process already gone, or one that is not dying.
 pub fn release_memory(pid: i32) {
     // SAFETY: two syscalls taking integers; the pidfd is ours and closed here.
@@ -51,6 +53,44 @@ pub fn release_memory(pid: i32) {
         }
         libc::syscall(libc::SYS_process_mrelease, fd, 0);
         libc::close(fd as libc::c_int);
+    }
+}
+
+/// Waits up to `timeout` for any of `pids` to exit (a pidfd turns readable then, without
+/// being our child), or returns at once if one is already gone. For loops that wait for a
+/// set of processes to die: they wake when one does, not on the next tick.
+pub fn wait_any_exit(pids: &[i32], timeout: std::time::Duration) {
+    let mut fds = Vec::with_capacity(pids.len());
+    for &p in pids {
+        // SAFETY: a syscall taking integers; the fd it returns is ours, closed below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
+        if fd < 0 {
+            // Gone already, or a kernel without pidfds: let the caller look again soon.
+            close_all(&fds);
+            std::thread::sleep(timeout.min(std::time::Duration::from_millis(1)));
+            return;
+        }
+        fds.push(libc::pollfd {
+            fd: fd as libc::c_int,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    // SAFETY: poll on fds we own for the length of the call.
+    unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout.as_millis().min(i32::MAX as u128) as libc::c_int,
+        )
+    };
+    close_all(&fds);
+}
+
+fn close_all(fds: &[libc::pollfd]) {
+    for f in fds {
+        // SAFETY: each fd came from pidfd_open above and is closed once.
+        unsafe { libc::close(f.fd) };
     }
 }
 
@@ -89,6 +129,32 @@ mod tests {
 
     /// Only a dying process is touched: one that runs on keeps running with its memory
     /// whole, and a killed one still ends as killed.
+    #[test]
+    fn waiting_for_any_exit_wakes_when_one_exits_not_at_the_timeout() {
+        let mut quick = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let mut slow = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let pids = [slow.id() as i32, quick.id() as i32];
+        wait_any_exit(&pids, std::time::Duration::from_secs(20));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "woke at the timeout, not at the exit"
+        );
+        assert!(quick.try_wait().unwrap().is_some(), "woke before any exit");
+        // A pid that is gone returns at once too.
+        let t = std::time::Instant::now();
+        wait_any_exit(&[quick.id() as i32], std::time::Duration::from_secs(20));
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        let _ = slow.kill();
+        let _ = slow.wait();
+    }
+
     #[test]
     fn release_memory_frees_only_a_dying_process() {
         let shell = |script: &str| {
