@@ -62,15 +62,23 @@ impl Container {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGKILL);
         self.kill(Signal::SIGKILL, true)?;
         // What they hold is freed on a thread of ours too, beside their own exits: the wait
-        // below is mostly the kernel freeing their memory. It starts before the thaw: a
-        // thawed process detaches its memory at once and frees it alone, and then there is
-        // nothing left for anyone else to take (process_mrelease says ESRCH).
+        // below is mostly the kernel freeing their memory. That thread must be inside
+        // process_mrelease before the thaw: a thawed process detaches its memory at once and
+        // frees it alone, and the call then finds nothing to take (ESRCH). Hence the
+        // handshake and a head start; a thread that still comes late costs nothing.
+        // 1 GiB: 75-91 ms thawed alone, 52-62 ms with the thread, 84-96 ms freed by the
+        // thread first and thawed after.
         let pids = cgroup.pids().unwrap_or_default();
+        let (started, starting) = std::sync::mpsc::channel();
         let release = std::thread::spawn(move || {
+            let _ = started.send(());
             for p in pids {
                 crate::sys::proc::release_memory(p);
             }
         });
+        if starting.recv().is_ok() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         if cgroup.is_frozen().unwrap_or(false) {
             cgroup.thaw()?;
         }
