@@ -13,6 +13,7 @@ use common::*;
 use serde_json::json;
 use std::fs;
 use std::io::Write;
+use std::path::PathBuf;
 
 const SEED: &str = "0x5eed1234abcd";
 
@@ -811,6 +812,200 @@ fn masked_directories_come_back_read_only_and_empty_unless_the_container_changed
             .any(|l| l.contains(host.ferry.root().to_str().unwrap()) && l.contains("criu-masked")),
         "{host_mounts}"
     );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
+
+/// A bundle running memhold after `setup` (a shell script), with CAP_NET_ADMIN and a
+/// writable /proc/sys so the script can change its network namespace.
+fn net_bundle(host: &Host, setup: &str) -> Bundle {
+    let script = format!("set -e; {setup}; exec /bin/memhold 8 {SEED} /tmp");
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/sh", "-c", &script]);
+    bundle.with_helper("memhold").edit(|s| {
+        s["linux"]["readonlyPaths"] = json!([]);
+        for set in ["bounding", "effective", "permitted"] {
+            s["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_NET_ADMIN"));
+        }
+    });
+    bundle.save();
+    bundle
+}
+
+/// Pauses `id`, checkpoints it runc-style into (images, work) and restores it; returns the
+/// two dirs. (A namespace is only left out of CRIU's images while the container is frozen:
+/// `checkpoint -e` freezes it itself, runc-style needs it paused.)
+fn image_path_round_trip(host: &Host, bundle: &Bundle, id: &str) -> (PathBuf, PathBuf) {
+    let images = host.ferry.scratch().join(format!("images-{id}"));
+    let work = host.ferry.scratch().join(format!("work-{id}"));
+    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+    host.run(&["pause", id]).ok();
+    host.run(&["checkpoint", "--image-path", i, "--work-path", w, id])
+        .ok();
+    host.run_quiet(&[
+        "restore",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        "-d",
+        id,
+    ])
+    .ok();
+    host.ferry.wait_status(id, "running");
+    (images, work)
+}
+
+#[test]
+fn a_fresh_network_namespace_is_left_to_ferry_and_a_changed_one_to_criu() {
+    let host = Host::new();
+    let inside = |id: &str, cmd: &str| host.run(&["exec", id, "/bin/sh", "-c", cmd]).ok().stdout;
+
+    // Untouched: the dump records it instead of CRIU, the restore rebuilds it.
+    let bundle = net_bundle(&host, "true");
+    let id = host.id("freshnet");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (runid, before) = mem.wait_count_above(2);
+    let before_addrs = inside(&id, "ip addr show dev lo");
+    let (images, work) = image_path_round_trip(&host, &bundle, &id);
+    assert!(
+        images.join("ferry-netns.json").exists(),
+        "a fresh namespace was left to CRIU"
+    );
+    let log = fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(
+        !log.contains("Running ip addr save"),
+        "CRIU still saved the fresh namespace"
+    );
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid, "restarted rather than restored");
+    assert_eq!(inside(&id, "ip addr show dev lo"), before_addrs);
+    assert!(before_addrs.contains("127.0.0.1/8") && before_addrs.contains("UP"));
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+
+    // Untouched, but the operator asks CRIU to carry it (for a host whose new namespaces
+    // differ).
+    let bundle = net_bundle(&host, "true");
+    let id = host.id("forcednet");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    MemHold::at(bundle.host_path("/tmp")).wait_count_above(1);
+    host.run(&["pause", &id]).ok();
+    let images = host.ferry.scratch().join("images-forced");
+    host.run_quiet_env(
+        &[("FERRY_CRIU_NETNS", "1")],
+        &["checkpoint", "--image-path", images.to_str().unwrap(), &id],
+    )
+    .ok();
+    assert!(!images.join("ferry-netns.json").exists());
+    assert!(images.join("inventory.img").exists());
+    wait_no_tagged(&host.ferry);
+
+    // Changed (an address on lo, a sysctl): CRIU carries it, and both come back.
+    let bundle = net_bundle(
+        &host,
+        "ip addr add 10.9.8.7/32 dev lo; echo 0 > /proc/sys/net/ipv4/conf/lo/accept_redirects",
+    );
+    let id = host.id("usednet");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (runid, before) = mem.wait_count_above(2);
+    let (images, work) = image_path_round_trip(&host, &bundle, &id);
+    assert!(
+        !images.join("ferry-netns.json").exists(),
+        "a changed namespace was not left to CRIU"
+    );
+    let log = fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(log.contains("Running ip addr save"), "CRIU did not save it");
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid);
+    assert!(inside(&id, "ip addr show dev lo").contains("10.9.8.7/32"));
+    assert_eq!(
+        inside(&id, "cat /proc/sys/net/ipv4/conf/lo/accept_redirects"),
+        "0\n"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
+
+#[test]
+fn a_recorded_fresh_namespace_is_rebuilt_as_recorded_or_the_restore_fails_cleanly() {
+    let host = Host::new();
+    let bundle = net_bundle(&host, "true");
+    let id = host.id("netrec");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (runid, before) = mem.wait_count_above(2);
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+    host.run(&["pause", &id]).ok();
+    host.run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
+        .ok();
+    let mark = images.join("ferry-netns.json");
+    let recorded: serde_json::Value = serde_json::from_slice(&fs::read(&mark).unwrap()).unwrap();
+    let restore = |host: &Host| {
+        host.run_quiet(&[
+            "restore",
+            "--bundle",
+            bundle.path_str(),
+            "--image-path",
+            i,
+            "--work-path",
+            w,
+            "-d",
+            &id,
+        ])
+    };
+
+    // A device this host's new namespaces do not have: refused, and nothing is left.
+    let mut bad = recorded.clone();
+    bad["links"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("00000000ffff0000"));
+    fs::write(&mark, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let out = restore(&host).fails();
+    assert!(
+        out.stderr.contains("network namespace") && out.stderr.contains("devices"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !host.ids().contains(&id),
+        "a failed restore left the container"
+    );
+    assert_cgroups_gone(&id);
+
+    // A sysctl the source's new namespaces started with differently (another host's
+    // defaults): written back into the restored namespace.
+    let key = "net/ipv4/conf/lo/accept_source_route";
+    let mut other = recorded.clone();
+    let was = other["sysctls"][key].as_str().unwrap().trim().to_string();
+    let want = if was == "1" { "0" } else { "1" };
+    other["sysctls"][key] = json!(format!("{want}\n"));
+    fs::write(&mark, serde_json::to_vec(&other).unwrap()).unwrap();
+    restore(&host).ok();
+    host.ferry.wait_status(&id, "running");
+    let (runid2, _) = mem.wait_count_above(before);
+    assert_eq!(runid2, runid);
+    let now = host
+        .run(&["exec", &id, "/bin/cat", &format!("/proc/sys/{key}")])
+        .ok();
+    assert_eq!(now.stdout.trim(), want);
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }

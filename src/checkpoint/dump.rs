@@ -85,6 +85,50 @@ impl Container {
         )
     }
 
+    /// Whether CRIU can leave the container's network namespace out of the images because
+    /// it holds exactly what a new one with `lo` up holds (checkpoint::freshnet). Only for a
+    /// namespace of the container's own that nothing outside it shares, while the container
+    /// is frozen (so nothing changes it before CRIU dumps), and not when established TCP
+    /// connections are carried (CRIU's namespace lock and repair stay as they are). Writes
+    /// the state into the images when so, and removes a stale record when not.
+    fn fresh_network(
+        &self,
+        opts: &CheckpointOptions,
+        empty_ns: u32,
+        cgroup: &dyn crate::runtime::cgroups::Cgroup,
+    ) -> Result<bool> {
+        let mark = opts.image_path.join(super::freshnet::MARK);
+        let _ = std::fs::remove_file(&mark);
+        if opts.tcp_established
+            || empty_ns & libc::CLONE_NEWNET as u32 != 0
+            || std::env::var(super::freshnet::CRIU_CARRIES_ENV).as_deref() == Ok("1")
+            || !cgroup.is_frozen().unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        let inside = self.processes().unwrap_or_default();
+        if !super::netlock::unreachable_running(&self.record.spec, self.pid(), &inside) {
+            return Ok(false);
+        }
+        let (theirs, fresh) = match super::freshnet::compare(self.pid()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("reading the network namespace: {e}; CRIU carries it");
+                return Ok(false);
+            }
+        };
+        if theirs != fresh {
+            tracing::debug!(
+                differences = ?theirs.differences(&fresh, "in the container", "in a new one"),
+                "the network namespace is not as a new one; CRIU carries it"
+            );
+            return Ok(false);
+        }
+        let json = serde_json::to_vec(&theirs).map_err(|e| Error::Other(e.to_string()))?;
+        std::fs::write(&mark, json).ctx(|| format!("write {}", mark.display()))?;
+        Ok(true)
+    }
+
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         self.check_checkpointable()?;
         self.dump(opts)
@@ -191,6 +235,9 @@ impl Container {
         };
         if !opts.pre_dump {
             self.write_descriptors(&opts.image_path)?;
+            if self.fresh_network(opts, empty_ns, cgroup.as_ref())? {
+                empty_ns |= libc::CLONE_NEWNET as u32;
+            }
         }
         let req = DumpRequest {
             images_dir: opts.image_path.clone(),

@@ -5,6 +5,7 @@
 pub mod dump;
 pub mod export;
 pub mod externals;
+pub mod freshnet;
 pub mod import;
 pub mod netlock;
 pub mod restore;

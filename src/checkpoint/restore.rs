@@ -179,6 +179,12 @@ impl Runtime {
         for n in &opts.empty_ns {
             empty_ns |= ns_flag(n).map_err(fail)?;
         }
+        // A network namespace the dump left out as fresh (checkpoint::freshnet): CRIU makes
+        // an empty one and ferry rebuilds the recorded state in it at setup-namespaces.
+        let fresh_net = fresh_network(spec, &opts.image_path).map_err(fail)?;
+        if fresh_net.is_some() {
+            empty_ns |= libc::CLONE_NEWNET as u32;
+        }
         let mut inherit_fds = vec![];
         for (key, fd) in stdio_pipes(&opts.image_path).map_err(fail)? {
             inherit_fds.push(InheritFd { key, fd });
@@ -224,7 +230,7 @@ impl Runtime {
         .map_err(fail)?;
         let network_lock = super::netlock::choose(
             opts.network_lock,
-            || super::netlock::loopback_only_images(spec, &opts.image_path),
+            || fresh_net.is_some() || super::netlock::loopback_only_images(spec, &opts.image_path),
             opts.tcp_established,
             &criu,
             &self.root,
@@ -300,6 +306,7 @@ impl Runtime {
             },
             pid: None,
             before_resume: opts.before_resume.take(),
+            fresh_net,
         };
         let resources = cgroups::container_resources(spec);
         let report = criu
@@ -339,6 +346,29 @@ impl Runtime {
             network_lock,
         })
     }
+}
+
+/// The network state a dump recorded when it left the namespace out of the images
+/// (checkpoint::freshnet::MARK), for a spec that gives the container a namespace of its own.
+/// A record with a spec that joins a namespace is refused: CRIU would have carried that one.
+fn fresh_network(spec: &Spec, images: &Path) -> Result<Option<super::freshnet::NetState>> {
+    let mark = images.join(super::freshnet::MARK);
+    let bytes = match std::fs::read(&mark) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        r => r.ctx(|| format!("read {}", mark.display()))?,
+    };
+    let own = crate::runtime::namespaces::list(spec)
+        .iter()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_none());
+    if !own {
+        return Err(Error::Other(format!(
+            "{} says the network namespace was left out of the images as a new one, but the              spec joins an existing namespace: restore with the spec the checkpoint was made              with",
+            mark.display()
+        )));
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Other(format!("{} does not parse: {e}", mark.display())))
 }
 
 /// CRIU restores mounts onto mount points that must exist in the rootfs. cgroup mounts and
@@ -413,6 +443,8 @@ struct RestoreNotify {
     console: Option<OwnedFd>,
     pid: Option<i32>,
     before_resume: Option<BeforeResume>,
+    /// The network namespace to rebuild in the empty one CRIU makes.
+    fresh_net: Option<super::freshnet::NetState>,
 }
 
 impl Notify for RestoreNotify {
@@ -421,6 +453,9 @@ impl Notify for RestoreNotify {
             "setup-namespaces" => {
                 self.pid = Some(pid);
                 self.state.pid = pid;
+                if let Some(net) = &self.fresh_net {
+                    super::freshnet::rebuild(pid, net)?;
+                }
                 hooks::run("prestart", &hooks::of(&self.spec, "prestart"), &self.state)?;
                 hooks::run(
                     "createRuntime",
