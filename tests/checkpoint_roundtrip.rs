@@ -13,7 +13,7 @@ use common::*;
 use serde_json::json;
 use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const SEED: &str = "0x5eed1234abcd";
 
@@ -722,6 +722,53 @@ fn a_shared_network_namespace_is_locked_even_with_only_lo() {
     assert_deleted(&host, &id);
 }
 
+/// Creates and starts a container from `bundle` (running memhold), waits until it counts;
+/// its id, its memhold and the (run id, count) it had reached.
+fn start_bundle(host: &Host, bundle: &Bundle, prefix: &str) -> (String, MemHold, (u64, u64)) {
+    let id = host.id(prefix);
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let at = mem.wait_count_above(2);
+    (id, mem, at)
+}
+
+/// runc-style checkpoint of `id` into `images` (and `work`, where dump.log goes).
+fn checkpoint_to(host: &Host, id: &str, images: &Path, work: &Path) {
+    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+    host.run(&["checkpoint", "--image-path", i, "--work-path", w, id])
+        .ok();
+}
+
+/// runc-style restore of `id` from `images` with `bundle`; the caller says ok() or fails().
+fn restore_from(host: &Host, bundle: &Bundle, id: &str, images: &Path, work: &Path) -> Output {
+    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+    host.run_quiet(&[
+        "restore",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        "-d",
+        id,
+    ])
+}
+
+/// A restored `id` runs and counts on from `at` (same run id), rather than restarting.
+fn counts_on(host: &Host, id: &str, mem: &MemHold, at: (u64, u64)) {
+    host.ferry.wait_status(id, "running");
+    let (runid, _) = mem.wait_count_above(at.1);
+    assert_eq!(runid, at.0, "restarted rather than restored");
+}
+
+/// What `cmd` (a shell command) prints inside `id`.
+fn inside(host: &Host, id: &str, cmd: &str) -> String {
+    host.run(&["exec", id, "/bin/sh", "-c", cmd]).ok().stdout
+}
+
 #[test]
 fn masked_directories_come_back_read_only_and_empty_unless_the_container_changed_them() {
     let host = Host::new();
@@ -740,26 +787,13 @@ fn masked_directories_come_back_read_only_and_empty_unless_the_container_changed
             let masked = s["linux"]["maskedPaths"].as_array_mut().unwrap();
             masked.push(json!("/srv/left"));
             masked.push(json!("/srv/changed"));
-            for set in ["bounding", "effective", "permitted"] {
-                s["process"]["capabilities"][set]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(json!("CAP_SYS_ADMIN"));
-            }
+            add_capability(s, "CAP_SYS_ADMIN");
         });
     bundle.save();
-    let id = host.id("masked");
-    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
-        .ok();
-    host.run(&["start", &id]).ok();
-    let mem = MemHold::at(bundle.host_path("/tmp"));
-    let (runid, before) = mem.wait_count_above(2);
-
+    let (id, mem, at) = start_bundle(&host, &bundle, "masked");
     let images = host.ferry.scratch().join("images");
     let work = host.ferry.scratch().join("work");
-    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
-    host.run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
-        .ok();
+    checkpoint_to(&host, &id, &images, &work);
     // The untouched one was left out of CRIU's images; the changed one CRIU archived.
     let log = fs::read_to_string(work.join("dump.log")).unwrap();
     assert!(
@@ -770,39 +804,28 @@ fn masked_directories_come_back_read_only_and_empty_unless_the_container_changed
         !log.contains("ferry-masked-dir:/srv/changed"),
         "/srv/changed was declared external though the container wrote to it"
     );
+    restore_from(&host, &bundle, &id, &images, &work).ok();
+    counts_on(&host, &id, &mem, at);
 
-    host.run_quiet(&[
-        "restore",
-        "--bundle",
-        bundle.path_str(),
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        "-d",
-        &id,
-    ])
-    .ok();
-    host.ferry.wait_status(&id, "running");
-    let (runid2, _) = mem.wait_count_above(before);
-    assert_eq!(runid2, runid, "restarted rather than restored");
-
-    let inside = |cmd: &str| host.run(&["exec", &id, "/bin/sh", "-c", cmd]).ok().stdout;
-    assert_eq!(inside("cat /srv/changed/f"), "kept\n");
-    assert_eq!(inside("ls -A /srv/left"), "", "/srv/left is not empty");
-    let mountinfo = inside("cat /proc/self/mountinfo");
-    let left = mountinfo
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some("/srv/left"))
-        .unwrap_or_else(|| panic!("no mount at /srv/left:\n{mountinfo}"));
+    assert_eq!(inside(&host, &id, "cat /srv/changed/f"), "kept\n");
+    assert_eq!(
+        inside(&host, &id, "ls -A /srv/left"),
+        "",
+        "/srv/left is not empty"
+    );
+    let mountinfo = inside(&host, &id, "cat /proc/self/mountinfo");
+    let mount_at = |point: &str| {
+        mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(point))
+            .unwrap_or_else(|| panic!("no mount at {point}:\n{mountinfo}"))
+    };
+    let left = mount_at("/srv/left");
     let (mine, fs) = left.split_once(" - ").unwrap();
     assert!(mine.split(' ').nth(5).unwrap().starts_with("ro,"), "{left}");
     assert!(fs.starts_with("tmpfs tmpfs ro"), "{left}");
     // Each masked directory has a tmpfs of its own, as it had before.
-    let changed = mountinfo
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some("/srv/changed"))
-        .unwrap_or_else(|| panic!("no mount at /srv/changed:\n{mountinfo}"));
+    let changed = mount_at("/srv/changed");
     assert_ne!(left.split(' ').nth(2), changed.split(' ').nth(2));
     // Nothing of the restore's own tmpfs is left mounted on the host.
     let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -816,6 +839,15 @@ fn masked_directories_come_back_read_only_and_empty_unless_the_container_changed
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
 
+fn add_capability(spec: &mut serde_json::Value, cap: &str) {
+    for set in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!(cap));
+    }
+}
+
 /// A bundle running memhold after `setup` (a shell script), with CAP_NET_ADMIN and a
 /// writable /proc/sys so the script can change its network namespace.
 fn net_bundle(host: &Host, setup: &str) -> Bundle {
@@ -823,91 +855,85 @@ fn net_bundle(host: &Host, setup: &str) -> Bundle {
     let mut bundle = Bundle::new(&host.ferry, &["/bin/sh", "-c", &script]);
     bundle.with_helper("memhold").edit(|s| {
         s["linux"]["readonlyPaths"] = json!([]);
-        for set in ["bounding", "effective", "permitted"] {
-            s["process"]["capabilities"][set]
-                .as_array_mut()
-                .unwrap()
-                .push(json!("CAP_NET_ADMIN"));
-        }
+        add_capability(s, "CAP_NET_ADMIN");
     });
     bundle.save();
     bundle
 }
 
-/// Pauses `id`, checkpoints it runc-style into (images, work) and restores it; returns the
-/// two dirs. (A namespace is only left out of CRIU's images while the container is frozen:
-/// `checkpoint -e` freezes it itself, runc-style needs it paused.)
-fn image_path_round_trip(host: &Host, bundle: &Bundle, id: &str) -> (PathBuf, PathBuf) {
+/// A container from `bundle`, paused (a namespace is only left out of CRIU's images while
+/// the container is frozen: `checkpoint -e` freezes it itself, runc-style needs it paused)
+/// and checkpointed runc-style into fresh (images, work) dirs, with `env` for the
+/// checkpoint; the container's id, memhold, count reached, and the two dirs.
+struct Checkpointed {
+    id: String,
+    mem: MemHold,
+    at: (u64, u64),
+    images: PathBuf,
+    work: PathBuf,
+}
+
+fn paused_checkpoint(
+    host: &Host,
+    bundle: &Bundle,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> Checkpointed {
+    let (id, mem, at) = start_bundle(host, bundle, prefix);
     let images = host.ferry.scratch().join(format!("images-{id}"));
     let work = host.ferry.scratch().join(format!("work-{id}"));
+    host.run(&["pause", &id]).ok();
     let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
-    host.run(&["pause", id]).ok();
-    host.run(&["checkpoint", "--image-path", i, "--work-path", w, id])
-        .ok();
-    host.run_quiet(&[
-        "restore",
-        "--bundle",
-        bundle.path_str(),
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        "-d",
-        id,
-    ])
+    host.run_quiet_env(
+        env,
+        &["checkpoint", "--image-path", i, "--work-path", w, &id],
+    )
     .ok();
-    host.ferry.wait_status(id, "running");
-    (images, work)
+    Checkpointed {
+        id,
+        mem,
+        at,
+        images,
+        work,
+    }
 }
 
 #[test]
 fn a_fresh_network_namespace_is_left_to_ferry_and_a_changed_one_to_criu() {
     let host = Host::new();
-    let inside = |id: &str, cmd: &str| host.run(&["exec", id, "/bin/sh", "-c", cmd]).ok().stdout;
 
     // Untouched: the dump records it instead of CRIU, the restore rebuilds it.
     let bundle = net_bundle(&host, "true");
-    let id = host.id("freshnet");
-    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
-        .ok();
-    host.run(&["start", &id]).ok();
-    let mem = MemHold::at(bundle.host_path("/tmp"));
-    let (runid, before) = mem.wait_count_above(2);
-    let before_addrs = inside(&id, "ip addr show dev lo");
-    let (images, work) = image_path_round_trip(&host, &bundle, &id);
+    let c = paused_checkpoint(&host, &bundle, "freshnet", &[]);
     assert!(
-        images.join("ferry-netns.json").exists(),
+        c.images.join("ferry-netns.json").exists(),
         "a fresh namespace was left to CRIU"
     );
-    let log = fs::read_to_string(work.join("dump.log")).unwrap();
+    let log = fs::read_to_string(c.work.join("dump.log")).unwrap();
     assert!(
         !log.contains("Running ip addr save"),
         "CRIU still saved the fresh namespace"
     );
-    let (runid2, _) = mem.wait_count_above(before);
-    assert_eq!(runid2, runid, "restarted rather than restored");
-    assert_eq!(inside(&id, "ip addr show dev lo"), before_addrs);
-    assert!(before_addrs.contains("127.0.0.1/8") && before_addrs.contains("UP"));
-    host.run(&["delete", "--force", &id]).ok();
-    assert_no_leftovers(&host.ferry, &bundle, &id);
+    restore_from(&host, &bundle, &c.id, &c.images, &c.work).ok();
+    counts_on(&host, &c.id, &c.mem, c.at);
+    let addrs = inside(&host, &c.id, "ip addr show dev lo");
+    assert!(
+        addrs.contains("127.0.0.1/8") && addrs.contains("::1/128") && addrs.contains(",UP"),
+        "{addrs}"
+    );
+    host.run(&["delete", "--force", &c.id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &c.id);
 
     // Untouched, but the operator asks CRIU to carry it (for a host whose new namespaces
     // differ).
     let bundle = net_bundle(&host, "true");
-    let id = host.id("forcednet");
-    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
-        .ok();
-    host.run(&["start", &id]).ok();
-    MemHold::at(bundle.host_path("/tmp")).wait_count_above(1);
-    host.run(&["pause", &id]).ok();
-    let images = host.ferry.scratch().join("images-forced");
-    host.run_quiet_env(
-        &[("FERRY_CRIU_NETNS", "1")],
-        &["checkpoint", "--image-path", images.to_str().unwrap(), &id],
-    )
-    .ok();
-    assert!(!images.join("ferry-netns.json").exists());
-    assert!(images.join("inventory.img").exists());
+    let c = paused_checkpoint(&host, &bundle, "forcednet", &[("FERRY_CRIU_NETNS", "1")]);
+    assert!(!c.images.join("ferry-netns.json").exists());
+    assert!(
+        fs::read_to_string(c.work.join("dump.log"))
+            .unwrap()
+            .contains("Running ip addr save")
+    );
     wait_no_tagged(&host.ferry);
 
     // Changed (an address on lo, a sysctl): CRIU carries it, and both come back.
@@ -915,61 +941,35 @@ fn a_fresh_network_namespace_is_left_to_ferry_and_a_changed_one_to_criu() {
         &host,
         "ip addr add 10.9.8.7/32 dev lo; echo 0 > /proc/sys/net/ipv4/conf/lo/accept_redirects",
     );
-    let id = host.id("usednet");
-    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
-        .ok();
-    host.run(&["start", &id]).ok();
-    let mem = MemHold::at(bundle.host_path("/tmp"));
-    let (runid, before) = mem.wait_count_above(2);
-    let (images, work) = image_path_round_trip(&host, &bundle, &id);
+    let c = paused_checkpoint(&host, &bundle, "usednet", &[]);
     assert!(
-        !images.join("ferry-netns.json").exists(),
+        !c.images.join("ferry-netns.json").exists(),
         "a changed namespace was not left to CRIU"
     );
-    let log = fs::read_to_string(work.join("dump.log")).unwrap();
+    let log = fs::read_to_string(c.work.join("dump.log")).unwrap();
     assert!(log.contains("Running ip addr save"), "CRIU did not save it");
-    let (runid2, _) = mem.wait_count_above(before);
-    assert_eq!(runid2, runid);
-    assert!(inside(&id, "ip addr show dev lo").contains("10.9.8.7/32"));
+    restore_from(&host, &bundle, &c.id, &c.images, &c.work).ok();
+    counts_on(&host, &c.id, &c.mem, c.at);
+    assert!(inside(&host, &c.id, "ip addr show dev lo").contains("10.9.8.7/32"));
     assert_eq!(
-        inside(&id, "cat /proc/sys/net/ipv4/conf/lo/accept_redirects"),
+        inside(
+            &host,
+            &c.id,
+            "cat /proc/sys/net/ipv4/conf/lo/accept_redirects"
+        ),
         "0\n"
     );
-    host.run(&["delete", "--force", &id]).ok();
-    assert_no_leftovers(&host.ferry, &bundle, &id);
+    host.run(&["delete", "--force", &c.id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &c.id);
 }
 
 #[test]
 fn a_recorded_fresh_namespace_is_rebuilt_as_recorded_or_the_restore_fails_cleanly() {
     let host = Host::new();
     let bundle = net_bundle(&host, "true");
-    let id = host.id("netrec");
-    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
-        .ok();
-    host.run(&["start", &id]).ok();
-    let mem = MemHold::at(bundle.host_path("/tmp"));
-    let (runid, before) = mem.wait_count_above(2);
-    let images = host.ferry.scratch().join("images");
-    let work = host.ferry.scratch().join("work");
-    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
-    host.run(&["pause", &id]).ok();
-    host.run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
-        .ok();
-    let mark = images.join("ferry-netns.json");
+    let c = paused_checkpoint(&host, &bundle, "netrec", &[]);
+    let mark = c.images.join("ferry-netns.json");
     let recorded: serde_json::Value = serde_json::from_slice(&fs::read(&mark).unwrap()).unwrap();
-    let restore = |host: &Host| {
-        host.run_quiet(&[
-            "restore",
-            "--bundle",
-            bundle.path_str(),
-            "--image-path",
-            i,
-            "--work-path",
-            w,
-            "-d",
-            &id,
-        ])
-    };
 
     // A device this host's new namespaces do not have: refused, and nothing is left.
     let mut bad = recorded.clone();
@@ -978,17 +978,17 @@ fn a_recorded_fresh_namespace_is_rebuilt_as_recorded_or_the_restore_fails_cleanl
         .unwrap()
         .push(json!("00000000ffff0000"));
     fs::write(&mark, serde_json::to_vec(&bad).unwrap()).unwrap();
-    let out = restore(&host).fails();
+    let out = restore_from(&host, &bundle, &c.id, &c.images, &c.work).fails();
     assert!(
         out.stderr.contains("network namespace") && out.stderr.contains("devices"),
         "{}",
         out.stderr
     );
     assert!(
-        !host.ids().contains(&id),
+        !host.ids().contains(&c.id),
         "a failed restore left the container"
     );
-    assert_cgroups_gone(&id);
+    assert_cgroups_gone(&c.id);
 
     // A sysctl the source's new namespaces started with differently (another host's
     // defaults): written back into the restored namespace.
@@ -998,14 +998,12 @@ fn a_recorded_fresh_namespace_is_rebuilt_as_recorded_or_the_restore_fails_cleanl
     let want = if was == "1" { "0" } else { "1" };
     other["sysctls"][key] = json!(format!("{want}\n"));
     fs::write(&mark, serde_json::to_vec(&other).unwrap()).unwrap();
-    restore(&host).ok();
-    host.ferry.wait_status(&id, "running");
-    let (runid2, _) = mem.wait_count_above(before);
-    assert_eq!(runid2, runid);
-    let now = host
-        .run(&["exec", &id, "/bin/cat", &format!("/proc/sys/{key}")])
-        .ok();
-    assert_eq!(now.stdout.trim(), want);
-    host.run(&["delete", "--force", &id]).ok();
-    assert_no_leftovers(&host.ferry, &bundle, &id);
+    restore_from(&host, &bundle, &c.id, &c.images, &c.work).ok();
+    counts_on(&host, &c.id, &c.mem, c.at);
+    assert_eq!(
+        inside(&host, &c.id, &format!("cat /proc/sys/{key}")).trim(),
+        want
+    );
+    host.run(&["delete", "--force", &c.id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &c.id);
 }

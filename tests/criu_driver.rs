@@ -54,6 +54,18 @@ fn start_counter(file: &Path, stdout: Option<OwnedFd>) -> Child {
     child
 }
 
+/// A counter running in a temporary directory (kept while it is held), the counter's file,
+/// process and pid, and an empty images directory beside it.
+fn counting() -> (tempfile::TempDir, PathBuf, Child, i32, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("count");
+    let child = start_counter(&file, None);
+    let pid = child.id() as i32;
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    (dir, file, child, pid, images)
+}
+
 fn alive(pid: i32) -> bool {
     !common::is_zombie_or_gone(pid)
 }
@@ -164,12 +176,7 @@ fn feature_check_matches_the_kernel_and_pre_dump_refuses_before_freezing() {
     let none = criu.check_features(Features::default()).unwrap();
     assert_eq!(none, Features::default());
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("count");
-    let mut child = start_counter(&file, None);
-    let pid = child.id() as i32;
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
+    let (_dir, file, mut child, pid, images) = counting();
     let mut seen = NotificationLog::default();
     let req = DumpRequest {
         leave_running: true,
@@ -374,12 +381,7 @@ impl Notify for FailingNotify {
 #[test]
 fn a_failing_post_dump_callback_aborts_the_dump_and_leaves_the_tree_running() {
     let criu = criu();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("count");
-    let mut child = start_counter(&file, None);
-    let pid = child.id() as i32;
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
+    let (_dir, file, mut child, pid, images) = counting();
     let mut notify = FailingNotify {
         fail_on: "post-dump",
         seen: Vec::new(),
@@ -462,12 +464,7 @@ fn a_failing_before_tasks_hook_stops_criu_before_it_gets_the_request() {
 #[test]
 fn a_before_tasks_hook_runs_while_criu_starts_and_its_failure_restores_nothing() {
     let criu = criu();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("count");
-    let mut child = start_counter(&file, None);
-    let pid = child.id() as i32;
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
+    let (_dir, file, mut child, pid, images) = counting();
     criu.dump(dump_request(&images, pid), &mut NotificationLog::default())
         .unwrap();
     let _ = child.wait();
