@@ -861,10 +861,10 @@ fn net_bundle(host: &Host, setup: &str) -> Bundle {
     bundle
 }
 
-/// A container from `bundle`, paused (a namespace is only left out of CRIU's images while
-/// the container is frozen: `checkpoint -e` freezes it itself, runc-style needs it paused)
-/// and checkpointed runc-style into fresh (images, work) dirs, with `env` for the
-/// checkpoint; the container's id, memhold, count reached, and the two dirs.
+/// A container from `bundle`, paused first if `pause` (a running one has its namespace read
+/// again once CRIU froze it; a paused one, like `checkpoint -e`'s, is read once), and
+/// checkpointed runc-style into fresh (images, work) dirs, with `env` for the checkpoint;
+/// the container's id, memhold, count reached, and the two dirs.
 struct Checkpointed {
     id: String,
     mem: MemHold,
@@ -873,16 +873,19 @@ struct Checkpointed {
     work: PathBuf,
 }
 
-fn paused_checkpoint(
+fn checkpointed(
     host: &Host,
     bundle: &Bundle,
     prefix: &str,
+    pause: bool,
     env: &[(&str, &str)],
 ) -> Checkpointed {
     let (id, mem, at) = start_bundle(host, bundle, prefix);
     let images = host.ferry.scratch().join(format!("images-{id}"));
     let work = host.ferry.scratch().join(format!("work-{id}"));
-    host.run(&["pause", &id]).ok();
+    if pause {
+        host.run(&["pause", &id]).ok();
+    }
     let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
     host.run_quiet_env(
         env,
@@ -904,7 +907,8 @@ fn a_fresh_network_namespace_is_left_to_ferry_and_a_changed_one_to_criu() {
 
     // Untouched: the dump records it instead of CRIU, the restore rebuilds it.
     let bundle = net_bundle(&host, "true");
-    let c = paused_checkpoint(&host, &bundle, "freshnet", &[]);
+    // Running: read before the request, and again once CRIU froze it.
+    let c = checkpointed(&host, &bundle, "freshnet", false, &[]);
     assert!(
         c.images.join("ferry-netns.json").exists(),
         "a fresh namespace was left to CRIU"
@@ -927,7 +931,13 @@ fn a_fresh_network_namespace_is_left_to_ferry_and_a_changed_one_to_criu() {
     // Untouched, but the operator asks CRIU to carry it (for a host whose new namespaces
     // differ).
     let bundle = net_bundle(&host, "true");
-    let c = paused_checkpoint(&host, &bundle, "forcednet", &[("FERRY_CRIU_NETNS", "1")]);
+    let c = checkpointed(
+        &host,
+        &bundle,
+        "forcednet",
+        true,
+        &[("FERRY_CRIU_NETNS", "1")],
+    );
     assert!(!c.images.join("ferry-netns.json").exists());
     assert!(
         fs::read_to_string(c.work.join("dump.log"))
@@ -941,7 +951,7 @@ fn a_fresh_network_namespace_is_left_to_ferry_and_a_changed_one_to_criu() {
         &host,
         "ip addr add 10.9.8.7/32 dev lo; echo 0 > /proc/sys/net/ipv4/conf/lo/accept_redirects",
     );
-    let c = paused_checkpoint(&host, &bundle, "usednet", &[]);
+    let c = checkpointed(&host, &bundle, "usednet", false, &[]);
     assert!(
         !c.images.join("ferry-netns.json").exists(),
         "a changed namespace was not left to CRIU"
@@ -967,7 +977,7 @@ fn a_fresh_network_namespace_is_left_to_ferry_and_a_changed_one_to_criu() {
 fn a_recorded_fresh_namespace_is_rebuilt_as_recorded_or_the_restore_fails_cleanly() {
     let host = Host::new();
     let bundle = net_bundle(&host, "true");
-    let c = paused_checkpoint(&host, &bundle, "netrec", &[]);
+    let c = checkpointed(&host, &bundle, "netrec", true, &[]);
     let mark = c.images.join("ferry-netns.json");
     let recorded: serde_json::Value = serde_json::from_slice(&fs::read(&mark).unwrap()).unwrap();
 

@@ -70,6 +70,37 @@ fn criu_error(e: crate::criu::Error) -> Error {
     Error::Other(e.to_string())
 }
 
+/// CRIU's notifications during a dump: at `network-lock` (the container's tasks are frozen
+/// and seized by then), a network namespace recorded as fresh while the container still ran
+/// is read again, and the dump refused if it changed in between.
+struct DumpNotify<'a> {
+    recheck: Option<(&'a Container, super::freshnet::NetState)>,
+    changed: bool,
+}
+
+impl crate::criu::Notify for DumpNotify<'_> {
+    fn notify(
+        &mut self,
+        script: &str,
+        _pid: i32,
+        _fds: Vec<std::os::fd::OwnedFd>,
+    ) -> std::result::Result<(), crate::criu::notify::CallbackError> {
+        if script != "network-lock" {
+            return Ok(());
+        }
+        let Some((c, recorded)) = &self.recheck else {
+            return Ok(());
+        };
+        let same = c.netns_unreachable()
+            && super::freshnet::state_of(c.pid()).is_ok_and(|now| now == *recorded);
+        if same {
+            return Ok(());
+        }
+        self.changed = true;
+        Err("the network namespace changed while the container was being frozen".into())
+    }
+}
+
 impl Container {
     /// The network lock for a dump of this container with `opts` (checkpoint::netlock).
     pub(crate) fn network_lock(&self, opts: &CheckpointOptions) -> crate::criu::NetworkLock {
@@ -86,35 +117,31 @@ impl Container {
     }
 
     /// Whether CRIU can leave the container's network namespace out of the images because
-    /// it holds exactly what a new one with `lo` up holds (checkpoint::freshnet). Only for a
-    /// namespace of the container's own that nothing outside it shares, while the container
-    /// is frozen (so nothing changes it before CRIU dumps), and not when established TCP
-    /// connections are carried (CRIU's namespace lock and repair stay as they are). Writes
-    /// the state into the images when so, and removes a stale record when not.
+    /// it holds exactly what a new one with `lo` up holds (checkpoint::freshnet): the state
+    /// it recorded in the images when so (removing a stale record when not). Only for a
+    /// namespace of the container's own that nothing outside it shares, and not when
+    /// established TCP connections are carried (CRIU's namespace lock and repair stay as
+    /// they are). A container that is not frozen yet (a runc-style checkpoint) is read
+    /// again once CRIU has frozen it ([`DumpNotify`]).
     fn fresh_network(
         &self,
         opts: &CheckpointOptions,
         empty_ns: u32,
-        cgroup: &dyn crate::runtime::cgroups::Cgroup,
-    ) -> Result<bool> {
+    ) -> Result<Option<super::freshnet::NetState>> {
         let mark = opts.image_path.join(super::freshnet::MARK);
         let _ = std::fs::remove_file(&mark);
         if opts.tcp_established
             || empty_ns & libc::CLONE_NEWNET as u32 != 0
             || std::env::var(super::freshnet::CRIU_CARRIES_ENV).as_deref() == Ok("1")
-            || !cgroup.is_frozen().unwrap_or(false)
+            || !self.netns_unreachable()
         {
-            return Ok(false);
-        }
-        let inside = self.processes().unwrap_or_default();
-        if !super::netlock::unreachable_running(&self.record.spec, self.pid(), &inside) {
-            return Ok(false);
+            return Ok(None);
         }
         let (theirs, fresh) = match super::freshnet::compare(self.pid()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("reading the network namespace: {e}; CRIU carries it");
-                return Ok(false);
+                return Ok(None);
             }
         };
         if theirs != fresh {
@@ -122,11 +149,18 @@ impl Container {
                 differences = ?theirs.differences(&fresh, "in the container", "in a new one"),
                 "the network namespace is not as a new one; CRIU carries it"
             );
-            return Ok(false);
+            return Ok(None);
         }
         let json = serde_json::to_vec(&theirs).map_err(|e| Error::Other(e.to_string()))?;
         std::fs::write(&mark, json).ctx(|| format!("write {}", mark.display()))?;
-        Ok(true)
+        Ok(Some(theirs))
+    }
+
+    /// The container's network namespace is its own, holds only `lo` and is shared with no
+    /// process outside the container (checkpoint::netlock).
+    fn netns_unreachable(&self) -> bool {
+        let inside = self.processes().unwrap_or_default();
+        super::netlock::unreachable_running(&self.record.spec, self.pid(), &inside)
     }
 
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
@@ -235,9 +269,14 @@ impl Container {
         };
         if !opts.pre_dump {
             self.write_descriptors(&opts.image_path)?;
-            if self.fresh_network(opts, empty_ns, cgroup.as_ref())? {
-                empty_ns |= libc::CLONE_NEWNET as u32;
-            }
+        }
+        let frozen = cgroup.is_frozen().unwrap_or(false);
+        let fresh_net = match opts.pre_dump {
+            false => self.fresh_network(opts, empty_ns)?,
+            true => None,
+        };
+        if fresh_net.is_some() {
+            empty_ns |= libc::CLONE_NEWNET as u32;
         }
         let req = DumpRequest {
             images_dir: opts.image_path.clone(),
@@ -295,14 +334,33 @@ impl Container {
             network_lock: Some(self.network_lock(opts)),
             ..Default::default()
         };
-        let mut notify = IgnoreNotifications;
-        let report = if opts.pre_dump {
-            criu.pre_dump(req, &mut notify)
-        } else {
-            criu.dump(req, &mut notify)
+        if opts.pre_dump {
+            return criu
+                .pre_dump(req, &mut IgnoreNotifications)
+                .map_err(criu_error);
         }
-        .map_err(criu_error)?;
-        Ok(report)
+        // Read while the container ran: read again once CRIU has frozen it.
+        let mut notify = DumpNotify {
+            recheck: fresh_net.filter(|_| !frozen).map(|n| (self, n)),
+            changed: false,
+        };
+        let retry = notify.recheck.is_some().then(|| {
+            let mut r = req.clone();
+            r.empty_ns &= !(libc::CLONE_NEWNET as u32);
+            r
+        });
+        match criu.dump(req, &mut notify) {
+            Err(_) if notify.changed => {
+                // Changed between the two reads: CRIU failed cleanly (the container runs on)
+                // and carries the namespace this time.
+                tracing::debug!("the network namespace changed before the freeze; CRIU carries it");
+                let _ = std::fs::remove_file(opts.image_path.join(super::freshnet::MARK));
+                let retry = retry.expect("a recheck comes with a retry");
+                criu.dump(retry, &mut IgnoreNotifications)
+                    .map_err(criu_error)
+            }
+            r => r.map_err(criu_error),
+        }
     }
 
     /// CRIU cannot checkpoint an fd on a file outside the container's mounts, and the usual

@@ -98,14 +98,7 @@ fn show(v: Option<&str>) -> String {
 /// The state of the network namespace of `pid`, and that of a namespace made now with `lo`
 /// up; equal when the container's namespace is as fresh as a new one.
 pub fn compare(pid: i32) -> io::Result<(NetState, NetState)> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    let theirs = std::thread::spawn(move || -> io::Result<NetState> {
-        // SAFETY: setns on this thread only (CLONE_NEWNET), with an fd we own.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        read_state()
-    });
+    let theirs = state_thread(pid)?;
     let fresh = std::thread::spawn(fresh_state);
     let theirs = theirs
         .join()
@@ -114,6 +107,24 @@ pub fn compare(pid: i32) -> io::Result<(NetState, NetState)> {
         .join()
         .map_err(|_| io::Error::other("reading a fresh namespace panicked"))??;
     Ok((theirs, fresh))
+}
+
+/// The state of the network namespace of `pid`.
+pub fn state_of(pid: i32) -> io::Result<NetState> {
+    state_thread(pid)?
+        .join()
+        .map_err(|_| io::Error::other("reading the namespace panicked"))?
+}
+
+fn state_thread(pid: i32) -> io::Result<std::thread::JoinHandle<io::Result<NetState>>> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    Ok(std::thread::spawn(move || -> io::Result<NetState> {
+        // SAFETY: setns on this thread only (CLONE_NEWNET), with an fd we own.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        read_state()
+    }))
 }
 
 /// The state of a network namespace made now, with `lo` up.
