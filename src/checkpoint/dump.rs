@@ -127,10 +127,14 @@ impl Container {
         &self,
         opts: &CheckpointOptions,
         empty_ns: u32,
+        frozen: bool,
     ) -> Result<Option<super::freshnet::NetState>> {
         let mark = opts.image_path.join(super::freshnet::MARK);
         let _ = std::fs::remove_file(&mark);
+        // A running container is dumped again if its namespace changes before the freeze,
+        // which a page stream to ferry's archive cannot be (it is used up by the first try).
         if opts.tcp_established
+            || (!frozen && opts.page_sink.is_some())
             || empty_ns & libc::CLONE_NEWNET as u32 != 0
             || std::env::var(super::freshnet::CRIU_CARRIES_ENV).as_deref() == Ok("1")
             || !self.netns_unreachable()
@@ -272,7 +276,7 @@ impl Container {
         }
         let frozen = cgroup.is_frozen().unwrap_or(false);
         let fresh_net = match opts.pre_dump {
-            false => self.fresh_network(opts, empty_ns)?,
+            false => self.fresh_network(opts, empty_ns, frozen)?,
             true => None,
         };
         if fresh_net.is_some() {
