@@ -243,11 +243,22 @@ fn an_uncompressed_archive_feeds_its_pages_while_criu_restores() {
         assert_eq!(st["pages_verified"], "while restoring", "{st}");
         assert_eq!(st["stage"], "disk", "{st}");
         assert!(st["feed_ms"].as_f64().unwrap_or(0.0) > 0.0, "{st}");
+        // Most of the 64 MiB was faulted in ahead of CRIU's reads (archive::prefault), and
+        // the memory still hashes the same (below): nothing CRIU restored was overwritten.
+        let pre = st["prefaulted_bytes"].as_u64().unwrap_or(0);
+        assert!(pre >= 48 << 20, "{st}");
     } else {
         assert_eq!(st["pages_verified"], "before restoring", "{st}");
     }
     assert_eq!(st["dedup"], true, "{st}");
     assert_work_clean(&rt.host);
+    goes_on_with_its_memory_then_delete(&rt.host, &rt.id, rt.at, &rt.sum, "the feed");
+}
+
+#[test]
+fn without_the_prefault_the_fed_restore_is_the_same() {
+    let rt = none_round_trip("noprefault", "32", &[("FERRY_RESTORE_PREFAULT", "0")], &[]);
+    assert_eq!(rt.stats["prefaulted_bytes"], 0, "{}", rt.stats);
     goes_on_with_its_memory_then_delete(&rt.host, &rt.id, rt.at, &rt.sum, "the feed");
 }
 

@@ -320,6 +320,35 @@ pub fn decode_mm(bytes: &[u8]) -> Result<MmSummary> {
     Ok(mm)
 }
 
+/// One mapping of `mm-<pid>.img` (`vma_entry`): its bounds and CRIU's `VMA_*` status bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub status: u32,
+}
+
+/// The task's mappings (`mm_entry.vmas`), in the image's order.
+pub fn decode_vmas(bytes: &[u8]) -> Result<Vec<Vma>> {
+    let entry = *entries(bytes, MM_MAGIC)?.first().ok_or("no mm entry")?;
+    let mut out = vec![];
+    for f in Fields(entry) {
+        if let (14, vma) = f? {
+            let mut v = Vma::default();
+            for f in Fields(message(vma)) {
+                match f? {
+                    (1, x) => v.start = x.u64(),
+                    (2, x) => v.end = x.u64(),
+                    (7, x) => v.status = x.u32(),
+                    _ => {}
+                }
+            }
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
 /// One run of pages (`pagemap_entry`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PagemapEntry {

@@ -367,7 +367,13 @@ fn gated_files(stage: &Stage, files: &[(String, u64)]) -> Result<(Outs, Arc<Gate
         outs.push((path.clone(), out));
         gated.push((path, *size));
     }
-    let gate = Gate::new(&gated).map_err(|e| Error::Write {
+    // The small images are staged and verified by now: the restored tasks' mappings and
+    // pagemaps say where each read of the pages will land.
+    let paths: Vec<PathBuf> = gated.iter().map(|(p, _)| p.clone()).collect();
+    let prefault =
+        crate::archive::prefault::Prefault::plan(&stage.dir().join("checkpoint"), &paths)
+            .map(Arc::new);
+    let gate = Gate::with_prefault(&gated, prefault).map_err(|e| Error::Write {
         path: stage.dir().to_path_buf(),
         source: e,
     })?;
@@ -411,6 +417,12 @@ impl Feed {
             started: Instant::now(),
             took: None,
         }
+    }
+
+    /// Bytes of the restored tasks' memory faulted in ahead of CRIU's reads
+    /// (archive::prefault).
+    pub fn prefaulted(&self) -> u64 {
+        self.gate.as_ref().map(|g| g.prefaulted()).unwrap_or(0)
     }
 
     /// Whether the pages are still being fed, CRIU's reads held until they are ready

@@ -83,6 +83,8 @@ struct Inner {
     /// (st_dev, st_ino) of each gated file → its index.
     files: HashMap<(u64, u64), usize>,
     state: Mutex<State>,
+    /// Runs just before a held read of a gated file is let through (archive::prefault).
+    prefault: Option<Arc<crate::archive::prefault::Prefault>>,
 }
 
 /// Gates a set of files (made and opened for writing before this is called).
@@ -100,6 +102,15 @@ impl Gate {
     /// [`holds`](Self::holds) says so, and the caller must have every byte in place before
     /// anyone reads.
     pub fn new(files: &[(PathBuf, u64)]) -> io::Result<Gate> {
+        Gate::with_prefault(files, None)
+    }
+
+    /// [`new`](Self::new), with `prefault` run before each held read of a gated file is let
+    /// through.
+    pub fn with_prefault(
+        files: &[(PathBuf, u64)],
+        prefault: Option<Arc<crate::archive::prefault::Prefault>>,
+    ) -> io::Result<Gate> {
         let mut ids = HashMap::new();
         for (i, (path, _)) in files.iter().enumerate() {
             let m = std::fs::metadata(path)?;
@@ -140,6 +151,7 @@ impl Gate {
                 failed: false,
                 stop: false,
             }),
+            prefault,
         });
         let listener = match inner.group {
             Some(_) => {
@@ -153,6 +165,15 @@ impl Gate {
             None => None,
         };
         Ok(Gate { inner, listener })
+    }
+
+    /// Bytes written ahead of held reads by the prefault hook.
+    pub fn prefaulted(&self) -> u64 {
+        self.inner
+            .prefault
+            .as_ref()
+            .map(|p| p.written())
+            .unwrap_or(0)
     }
 
     /// Whether reads of the files are held until ready (see [`new`](Self::new)).
@@ -195,10 +216,12 @@ fn wake(fd: &OwnedFd) {
     unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
 }
 
-/// A read waiting for an answer: the event's fd, the file, and where the read ends.
+/// A read waiting for an answer: the event's fd, the file, the reader and the range.
 struct Waiting {
     fd: OwnedFd,
     file: Option<usize>,
+    pid: i32,
+    offset: u64,
     end: u64,
 }
 
@@ -207,20 +230,39 @@ fn listen(inner: &Inner) {
         return;
     };
     let mut waiting: Vec<Waiting> = vec![];
+    // Per file: the end of the furthest range let through so far.
+    let mut passed = vec![0u64; inner.files.len()];
     // u64s: event records are 8-byte aligned.
     let mut buf = vec![0u64; 1024];
     loop {
+        let mut allowed = vec![];
         let stop = {
             let s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            waiting.retain(|w| match decide(&s, w) {
-                Some(allow) => {
-                    respond(group, w.fd.as_raw_fd(), allow);
-                    false
+            let mut keep = vec![];
+            for w in waiting.drain(..) {
+                match decide(&s, &w) {
+                    Some(true) => allowed.push(w),
+                    Some(false) => respond(group, w.fd.as_raw_fd(), false),
+                    None => keep.push(w),
                 }
-                None => true,
-            });
+            }
+            waiting = keep;
             s.stop
         };
+        // Outside the lock: the feed goes on advancing the gate meanwhile.
+        for w in allowed {
+            if let (Some(p), Some(file)) = (&inner.prefault, w.file) {
+                // The hook also holds writes and hole punches, with the same mask: CRIU
+                // punches each range right after reading it, and writing it again then
+                // would wipe what was just restored. So only a range past everything let
+                // through before is prefaulted: the restorer's next read, never a repeat.
+                if !stop && w.offset >= passed[file] {
+                    p.run(w.pid, file, w.offset, w.end.saturating_sub(w.offset));
+                }
+                passed[file] = passed[file].max(w.end);
+            }
+            respond(group, w.fd.as_raw_fd(), true);
+        }
         if stop {
             for w in waiting.drain(..) {
                 respond(group, w.fd.as_raw_fd(), false);
@@ -319,6 +361,7 @@ fn parse(inner: &Inner, mut bytes: &[u8], waiting: &mut Vec<Waiting>) {
         // SAFETY: the kernel opened this fd for us with the event.
         let fd = unsafe { OwnedFd::from_raw_fd(m.fd) };
         let mut end = None;
+        let mut start = 0;
         let mut info = &event[(m.metadata_len as usize).min(event.len())..];
         while info.len() >= 4 {
             let kind = info[0];
@@ -327,6 +370,7 @@ fn parse(inner: &Inner, mut bytes: &[u8], waiting: &mut Vec<Waiting>) {
                 let offset = u64::from_ne_bytes(info[8..16].try_into().unwrap_or_default());
                 let count = u64::from_ne_bytes(info[16..24].try_into().unwrap_or_default());
                 end = Some(offset.saturating_add(count));
+                start = offset;
             }
             info = &info[ilen..];
         }
@@ -337,6 +381,8 @@ fn parse(inner: &Inner, mut bytes: &[u8], waiting: &mut Vec<Waiting>) {
         waiting.push(Waiting {
             fd,
             file,
+            pid: m.pid,
+            offset: start,
             end: end.unwrap_or(0),
         });
     }

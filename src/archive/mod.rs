@@ -11,6 +11,7 @@ pub mod hashing;
 pub mod inspect;
 pub mod manifest;
 pub mod pages;
+pub mod prefault;
 pub mod reader;
 pub mod safe_path;
 pub mod sha256x2;

@@ -62,6 +62,9 @@ pub struct ImportStats {
     pub pages_verified: &'static str,
     /// How long verifying and writing the pages took, from when CRIU could start.
     pub feed_ms: f64,
+    /// Bytes of the restored memory ferry faulted in ahead of CRIU's reads
+    /// (archive::prefault).
+    pub prefaulted_bytes: u64,
     pub criu: Option<crate::criu::stats::RestoreStats>,
 }
 
@@ -248,15 +251,13 @@ impl Runtime {
         if let Some(f) = feed {
             // pre-resume waited for the feed and fails the restore on a bad part, so a feed
             // that failed means CRIU failed, and the feed says why better.
-            let took = f
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .finish()
-                .map_err(|e| {
-                    Error::Other(format!(
-                        "{e} (CRIU was refused those bytes and stopped; nothing restored ran)"
-                    ))
-                })?;
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            stats.prefaulted_bytes = f.prefaulted();
+            let took = f.finish().map_err(|e| {
+                Error::Other(format!(
+                    "{e} (CRIU was refused those bytes and stopped; nothing restored ran)"
+                ))
+            })?;
             stats.feed_ms = took.as_secs_f64() * 1000.0;
         }
         let restored = restored?;
