@@ -301,23 +301,11 @@ pub struct MmSummary {
 }
 
 pub fn decode_mm(bytes: &[u8]) -> Result<MmSummary> {
-    let entry = *entries(bytes, MM_MAGIC)?.first().ok_or("no mm entry")?;
-    let mut mm = MmSummary::default();
-    for f in Fields(entry) {
-        if let (14, vma) = f? {
-            let (mut start, mut end) = (0u64, 0u64);
-            for f in Fields(message(vma)) {
-                match f? {
-                    (1, v) => start = v.u64(),
-                    (2, v) => end = v.u64(),
-                    _ => {}
-                }
-            }
-            mm.vmas += 1;
-            mm.mapped_bytes += end.saturating_sub(start);
-        }
-    }
-    Ok(mm)
+    let vmas = decode_vmas(bytes)?;
+    Ok(MmSummary {
+        vmas: vmas.len() as u32,
+        mapped_bytes: vmas.iter().map(|v| v.end.saturating_sub(v.start)).sum(),
+    })
 }
 
 /// One mapping of `mm-<pid>.img` (`vma_entry`): its bounds and CRIU's `VMA_*` status bits.
