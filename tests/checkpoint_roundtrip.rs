@@ -256,6 +256,72 @@ fn an_uncompressed_archive_feeds_its_pages_while_criu_restores() {
 }
 
 #[test]
+fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
+    // Two memholds (two tasks, two pagemaps, two pages files): each read of each file is
+    // prefaulted in its own task, and each memory still hashes the same.
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("twotasks");
+    let script = format!(
+        "/bin/busybox mkdir -p /tmp/a /tmp/b; /bin/memhold 24 {SEED} /tmp/a & \
+         exec /bin/memhold 24 {SEED} /tmp/b"
+    );
+    host.run_image("bb", &id, &["/bin/sh", "-c", &script]);
+    let root = host.rootfs(&id);
+    let (a, b) = (
+        MemHold::at(root.join("tmp/a")),
+        MemHold::at(root.join("tmp/b")),
+    );
+    fs::create_dir_all(root.join("tmp/a")).ok();
+    let at_a = a.wait_count_above(2);
+    let at_b = b.wait_count_above(2);
+    let (sum_a, sum_b) = (a.checksum().unwrap(), b.checksum().unwrap());
+    let archive = host.ferry.scratch().join("two.tar");
+    let ar = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", ar, "--compress", "none"])
+        .ok();
+    wait_no_tagged(&host.ferry);
+    let stats = host.ferry.scratch().join("two.json");
+    host.run_quiet(&[
+        "restore",
+        "-i",
+        ar,
+        "-d",
+        "--stats-file",
+        stats.to_str().unwrap(),
+    ])
+    .ok();
+    host.ferry.wait_status(&id, "running");
+    let st = read_stats(&stats);
+    if st["pages_verified"] == "while restoring" {
+        assert!(
+            st["prefaulted_bytes"].as_u64().unwrap_or(0) >= 32 << 20,
+            "both tasks' memory prefaulted: {st}"
+        );
+    }
+    let root = host.rootfs(&id);
+    let (a, b) = (
+        MemHold::at(root.join("tmp/a")),
+        MemHold::at(root.join("tmp/b")),
+    );
+    assert_eq!(a.wait_count_above(at_a.1).0, at_a.0, "a restarted");
+    assert_eq!(b.wait_count_above(at_b.1).0, at_b.0, "b restarted");
+    host.run(&["kill", "--all", &id, "USR1"]).ok();
+    assert_eq!(
+        a.wait_rehash(1),
+        sum_a,
+        "a's memory differs after the restore"
+    );
+    assert_eq!(
+        b.wait_rehash(1),
+        sum_b,
+        "b's memory differs after the restore"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+}
+
+#[test]
 fn without_the_prefault_the_fed_restore_is_the_same() {
     let rt = none_round_trip("noprefault", "32", &[("FERRY_RESTORE_PREFAULT", "0")], &[]);
     assert_eq!(rt.stats["prefaulted_bytes"], 0, "{}", rt.stats);
