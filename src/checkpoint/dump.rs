@@ -31,6 +31,9 @@ pub struct CheckpointOptions {
     pub auto_dedup: bool,
     /// Chosen by [`super::netlock::choose`] when None.
     pub network_lock: Option<crate::criu::NetworkLock>,
+    /// [`Container::netns_unreachable`] when already asked (`checkpoint -e` asks before it
+    /// freezes the container); asked during the dump when None.
+    pub netns_unreachable: Option<bool>,
     /// CRIU sends the memory through this socket (criu::page_server) instead of writing it
     /// into the image path: `checkpoint -e` archives it while CRIU dumps.
     pub page_sink: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
@@ -70,11 +73,19 @@ fn criu_error(e: crate::criu::Error) -> Error {
     Error::Other(e.to_string())
 }
 
-/// CRIU's notifications during a dump: at `network-lock` (the container's tasks are frozen
-/// and seized by then), a network namespace recorded as fresh while the container still ran
-/// is read again, and the dump refused if it changed in between.
+/// What a dump read of a container that still ran, to leave out of CRIU's images: a network
+/// namespace as fresh as a new one, and masked directories still as ferry made them.
+struct ReadRunning {
+    net: Option<super::freshnet::NetState>,
+    masked: Vec<String>,
+}
+
+/// CRIU's notifications during a dump. At `query-ext-files`, which CRIU sends once it has
+/// frozen and seized the tasks and before it collects their namespaces and mounts, what was
+/// read while the container still ran is read again, and the dump refused if it changed in
+/// between.
 struct DumpNotify<'a> {
-    recheck: Option<(&'a Container, super::freshnet::NetState)>,
+    recheck: Option<(&'a Container, ReadRunning)>,
     changed: bool,
 }
 
@@ -85,31 +96,39 @@ impl crate::criu::Notify for DumpNotify<'_> {
         _pid: i32,
         _fds: Vec<std::os::fd::OwnedFd>,
     ) -> std::result::Result<(), crate::criu::notify::CallbackError> {
-        if script != "network-lock" {
+        if script != "query-ext-files" {
             return Ok(());
         }
-        let Some((c, recorded)) = &self.recheck else {
+        let Some((c, read)) = &self.recheck else {
             return Ok(());
         };
-        let same = c.netns_unreachable()
-            && super::freshnet::state_of(c.pid()).is_ok_and(|now| now == *recorded);
-        if same {
+        let net_same = read.net.as_ref().is_none_or(|recorded| {
+            super::freshnet::state_of(c.pid()).is_ok_and(|now| now == *recorded)
+        });
+        let untouched = externals::untouched_masked_dirs(&c.record.spec, c.pid());
+        if net_same && read.masked.iter().all(|m| untouched.contains(m)) {
             return Ok(());
         }
         self.changed = true;
-        Err("the network namespace changed while the container was being frozen".into())
+        Err(
+            "the container changed its network namespace or a masked directory while it was \
+             being frozen"
+                .into(),
+        )
     }
 }
 
 impl Container {
     /// The network lock for a dump of this container with `opts` (checkpoint::netlock).
-    pub(crate) fn network_lock(&self, opts: &CheckpointOptions) -> crate::criu::NetworkLock {
+    /// `unreachable` is [`Self::netns_unreachable`], asked only when the answer matters.
+    pub(crate) fn network_lock(
+        &self,
+        opts: &CheckpointOptions,
+        unreachable: impl FnOnce() -> bool,
+    ) -> crate::criu::NetworkLock {
         super::netlock::choose(
             opts.network_lock,
-            || {
-                let inside = self.processes().unwrap_or_default();
-                super::netlock::unreachable_running(&self.record.spec, self.pid(), &inside)
-            },
+            unreachable,
             opts.tcp_established,
             &Criu::new(),
             &self.runtime.root,
@@ -127,17 +146,14 @@ impl Container {
         &self,
         opts: &CheckpointOptions,
         empty_ns: u32,
-        frozen: bool,
+        unreachable: impl FnOnce() -> bool,
     ) -> Result<Option<super::freshnet::NetState>> {
         let mark = opts.image_path.join(super::freshnet::MARK);
         let _ = std::fs::remove_file(&mark);
-        // A running container is dumped again if its namespace changes before the freeze,
-        // which a page stream to ferry's archive cannot be (it is used up by the first try).
         if opts.tcp_established
-            || (!frozen && opts.page_sink.is_some())
             || empty_ns & libc::CLONE_NEWNET as u32 != 0
             || std::env::var(super::freshnet::CRIU_CARRIES_ENV).as_deref() == Ok("1")
-            || !self.netns_unreachable()
+            || !unreachable()
         {
             return Ok(None);
         }
@@ -162,7 +178,7 @@ impl Container {
 
     /// The container's network namespace is its own, holds only `lo` and is shared with no
     /// process outside the container (checkpoint::netlock).
-    fn netns_unreachable(&self) -> bool {
+    pub(crate) fn netns_unreachable(&self) -> bool {
         let inside = self.processes().unwrap_or_default();
         super::netlock::unreachable_running(&self.record.spec, self.pid(), &inside)
     }
@@ -274,13 +290,52 @@ impl Container {
         if !opts.pre_dump {
             self.write_descriptors(&opts.image_path)?;
         }
-        let frozen = cgroup.is_frozen().unwrap_or(false);
-        let fresh_net = match opts.pre_dump {
-            false => self.fresh_network(opts, empty_ns, frozen)?,
-            true => None,
+        // Asked once (a scan of every process's namespace), and by `checkpoint -e` before it
+        // froze the container.
+        let unreachable = std::cell::OnceCell::new();
+        let unreachable = || {
+            *unreachable.get_or_init(|| {
+                opts.netns_unreachable
+                    .unwrap_or_else(|| self.netns_unreachable())
+            })
         };
-        if fresh_net.is_some() {
+        // What is left out of CRIU's images because it is as ferry (or the kernel) made it.
+        // A container still running is read again once CRIU froze it, and dumped again if it
+        // changed; a page stream into ferry's archive is used up by the first try, so that
+        // needs the container frozen already (`checkpoint -e` freezes it first).
+        let frozen = cgroup.is_frozen().unwrap_or(false);
+        let leave_out = !opts.pre_dump && (frozen || opts.page_sink.is_none());
+        let read = if leave_out {
+            ReadRunning {
+                net: self.fresh_network(opts, empty_ns, unreachable)?,
+                masked: externals::untouched_masked_dirs(spec, self.pid()),
+            }
+        } else {
+            ReadRunning {
+                net: None,
+                masked: vec![],
+            }
+        };
+        let full_empty_ns = empty_ns;
+        if read.net.is_some() {
             empty_ns |= libc::CLONE_NEWNET as u32;
+        }
+        let mut ext_mounts = vec![];
+        if !opts.pre_dump {
+            ext_mounts = externals::for_dump(spec, &self.record.rootfs, &cgroup_dirs);
+            if opts.external_devshm && externals::devshm_tmpfs(spec).is_some() {
+                ext_mounts.push(crate::criu::ExtMount {
+                    key: "/dev/shm".into(),
+                    val: externals::DEVSHM_KEY.into(),
+                });
+            }
+        }
+        let carried_mounts = ext_mounts.clone();
+        for p in &read.masked {
+            ext_mounts.push(crate::criu::ExtMount {
+                key: p.clone(),
+                val: externals::masked_dir_key(p),
+            });
         }
         let req = DumpRequest {
             images_dir: opts.image_path.clone(),
@@ -313,29 +368,12 @@ impl Container {
             parent_img,
             page_server,
             page_sink: opts.page_sink.clone(),
-            ext_mounts: if opts.pre_dump {
-                vec![]
-            } else {
-                let mut m = externals::for_dump(spec, &self.record.rootfs, &cgroup_dirs);
-                if opts.external_devshm && externals::devshm_tmpfs(spec).is_some() {
-                    m.push(crate::criu::ExtMount {
-                        key: "/dev/shm".into(),
-                        val: externals::DEVSHM_KEY.into(),
-                    });
-                }
-                for p in externals::untouched_masked_dirs(spec, self.pid()) {
-                    m.push(crate::criu::ExtMount {
-                        val: externals::masked_dir_key(&p),
-                        key: p,
-                    });
-                }
-                m
-            },
+            ext_mounts,
             external,
             notify_scripts: true,
             status_fd: opts.status_fd,
             config_file: criu_config_file(spec),
-            network_lock: Some(self.network_lock(opts)),
+            network_lock: Some(self.network_lock(opts, unreachable)),
             ..Default::default()
         };
         if opts.pre_dump {
@@ -344,22 +382,22 @@ impl Container {
                 .map_err(criu_error);
         }
         // Read while the container ran: read again once CRIU has frozen it.
+        let retry = (!frozen).then(|| DumpRequest {
+            empty_ns: full_empty_ns,
+            ext_mounts: carried_mounts,
+            ..req.clone()
+        });
         let mut notify = DumpNotify {
-            recheck: fresh_net.filter(|_| !frozen).map(|n| (self, n)),
+            recheck: (!frozen).then_some((self, read)),
             changed: false,
         };
-        let retry = notify.recheck.is_some().then(|| {
-            let mut r = req.clone();
-            r.empty_ns &= !(libc::CLONE_NEWNET as u32);
-            r
-        });
         match criu.dump(req, &mut notify) {
             Err(_) if notify.changed => {
                 // Changed between the two reads: CRIU failed cleanly (the container runs on)
-                // and carries the namespace this time.
-                tracing::debug!("the network namespace changed before the freeze; CRIU carries it");
+                // and carries everything itself this time.
+                tracing::debug!("the container changed before the freeze; CRIU carries it all");
                 let _ = std::fs::remove_file(opts.image_path.join(super::freshnet::MARK));
-                let retry = retry.expect("a recheck comes with a retry");
+                let retry = retry.expect("only a running container is read again");
                 criu.dump(retry, &mut IgnoreNotifications)
                     .map_err(criu_error)
             }

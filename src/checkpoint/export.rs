@@ -367,7 +367,11 @@ impl Container {
 
         // Decided before the freeze: the first answer about criu's nftables costs a criu run.
         let mut opts = opts.clone();
-        let lock = self.network_lock(&opts.checkpoint);
+        // Asked before the freeze (it scans every process's namespace), and only where the
+        // lock or the fresh-namespace check can use it: not with --tcp-established.
+        let unreachable = !opts.checkpoint.tcp_established && self.netns_unreachable();
+        opts.checkpoint.netns_unreachable = Some(unreachable);
+        let lock = self.network_lock(&opts.checkpoint, || unreachable);
         opts.checkpoint.network_lock = Some(lock);
         stats.network_lock = lock.as_str();
         let opts = &opts;

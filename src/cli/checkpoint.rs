@@ -213,6 +213,7 @@ impl CheckpointArgs {
             status_fd: (c.status_fd >= 0).then_some(c.status_fd),
             auto_dedup: c.auto_dedup,
             network_lock: c.network_lock,
+            netns_unreachable: None,
             page_sink: None,
             external_devshm: false,
         })
