@@ -98,41 +98,37 @@ fn show(v: Option<&str>) -> String {
 /// The state of the network namespace of `pid`, and that of a namespace made now with `lo`
 /// up; equal when the container's namespace is as fresh as a new one.
 pub fn compare(pid: i32) -> io::Result<(NetState, NetState)> {
-    let theirs = state_thread(pid)?;
+    let theirs = in_netns_of(pid, read_state)?;
     let fresh = std::thread::spawn(fresh_state);
-    let theirs = theirs
-        .join()
-        .map_err(|_| io::Error::other("reading the namespace panicked"))??;
     let fresh = fresh
         .join()
-        .map_err(|_| io::Error::other("reading a fresh namespace panicked"))??;
-    Ok((theirs, fresh))
+        .map_err(|_| io::Error::other("reading a fresh namespace panicked"))?;
+    Ok((theirs?, fresh?))
 }
 
 /// The state of the network namespace of `pid`.
 pub fn state_of(pid: i32) -> io::Result<NetState> {
-    state_thread(pid)?
-        .join()
-        .map_err(|_| io::Error::other("reading the namespace panicked"))?
+    in_netns_of(pid, read_state)?
 }
 
-fn state_thread(pid: i32) -> io::Result<std::thread::JoinHandle<io::Result<NetState>>> {
+/// Runs `f` on a thread of its own that joined the network namespace of `pid` (setns acts
+/// on the calling thread only), and waits for it.
+fn in_netns_of<T: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<io::Result<T>> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    Ok(std::thread::spawn(move || -> io::Result<NetState> {
-        // SAFETY: setns on this thread only (CLONE_NEWNET), with an fd we own.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        read_state()
-    }))
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .map_err(|_| io::Error::other("work in a network namespace panicked"))
 }
 
 /// The state of a network namespace made now, with `lo` up.
 fn fresh_state() -> io::Result<NetState> {
-    // SAFETY: unshare of the network namespace acts on this thread only.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
     crate::runtime::namespaces::loopback_up().map_err(|e| io::Error::other(e.to_string()))?;
     read_state()
 }
@@ -147,43 +143,34 @@ pub fn rebuild(pid: i32, want: &NetState) -> Result<(), String> {
              refusing to restore"
         ));
     }
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| format!("open the network namespace of {pid}: {e}"))?;
-    let want = want.clone();
-    std::thread::spawn(move || -> Result<(), String> {
-        // SAFETY: setns on this thread only, with an fd we own.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "join the restored network namespace: {}",
-                io::Error::last_os_error()
-            ));
-        }
-        crate::runtime::namespaces::loopback_up().map_err(|e| e.to_string())?;
-        let now = read_state().map_err(|e| format!("read the restored namespace: {e}"))?;
-        for (k, v) in &want.sysctls {
+    let sysctls = want.sysctls.clone();
+    let now = in_netns_of(pid, move || {
+        crate::runtime::namespaces::loopback_up().map_err(|e| io::Error::other(e.to_string()))?;
+        let found = read_sysctls();
+        for (k, v) in &sysctls {
             if let Some(v) = v
-                && now.sysctls.get(k) != Some(&Some(v.clone()))
+                && found.get(k) != Some(&Some(v.clone()))
             {
-                std::fs::write(Path::new("/proc/sys").join(k), v.trim())
-                    .map_err(|e| format!("set net sysctl {k} to {:?}: {e}", v.trim()))?;
+                std::fs::write(Path::new("/proc/sys").join(k), v.trim()).map_err(|e| {
+                    io::Error::other(format!("set net sysctl {k} to {:?}: {e}", v.trim()))
+                })?;
             }
         }
-        let now = read_state().map_err(|e| format!("read the restored namespace: {e}"))?;
-        if now != want {
-            return Err(format!(
-                "the checkpoint left the container's network namespace out of CRIU's images \
-                 because it held only what a new one holds, but a new one on this host differs: \
-                 {}. Restore on a host whose kernel makes the same new namespaces, or checkpoint \
-                 the container again with {CRIU_CARRIES_ENV}=1 so that CRIU carries the \
-                 namespace",
-                now.differences(&want, "here", "in the checkpoint")
-                    .join("; ")
-            ));
-        }
-        Ok(())
+        read_state()
     })
-    .join()
-    .map_err(|_| "rebuilding the network namespace panicked".to_string())?
+    .and_then(|r| r)
+    .map_err(|e| format!("rebuilding the restored network namespace: {e}"))?;
+    if now != *want {
+        return Err(format!(
+            "the checkpoint left the container's network namespace out of CRIU's images \
+             because it held only what a new one holds, but a new one on this host differs: \
+             {}. Restore on a host whose kernel makes the same new namespaces, or checkpoint \
+             the container again with {CRIU_CARRIES_ENV}=1 so that CRIU carries the namespace",
+            now.differences(want, "here", "in the checkpoint")
+                .join("; ")
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the state of the calling thread's network namespace.
@@ -203,7 +190,6 @@ fn read_state() -> io::Result<NetState> {
     let links = route.dump(
         libc::RTM_GETLINK,
         &[0u8; 16],
-        16,
         &[
             IFLA_STATS,
             IFLA_STATS64,
@@ -213,19 +199,18 @@ fn read_state() -> io::Result<NetState> {
             IFLA_CARRIER_DOWN_COUNT,
         ],
     )?;
-    let addrs = route.dump(libc::RTM_GETADDR, &[0u8; 8], 8, &[IFA_CACHEINFO])?;
+    let addrs = route.dump(libc::RTM_GETADDR, &[0u8; 8], &[IFA_CACHEINFO])?;
     let routes = route.dump(
         libc::RTM_GETROUTE,
         &[0u8; 12],
-        12,
         &[RTA_CACHEINFO, RTA_EXPIRES],
     )?;
-    let rules = route.dump(libc::RTM_GETRULE, &[0u8; 12], 12, &[])?;
-    let nsids = route.dump(RTM_GETNSID, &[0u8; 4], 4, &[])?;
+    let rules = route.dump(libc::RTM_GETRULE, &[0u8; 12], &[])?;
+    let nsids = route.dump(RTM_GETNSID, &[0u8; 4], &[])?;
     drop(route);
     let nft_tables = match Netlink::open(libc::NETLINK_NETFILTER) {
         // NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE; nfgenmsg (family, version, res_id).
-        Ok(nf) => match nf.dump((10 << 8) | 1, &[0u8; 4], 4, &[]) {
+        Ok(nf) => match nf.dump((10 << 8) | 1, &[0u8; 4], &[]) {
             Ok(t) => t,
             Err(e) => vec![format!("error {}", e.raw_os_error().unwrap_or(0))],
         },
@@ -315,15 +300,9 @@ impl Netlink {
         Ok(Netlink(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// Dumps `msg_type` with the fixed header `header` (`header_len` bytes in each answer),
-    /// and returns each answer as hex, its attributes sorted by type and `drop` left out.
-    fn dump(
-        &self,
-        msg_type: u16,
-        header: &[u8],
-        header_len: usize,
-        drop: &[u16],
-    ) -> io::Result<Vec<String>> {
+    /// Dumps `msg_type` with the fixed header `header` (as long as each answer's), and
+    /// returns each answer as hex, its attributes sorted by type and `drop` left out.
+    fn dump(&self, msg_type: u16, header: &[u8], drop: &[u16]) -> io::Result<Vec<String>> {
         let len = 16 + header.len();
         let mut req = Vec::with_capacity(len);
         req.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -371,7 +350,7 @@ impl Netlink {
                             return Err(io::Error::from_raw_os_error(-errno));
                         }
                     }
-                    _ => out.push(normalize(body, header_len, drop)),
+                    _ => out.push(normalize(body, header.len(), drop)),
                 }
                 b = &b[((mlen + 3) & !3).min(b.len())..];
             }
@@ -454,9 +433,10 @@ mod tests {
 
     #[test]
     fn a_new_namespace_is_as_fresh_as_another() {
-        if !nix::unistd::Uid::effective().is_root() {
-            return;
-        }
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test makes network namespaces: run it as root"
+        );
         let a = std::thread::spawn(fresh_state).join().unwrap().unwrap();
         let b = std::thread::spawn(fresh_state).join().unwrap().unwrap();
         assert_eq!(a.differences(&b, "a", "b"), Vec::<String>::new());

@@ -357,12 +357,11 @@ fn fresh_network(spec: &Spec, images: &Path) -> Result<Option<super::freshnet::N
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         r => r.ctx(|| format!("read {}", mark.display()))?,
     };
-    let own = crate::runtime::namespaces::list(spec)
-        .iter()
-        .any(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_none());
-    if !own {
+    if !crate::runtime::namespaces::creates(spec, LinuxNamespaceType::Network) {
         return Err(Error::Other(format!(
-            "{} says the network namespace was left out of the images as a new one, but the              spec joins an existing namespace: restore with the spec the checkpoint was made              with",
+            "{} says the network namespace was left out of the images as a new one, but the \
+             spec joins an existing namespace: restore with the spec the checkpoint was made \
+             with",
             mark.display()
         )));
     }
