@@ -11,7 +11,7 @@ fail() { printf 'install-deps: FAILED: %s\n' "$*" >&2; exit 1; }
 CRIU_MIN_MAJOR=4
 PKGS=(
   # build and test tools
-  build-essential pkg-config patch busybox-static iproute2 procps util-linux kmod
+  build-essential pkg-config patch busybox-static iproute2 iptables procps util-linux kmod
   # mkfs.ext4, for the test of a restore on a storage too small to stage its pages
   e2fsprogs
   # CRIU 4.x build dependencies (bookworm's CRIU 3.17 fails on this kernel; built below)
@@ -38,8 +38,9 @@ else
   say "Debian packages: all present"
 fi
 
-# ferry's own fixes to CRIU 4.1 for this kernel (see each patch's header); a CRIU built
-# from Debian's source must carry exactly this set, recorded in a stamp beside it.
+# ferry's own changes to CRIU 4.1 (see each patch's header): a fix for this kernel, and
+# a dump that skips walking an empty namespace's conntrack table; a CRIU built from
+# Debian's source must carry exactly this set, recorded in a stamp beside it.
 PATCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches"
 PATCH_ID=$(cat "$PATCH_DIR"/*.patch 2>/dev/null | sha256sum | cut -c1-16)
 STAMP=/usr/local/share/ferry/criu-patches

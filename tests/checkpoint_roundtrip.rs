@@ -1101,3 +1101,76 @@ fn a_recorded_fresh_namespace_is_rebuilt_as_recorded_or_the_restore_fails_cleanl
     host.run(&["delete", "--force", &c.id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &c.id);
 }
+
+/// The namespace's conntrack count, read from the host through `pid`'s namespace.
+fn conntracks(pid: i32) -> u64 {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n"])
+        .args(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The conntrack images CRIU wrote (it drops empty images).
+fn conntrack_images(images: &Path) -> Vec<String> {
+    fs::read_dir(images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("netns-ct-"))
+        .collect()
+}
+
+/// The CRIU that install-deps.sh builds skips its walks of the host's conntrack table for
+/// a namespace whose conntrack count is 0. One that tracks a connection still has it
+/// dumped and restored.
+#[test]
+fn conntrack_entries_of_a_namespace_are_carried_and_none_is_not_walked_for() {
+    let host = Host::new();
+    // Untouched: nothing to dump, and nothing was.
+    let bundle = net_bundle(&host, "true");
+    let c = checkpointed(&host, &bundle, "noct", true, &[("FERRY_CRIU_NETNS", "1")]);
+    assert!(conntrack_images(&c.images).is_empty());
+    wait_no_tagged(&host.ferry);
+
+    // A rule that asks for connection tracking, then a connection over lo: its closed
+    // connection stays tracked (TIME_WAIT) for two minutes, with no traffic after it.
+    let bundle = net_bundle(&host, "true");
+    let (id, mem, at) = start_bundle(&host, &bundle, "ct");
+    let pid = host.ferry.pid(&id);
+    let rule = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "iptables", "-A", "OUTPUT"])
+        .args([
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ])
+        .status()
+        .unwrap();
+    assert!(rule.success());
+    inside(
+        &host,
+        &id,
+        "nc -l -p 5555 >/dev/null & sleep 0.2; echo hi | nc 127.0.0.1 5555; wait",
+    );
+    assert!(conntracks(pid) >= 1, "the connection is not tracked");
+    let images = host.ferry.scratch().join(format!("images-{id}"));
+    let work = host.ferry.scratch().join(format!("work-{id}"));
+    checkpoint_to(&host, &id, &images, &work);
+    assert!(
+        !conntrack_images(&images).is_empty(),
+        "the tracked connection was not dumped"
+    );
+    restore_from(&host, &bundle, &id, &images, &work).ok();
+    counts_on(&host, &id, &mem, at);
+    assert!(
+        conntracks(host.ferry.pid(&id)) >= 1,
+        "the tracked connection was not restored"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
