@@ -443,7 +443,13 @@ impl Feed {
         }
         match &self.outcome {
             Some(Err(e)) => Err(e.to_string()),
-            _ => Ok(()),
+            _ => {
+                // All verified: nothing to hold back from here on (see Gate::release).
+                if let Some(g) = &self.gate {
+                    g.release();
+                }
+                Ok(())
+            }
         }
     }
 
