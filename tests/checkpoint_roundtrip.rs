@@ -1174,3 +1174,83 @@ fn conntrack_entries_of_a_namespace_are_carried_and_none_is_not_walked_for() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// Tmpfs mounts of only directories, device nodes, symlinks, fifos and empty files (/dev,
+/// and here /run) are recorded by ferry and rebuilt, with their owners, modes and times;
+/// one with file data (/data) is archived by CRIU as before.
+#[test]
+fn small_tmpfs_mounts_are_recorded_and_rebuilt_and_others_left_to_criu() {
+    let host = Host::new();
+    let script = format!(
+        "set -e; mkdir -m 1777 /run/sticky; mkfifo -m 620 /run/fifo; : > /run/empty; \
+         touch -d '2001-02-03 04:05:06' /run/empty; chown 7:9 /run/empty; \
+         ln -s ../target /run/sticky/link; echo kept > /data/file; \
+         exec /bin/memhold 8 {SEED} /tmp"
+    );
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/sh", "-c", &script]);
+    bundle.with_helper("memhold").edit(|s| {
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        for (point, opts) in [("/run", "mode=755,size=1m"), ("/data", "mode=700")] {
+            mounts.push(json!({
+                "destination": point,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", opts],
+            }));
+        }
+        add_capability(s, "CAP_CHOWN");
+    });
+    bundle.save();
+    let (id, mem, at) = start_bundle(&host, &bundle, "tmpfs");
+    // (/dev/pts and /dev/mqueue are other filesystems mounted anew, with new times.)
+    let listing = "ls -lnR --full-time /run; ls -ln --full-time /dev | grep -v -e ' pts$' \
+                   -e ' mqueue$'; stat -c '%a %u %g %F' /run /data";
+    let before = inside(&host, &id, listing);
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    checkpoint_to(&host, &id, &images, &work);
+
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&fs::read(images.join("ferry-tmpfs.json")).unwrap()).unwrap();
+    let points: Vec<&str> = recorded
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["point"].as_str().unwrap())
+        .collect();
+    assert!(
+        points.contains(&"/dev") && points.contains(&"/run"),
+        "{points:?}"
+    );
+    assert!(!points.contains(&"/data"), "a tmpfs with data was recorded");
+    let log = fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(
+        log.contains("ferry-tmpfs:/run"),
+        "/run was not declared external"
+    );
+    assert!(!log.contains("ferry-tmpfs:/data"));
+
+    restore_from(&host, &bundle, &id, &images, &work).ok();
+    counts_on(&host, &id, &mem, at);
+    assert_eq!(inside(&host, &id, listing), before);
+    assert_eq!(inside(&host, &id, "cat /data/file"), "kept\n");
+    let mountinfo = inside(&host, &id, "cat /proc/self/mountinfo");
+    let run = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/run"))
+        .unwrap();
+    assert!(
+        run.contains("nosuid,nodev") && run.contains("size=1024k"),
+        "{run}"
+    );
+    // Nothing of the restore's own tmpfs is left mounted on the host.
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts
+            .lines()
+            .any(|l| l.contains(host.ferry.root().to_str().unwrap()) && l.contains("criu-tmpfs")),
+        "{host_mounts}"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}

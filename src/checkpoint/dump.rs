@@ -74,10 +74,13 @@ fn criu_error(e: crate::criu::Error) -> Error {
 }
 
 /// What a dump read of a container that still ran, to leave out of CRIU's images: a network
-/// namespace as fresh as a new one, and masked directories still as ferry made them.
+/// namespace as fresh as a new one, masked directories still as ferry made them, and tmpfs
+/// mounts small enough to record (checkpoint::tmpfs; `skip` are the mounts never recorded).
 struct ReadRunning {
     net: Option<super::freshnet::NetState>,
     masked: Vec<String>,
+    tmpfs: Vec<super::tmpfs::Tmpfs>,
+    skip: Vec<String>,
 }
 
 /// CRIU's notifications during a dump. At `query-ext-files`, which CRIU sends once it has
@@ -106,13 +109,21 @@ impl crate::criu::Notify for DumpNotify<'_> {
             super::freshnet::state_of(c.pid()).is_ok_and(|now| now == *recorded)
         });
         let untouched = externals::untouched_masked_dirs(&c.record.spec, c.pid());
-        if net_same && read.masked.iter().all(|m| untouched.contains(m)) {
+        let tmpfs_now = if read.tmpfs.is_empty() {
+            vec![]
+        } else {
+            super::tmpfs::readable(c.pid(), &read.skip)
+        };
+        if net_same
+            && read.masked.iter().all(|m| untouched.contains(m))
+            && read.tmpfs.iter().all(|t| tmpfs_now.contains(t))
+        {
             return Ok(());
         }
         self.changed = true;
         Err(
-            "the container changed its network namespace or a masked directory while it was \
-             being frozen"
+            "the container changed its network namespace, a masked directory or a tmpfs while \
+             it was being frozen"
                 .into(),
         )
     }
@@ -305,21 +316,6 @@ impl Container {
         // needs the container frozen already (`checkpoint -e` freezes it first).
         let frozen = cgroup.is_frozen().unwrap_or(false);
         let leave_out = !opts.pre_dump && (frozen || opts.page_sink.is_none());
-        let read = if leave_out {
-            ReadRunning {
-                net: self.fresh_network(opts, empty_ns, unreachable)?,
-                masked: externals::untouched_masked_dirs(spec, self.pid()),
-            }
-        } else {
-            ReadRunning {
-                net: None,
-                masked: vec![],
-            }
-        };
-        let full_empty_ns = empty_ns;
-        if read.net.is_some() {
-            empty_ns |= libc::CLONE_NEWNET as u32;
-        }
         let mut ext_mounts = vec![];
         if !opts.pre_dump {
             ext_mounts = externals::for_dump(spec, &self.record.rootfs, &cgroup_dirs);
@@ -330,11 +326,50 @@ impl Container {
                 });
             }
         }
+        let read = if leave_out {
+            let masked = externals::untouched_masked_dirs(spec, self.pid());
+            // Never recorded: mounts external already, and the masked directories (all of
+            // them: one the container changed is CRIU's).
+            let mut skip: Vec<String> = ext_mounts.iter().map(|m| m.key.clone()).collect();
+            skip.extend(
+                spec.linux()
+                    .as_ref()
+                    .and_then(|l| l.masked_paths().clone())
+                    .unwrap_or_default(),
+            );
+            ReadRunning {
+                net: self.fresh_network(opts, empty_ns, unreachable)?,
+                masked,
+                tmpfs: super::tmpfs::readable(self.pid(), &skip),
+                skip,
+            }
+        } else {
+            ReadRunning {
+                net: None,
+                masked: vec![],
+                tmpfs: vec![],
+                skip: vec![],
+            }
+        };
+        if !opts.pre_dump {
+            super::tmpfs::record(&opts.image_path, &read.tmpfs)
+                .ctx(|| format!("write {}", super::tmpfs::MARK))?;
+        }
+        let full_empty_ns = empty_ns;
+        if read.net.is_some() {
+            empty_ns |= libc::CLONE_NEWNET as u32;
+        }
         let carried_mounts = ext_mounts.clone();
         for p in &read.masked {
             ext_mounts.push(crate::criu::ExtMount {
                 key: p.clone(),
                 val: externals::masked_dir_key(p),
+            });
+        }
+        for t in &read.tmpfs {
+            ext_mounts.push(crate::criu::ExtMount {
+                key: t.point.clone(),
+                val: super::tmpfs::key(&t.point),
             });
         }
         let req = DumpRequest {
@@ -397,6 +432,7 @@ impl Container {
                 // and carries everything itself this time.
                 tracing::debug!("the container changed before the freeze; CRIU carries it all");
                 let _ = std::fs::remove_file(opts.image_path.join(super::freshnet::MARK));
+                let _ = std::fs::remove_file(opts.image_path.join(super::tmpfs::MARK));
                 let retry = retry.expect("only a running container is read again");
                 criu.dump(retry, &mut IgnoreNotifications)
                     .map_err(criu_error)

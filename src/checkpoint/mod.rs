@@ -9,6 +9,7 @@ pub mod freshnet;
 pub mod import;
 pub mod netlock;
 pub mod restore;
+pub mod tmpfs;
 
 pub use dump::CheckpointOptions;
 pub use restore::RestoreOptions;

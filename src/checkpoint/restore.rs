@@ -173,6 +173,11 @@ impl Runtime {
         let masked = externals::MaskedDirs::mount(spec, &bundle.rootfs, &dir.join("criu-masked"))
             .ctx(|| "mount empty read-only tmpfs for the masked directories")
             .map_err(fail)?;
+        // The tmpfs mounts the dump recorded instead of CRIU (checkpoint::tmpfs), rebuilt.
+        let tmpfs = super::tmpfs::recorded(&opts.image_path).map_err(|e| fail(Error::Other(e)))?;
+        let tmpfs = super::tmpfs::Mounted::mount(&tmpfs, &dir.join("criu-tmpfs"))
+            .ctx(|| "rebuild the container's recorded tmpfs mounts")
+            .map_err(fail)?;
 
         let cgroup_dirs = cgroup.paths();
         let mut empty_ns = 0;
@@ -262,6 +267,7 @@ impl Runtime {
                     });
                 }
                 m.extend(masked.ext_mounts.iter().cloned());
+                m.extend(tmpfs.ext_mounts.iter().cloned());
                 m
             },
             external: vec![],
@@ -317,6 +323,7 @@ impl Runtime {
             })
             .map_err(|e| (Error::Other(e.to_string()), notify.pid))?;
         drop(masked);
+        drop(tmpfs);
         let pid = if report.pid > 0 {
             report.pid
         } else {

@@ -12,6 +12,8 @@ pub struct Mount {
     pub fstype: String,
     /// The superblock's options (`ro`, `rw,size=65536k`).
     pub super_opts: String,
+    /// Whether the mount propagates to or from others (`shared:N`, `master:N` fields).
+    pub propagates: bool,
 }
 
 impl Mount {
@@ -28,6 +30,7 @@ pub fn parse_line(line: &str) -> Option<Mount> {
     let root = unescape_octal(l.nth(3)?);
     let point = unescape_octal(l.next()?);
     let mount_opts = l.next()?.to_string();
+    let propagates = l.any(|f| f.starts_with("shared:") || f.starts_with("master:"));
     let mut r = right.split(' ');
     let fstype = r.next()?.to_string();
     let _source = r.next()?;
@@ -38,6 +41,7 @@ pub fn parse_line(line: &str) -> Option<Mount> {
         mount_opts,
         fstype,
         super_opts,
+        propagates,
     })
 }
 
@@ -78,6 +82,7 @@ mod tests {
         assert_eq!(m.mount_opts, "ro,relatime");
         assert_eq!(m.fstype, "tmpfs");
         assert!(m.super_read_only());
+        assert!(!m.propagates);
         let m = parse_line(
             "118 106 0:6 /null /proc/my\\040keys rw,nosuid shared:1 - devtmpfs devtmpfs \
              rw,size=12334460k,mode=755",
@@ -87,6 +92,7 @@ mod tests {
         assert_eq!(m.point, "/proc/my keys");
         assert_eq!(m.fstype, "devtmpfs");
         assert!(!m.super_read_only());
+        assert!(m.propagates);
         assert!(parse_line("garbage").is_none());
     }
 }

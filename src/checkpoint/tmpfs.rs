@@ -1,0 +1,616 @@
+//! Small tmpfs mounts carried by ferry instead of CRIU. A container's `/dev` (and cgroup v1's
+//! `/sys/fs/cgroup`) is a tmpfs of directories, device nodes, symlinks and empty mount-point
+//! files. CRIU archives every tmpfs with a `tar` and a `gzip` process and unpacks it with two
+//! more: about 5 ms a mount each way here. Where every entry is of those kinds, the dump
+//! reads the tmpfs in-process, records it in the images ([`MARK`]) and declares the mount
+//! external ([`key`]); restore mounts a new tmpfs with the same options, makes the same
+//! entries with the same owners, modes and times, and gives it to CRIU, which mounts it
+//! where it was and everything else over it. A tmpfs holding a file with data, a socket or
+//! a hard link, or too many entries, is dumped by CRIU as before.
+//!
+//! The tmpfs is read through a clone of that one mount without the mounts over it
+//! (`open_tree`, from inside the container's mount namespace): CRIU's `tar` also archives
+//! what a mount hides.
+
+use serde::{Deserialize, Serialize};
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The record in the images of the tmpfs mounts left out of them.
+pub const MARK: &str = "ferry-tmpfs.json";
+
+/// At most this many entries in one tmpfs; a larger one is CRIU's.
+const MAX_ENTRIES: usize = 4096;
+
+/// The name a tmpfs left out of the images gets there: `ferry-tmpfs:<mount point>`.
+pub fn key(point: &str) -> String {
+    format!("ferry-tmpfs:{point}")
+}
+
+/// One tmpfs mount: where, its superblock, its root directory and what is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    /// The mount point in the container.
+    pub point: String,
+    /// The superblock's options without `rw`/`ro` (`size=65536k,mode=755`).
+    pub options: String,
+    pub read_only: bool,
+    pub root: Meta,
+    /// Parents before their children.
+    pub entries: Vec<Entry>,
+}
+
+/// What the record keeps of an inode: its type and permission bits (`st_mode`), owner and
+/// modification time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative to the tmpfs root, components joined by `/`.
+    pub path: String,
+    pub meta: Meta,
+    /// Device nodes: the device number.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    /// Symlinks: the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn errno<T>(r: libc::c_int, what: &str) -> io::Result<T>
+where
+    T: Default,
+{
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(T::default())
+}
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(io::Error::other)
+}
+
+fn stat_at(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: zeroed plain-data struct filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dirfd, NUL-terminated name, our struct.
+    let r = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    errno::<()>(r, "fstatat")?;
+    Ok(st)
+}
+
+fn meta(st: &libc::stat) -> Meta {
+    Meta {
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+    }
+}
+
+/// The tmpfs mounts of the container whose init is `pid` that can be left out of CRIU's
+/// images: a tmpfs of its own (root `/`, alone on its mount point, not propagating), not
+/// one of `skip` (mounts external already, or carried another way), whose every entry the
+/// record can hold. Read while the container is frozen, or read again once it is.
+pub fn readable(pid: i32, skip: &[String]) -> Vec<Tmpfs> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return vec![];
+    };
+    let mounts = crate::sys::mountinfo::parse(&text);
+    let candidates: Vec<_> = mounts
+        .iter()
+        .filter(|m| {
+            m.fstype == "tmpfs"
+                && m.root == "/"
+                && !m.propagates
+                && !skip.contains(&m.point)
+                && mounts.iter().filter(|o| o.point == m.point).count() == 1
+        })
+        .cloned()
+        .collect();
+    if candidates.is_empty() {
+        return vec![];
+    }
+    let points: Vec<String> = candidates.iter().map(|m| m.point.clone()).collect();
+    let read = in_mntns_of(pid, move || {
+        Ok(points
+            .iter()
+            .map(|p| read_mount(p).ok().flatten())
+            .collect::<Vec<_>>())
+    });
+    let Ok(Ok(trees)) = read else {
+        return vec![];
+    };
+    candidates
+        .into_iter()
+        .zip(trees)
+        .filter_map(|(m, tree)| {
+            let (root, entries) = tree?;
+            Some(Tmpfs {
+                point: m.point.clone(),
+                options: m
+                    .super_opts
+                    .split(',')
+                    .filter(|o| *o != "rw" && *o != "ro")
+                    .collect::<Vec<_>>()
+                    .join(","),
+                read_only: m.super_read_only(),
+                root,
+                entries,
+            })
+        })
+        .collect()
+}
+
+/// Runs `f` on a thread of its own that joined the mount namespace of `pid` (with a
+/// filesystem context of its own, as `setns` requires), and waits for it.
+fn in_mntns_of<T: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<io::Result<T>> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+        f()
+    })
+    .join()
+    .map_err(|_| io::Error::other("work in a mount namespace panicked"))
+}
+
+/// The root and entries of the mount at `point` (in this thread's mount namespace), seen
+/// without the mounts over it; None when an entry does not fit the record.
+fn read_mount(point: &str) -> io::Result<Option<(Meta, Vec<Entry>)>> {
+    let p = cstr(OsStr::new(point))?;
+    // SAFETY: plain syscall; the fd returned is ours.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
+        )
+    } as libc::c_int;
+    errno::<()>(fd, "open_tree")?;
+    // SAFETY: a fresh fd we own.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    // open_tree gives a path-only fd: open the root directory through it to list it.
+    // SAFETY: plain syscall; the fd returned is ours.
+    let fd = unsafe {
+        libc::openat(
+            tree.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    errno::<()>(fd, "open the tmpfs root")?;
+    // SAFETY: a fresh fd we own.
+    let top = unsafe { OwnedFd::from_raw_fd(fd) };
+    let root = stat_at(top.as_raw_fd(), c".")?;
+    let mut entries = vec![];
+    if !walk(top.as_raw_fd(), "", &mut entries)? {
+        return Ok(None);
+    }
+    Ok(Some((meta(&root), entries)))
+}
+
+/// Adds the entries under the directory `dir` (at `prefix`) to `out`; false as soon as one
+/// does not fit the record.
+fn walk(dir: RawFd, prefix: &str, out: &mut Vec<Entry>) -> io::Result<bool> {
+    // SAFETY: dup of a valid fd, for fdopendir to own.
+    let fd = unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) };
+    errno::<()>(fd, "dup")?;
+    let mut names = vec![];
+    {
+        // SAFETY: fdopendir takes the dup; closedir below frees both.
+        let d = unsafe { libc::fdopendir(fd) };
+        if d.is_null() {
+            // SAFETY: the dup is still ours when fdopendir fails.
+            unsafe { libc::close(fd) };
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: reading entries of the stream we own until it ends; each name is copied.
+        unsafe {
+            libc::rewinddir(d);
+            loop {
+                *libc::__errno_location() = 0;
+                let e = libc::readdir(d);
+                if e.is_null() {
+                    if *libc::__errno_location() != 0 {
+                        let err = io::Error::last_os_error();
+                        libc::closedir(d);
+                        return Err(err);
+                    }
+                    break;
+                }
+                let name = CStr::from_ptr((*e).d_name.as_ptr()).to_owned();
+                if name.as_bytes() != b"." && name.as_bytes() != b".." {
+                    names.push(name);
+                }
+            }
+            libc::closedir(d);
+        }
+    }
+    names.sort();
+    for name in names {
+        if out.len() >= MAX_ENTRIES {
+            return Ok(false);
+        }
+        let Ok(n) = name.to_str() else {
+            return Ok(false);
+        };
+        let path = if prefix.is_empty() {
+            n.to_string()
+        } else {
+            format!("{prefix}/{n}")
+        };
+        let st = stat_at(dir, &name)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        let mut entry = Entry {
+            path: path.clone(),
+            meta: meta(&st),
+            rdev: 0,
+            target: None,
+        };
+        if kind != libc::S_IFDIR && st.st_nlink != 1 {
+            return Ok(false);
+        }
+        match kind {
+            libc::S_IFDIR => {
+                out.push(entry);
+                // SAFETY: plain syscall; the fd returned is ours.
+                let sub = unsafe {
+                    libc::openat(
+                        dir,
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                errno::<()>(sub, "openat")?;
+                // SAFETY: a fresh fd we own.
+                let sub = unsafe { OwnedFd::from_raw_fd(sub) };
+                if !walk(sub.as_raw_fd(), &path, out)? {
+                    return Ok(false);
+                }
+                continue;
+            }
+            libc::S_IFLNK => {
+                let mut buf = vec![0u8; libc::PATH_MAX as usize];
+                // SAFETY: our buffer, of its length.
+                let n = unsafe {
+                    libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                };
+                if n < 0 || n as usize >= buf.len() {
+                    return Ok(false);
+                }
+                buf.truncate(n as usize);
+                let Ok(t) = String::from_utf8(buf) else {
+                    return Ok(false);
+                };
+                entry.target = Some(t);
+            }
+            libc::S_IFCHR | libc::S_IFBLK => entry.rdev = st.st_rdev,
+            libc::S_IFIFO => {}
+            libc::S_IFREG if st.st_size == 0 => {}
+            _ => return Ok(false),
+        }
+        out.push(entry);
+    }
+    Ok(true)
+}
+
+/// Writes the records into `images` (removing a stale file when there are none).
+pub fn record(images: &Path, mounts: &[Tmpfs]) -> io::Result<()> {
+    let mark = images.join(MARK);
+    if mounts.is_empty() {
+        return match std::fs::remove_file(&mark) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    std::fs::write(mark, serde_json::to_vec(mounts)?)
+}
+
+/// The records a dump left in `images`; none when it left none.
+pub fn recorded(images: &Path) -> Result<Vec<Tmpfs>, String> {
+    let mark = images.join(MARK);
+    let bytes = match std::fs::read(&mark) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(format!("read {}: {e}", mark.display())),
+        Ok(b) => b,
+    };
+    let mounts: Vec<Tmpfs> = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} does not parse: {e}", mark.display()))?;
+    for m in &mounts {
+        for e in &m.entries {
+            let p = Path::new(&e.path);
+            let plain = !e.path.is_empty()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(format!(
+                    "{} names {:?} in {}, which is not a plain relative path; refusing to restore",
+                    mark.display(),
+                    e.path,
+                    m.point
+                ));
+            }
+        }
+    }
+    Ok(mounts)
+}
+
+/// The tmpfs mounts a restore gives CRIU for the recorded ones, each under `<dir>/<n>`.
+/// Dropping this detaches them (the container keeps CRIU's binds of them) and removes `dir`.
+pub struct Mounted {
+    dir: PathBuf,
+    mounted: Vec<PathBuf>,
+    pub ext_mounts: Vec<crate::criu::options::ExtMount>,
+}
+
+impl Mounted {
+    pub fn mount(records: &[Tmpfs], dir: &Path) -> io::Result<Mounted> {
+        let mut out = Mounted {
+            dir: dir.to_path_buf(),
+            mounted: vec![],
+            ext_mounts: vec![],
+        };
+        if records.is_empty() {
+            return Ok(out);
+        }
+        std::fs::create_dir(dir)?;
+        for (n, r) in records.iter().enumerate() {
+            let at = dir.join(n.to_string());
+            std::fs::create_dir(&at)?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(r.options.as_str()),
+            )
+            .map_err(|e| io::Error::other(format!("mount tmpfs for {}: {e}", r.point)))?;
+            out.mounted.push(at.clone());
+            populate(&at, r)
+                .map_err(|e| io::Error::new(e.kind(), format!("rebuild {}: {e}", r.point)))?;
+            if r.read_only {
+                nix::mount::mount(
+                    None::<&str>,
+                    &at,
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                    Some(r.options.as_str()),
+                )
+                .map_err(|e| io::Error::other(format!("remount {} read-only: {e}", r.point)))?;
+            }
+            out.ext_mounts.push(crate::criu::options::ExtMount {
+                key: key(&r.point),
+                val: at.to_string_lossy().into_owned(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for m in &self.mounted {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(m);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Makes `r`'s entries in the empty tmpfs at `at`, then their owners, modes and times
+/// (children's before their directory's, whose time the children's creation changes).
+fn populate(at: &Path, r: &Tmpfs) -> io::Result<()> {
+    let root = std::fs::File::open(at)?;
+    let dir = root.as_raw_fd();
+    for e in &r.entries {
+        let name = cstr(OsStr::new(&e.path))?;
+        let perm = e.meta.mode & 0o7777;
+        // SAFETY (each call): valid dirfd and NUL-terminated relative paths.
+        let r = match e.meta.mode & libc::S_IFMT {
+            libc::S_IFDIR => unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) },
+            libc::S_IFLNK => {
+                let t = cstr(OsStr::new(e.target.as_deref().unwrap_or_default()))?;
+                unsafe { libc::symlinkat(t.as_ptr(), dir, name.as_ptr()) }
+            }
+            kind @ (libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFREG) => unsafe {
+                libc::mknodat(dir, name.as_ptr(), kind | 0o600, e.rdev as libc::dev_t)
+            },
+            other => {
+                return Err(io::Error::other(format!(
+                    "{}: type {other:o} is not one ferry records",
+                    e.path
+                )));
+            }
+        };
+        errno::<()>(r, &e.path)?;
+        // SAFETY: as above; owner of the entry itself, never a symlink's target.
+        let r = unsafe {
+            libc::fchownat(
+                dir,
+                name.as_ptr(),
+                e.meta.uid,
+                e.meta.gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        errno::<()>(r, &e.path)?;
+        if e.meta.mode & libc::S_IFMT != libc::S_IFLNK {
+            // SAFETY: as above (after chown, which clears set-id bits).
+            let r = unsafe { libc::fchmodat(dir, name.as_ptr(), perm, 0) };
+            errno::<()>(r, &e.path)?;
+        }
+    }
+    for e in r.entries.iter().rev() {
+        set_times(dir, &cstr(OsStr::new(&e.path))?, &e.meta)?;
+    }
+    // SAFETY: our fd to the root.
+    let rc = unsafe { libc::fchown(dir, r.root.uid, r.root.gid) };
+    errno::<()>(rc, "the root")?;
+    // SAFETY: as above.
+    let rc = unsafe { libc::fchmod(dir, r.root.mode & 0o7777) };
+    errno::<()>(rc, "the root")?;
+    set_times(dir, c".", &r.root)
+}
+
+fn set_times(dir: RawFd, name: &CStr, m: &Meta) -> io::Result<()> {
+    let t = libc::timespec {
+        tv_sec: m.mtime.0,
+        tv_nsec: m.mtime.1,
+    };
+    let times = [t, t];
+    // SAFETY: valid dirfd, NUL-terminated name, two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            dir,
+            name.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    errno::<()>(r, "utimensat")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Tmpfs {
+        let m = |mode, uid| Meta {
+            mode,
+            uid,
+            gid: 5,
+            mtime: (1_700_000_000, 123_456_789),
+        };
+        Tmpfs {
+            point: "/dev".into(),
+            options: "size=65536k,mode=755".into(),
+            read_only: false,
+            root: m(libc::S_IFDIR | 0o755, 0),
+            entries: vec![
+                Entry {
+                    path: "pts".into(),
+                    meta: m(libc::S_IFDIR | 0o755, 0),
+                    rdev: 0,
+                    target: None,
+                },
+                Entry {
+                    path: "pts/inner".into(),
+                    meta: m(libc::S_IFREG | 0o640, 7),
+                    rdev: 0,
+                    target: None,
+                },
+                Entry {
+                    path: "null".into(),
+                    meta: m(libc::S_IFCHR | 0o666, 0),
+                    rdev: libc::makedev(1, 3),
+                    target: None,
+                },
+                Entry {
+                    path: "fd".into(),
+                    meta: m(libc::S_IFLNK | 0o777, 0),
+                    rdev: 0,
+                    target: Some("/proc/self/fd".into()),
+                },
+                Entry {
+                    path: "fifo".into(),
+                    meta: m(libc::S_IFIFO | 0o1620, 3),
+                    rdev: 0,
+                    target: None,
+                },
+            ],
+        }
+    }
+
+    /// Needs root (mount, mknod, chown, a mount namespace of its own).
+    #[test]
+    fn a_recorded_tmpfs_is_rebuilt_and_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = sample();
+        let images = dir.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        record(&images, std::slice::from_ref(&want)).unwrap();
+        let got = recorded(&images).unwrap();
+        assert_eq!(got, vec![want.clone()]);
+
+        let m = Mounted::mount(&got, &dir.path().join("mounts")).unwrap();
+        assert_eq!(m.ext_mounts.len(), 1);
+        assert_eq!(m.ext_mounts[0].key, "ferry-tmpfs:/dev");
+        let at = PathBuf::from(&m.ext_mounts[0].val);
+        // Read back as a dump would: in a mount namespace (this test's own), the one mount.
+        let at_s = at.to_string_lossy().into_owned();
+        let back = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+            read_mount(&at_s)
+        })
+        .join()
+        .unwrap()
+        .unwrap()
+        .expect("a rebuilt tmpfs fits the record");
+        assert_eq!(back.0, want.root);
+        let mut sorted = want.entries.clone();
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut back_sorted = back.1.clone();
+        back_sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(back_sorted, sorted);
+        drop(m);
+        assert!(!dir.path().join("mounts").exists());
+    }
+
+    #[test]
+    fn what_the_record_cannot_hold_is_left_to_criu() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = sample();
+        r.entries.truncate(1);
+        let m = Mounted::mount(&[r], &dir.path().join("mounts")).unwrap();
+        let at = PathBuf::from(&m.ext_mounts[0].val);
+        let read = |at: &Path| {
+            let s = at.to_string_lossy().into_owned();
+            std::thread::spawn(move || read_mount(&s))
+                .join()
+                .unwrap()
+                .unwrap()
+        };
+        assert!(read(&at).is_some());
+        // A file with data, then a hard link: neither fits.
+        std::fs::write(at.join("data"), b"x").unwrap();
+        assert!(read(&at).is_none());
+        std::fs::write(at.join("data"), b"").unwrap();
+        assert!(read(&at).is_some());
+        std::fs::hard_link(at.join("data"), at.join("link")).unwrap();
+        assert!(read(&at).is_none());
+    }
+
+    #[test]
+    fn a_record_that_escapes_its_tmpfs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
+            let mut r = sample();
+            r.entries[0].path = bad.into();
+            record(dir.path(), &[r]).unwrap();
+            let e = recorded(dir.path()).unwrap_err();
+            assert!(e.contains("not a plain relative path"), "{bad}: {e}");
+        }
+        record(dir.path(), &[]).unwrap();
+        assert_eq!(recorded(dir.path()).unwrap(), vec![]);
+    }
+}
