@@ -33,6 +33,10 @@ pub enum BenchCommand {
         /// time)
         #[arg(long, default_value_t = 3)]
         repeat: u32,
+        /// Write back and drop the host's page cache once before the runs, so both sides
+        /// start from the same memory state (affects the whole host)
+        #[arg(long)]
+        drop_caches: bool,
     },
 }
 
@@ -44,6 +48,7 @@ impl BenchArgs {
             dir,
             json,
             repeat,
+            drop_caches,
         } = self.what;
         let sizes = size
             .iter()
@@ -56,6 +61,7 @@ impl BenchArgs {
             dir,
             ferry: std::env::current_exe().map_err(|e| Error::Other(e.to_string()))?,
             repeat,
+            drop_caches,
         };
         if !json {
             println!(
