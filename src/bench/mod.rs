@@ -85,9 +85,9 @@ fn quiesce() {
 }
 
 /// Writes back and drops the whole host's clean page cache, so that both sides start from
-/// the same memory state. On these VMs, runs right after a build (4 GiB of page cache)
-/// drifted to 1.4-1.75x where runs after a drop gave 1.25-1.4x, floor and ferry measured
-/// alike: the kernel's proactive reclaim (DAMON) works through the old cache meanwhile.
+/// the same memory state. On these VMs, 1 GiB runs right after a build (4 GiB of page
+/// cache) gave 1.37-1.74x where runs after a drop gave 1.24-1.40x, floor and ferry
+/// measured alike (docs/benchmarks.md, "Targets").
 fn drop_caches() -> Result<()> {
     quiesce();
     std::fs::write("/proc/sys/vm/drop_caches", "3")
