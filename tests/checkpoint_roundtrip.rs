@@ -1254,3 +1254,47 @@ fn small_tmpfs_mounts_are_recorded_and_rebuilt_and_others_left_to_criu() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// In a user namespace the container's tmpfs belong to that namespace: CRIU carries them,
+/// to mount them there again. (Restoring such a container is a known gap: CRIU, inside the
+/// namespace, is refused the images; README, "Known gaps".)
+#[test]
+fn a_user_namespace_container_leaves_its_tmpfs_to_criu() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.user_namespace(300000, 65536);
+    bundle.edit(|s| {
+        if let Some(m) = s["mounts"].as_array_mut() {
+            m.retain(|m| m["type"] != "cgroup");
+        }
+    });
+    bundle.save();
+    // Its stdio on pipes: the host's /dev/null is outside a user namespace's mounts.
+    let id = host.id("usertmpfs");
+    let mut create = host.command(&["create", "--bundle", bundle.path_str(), &id]);
+    create
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // Waited for, not read to the end: the container keeps the pipes' other ends.
+    let mut child = create.spawn().unwrap();
+    let created = child.wait().unwrap();
+    assert!(created.success(), "ferry create: {created}");
+    host.run(&["start", &id]).ok();
+    MemHold::at(bundle.host_path("/tmp")).wait_count_above(2);
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    checkpoint_to(&host, &id, &images, &work);
+    assert!(!images.join("ferry-tmpfs.json").exists());
+    let carried = fs::read_dir(&images)
+        .unwrap()
+        .filter(|e| {
+            let n = e.as_ref().unwrap().file_name();
+            n.to_string_lossy().starts_with("tmpfs-dev-")
+        })
+        .count();
+    assert!(carried >= 1, "CRIU did not carry the container's tmpfs");
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}

@@ -340,7 +340,16 @@ impl Container {
             ReadRunning {
                 net: self.fresh_network(opts, empty_ns, unreachable)?,
                 masked,
-                tmpfs: super::tmpfs::readable(self.pid(), &skip),
+                // In a user namespace the container's tmpfs belong to it (its root may
+                // remount them); one ferry mounted would belong to the host's.
+                tmpfs: if namespaces::list(spec)
+                    .iter()
+                    .any(|n| n.typ() == LinuxNamespaceType::User)
+                {
+                    vec![]
+                } else {
+                    super::tmpfs::readable(self.pid(), &skip)
+                },
                 skip,
             }
         } else {

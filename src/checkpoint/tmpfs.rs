@@ -104,9 +104,11 @@ fn meta(st: &libc::stat) -> Meta {
 }
 
 /// The tmpfs mounts of the container whose init is `pid` that can be left out of CRIU's
-/// images: a tmpfs of its own (root `/`, alone on its mount point, not propagating), not
-/// one of `skip` (mounts external already, or carried another way), whose every entry the
-/// record can hold. Read while the container is frozen, or read again once it is.
+/// images: a tmpfs of its own (root `/`, alone on its mount point, not the container's
+/// root, not propagating), not one of `skip` (mounts external already, or carried another
+/// way), whose every entry the record can hold. Read while the container is frozen, or
+/// read again once it is. Not for a container in a user namespace: its tmpfs belong to
+/// that namespace (the caller leaves those to CRIU).
 pub fn readable(pid: i32, skip: &[String]) -> Vec<Tmpfs> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
         return vec![];
@@ -117,6 +119,7 @@ pub fn readable(pid: i32, skip: &[String]) -> Vec<Tmpfs> {
         .filter(|m| {
             m.fstype == "tmpfs"
                 && m.root == "/"
+                && m.point != "/"
                 && !m.propagates
                 && !skip.contains(&m.point)
                 && mounts.iter().filter(|o| o.point == m.point).count() == 1
