@@ -83,7 +83,7 @@ pub fn masked_dir_key(path: &str) -> String {
 /// mounted over or under it. CRIU would archive each with a `tar` and a `gzip` process, and
 /// restore it with two more (about 10 ms a round trip per directory); declared external,
 /// they are left out of the images and restore mounts a fresh empty one
-/// ([`MaskedDirs`]). Anything the container changed there is dumped by CRIU as before.
+/// ([`mount_masked_dirs`]). Anything the container changed there is dumped by CRIU as before.
 pub fn untouched_masked_dirs(spec: &Spec, pid: i32) -> Vec<String> {
     let masked = spec
         .linux()
@@ -116,58 +116,55 @@ pub fn untouched_masked_dirs(spec: &Spec, pid: i32) -> Vec<String> {
         .collect()
 }
 
-/// The empty read-only tmpfs a restore gives CRIU for each masked directory
-/// ([`masked_dir_key`]), mounted under `<dir>/<n>`. CRIU binds each over its directory;
-/// dropping this detaches them (the container keeps its binds) and removes `dir`. A key the
-/// images do not use (an archive whose masked directories CRIU dumped) is ignored by CRIU.
-pub struct MaskedDirs {
+/// Tmpfs mounts a restore makes for CRIU to bind in as external mounts, each under
+/// `<dir>/<n>`. Dropping this detaches them (the container keeps CRIU's binds of them) and
+/// removes `dir`. A key the images do not use (an archive whose mount CRIU dumped itself) is
+/// ignored by CRIU.
+pub struct ExtTmpfs {
     dir: PathBuf,
     mounted: Vec<PathBuf>,
     pub ext_mounts: Vec<ExtMount>,
 }
 
-impl MaskedDirs {
-    pub fn mount(spec: &Spec, rootfs: &Path, dir: &Path) -> std::io::Result<MaskedDirs> {
-        use nix::mount::{MsFlags, mount};
-        let files = masked_files(spec, rootfs);
-        let dirs: Vec<String> = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.masked_paths().clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| !files.contains(p))
-            .collect();
-        let mut out = MaskedDirs {
+impl ExtTmpfs {
+    pub fn new(dir: &Path) -> ExtTmpfs {
+        ExtTmpfs {
             dir: dir.to_path_buf(),
             mounted: vec![],
             ext_mounts: vec![],
-        };
-        if dirs.is_empty() {
-            return Ok(out);
         }
-        std::fs::create_dir(dir)?;
-        for (n, p) in dirs.iter().enumerate() {
-            let at = dir.join(n.to_string());
-            std::fs::create_dir(&at)?;
-            mount(
-                Some("tmpfs"),
-                &at,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                None::<&str>,
-            )?;
-            out.ext_mounts.push(ExtMount {
-                key: masked_dir_key(p),
-                val: at.to_string_lossy().into_owned(),
-            });
-            out.mounted.push(at);
+    }
+
+    /// Mounts a new tmpfs (`flags`, `options`) for the external mount CRIU knows as `key`;
+    /// where it is.
+    pub fn add(
+        &mut self,
+        key: String,
+        flags: nix::mount::MsFlags,
+        options: Option<&str>,
+    ) -> std::io::Result<PathBuf> {
+        if self.mounted.is_empty() {
+            std::fs::create_dir(&self.dir)?;
         }
-        Ok(out)
+        let at = self.dir.join(self.mounted.len().to_string());
+        std::fs::create_dir(&at)?;
+        if let Err(e) = nix::mount::mount(Some("tmpfs"), &at, Some("tmpfs"), flags, options) {
+            let _ = std::fs::remove_dir(&at);
+            return Err(std::io::Error::other(format!(
+                "mount a tmpfs for {key} at {}: {e}",
+                at.display()
+            )));
+        }
+        self.mounted.push(at.clone());
+        self.ext_mounts.push(ExtMount {
+            key,
+            val: at.to_string_lossy().into_owned(),
+        });
+        Ok(at)
     }
 }
 
-impl Drop for MaskedDirs {
+impl Drop for ExtTmpfs {
     fn drop(&mut self) {
         for m in &self.mounted {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
@@ -175,6 +172,24 @@ impl Drop for MaskedDirs {
         }
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// The empty read-only tmpfs a restore gives CRIU for each masked directory
+/// ([`masked_dir_key`]), one each as the container had, under `dir`.
+pub fn mount_masked_dirs(spec: &Spec, rootfs: &Path, dir: &Path) -> std::io::Result<ExtTmpfs> {
+    let files = masked_files(spec, rootfs);
+    let mut out = ExtTmpfs::new(dir);
+    for p in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !files.contains(p))
+    {
+        out.add(masked_dir_key(&p), nix::mount::MsFlags::MS_RDONLY, None)?;
+    }
+    Ok(out)
 }
 
 fn userns_devices(spec: &Spec) -> Vec<String> {

@@ -170,12 +170,12 @@ impl Runtime {
         .map_err(fail)?;
         prepare_mountpoints(spec, &bundle.rootfs).map_err(fail)?;
         // Lives until CRIU is done: its binds in the container outlive our mounts.
-        let masked = externals::MaskedDirs::mount(spec, &bundle.rootfs, &dir.join("criu-masked"))
+        let masked = externals::mount_masked_dirs(spec, &bundle.rootfs, &dir.join("criu-masked"))
             .ctx(|| "mount empty read-only tmpfs for the masked directories")
             .map_err(fail)?;
         // The tmpfs mounts the dump recorded instead of CRIU (checkpoint::tmpfs), rebuilt.
         let tmpfs = super::tmpfs::recorded(&opts.image_path).map_err(|e| fail(Error::Other(e)))?;
-        let tmpfs = super::tmpfs::Mounted::mount(&tmpfs, &dir.join("criu-tmpfs"))
+        let tmpfs = super::tmpfs::mount(&tmpfs, &dir.join("criu-tmpfs"))
             .ctx(|| "rebuild the container's recorded tmpfs mounts")
             .map_err(fail)?;
 

@@ -12,12 +12,13 @@
 //! (`open_tree`, from inside the container's mount namespace): CRIU's `tar` also archives
 //! what a mount hides.
 
+use crate::checkpoint::externals::ExtTmpfs;
 use serde::{Deserialize, Serialize};
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The record in the images of the tmpfs mounts left out of them.
 pub const MARK: &str = "ferry-tmpfs.json";
@@ -358,66 +359,30 @@ pub fn recorded(images: &Path) -> Result<Vec<Tmpfs>, String> {
     Ok(mounts)
 }
 
-/// The tmpfs mounts a restore gives CRIU for the recorded ones, each under `<dir>/<n>`.
-/// Dropping this detaches them (the container keeps CRIU's binds of them) and removes `dir`.
-pub struct Mounted {
-    dir: PathBuf,
-    mounted: Vec<PathBuf>,
-    pub ext_mounts: Vec<crate::criu::options::ExtMount>,
-}
-
-impl Mounted {
-    pub fn mount(records: &[Tmpfs], dir: &Path) -> io::Result<Mounted> {
-        let mut out = Mounted {
-            dir: dir.to_path_buf(),
-            mounted: vec![],
-            ext_mounts: vec![],
-        };
-        if records.is_empty() {
-            return Ok(out);
-        }
-        std::fs::create_dir(dir)?;
-        for (n, r) in records.iter().enumerate() {
-            let at = dir.join(n.to_string());
-            std::fs::create_dir(&at)?;
+/// The tmpfs mounts a restore gives CRIU for the recorded ones, under `dir`
+/// (`externals::ExtTmpfs`, which detaches them when dropped).
+pub fn mount(records: &[Tmpfs], dir: &Path) -> io::Result<ExtTmpfs> {
+    let mut out = ExtTmpfs::new(dir);
+    for r in records {
+        let at = out.add(
+            key(&r.point),
+            nix::mount::MsFlags::empty(),
+            Some(r.options.as_str()),
+        )?;
+        populate(&at, r)
+            .map_err(|e| io::Error::new(e.kind(), format!("rebuild {}: {e}", r.point)))?;
+        if r.read_only {
             nix::mount::mount(
-                Some("tmpfs"),
+                None::<&str>,
                 &at,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
                 Some(r.options.as_str()),
             )
-            .map_err(|e| io::Error::other(format!("mount tmpfs for {}: {e}", r.point)))?;
-            out.mounted.push(at.clone());
-            populate(&at, r)
-                .map_err(|e| io::Error::new(e.kind(), format!("rebuild {}: {e}", r.point)))?;
-            if r.read_only {
-                nix::mount::mount(
-                    None::<&str>,
-                    &at,
-                    None::<&str>,
-                    nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
-                    Some(r.options.as_str()),
-                )
-                .map_err(|e| io::Error::other(format!("remount {} read-only: {e}", r.point)))?;
-            }
-            out.ext_mounts.push(crate::criu::options::ExtMount {
-                key: key(&r.point),
-                val: at.to_string_lossy().into_owned(),
-            });
+            .map_err(|e| io::Error::other(format!("remount {} read-only: {e}", r.point)))?;
         }
-        Ok(out)
     }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        for m in &self.mounted {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_dir(m);
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-    }
+    Ok(out)
 }
 
 /// Makes `r`'s entries in the empty tmpfs at `at`, then their owners, modes and times
@@ -496,6 +461,7 @@ fn set_times(dir: RawFd, name: &CStr, m: &Meta) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn sample() -> Tmpfs {
         let m = |mode, uid| Meta {
@@ -555,7 +521,7 @@ mod tests {
         let got = recorded(&images).unwrap();
         assert_eq!(got, vec![want.clone()]);
 
-        let m = Mounted::mount(&got, &dir.path().join("mounts")).unwrap();
+        let m = mount(&got, &dir.path().join("mounts")).unwrap();
         assert_eq!(m.ext_mounts.len(), 1);
         assert_eq!(m.ext_mounts[0].key, "ferry-tmpfs:/dev");
         let at = PathBuf::from(&m.ext_mounts[0].val);
@@ -584,7 +550,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = sample();
         r.entries.truncate(1);
-        let m = Mounted::mount(&[r], &dir.path().join("mounts")).unwrap();
+        let m = mount(&[r], &dir.path().join("mounts")).unwrap();
         let at = PathBuf::from(&m.ext_mounts[0].val);
         let read = |at: &Path| {
             let s = at.to_string_lossy().into_owned();
