@@ -848,6 +848,17 @@ fn counts_on(host: &Host, id: &str, mem: &MemHold, at: (u64, u64)) {
     assert_eq!(runid, at.0, "restarted rather than restored");
 }
 
+/// Nothing of the restore's own `what` mounts is left mounted on the host.
+fn no_host_mount(host: &Host, what: &str) {
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts
+            .lines()
+            .any(|l| l.contains(host.ferry.root().to_str().unwrap()) && l.contains(what)),
+        "{host_mounts}"
+    );
+}
+
 /// What `cmd` (a shell command) prints inside `id`.
 fn inside(host: &Host, id: &str, cmd: &str) -> String {
     host.run(&["exec", id, "/bin/sh", "-c", cmd]).ok().stdout
@@ -911,14 +922,7 @@ fn masked_directories_come_back_read_only_and_empty_unless_the_container_changed
     // Each masked directory has a tmpfs of its own, as it had before.
     let changed = mount_at("/srv/changed");
     assert_ne!(left.split(' ').nth(2), changed.split(' ').nth(2));
-    // Nothing of the restore's own tmpfs is left mounted on the host.
-    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !host_mounts
-            .lines()
-            .any(|l| l.contains(host.ferry.root().to_str().unwrap()) && l.contains("criu-masked")),
-        "{host_mounts}"
-    );
+    no_host_mount(&host, "criu-masked");
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
@@ -1243,14 +1247,7 @@ fn small_tmpfs_mounts_are_recorded_and_rebuilt_and_others_left_to_criu() {
         run.contains("nosuid,nodev") && run.contains("size=1024k"),
         "{run}"
     );
-    // Nothing of the restore's own tmpfs is left mounted on the host.
-    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !host_mounts
-            .lines()
-            .any(|l| l.contains(host.ferry.root().to_str().unwrap()) && l.contains("criu-tmpfs")),
-        "{host_mounts}"
-    );
+    no_host_mount(&host, "criu-tmpfs");
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }

@@ -342,10 +342,7 @@ impl Container {
                 masked,
                 // In a user namespace the container's tmpfs belong to it (its root may
                 // remount them); one ferry mounted would belong to the host's.
-                tmpfs: if namespaces::list(spec)
-                    .iter()
-                    .any(|n| n.typ() == LinuxNamespaceType::User)
-                {
+                tmpfs: if namespaces::has(spec, LinuxNamespaceType::User) {
                     vec![]
                 } else {
                     super::tmpfs::readable(self.pid(), &skip)

@@ -111,19 +111,12 @@ pub fn state_of(pid: i32) -> io::Result<NetState> {
     in_netns_of(pid, read_state)?
 }
 
-/// Runs `f` on a thread of its own that joined the network namespace of `pid` (setns acts
-/// on the calling thread only), and waits for it.
+/// `f` in the network namespace of `pid`, on a thread of its own.
 fn in_netns_of<T: Send + 'static>(
     pid: i32,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<io::Result<T>> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        f()
-    })
-    .join()
-    .map_err(|_| io::Error::other("work in a network namespace panicked"))
+    crate::runtime::namespaces::on_thread_in(pid, oci_spec::runtime::LinuxNamespaceType::Network, f)
 }
 
 /// The state of a network namespace made now, with `lo` up.

@@ -131,12 +131,16 @@ pub fn readable(pid: i32, skip: &[String]) -> Vec<Tmpfs> {
         return vec![];
     }
     let points: Vec<String> = candidates.iter().map(|m| m.point.clone()).collect();
-    let read = in_mntns_of(pid, move || {
-        Ok(points
-            .iter()
-            .map(|p| read_mount(p).ok().flatten())
-            .collect::<Vec<_>>())
-    });
+    let read = crate::runtime::namespaces::on_thread_in(
+        pid,
+        oci_spec::runtime::LinuxNamespaceType::Mount,
+        move || {
+            Ok(points
+                .iter()
+                .map(|p| read_mount(p).ok().flatten())
+                .collect::<Vec<_>>())
+        },
+    );
     let Ok(Ok(trees)) = read else {
         return vec![];
     };
@@ -159,22 +163,6 @@ pub fn readable(pid: i32, skip: &[String]) -> Vec<Tmpfs> {
             })
         })
         .collect()
-}
-
-/// Runs `f` on a thread of its own that joined the mount namespace of `pid` (with a
-/// filesystem context of its own, as `setns` requires), and waits for it.
-fn in_mntns_of<T: Send + 'static>(
-    pid: i32,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<io::Result<T>> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
-        f()
-    })
-    .join()
-    .map_err(|_| io::Error::other("work in a mount namespace panicked"))
 }
 
 /// The root and entries of the mount at `point` (in this thread's mount namespace), seen

@@ -32,6 +32,26 @@ pub fn proc_name(t: LinuxNamespaceType) -> &'static str {
     }
 }
 
+/// Runs `f` on a thread of its own that joined `pid`'s namespace of type `t`, and waits for
+/// it: `setns` acts on the calling thread only (a mount namespace also needs the thread's
+/// own filesystem context, which it gets first).
+pub fn on_thread_in<T: Send + 'static>(
+    pid: i32,
+    t: LinuxNamespaceType,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<std::io::Result<T>> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/{}", proc_name(t)))?;
+    std::thread::spawn(move || {
+        if t == LinuxNamespaceType::Mount {
+            nix::sched::unshare(CloneFlags::CLONE_FS)?;
+        }
+        nix::sched::setns(&ns, flag(t))?;
+        f()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other(format!("work in a {} namespace panicked", proc_name(t))))
+}
+
 pub fn list(spec: &Spec) -> Vec<LinuxNamespace> {
     spec.linux()
         .as_ref()
