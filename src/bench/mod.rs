@@ -39,8 +39,6 @@ pub struct Options {
     pub ferry: PathBuf,
     /// Runs of each (size, compression); the best of each side is reported.
     pub repeat: u32,
-    /// Drop the kernel's clean page cache once before the first run (see [`drop_caches`]).
-    pub drop_caches: bool,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -82,16 +80,6 @@ fn wait_for(path: &Path, what: &str, limit: Duration) -> Result<()> {
 fn quiesce() {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
-}
-
-/// Writes back and drops the whole host's clean page cache, so that both sides start from
-/// the same memory state. On these VMs, 1 GiB runs right after a build (4 GiB of page
-/// cache) gave 1.37-1.74x where runs after a drop gave 1.24-1.40x, floor and ferry
-/// measured alike (docs/benchmarks.md, "Targets").
-fn drop_caches() -> Result<()> {
-    quiesce();
-    std::fs::write("/proc/sys/vm/drop_caches", "3")
-        .map_err(|e| format!("drop the page cache (/proc/sys/vm/drop_caches): {e}"))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -304,9 +292,6 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
     std::fs::create_dir_all(&o.dir).map_err(|e| format!("create {}: {e}", o.dir.display()))?;
     let r = (|| {
         prepare(o)?;
-        if o.drop_caches {
-            drop_caches()?;
-        }
         let mut rows = vec![];
         for &mib in &o.sizes_mib {
             // A floor right before each ferry round, so both see the same host state; the

@@ -33,10 +33,6 @@ pub enum BenchCommand {
         /// time)
         #[arg(long, default_value_t = 3)]
         repeat: u32,
-        /// Write back and drop the host's page cache once before the runs, so both sides
-        /// start from the same memory state (affects the whole host)
-        #[arg(long)]
-        drop_caches: bool,
     },
 }
 
@@ -48,7 +44,6 @@ impl BenchArgs {
             dir,
             json,
             repeat,
-            drop_caches,
         } = self.what;
         let sizes = size
             .iter()
@@ -61,7 +56,6 @@ impl BenchArgs {
             dir,
             ferry: std::env::current_exe().map_err(|e| Error::Other(e.to_string()))?,
             repeat,
-            drop_caches,
         };
         if !json {
             println!(
