@@ -45,6 +45,7 @@ fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
         assert_eq!(row["runs"], 2);
         for k in [
             "floor_ms",
+            "floor_sync_ms",
             "ferry_ms",
             "ratio",
             "checkpoint_ms",

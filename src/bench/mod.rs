@@ -17,6 +17,10 @@ pub struct Row {
     pub floor_dump_ms: f64,
     pub floor_restore_ms: f64,
     pub floor_ms: f64,
+    /// The floor's images written to disk right after its dump (`sync`, timed on its own and
+    /// not in `floor_ms`): what durability, which ferry's checkpoint includes, costs plain
+    /// CRIU in the same run.
+    pub floor_sync_ms: f64,
     pub checkpoint_ms: f64,
     pub restore_ms: f64,
     pub ferry_ms: f64,
@@ -122,8 +126,9 @@ fn ferry(o: &Options) -> Command {
     c
 }
 
-/// Plain CRIU on the same workload run as a host process.
-fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration)> {
+/// Plain CRIU on the same workload run as a host process: its dump, the `sync` of its images
+/// after it, and its restore.
+fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration, Duration)> {
     let dir = o.dir.join(format!("floor-{mib}"));
     let images = dir.join("images");
     let _ = std::fs::remove_dir_all(&dir);
@@ -156,9 +161,12 @@ fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration)> {
             .args(["-o", "dump.log", "-v4"]),
         "criu dump",
     );
+    let dump = dump?;
+    let t = Instant::now();
+    quiesce();
+    let sync = t.elapsed();
     let _ = child.kill();
     let _ = child.wait();
-    let dump = dump?;
     let pidfile = dir.join("restored.pid");
     quiesce();
     let restore = run(
@@ -176,7 +184,7 @@ fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration)> {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((dump, restore))
+    Ok((dump, sync, restore))
 }
 
 fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
@@ -267,6 +275,7 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
             floor_dump_ms: 0.0,
             floor_restore_ms: 0.0,
             floor_ms: 0.0,
+            floor_sync_ms: 0.0,
             checkpoint_ms: ms(checkpoint),
             restore_ms: ms(restore),
             ferry_ms: ms(checkpoint + restore),
@@ -300,7 +309,7 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
             // `repeat` pairs of each, the best of each side counts (noise on these VMs only
             // ever adds time), and the worst peak RSS.
             struct Best {
-                floor: Option<(Duration, Duration)>,
+                floor: Option<(Duration, Duration, Duration)>,
                 ferry: Option<Row>,
                 rss: i64,
             }
@@ -315,9 +324,9 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
                 .collect();
             for _ in 0..o.repeat.max(1) {
                 for (c, b) in o.compressions.iter().zip(best.iter_mut()) {
-                    let (d, r) = floor(o, mib)?;
-                    if b.floor.is_none_or(|(bd, br)| d + r < bd + br) {
-                        b.floor = Some((d, r));
+                    let (d, sync, r) = floor(o, mib)?;
+                    if b.floor.is_none_or(|(bd, _, br)| d + r < bd + br) {
+                        b.floor = Some((d, sync, r));
                     }
                     let row = ferry_round(o, mib, c)?;
                     b.rss = b.rss.max(row.peak_rss_kib);
@@ -327,7 +336,7 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
                 }
             }
             for b in best {
-                let (Some(mut row), Some((d, r))) = (b.ferry, b.floor) else {
+                let (Some(mut row), Some((d, sync, r))) = (b.ferry, b.floor) else {
                     continue;
                 };
                 row.runs = o.repeat.max(1);
@@ -335,6 +344,7 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
                 row.floor_dump_ms = ms(d);
                 row.floor_restore_ms = ms(r);
                 row.floor_ms = ms(d + r);
+                row.floor_sync_ms = ms(sync);
                 row.ratio = (row.ferry_ms / row.floor_ms * 100.0).round() / 100.0;
                 report(&row);
                 rows.push(row);
