@@ -133,11 +133,7 @@ fn open_output(path: &std::path::Path) -> Result<Box<dyn Write + Send>> {
 /// The archive file, on disk before the source is released: `flush` is fdatasync, so a
 /// host that crashes right after `checkpoint -e` still has the container in the archive.
 /// Writeback is started every few MiB as the archive is written, so that final sync (and
-/// the one the kernel does when the source's overlay is unmounted) finds little left. It is
-/// started from a thread of its own: each start submits the step's I/O and blocks while
-/// the disk's queue is full (traced: 32 starts per GiB took 58-63 ms of the archive thread,
-/// up to 4 ms each), and the page stream, with CRIU behind it, waited for that. Now the
-/// stream goes on into the page cache; only the final sync waits for the disk.
+/// the one the kernel does when the source's overlay is unmounted) finds little left.
 ///
 /// It buffers small writes (tar headers, small entries) itself, and writes a large one
 /// (a page part, a raw zstd frame given as slices) with what is buffered in one writev:
@@ -147,46 +143,18 @@ struct Durable {
     pending: Vec<u8>,
     pos: u64,
     started: u64,
-    /// The writeback thread and its queue; None if it could not start.
-    flusher: Option<(Ranges, std::thread::JoinHandle<()>)>,
 }
-
-/// (offset, length) ranges of the archive to start writing back.
-type Ranges = std::sync::mpsc::Sender<(u64, u64)>;
 
 impl Durable {
     const STEP: u64 = 32 << 20;
     const BUFFER: usize = 256 << 10;
 
     fn new(file: std::fs::File) -> Durable {
-        let flusher = file.try_clone().ok().and_then(|f| {
-            let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
-            std::thread::Builder::new()
-                .name("ferry-writeback".into())
-                .spawn(move || {
-                    use std::os::fd::AsRawFd;
-                    for (at, len) in rx {
-                        // SAFETY: a writeback request on our own fd; failure only means
-                        // later (the final fdatasync reports errors).
-                        unsafe {
-                            libc::sync_file_range(
-                                f.as_raw_fd(),
-                                at as libc::off64_t,
-                                len as libc::off64_t,
-                                libc::SYNC_FILE_RANGE_WRITE,
-                            )
-                        };
-                    }
-                })
-                .ok()
-                .map(|h| (tx, h))
-        });
         Durable {
             file,
             pending: Vec::with_capacity(Self::BUFFER),
             pos: 0,
             started: 0,
-            flusher,
         }
     }
 
@@ -205,29 +173,22 @@ impl Durable {
         Ok(())
     }
 
-    /// Counts `n` bytes written and has writeback started for every full step behind them.
+    /// Counts `n` bytes written and starts writeback of every full step behind them.
     fn wrote(&mut self, n: usize) {
         self.pos += n as u64;
         if self.pos - self.started >= Self::STEP {
-            if let Some((tx, _)) = &self.flusher {
-                let _ = tx.send((self.started, self.pos - self.started));
-            }
+            use std::os::fd::AsRawFd;
+            // SAFETY: a writeback request on our own fd; failure only means later.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    (self.pos - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
             self.started = self.pos;
         }
-    }
-
-    /// Stops the writeback thread once it has started what it was given.
-    fn stop_flusher(&mut self) {
-        if let Some((tx, h)) = self.flusher.take() {
-            drop(tx);
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for Durable {
-    fn drop(&mut self) {
-        self.stop_flusher();
     }
 }
 
