@@ -96,14 +96,15 @@ fn show(v: Option<&str>) -> String {
 }
 
 /// The state of the network namespace of `pid`, and that of a namespace made now with `lo`
-/// up; equal when the container's namespace is as fresh as a new one.
+/// up; equal when the container's namespace is as fresh as a new one. The two are read at
+/// the same time: `checkpoint -e` asks while the container is frozen.
 pub fn compare(pid: i32) -> io::Result<(NetState, NetState)> {
-    let theirs = in_netns_of(pid, read_state)?;
     let fresh = std::thread::spawn(fresh_state);
+    let theirs = in_netns_of(pid, read_state);
     let fresh = fresh
         .join()
         .map_err(|_| io::Error::other("reading a fresh namespace panicked"))?;
-    Ok((theirs?, fresh?))
+    Ok((theirs??, fresh?))
 }
 
 /// The state of the network namespace of `pid`.
