@@ -76,6 +76,7 @@ fn criu_error(e: crate::criu::Error) -> Error {
 /// What a dump read of a container that still ran, to leave out of CRIU's images: a network
 /// namespace as fresh as a new one, masked directories still as ferry made them, and tmpfs
 /// mounts small enough to record (checkpoint::tmpfs; `skip` are the mounts never recorded).
+#[derive(Default)]
 struct ReadRunning {
     net: Option<super::freshnet::NetState>,
     masked: Vec<String>,
@@ -108,16 +109,16 @@ impl crate::criu::Notify for DumpNotify<'_> {
         let net_same = read.net.as_ref().is_none_or(|recorded| {
             super::freshnet::state_of(c.pid()).is_ok_and(|now| now == *recorded)
         });
-        let untouched = externals::untouched_masked_dirs(&c.record.spec, c.pid());
-        let tmpfs_now = if read.tmpfs.is_empty() {
-            vec![]
-        } else {
-            super::tmpfs::readable(c.pid(), &read.skip)
+        // Only what was left out is read again.
+        let masked_same = read.masked.is_empty() || {
+            let untouched = externals::untouched_masked_dirs(&c.record.spec, c.pid());
+            read.masked.iter().all(|m| untouched.contains(m))
         };
-        if net_same
-            && read.masked.iter().all(|m| untouched.contains(m))
-            && read.tmpfs.iter().all(|t| tmpfs_now.contains(t))
-        {
+        let tmpfs_same = read.tmpfs.is_empty() || {
+            let now = super::tmpfs::readable(c.pid(), &read.skip);
+            read.tmpfs.iter().all(|t| now.contains(t))
+        };
+        if net_same && masked_same && tmpfs_same {
             return Ok(());
         }
         self.changed = true;
@@ -350,12 +351,7 @@ impl Container {
                 skip,
             }
         } else {
-            ReadRunning {
-                net: None,
-                masked: vec![],
-                tmpfs: vec![],
-                skip: vec![],
-            }
+            ReadRunning::default()
         };
         if !opts.pre_dump {
             super::tmpfs::record(&opts.image_path, &read.tmpfs)
