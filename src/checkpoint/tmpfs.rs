@@ -13,11 +13,19 @@
 //! what a mount hides.
 
 use crate::checkpoint::externals::ExtTmpfs;
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, readlinkat};
+use nix::sys::stat::{
+    FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmodat, fstatat, mkdirat, mknodat,
+    utimensat,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchownat, symlinkat};
 use serde::{Deserialize, Serialize};
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 /// The record in the images of the tmpfs mounts left out of them.
@@ -71,31 +79,12 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-fn errno<T>(r: libc::c_int, what: &str) -> io::Result<T>
-where
-    T: Default,
-{
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(T::default())
+/// A failed call as an io::Error that says which.
+fn failed(what: impl std::fmt::Display) -> impl FnOnce(Errno) -> io::Error {
+    move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
 }
 
-fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(io::Error::other)
-}
-
-fn stat_at(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
-    // SAFETY: zeroed plain-data struct filled by the kernel.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid dirfd, NUL-terminated name, our struct.
-    let r = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-    errno::<()>(r, "fstatat")?;
-    Ok(st)
-}
-
-fn meta(st: &libc::stat) -> Meta {
+fn meta(st: &FileStat) -> Meta {
     Meta {
         mode: st.st_mode,
         uid: st.st_uid,
@@ -168,8 +157,8 @@ pub fn readable(pid: i32, skip: &[String]) -> Vec<Tmpfs> {
 /// The root and entries of the mount at `point` (in this thread's mount namespace), seen
 /// without the mounts over it; None when an entry does not fit the record.
 fn read_mount(point: &str) -> io::Result<Option<(Meta, Vec<Entry>)>> {
-    let p = cstr(OsStr::new(point))?;
-    // SAFETY: plain syscall; the fd returned is ours.
+    let p = CString::new(point).map_err(io::Error::other)?;
+    // SAFETY: plain syscall (nix has no open_tree); the fd returned is ours.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
@@ -178,24 +167,22 @@ fn read_mount(point: &str) -> io::Result<Option<(Meta, Vec<Entry>)>> {
             (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
         )
     } as libc::c_int;
-    errno::<()>(fd, "open_tree")?;
+    if fd < 0 {
+        return Err(failed("open_tree")(Errno::last()));
+    }
     // SAFETY: a fresh fd we own.
     let tree = unsafe { OwnedFd::from_raw_fd(fd) };
     // open_tree gives a path-only fd: open the root directory through it to list it.
-    // SAFETY: plain syscall; the fd returned is ours.
-    let fd = unsafe {
-        libc::openat(
-            tree.as_raw_fd(),
-            c".".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    errno::<()>(fd, "open the tmpfs root")?;
-    // SAFETY: a fresh fd we own.
-    let top = unsafe { OwnedFd::from_raw_fd(fd) };
-    let root = stat_at(top.as_raw_fd(), c".")?;
+    let top = Dir::openat(
+        tree.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(failed("open the tmpfs root"))?;
+    let root = fstatat(top.as_fd(), ".", AtFlags::AT_SYMLINK_NOFOLLOW).map_err(failed("stat"))?;
     let mut entries = vec![];
-    if !walk(top.as_raw_fd(), "", &mut entries)? {
+    if !walk(top, "", &mut entries)? {
         return Ok(None);
     }
     Ok(Some((meta(&root), entries)))
@@ -203,39 +190,13 @@ fn read_mount(point: &str) -> io::Result<Option<(Meta, Vec<Entry>)>> {
 
 /// Adds the entries under the directory `dir` (at `prefix`) to `out`; false as soon as one
 /// does not fit the record.
-fn walk(dir: RawFd, prefix: &str, out: &mut Vec<Entry>) -> io::Result<bool> {
-    // SAFETY: dup of a valid fd, for fdopendir to own.
-    let fd = unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) };
-    errno::<()>(fd, "dup")?;
+fn walk(mut dir: Dir, prefix: &str, out: &mut Vec<Entry>) -> io::Result<bool> {
     let mut names = vec![];
-    {
-        // SAFETY: fdopendir takes the dup; closedir below frees both.
-        let d = unsafe { libc::fdopendir(fd) };
-        if d.is_null() {
-            // SAFETY: the dup is still ours when fdopendir fails.
-            unsafe { libc::close(fd) };
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: reading entries of the stream we own until it ends; each name is copied.
-        unsafe {
-            libc::rewinddir(d);
-            loop {
-                *libc::__errno_location() = 0;
-                let e = libc::readdir(d);
-                if e.is_null() {
-                    if *libc::__errno_location() != 0 {
-                        let err = io::Error::last_os_error();
-                        libc::closedir(d);
-                        return Err(err);
-                    }
-                    break;
-                }
-                let name = CStr::from_ptr((*e).d_name.as_ptr()).to_owned();
-                if name.as_bytes() != b"." && name.as_bytes() != b".." {
-                    names.push(name);
-                }
-            }
-            libc::closedir(d);
+    for e in dir.iter() {
+        let e = e.map_err(failed(format!("list {prefix:?}")))?;
+        let name = e.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
         }
     }
     names.sort();
@@ -251,47 +212,38 @@ fn walk(dir: RawFd, prefix: &str, out: &mut Vec<Entry>) -> io::Result<bool> {
         } else {
             format!("{prefix}/{n}")
         };
-        let st = stat_at(dir, &name)?;
+        let st = fstatat(dir.as_fd(), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(failed(format!("stat {path:?}")))?;
         let kind = st.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFDIR && st.st_nlink != 1 {
+            return Ok(false);
+        }
         let mut entry = Entry {
-            path: path.clone(),
+            path,
             meta: meta(&st),
             rdev: 0,
             target: None,
         };
-        if kind != libc::S_IFDIR && st.st_nlink != 1 {
-            return Ok(false);
-        }
         match kind {
             libc::S_IFDIR => {
+                let sub = Dir::openat(
+                    dir.as_fd(),
+                    name.as_c_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(failed(format!("open {:?}", entry.path)))?;
+                let path = entry.path.clone();
                 out.push(entry);
-                // SAFETY: plain syscall; the fd returned is ours.
-                let sub = unsafe {
-                    libc::openat(
-                        dir,
-                        name.as_ptr(),
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    )
-                };
-                errno::<()>(sub, "openat")?;
-                // SAFETY: a fresh fd we own.
-                let sub = unsafe { OwnedFd::from_raw_fd(sub) };
-                if !walk(sub.as_raw_fd(), &path, out)? {
+                if !walk(sub, &path, out)? {
                     return Ok(false);
                 }
                 continue;
             }
             libc::S_IFLNK => {
-                let mut buf = vec![0u8; libc::PATH_MAX as usize];
-                // SAFETY: our buffer, of its length.
-                let n = unsafe {
-                    libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-                };
-                if n < 0 || n as usize >= buf.len() {
-                    return Ok(false);
-                }
-                buf.truncate(n as usize);
-                let Ok(t) = String::from_utf8(buf) else {
+                let target = readlinkat(dir.as_fd(), name.as_c_str())
+                    .map_err(failed(format!("readlink {:?}", entry.path)))?;
+                let Ok(t) = target.into_string() else {
                     return Ok(false);
                 };
                 entry.target = Some(t);
@@ -377,73 +329,70 @@ pub fn mount(records: &[Tmpfs], dir: &Path) -> io::Result<ExtTmpfs> {
 /// (children's before their directory's, whose time the children's creation changes).
 fn populate(at: &Path, r: &Tmpfs) -> io::Result<()> {
     let root = std::fs::File::open(at)?;
-    let dir = root.as_raw_fd();
+    let dir = root.as_fd();
     for e in &r.entries {
-        let name = cstr(OsStr::new(&e.path))?;
-        let perm = e.meta.mode & 0o7777;
-        // SAFETY (each call): valid dirfd and NUL-terminated relative paths.
-        let r = match e.meta.mode & libc::S_IFMT {
-            libc::S_IFDIR => unsafe { libc::mkdirat(dir, name.as_ptr(), 0o700) },
-            libc::S_IFLNK => {
-                let t = cstr(OsStr::new(e.target.as_deref().unwrap_or_default()))?;
-                unsafe { libc::symlinkat(t.as_ptr(), dir, name.as_ptr()) }
-            }
-            kind @ (libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFREG) => unsafe {
-                libc::mknodat(dir, name.as_ptr(), kind | 0o600, e.rdev as libc::dev_t)
-            },
+        let name = e.path.as_str();
+        let made = match e.meta.mode & libc::S_IFMT {
+            libc::S_IFDIR => mkdirat(dir, name, Mode::from_bits_truncate(0o700)),
+            libc::S_IFLNK => symlinkat(e.target.as_deref().unwrap_or_default(), dir, name),
+            kind @ (libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFREG) => mknodat(
+                dir,
+                name,
+                SFlag::from_bits_truncate(kind),
+                Mode::from_bits_truncate(0o600),
+                e.rdev as libc::dev_t,
+            ),
             other => {
                 return Err(io::Error::other(format!(
-                    "{}: type {other:o} is not one ferry records",
-                    e.path
+                    "{name}: type {other:o} is not one ferry records"
                 )));
             }
         };
-        errno::<()>(r, &e.path)?;
-        // SAFETY: as above; owner of the entry itself, never a symlink's target.
-        let r = unsafe {
-            libc::fchownat(
-                dir,
-                name.as_ptr(),
-                e.meta.uid,
-                e.meta.gid,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        errno::<()>(r, &e.path)?;
+        made.map_err(failed(name))?;
+        // The entry itself, never a symlink's target; chown before chmod, which it would
+        // clear set-id bits after.
+        fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(e.meta.uid)),
+            Some(Gid::from_raw(e.meta.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(failed(name))?;
         if e.meta.mode & libc::S_IFMT != libc::S_IFLNK {
-            // SAFETY: as above (after chown, which clears set-id bits).
-            let r = unsafe { libc::fchmodat(dir, name.as_ptr(), perm, 0) };
-            errno::<()>(r, &e.path)?;
+            fchmodat(
+                dir,
+                name,
+                Mode::from_bits_truncate(e.meta.mode & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(failed(name))?;
         }
     }
     for e in r.entries.iter().rev() {
-        set_times(dir, &cstr(OsStr::new(&e.path))?, &e.meta)?;
+        set_times(dir, e.path.as_str(), &e.meta)?;
     }
-    // SAFETY: our fd to the root.
-    let rc = unsafe { libc::fchown(dir, r.root.uid, r.root.gid) };
-    errno::<()>(rc, "the root")?;
-    // SAFETY: as above.
-    let rc = unsafe { libc::fchmod(dir, r.root.mode & 0o7777) };
-    errno::<()>(rc, "the root")?;
-    set_times(dir, c".", &r.root)
+    fchownat(
+        dir,
+        ".",
+        Some(Uid::from_raw(r.root.uid)),
+        Some(Gid::from_raw(r.root.gid)),
+        AtFlags::empty(),
+    )
+    .map_err(failed("the root"))?;
+    fchmodat(
+        dir,
+        ".",
+        Mode::from_bits_truncate(r.root.mode & 0o7777),
+        FchmodatFlags::FollowSymlink,
+    )
+    .map_err(failed("the root"))?;
+    set_times(dir, ".", &r.root)
 }
 
-fn set_times(dir: RawFd, name: &CStr, m: &Meta) -> io::Result<()> {
-    let t = libc::timespec {
-        tv_sec: m.mtime.0,
-        tv_nsec: m.mtime.1,
-    };
-    let times = [t, t];
-    // SAFETY: valid dirfd, NUL-terminated name, two timespecs.
-    let r = unsafe {
-        libc::utimensat(
-            dir,
-            name.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    errno::<()>(r, "utimensat")
+fn set_times(dir: BorrowedFd<'_>, name: &str, m: &Meta) -> io::Result<()> {
+    let t = TimeSpec::new(m.mtime.0, m.mtime.1);
+    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(failed(name))
 }
 
 #[cfg(test)]
