@@ -412,20 +412,28 @@ mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
-    /// Needs root and a filesystem with the hook (the test's temp dir on ext4 here); says so
-    /// and passes trivially only where the kernel cannot gate at all.
-    #[test]
-    fn reads_wait_for_the_range_and_are_refused_after_a_failure() {
+    /// A 3 MiB file to gate (its dir, path and our writer, opened before the mark), and its
+    /// gate. Needs root and a filesystem with the hook (the test's temp dir on ext4 here).
+    /// None where the kernel cannot gate at all, once the gate has shown it holds nothing:
+    /// before Linux 6.14 or on a filesystem without the hook, so that the feed verifies
+    /// every page before CRIU starts.
+    fn gated() -> Option<(tempfile::TempDir, PathBuf, std::fs::File, Gate)> {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("pages.img");
         let w = std::fs::File::create(&path).unwrap();
-        if !supported(d.path()) {
-            // Before Linux 6.14, or on a filesystem without the hook: the gate must say it
-            // holds nothing, so that the feed verifies every page before CRIU starts.
-            assert!(!Gate::new(&[(path, 3 << 20)]).unwrap().holds());
-            return;
-        }
         let gate = Gate::new(&[(path.clone(), 3 << 20)]).unwrap();
+        if !supported(d.path()) {
+            assert!(!gate.holds());
+            return None;
+        }
+        Some((d, path, w, gate))
+    }
+
+    #[test]
+    fn reads_wait_for_the_range_and_are_refused_after_a_failure() {
+        let Some((_d, path, w, gate)) = gated() else {
+            return;
+        };
         let reader = {
             let path = path.clone();
             std::thread::spawn(move || {
@@ -460,15 +468,9 @@ mod tests {
 
     #[test]
     fn released_files_are_unmarked() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("pages.img");
-        let w = std::fs::File::create(&path).unwrap();
-        if !supported(d.path()) {
-            // Nothing is marked where nothing can be gated (see the test above).
-            assert!(!Gate::new(&[(path, 3 << 20)]).unwrap().holds());
+        let Some((_d, path, w, gate)) = gated() else {
             return;
-        }
-        let gate = Gate::new(&[(path.clone(), 3 << 20)]).unwrap();
+        };
         w.write_all_at(&vec![3u8; 2 << 20], 0).unwrap();
         gate.advance(0, 2 << 20);
         gate.release();
