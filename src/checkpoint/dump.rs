@@ -448,11 +448,11 @@ impl Container {
     /// before anything is frozen.
     pub(crate) fn check_stdio(&self) -> Result<()> {
         let pid = self.pid();
-        let mounts: std::collections::HashSet<String> =
+        let mounts: std::collections::HashSet<u64> =
             std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
                 .unwrap_or_default()
                 .lines()
-                .filter_map(|l| l.split(' ').next().map(String::from))
+                .filter_map(|l| l.split(' ').next()?.parse().ok())
                 .collect();
         for (fd, name) in [(0, "stdin"), (1, "stdout"), (2, "stderr")] {
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
@@ -465,13 +465,7 @@ impl Container {
             if !(kind.is_file() || kind.is_char_device() || kind.is_block_device()) {
                 continue;
             }
-            let info =
-                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-            let mnt = info
-                .lines()
-                .find_map(|l| l.strip_prefix("mnt_id:"))
-                .map(|v| v.trim().to_string());
-            if let Some(mnt) = mnt
+            if let Some(mnt) = crate::sys::proc::fd_mount_id(&pid.to_string(), fd)
                 && !mounts.contains(&mnt)
             {
                 let target = crate::sys::proc::fd_target(pid, fd).unwrap_or_default();
@@ -485,7 +479,8 @@ impl Container {
                 return Err(Error::Other(format!(
                     "container {:?}: its {name} is {target}, {what} outside the container, \
                      which CRIU cannot checkpoint; start detached containers with stdio on \
-                     /dev/null or on pipes (as conmon does)",
+                     pipes (as conmon does) or on /dev/null, which ferry moves to the \
+                     container's own",
                     self.id
                 )));
             }

@@ -245,25 +245,34 @@ fn exec_main(setup: &Setup, chan: &Channel) -> Result<()> {
 
 /// stdio that is the host's /dev/null becomes the container's own /dev/null: the same
 /// device, but on a mount inside the container, so CRIU can checkpoint it (the host's /dev
-/// is not among the container's mounts; CRIU fails with "Can't lookup mount").
+/// is not among the container's mounts; CRIU fails with "Can't lookup mount"). Mounts are
+/// told apart by id, not by filesystem: in a user namespace the container's /dev/null is
+/// a bind of the host's, on the same devtmpfs.
 fn reopen_null_stdio() -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let Ok(ours) = std::fs::metadata("/dev/null") else {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
         return Ok(());
     };
+    let ours = null.metadata().ctx(|| "stat the container's /dev/null")?;
     if !ours.file_type().is_char_device() {
         return Ok(());
     }
+    let fd_mount = |fd| crate::sys::proc::fd_mount_id("self", fd);
+    let our_mount = fd_mount(std::os::fd::AsRawFd::as_raw_fd(&null));
     for fd in 0..3 {
         let Ok(m) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else {
             continue;
         };
-        if m.file_type().is_char_device() && m.rdev() == ours.rdev() && m.dev() != ours.dev() {
-            let null = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .ctx(|| "open the container's /dev/null")?;
+        // Without /proc in the container, by filesystem as before.
+        let elsewhere = match (fd_mount(fd), our_mount) {
+            (Some(a), Some(b)) => a != b,
+            _ => m.dev() != ours.dev(),
+        };
+        if m.file_type().is_char_device() && m.rdev() == ours.rdev() && elsewhere {
             // SAFETY: dup2 onto one of our stdio numbers.
             if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
                 return Err(std::io::Error::last_os_error()).ctx(|| "dup2 /dev/null");
