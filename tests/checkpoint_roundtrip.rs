@@ -13,6 +13,7 @@ use common::*;
 use serde_json::json;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const SEED: &str = "0x5eed1234abcd";
@@ -1253,10 +1254,11 @@ fn small_tmpfs_mounts_are_recorded_and_rebuilt_and_others_left_to_criu() {
 }
 
 /// In a user namespace the container's tmpfs belong to that namespace: CRIU carries them,
-/// to mount them there again. (Restoring such a container is a known gap: CRIU, inside the
-/// namespace, is refused the images; README, "Known gaps".)
+/// to mount them there again. CRIU restores as the container's root once it has made the
+/// namespace, so ferry lets that root's group search the images directory (0700 root's,
+/// as the checkpoint made it) while CRIU restores, and gives the directory back as it was.
 #[test]
-fn a_user_namespace_container_leaves_its_tmpfs_to_criu() {
+fn a_user_namespace_container_round_trips_with_its_tmpfs_carried_by_criu() {
     let host = Host::new();
     let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
     bundle.with_helper("memhold");
@@ -1267,19 +1269,10 @@ fn a_user_namespace_container_leaves_its_tmpfs_to_criu() {
         }
     });
     bundle.save();
-    // Its stdio on pipes: the host's /dev/null is outside a user namespace's mounts.
-    let id = host.id("usertmpfs");
-    let mut create = host.command(&["create", "--bundle", bundle.path_str(), &id]);
-    create
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    // Waited for, not read to the end: the container keeps the pipes' other ends.
-    let mut child = create.spawn().unwrap();
-    let created = child.wait().unwrap();
-    assert!(created.success(), "ferry create: {created}");
-    host.run(&["start", &id]).ok();
-    MemHold::at(bundle.host_path("/tmp")).wait_count_above(2);
+    // Its stdio on the host's /dev/null, which the container's init swaps for its own (in
+    // a user namespace a bind of the host's: the same device on the same filesystem).
+    let (id, mem, at) = start_bundle(&host, &bundle, "usertmpfs");
+    let sum = mem.checksum().expect("memhold wrote no checksum");
     let images = host.ferry.scratch().join("images");
     let work = host.ferry.scratch().join("work");
     checkpoint_to(&host, &id, &images, &work);
@@ -1292,6 +1285,36 @@ fn a_user_namespace_container_leaves_its_tmpfs_to_criu() {
         })
         .count();
     assert!(carried >= 1, "CRIU did not carry the container's tmpfs");
+    let dir_before = fs::metadata(&images).unwrap();
+    assert_eq!(
+        dir_before.mode() & 0o777,
+        0o700,
+        "the test wants a private images dir"
+    );
+
+    restore_from(&host, &bundle, &id, &images, &work).ok();
+    counts_on(&host, &id, &mem, at);
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "restored memory differs");
+    let pid = host.ferry.state(&id)["pid"].as_i64().unwrap();
+    let map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "300000", "65536"],
+        "the restored process is not in the container's user namespace"
+    );
+    let dev = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(
+        dev.lines()
+            .any(|l| l.split(' ').nth(4) == Some("/dev") && l.contains(" - tmpfs ")),
+        "no tmpfs on /dev after the restore: {dev}"
+    );
+    let dir_after = fs::metadata(&images).unwrap();
+    assert_eq!(
+        (dir_after.gid(), dir_after.mode()),
+        (dir_before.gid(), dir_before.mode()),
+        "the images directory was not given back as it was"
+    );
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }

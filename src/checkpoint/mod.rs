@@ -10,6 +10,7 @@ pub mod import;
 pub mod netlock;
 pub mod restore;
 pub mod tmpfs;
+pub mod userns;
 
 pub use dump::CheckpointOptions;
 pub use restore::RestoreOptions;

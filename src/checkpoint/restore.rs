@@ -173,6 +173,14 @@ impl Runtime {
         let masked = externals::mount_masked_dirs(spec, &bundle.rootfs, &dir.join("criu-masked"))
             .ctx(|| "mount empty read-only tmpfs for the masked directories")
             .map_err(fail)?;
+        // CRIU opens images as the container's root once it has made its user namespace.
+        let images_search = match super::userns::mapped_root(spec) {
+            Some(root) => Some(
+                super::userns::ImagesSearch::grant(&opts.image_path, root)
+                    .map_err(|e| fail(Error::Other(e)))?,
+            ),
+            None => None,
+        };
         // The tmpfs mounts the dump recorded instead of CRIU (checkpoint::tmpfs), rebuilt.
         let tmpfs = super::tmpfs::recorded(&opts.image_path).map_err(|e| fail(Error::Other(e)))?;
         let tmpfs = super::tmpfs::mount(&tmpfs, &dir.join("criu-tmpfs"))
@@ -324,6 +332,7 @@ impl Runtime {
             .map_err(|e| (Error::Other(e.to_string()), notify.pid))?;
         drop(masked);
         drop(tmpfs);
+        drop(images_search);
         let pid = if report.pid > 0 {
             report.pid
         } else {
