@@ -85,3 +85,62 @@ fn mapped_root_cannot_write_host_root_files() {
     assert!(out.stdout.contains("rc=1"), "{out:?}");
     assert!(!bundle.host_path("/etc/forbidden").exists());
 }
+
+/// This process's hard RLIMIT_NOFILE, and whether it may raise it (CAP_SYS_RESOURCE, bit
+/// 24 of CapEff; some VMs withhold it even from root).
+fn nofile_hard_and_may_raise() -> (u64, bool) {
+    let limits = fs::read_to_string("/proc/self/limits").unwrap();
+    let hard = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files in /proc/self/limits");
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    (hard, eff & (1 << 24) != 0)
+}
+
+/// Rlimits are set before the user namespace is entered: inside it no process can raise
+/// a hard limit (that takes CAP_SYS_RESOURCE in the host's namespace), and podman asks
+/// every container for nofile 1048576. Where the host lets root raise it the container
+/// gets it; where it does not, ferry runs it with the host's ceiling, as outside a user
+/// namespace. Lowering always works.
+#[test]
+fn rlimits_are_set_before_the_user_namespace_so_they_can_be_raised() {
+    let ferry = Ferry::new();
+    let (hard, may_raise) = nofile_hard_and_may_raise();
+    let want = if may_raise {
+        1048576
+    } else {
+        hard.min(1048576)
+    };
+    for (soft_hard, expect) in [
+        ((1048576, 1048576), (want, want)),
+        ((512, 1024), (512, 1024)),
+    ] {
+        let mut bundle = userns_bundle(&ferry, &["sh", "-c", "ulimit -n; ulimit -Hn"]);
+        bundle.edit(|s| {
+            s["process"]["rlimits"] = serde_json::json!([{
+                "type": "RLIMIT_NOFILE", "soft": soft_hard.0, "hard": soft_hard.1
+            }]);
+        });
+        bundle.save();
+        let id = ferry.id("rlimit");
+        let out = ferry.run(&["run", "--bundle", bundle.path_str(), &id]).ok();
+        let got: Vec<u64> = out
+            .stdout
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec![expect.0, expect.1],
+            "asked for {soft_hard:?}: {out:?}"
+        );
+    }
+}

@@ -50,6 +50,12 @@ pub fn stage1(setup: Setup, chan: Channel) -> ! {
 
 fn stage1_inner(setup: Setup, chan: &Channel) -> Result<()> {
     chan.expect(&Msg::Continue, "waiting to be placed in the cgroup")?;
+    // Before any namespace: raising a hard limit needs CAP_SYS_RESOURCE in the host's user
+    // namespace, which a process in a user namespace of its own never has (runc does the
+    // same). The container process inherits them across the fork below.
+    if let Some(r) = setup.process.rlimits() {
+        capabilities::set_rlimits(r)?;
+    }
     match setup.kind {
         Kind::Init { .. } => enter_new_namespaces(setup.spec, chan)?,
         Kind::Exec { init_pid } => join_namespaces_of(init_pid)?,
@@ -329,9 +335,6 @@ impl Exec {
 
 fn prepare_exec(setup: &Setup) -> Result<Exec> {
     let p = setup.process;
-    if let Some(r) = p.rlimits() {
-        capabilities::set_rlimits(r)?;
-    }
     let nnp = p.no_new_privileges().unwrap_or(false);
     let profile = setup
         .spec
