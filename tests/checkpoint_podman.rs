@@ -143,24 +143,35 @@ fn podman_checkpoint_and_restore_argv_lines_against_ferry() {
 
 #[test]
 fn podman_container_checkpoint_export_and_restore_import_with_ferry() {
+    podman_export_import_round_trip("podck", &[]);
+}
+
+/// The same with the container in a user namespace of its own (`--uidmap`/`--gidmap`):
+/// ferry's restore lets the mapped root search podman's images directory.
+#[test]
+fn podman_checkpoint_export_and_restore_import_of_a_user_namespaced_container() {
+    podman_export_import_round_trip(
+        "podckuns",
+        &["--uidmap", "0:400000:65536", "--gidmap", "0:400000:65536"],
+    );
+}
+
+/// `podman run -d EXTRA` a counting busybox, `podman container checkpoint -e`, remove it,
+/// `podman container restore -i`: it runs again and counts on.
+fn podman_export_import_round_trip(prefix: &str, extra: &[&str]) {
     require_criu();
     let podman = Podman::new();
     let image = pull(&podman);
-    let name = unique_id("podck");
-    podman
-        .run(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "none",
-            &image,
-            "sh",
-            "-c",
-            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
-        ])
-        .ok();
+    let name = unique_id(prefix);
+    let mut run = vec!["run", "-d", "--name", &name, "--network", "none"];
+    run.extend_from_slice(extra);
+    run.extend_from_slice(&[
+        &image,
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+    ]);
+    podman.run(&run).ok();
     let count = |podman: &Podman| -> u64 {
         let out = podman.run(&["exec", &name, "cat", "/tmp/count"]);
         out.stdout.trim().parse().unwrap_or(0)
