@@ -38,8 +38,9 @@ else
   say "Debian packages: all present"
 fi
 
-# ferry's own changes to CRIU 4.1 (see each patch's header): a fix for this kernel, and
-# a dump that skips walking an empty namespace's conntrack table; a CRIU built from
+# ferry's own changes to CRIU 4.1 (see each patch's header): a fix for this kernel, a
+# dump that skips walking an empty namespace's conntrack table, and a lazy page server
+# that works without CAP_SYS_RESOURCE; a CRIU built from
 # Debian's source must carry exactly this set, recorded in a stamp beside it.
 PATCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches"
 PATCH_ID=$(cat "$PATCH_DIR"/*.patch 2>/dev/null | sha256sum | cut -c1-16)
