@@ -1318,3 +1318,218 @@ fn a_user_namespace_container_round_trips_with_its_tmpfs_carried_by_criu() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// A CRIU daemon the test started, killed if the test fails before it ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
+/// runc-style `checkpoint --page-server`: the memory goes to a `criu page-server` over TCP
+/// (here into the same images directory, as on a host that receives the dump), the rest
+/// to the images directory; restoring from it brings the same memory back.
+#[test]
+fn page_server_receives_the_memory_and_the_restore_uses_it() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "16", SEED, "/tmp"]);
+    bundle.with_helper("memhold").save();
+    let (id, mem, at) = start_bundle(&host, &bundle, "pgsrv");
+    let sum = mem.checksum().expect("memhold wrote no checksum");
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    let server_work = host.ferry.scratch().join("server-work");
+    fs::create_dir_all(&images).unwrap();
+    fs::create_dir_all(&server_work).unwrap();
+    let port = free_port();
+    let mut server = Daemon(
+        std::process::Command::new(CRIU)
+            .args([
+                "page-server",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "-D",
+            ])
+            .arg(&images)
+            .arg("-W")
+            .arg(&server_work)
+            .args(["-v4", "-o", "page-server.log"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // CRIU runs its status-ready step once it listens (it logs "Starting" before).
+    wait_for("criu page-server to listen", WAIT, || {
+        fs::read_to_string(server_work.join("page-server.log"))
+            .is_ok_and(|l| l.contains("Running status-ready scripts"))
+    });
+    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+    let page_server = format!("127.0.0.1:{port}");
+    host.run(&[
+        "checkpoint",
+        "--page-server",
+        &page_server,
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        &id,
+    ])
+    .ok();
+    assert!(
+        server.0.wait().unwrap().success(),
+        "criu page-server failed"
+    );
+    let dump = fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(
+        dump.contains(&format!("Connecting to server 127.0.0.1:{port}")),
+        "the dump did not send its pages to the page server"
+    );
+    assert!(
+        fs::read_dir(&images).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("pages-")),
+        "the page server wrote no pages"
+    );
+    restore_from(&host, &bundle, &id, &images, &work).ok();
+    counts_on(&host, &id, &mem, at);
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(
+        mem.wait_rehash(1),
+        sum,
+        "memory from the page server differs"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
+
+/// runc's lazy migration (its checkpoint.bats does the same): `checkpoint --lazy-pages
+/// --page-server` dumps everything but the memory and says on `--status-fd` when its page
+/// server is up; CRIU's lazy-pages daemon fetches the pages from it as the restored
+/// container (`restore --lazy-pages`, a new id beside the frozen source) touches them. The
+/// source is gone once every page has moved; the copy counts on with the same memory.
+#[test]
+fn lazy_pages_move_the_memory_after_the_restore_through_criu_page_server() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let host = Host::new();
+    let lazy_ok = std::process::Command::new(CRIU)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        lazy_ok,
+        "this kernel or CRIU lacks uffd-noncoop (userfaultfd)"
+    );
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "16", SEED, "/tmp"]);
+    bundle.with_helper("memhold").save();
+    let (id, mem, at) = start_bundle(&host, &bundle, "lazy");
+    let sum = mem.checksum().expect("memhold wrote no checksum");
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    let lazy_work = host.ferry.scratch().join("lazy-work");
+    fs::create_dir_all(&lazy_work).unwrap();
+    let port = free_port();
+    let page_server = format!("127.0.0.1:{port}");
+
+    let (status_r, status_w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+    let mut ck = host.command(&[
+        "checkpoint",
+        "--lazy-pages",
+        "--page-server",
+        &page_server,
+        "--status-fd",
+        "3",
+        "--image-path",
+        images.to_str().unwrap(),
+        "--work-path",
+        work.to_str().unwrap(),
+        &id,
+    ]);
+    let w = status_w.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; the pipe's write end becomes the child's fd 3.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut ck, move || {
+            if libc::dup2(w, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let ck = ck
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(status_w);
+    let mut ready = [1u8; 1];
+    let n = fs::File::from(status_r).read(&mut ready).unwrap();
+    assert_eq!((n, ready[0]), (1, 0), "no ready byte on --status-fd");
+    assert!(images.join("inventory.img").exists());
+    assert_eq!(
+        host.ferry.status(&id).as_deref(),
+        Some("running"),
+        "the source must wait, frozen, for its pages to move"
+    );
+
+    let mut daemon = Daemon(
+        std::process::Command::new(CRIU)
+            .args(["lazy-pages", "--page-server", "--address", "127.0.0.1"])
+            .args(["--port", &port, "-D"])
+            .arg(&images)
+            .arg("-W")
+            .arg(&lazy_work)
+            .args(["-v4", "-o", "lazy-pages.log"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the lazy-pages daemon's socket", WAIT, || {
+        lazy_work.join("lazy-pages.socket").exists()
+    });
+    let copy = host.id("lazycopy");
+    let out = host.run_quiet(&[
+        "restore",
+        "--lazy-pages",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        images.to_str().unwrap(),
+        "--work-path",
+        lazy_work.to_str().unwrap(),
+        "-d",
+        &copy,
+    ]);
+    assert!(out.success(), "restore --lazy-pages failed: {}", out.stderr);
+    let ck = ck.wait_with_output().unwrap();
+    assert!(
+        ck.status.success(),
+        "checkpoint --lazy-pages failed: {}",
+        String::from_utf8_lossy(&ck.stderr)
+    );
+    assert!(daemon.0.wait().unwrap().success(), "criu lazy-pages failed");
+    assert!(!host.ids().contains(&id), "the source outlived its pages");
+    counts_on(&host, &copy, &mem, at);
+    host.run(&["kill", &copy, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "lazily restored memory differs");
+    host.run(&["delete", "--force", &copy]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &copy);
+}
