@@ -1533,3 +1533,87 @@ fn lazy_pages_move_the_memory_after_the_restore_through_criu_page_server() {
     host.run(&["delete", "--force", &copy]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &copy);
 }
+
+/// A named network namespace (`ip netns add`), removed when dropped.
+struct NetNs(String);
+
+impl NetNs {
+    fn add(name: &str) -> NetNs {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} (iproute2)");
+        NetNs(name.to_string())
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// A container that joins a network namespace by path (podman's with netavark, a CNI
+/// plugin's): the namespace is not the container's to carry. The dump declares it
+/// external (`extRootNetNS`, as runc does) and the restore puts the container back into
+/// the same namespace, still holding its address; runc's checkpoint.bats has the same.
+#[test]
+fn a_joined_network_namespace_stays_outside_the_images_and_is_joined_again() {
+    let host = Host::new();
+    let netns = NetNs::add(&host.id("extnet"));
+    let ip = |args: &str| {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip netns exec {} ip {args}", netns.0))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args} in {}", netns.0);
+    };
+    ip("link set lo up");
+    ip("addr add 192.0.2.7/32 dev lo");
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.namespace("network", Some(&netns.path()));
+    bundle.save();
+    let (id, mem, at) = start_bundle(&host, &bundle, "extnet");
+    let inode = |p: &str| fs::metadata(p).map(|m| m.ino()).unwrap();
+    let ns_inode = inode(&netns.path());
+    let of_container = |id: &str| inode(&format!("/proc/{}/ns/net", host.ferry.pid(id)));
+    assert_eq!(of_container(&id), ns_inode);
+    let images = host.ferry.scratch().join("images");
+    let work = host.ferry.scratch().join("work");
+    checkpoint_to(&host, &id, &images, &work);
+    let dump = fs::read_to_string(work.join("dump.log")).unwrap();
+    assert!(
+        dump.contains(&format!("net[{ns_inode}] netns is external")),
+        "the joined namespace net[{ns_inode}] was not declared external"
+    );
+    assert!(
+        !fs::read_dir(&images).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("ifaddr-")),
+        "CRIU carried the joined namespace's addresses"
+    );
+    restore_from(&host, &bundle, &id, &images, &work).ok();
+    counts_on(&host, &id, &mem, at);
+    assert_eq!(
+        of_container(&id),
+        ns_inode,
+        "restored into another namespace"
+    );
+    assert!(
+        inside(&host, &id, "ip -o addr show dev lo").contains("192.0.2.7"),
+        "the namespace's address is gone"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
