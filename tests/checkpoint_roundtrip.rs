@@ -1617,3 +1617,99 @@ fn a_joined_network_namespace_stays_outside_the_images_and_is_joined_again() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// `ferry ARGS` with its stdin, stdout and stderr on the terminal `tty` (a pty slave).
+fn on_terminal(host: &Host, tty: &std::os::fd::OwnedFd, args: &[&str]) -> std::process::Output {
+    let io = || std::process::Stdio::from(tty.try_clone().unwrap());
+    host.command(args)
+        .stdin(io())
+        .stdout(io())
+        .stderr(io())
+        .output()
+        .unwrap()
+}
+
+/// A container started from a shell, its stdio on the caller's terminal rather than one
+/// of its own (`process.terminal` false): runc's `--shell-job`. Without it ferry says what
+/// to do before freezing anything; with it CRIU keeps the terminal out of the images, and
+/// the restore (with `--shell-job` too) puts the container on the restoring shell's
+/// terminal, counting on with its memory.
+#[test]
+fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
+    bundle.with_helper("memhold").save();
+    let first = nix::pty::openpty(None, None).unwrap();
+    let id = host.id("shelljob");
+    let created = on_terminal(
+        &host,
+        &first.slave,
+        &["create", "--bundle", bundle.path_str(), &id],
+    );
+    assert!(
+        created.status.success(),
+        "ferry create on a terminal failed"
+    );
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let at = mem.wait_count_above(2);
+    let sum = mem.checksum().expect("memhold wrote no checksum");
+    let images = host.ferry.scratch().join("images");
+    let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
+    let refused = host
+        .run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
+        .fails();
+    assert!(
+        refused.stderr.contains("a terminal outside the container")
+            && refused.stderr.contains("--shell-job"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    host.run(&[
+        "checkpoint",
+        "--shell-job",
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        &id,
+    ])
+    .ok();
+    drop(first);
+
+    let second = nix::pty::openpty(None, None).unwrap();
+    let restored = on_terminal(
+        &host,
+        &second.slave,
+        &[
+            "restore",
+            "--shell-job",
+            "--bundle",
+            bundle.path_str(),
+            "--image-path",
+            i,
+            "--work-path",
+            w,
+            "-d",
+            &id,
+        ],
+    );
+    assert!(
+        restored.status.success(),
+        "restore --shell-job failed: {}",
+        fs::read_to_string(images.join("restore.log")).unwrap_or_default()
+    );
+    counts_on(&host, &id, &mem, at);
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "restored memory differs");
+    let tty = nix::unistd::ttyname(&second.slave).unwrap();
+    let pid = host.ferry.pid(&id);
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
+        tty,
+        "the shell job is not on its restore's terminal"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}

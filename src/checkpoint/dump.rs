@@ -196,13 +196,15 @@ impl Container {
     }
 
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
-        self.check_checkpointable()?;
+        self.check_checkpointable(opts.shell_job)?;
         self.dump(opts)
     }
 
     /// What must hold before anything is frozen: the container runs (or is paused) and its
     /// stdio is something CRIU can checkpoint. Returns the status it found.
-    pub(crate) fn check_checkpointable(&self) -> Result<Status> {
+    /// `shell_job`: a terminal outside the container is the caller's to vouch for, as
+    /// CRIU's `--shell-job` says (it dumps such a terminal as external).
+    pub(crate) fn check_checkpointable(&self, shell_job: bool) -> Result<Status> {
         let status = self.status()?;
         if !matches!(status, Status::Running | Status::Paused) {
             return Err(self.invalid(
@@ -211,7 +213,7 @@ impl Container {
                 "; only a running container can be checkpointed",
             ));
         }
-        self.check_stdio()?;
+        self.check_stdio(shell_job)?;
         Ok(status)
     }
 
@@ -446,7 +448,7 @@ impl Container {
     /// CRIU cannot checkpoint an fd on a file outside the container's mounts, and the usual
     /// one is stdio left pointing at a host file by whoever started the container. Say so
     /// before anything is frozen.
-    pub(crate) fn check_stdio(&self) -> Result<()> {
+    pub(crate) fn check_stdio(&self, shell_job: bool) -> Result<()> {
         let pid = self.pid();
         let mounts: std::collections::HashSet<u64> =
             std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
@@ -469,13 +471,20 @@ impl Container {
                 && !mounts.contains(&mnt)
             {
                 let target = crate::sys::proc::fd_target(pid, fd).unwrap_or_default();
-                let what = if kind.is_file() {
-                    "a file"
-                } else if target.starts_with("/dev/pts/") || target.starts_with("/dev/tty") {
-                    "a terminal"
-                } else {
-                    "a device"
-                };
+                let terminal = target.starts_with("/dev/pts/") || target.starts_with("/dev/tty");
+                if terminal && kind.is_char_device() {
+                    if shell_job {
+                        continue;
+                    }
+                    return Err(Error::Other(format!(
+                        "container {:?}: its {name} is {target}, a terminal outside the \
+                         container, which CRIU checkpoints only as a shell job: pass \
+                         --shell-job (to restore too), or give the container a terminal of \
+                         its own (process.terminal)",
+                        self.id
+                    )));
+                }
+                let what = if kind.is_file() { "a file" } else { "a device" };
                 return Err(Error::Other(format!(
                     "container {:?}: its {name} is {target}, {what} outside the container, \
                      which CRIU cannot checkpoint; start detached containers with stdio on \

@@ -313,7 +313,7 @@ impl Container {
 
     pub fn export(&self, opts: &ExportOptions) -> Result<ExportStats> {
         let t0 = Instant::now();
-        let status = self.check_checkpointable()?;
+        let status = self.check_checkpointable(false)?;
         let layers = if opts.ignore_rootfs {
             None
         } else {

@@ -263,7 +263,9 @@ impl Runtime {
             manage_cgroups: true,
             cgroup_mode: cgroup_mode(opts.manage_cgroups_mode.as_deref()).map_err(fail)?,
             empty_ns,
-            orphan_pts_master: true,
+            // A shell job's tasks take the caller's terminal through criu's stdio; CRIU
+            // would otherwise hand them a new pty, whose master needs a console socket.
+            orphan_pts_master: !opts.shell_job || opts.console_socket.is_some(),
             auto_dedup: opts.auto_dedup,
             lazy_pages: opts.lazy_pages,
             ext_mounts: {
@@ -291,7 +293,11 @@ impl Runtime {
             lsm_mount_context: opts.lsm_mount_context.clone(),
             config_file: criu_config_file(spec),
             network_lock: Some(network_lock),
-            stdio: None,
+            stdio: if opts.shell_job {
+                Some(own_stdio().map_err(fail)?)
+            } else {
+                None
+            },
         };
 
         let base = Record {
@@ -362,6 +368,20 @@ impl Runtime {
             network_lock,
         })
     }
+}
+
+/// Copies of our stdin, stdout and stderr, for criu to pass on to a shell job.
+fn own_stdio() -> Result<[OwnedFd; 3]> {
+    use std::os::fd::AsFd;
+    let copy = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .ctx(|| "duplicate our stdio for a shell job's restore")
+    };
+    Ok([
+        copy(std::io::stdin().as_fd())?,
+        copy(std::io::stdout().as_fd())?,
+        copy(std::io::stderr().as_fd())?,
+    ])
 }
 
 /// The network state a dump recorded when it left the namespace out of the images
