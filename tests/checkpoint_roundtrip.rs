@@ -1713,3 +1713,72 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// runc's `--manage-cgroups-mode` on both sides: soft, full and ignore each bring the
+/// container back into its own cgroup with its limit; strict, which makes CRIU refuse any
+/// cgroup that exists, is refused before anything is made (ferry, like runc, makes the
+/// container's cgroup before CRIU restores into it), and says what to use instead.
+#[test]
+fn every_cgroup_mode_restores_into_the_containers_cgroup_and_strict_is_refused_first() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.resources(json!({ "pids": { "limit": 77 } }));
+    bundle.save();
+    let pids_max = |pid: i32| {
+        fs::read_to_string(cgroup_dir(pid, "pids").join("pids.max"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    for mode in ["soft", "full", "ignore", "strict"] {
+        let (id, mem, at) = start_bundle(&host, &bundle, mode);
+        let cgroup = cgroup_dir(host.ferry.pid(&id), "pids");
+        let images = host.ferry.scratch().join(format!("images-{mode}"));
+        let work = host.ferry.scratch().join(format!("work-{mode}"));
+        let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+        let flag = ["--manage-cgroups-mode", mode];
+        host.run(
+            &[
+                &["checkpoint"],
+                &flag[..],
+                &["--image-path", i, "--work-path", w, &id],
+            ]
+            .concat(),
+        )
+        .ok();
+        let restore = [
+            &["restore"],
+            &flag[..],
+            &[
+                "--bundle",
+                bundle.path_str(),
+                "--image-path",
+                i,
+                "--work-path",
+                w,
+                "-d",
+                &id,
+            ],
+        ]
+        .concat();
+        if mode == "strict" {
+            let out = host.run(&restore).fails();
+            assert!(
+                out.stderr.contains("strict") && out.stderr.contains("use full"),
+                "{}",
+                out.stderr
+            );
+            assert_deleted(&host, &id);
+            assert!(cgroup_dirs_for(&id).is_empty(), "strict left a cgroup");
+            continue;
+        }
+        host.run(&restore).ok();
+        counts_on(&host, &id, &mem, at);
+        let pid = host.ferry.pid(&id);
+        assert_eq!(cgroup_dir(pid, "pids"), cgroup, "{mode}: another cgroup");
+        assert_eq!(pids_max(pid), "77", "{mode}: the limit is gone");
+        host.run(&["delete", "--force", &id]).ok();
+        assert_no_leftovers(&host.ferry, &bundle, &id);
+    }
+}

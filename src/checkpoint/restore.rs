@@ -101,6 +101,15 @@ impl Runtime {
                 opts.image_path.display()
             )));
         }
+        if cgroup_mode(opts.manage_cgroups_mode.as_deref())? == crate::criu::CgroupMode::Strict {
+            return Err(Error::Other(
+                "--manage-cgroups-mode strict: CRIU then refuses any cgroup that exists, and \
+                 ferry (like runc) makes the container's cgroup before CRIU restores into it, \
+                 so that its limits hold from the first task; use full to have CRIU restore \
+                 the checkpointed cgroup properties into it, or soft"
+                    .into(),
+            ));
+        }
         let terminal = spec
             .process()
             .as_ref()
