@@ -1782,3 +1782,98 @@ fn every_cgroup_mode_restores_into_the_containers_cgroup_and_strict_is_refused_f
         assert_no_leftovers(&host.ferry, &bundle, &id);
     }
 }
+
+/// The next "tick N" `sock` receives from dgramlog, as N; None when none comes (within
+/// the socket's timeout, or at once on a non-blocking socket).
+fn tick(sock: &std::os::unix::net::UnixDatagram) -> Option<u64> {
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).ok()?;
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    let n = msg.strip_prefix("tick ").and_then(|v| v.parse().ok());
+    Some(n.unwrap_or_else(|| panic!("not a tick: {msg:?}")))
+}
+
+/// A container that logs to a syslog-style datagram socket of the host, bound into it at
+/// the same path (as /dev/log or journald's socket are): its connected socket's peer is
+/// outside the container. Without `--ext-unix-sk` CRIU refuses, ferry says which flag,
+/// and the container runs on; with it on both sides the restored process is connected to
+/// the same listener again (CRIU connects by the peer's name) and counts on where it was.
+/// The container is on the host's network (podman --network host): CRIU looks for a unix
+/// socket's peer only in the dumped network namespace.
+#[test]
+fn ext_unix_sk_carries_a_socket_connected_to_a_listener_outside() {
+    let host = Host::new();
+    let logdir = host.ferry.scratch().join("log");
+    fs::create_dir_all(&logdir).unwrap();
+    let listener = std::os::unix::net::UnixDatagram::bind(logdir.join("sock")).unwrap();
+    let next_tick = |l: &std::os::unix::net::UnixDatagram| tick(l).expect("no tick in 10 s");
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let sock = logdir.join("sock");
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/dgramlog", sock.to_str().unwrap()]);
+    bundle.with_helper("dgramlog").edit(|s| {
+        let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": logdir.to_str().unwrap(),
+            "type": "bind",
+            "source": logdir.to_str().unwrap(),
+            "options": ["rbind", "rw"],
+        }));
+    });
+    bundle.save();
+    let id = host.id("extunix");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    next_tick(&listener);
+    let images = host.ferry.scratch().join("images");
+    let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
+    let refused = host
+        .run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
+        .fails();
+    assert!(refused.stderr.contains("ext-unix-sk"), "{}", refused.stderr);
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    let before = next_tick(&listener);
+    assert!(before > 1);
+    fs::remove_dir_all(&images).unwrap();
+    host.run(&[
+        "checkpoint",
+        "--ext-unix-sk",
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        &id,
+    ])
+    .ok();
+    // Drain what was sent before the freeze.
+    listener.set_nonblocking(true).unwrap();
+    let mut last = before;
+    while let Some(n) = tick(&listener) {
+        last = n;
+    }
+    listener.set_nonblocking(false).unwrap();
+    host.run_quiet(&[
+        "restore",
+        "--ext-unix-sk",
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        "-d",
+        &id,
+    ])
+    .ok();
+    let after = next_tick(&listener);
+    assert_eq!(
+        after,
+        last + 1,
+        "restarted or lost its place: {last} then {after}"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}

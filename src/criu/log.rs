@@ -17,6 +17,25 @@ pub fn is_harmless(line: &str) -> bool {
     HARMLESS.iter().any(|h| line.contains(h))
 }
 
+/// CRIU errors whose log line does not say what to do, and what to do. Matched against
+/// the excerpt, first match wins.
+const HINTS: &[(&str, &str)] = &[(
+    "without peer",
+    "a unix socket in the container is connected to one outside it (a host daemon's, \
+     such as /dev/log). On the host's network namespace --ext-unix-sk, on checkpoint and \
+     restore, carries a datagram one (its peer must be at the same path on restore); \
+     CRIU looks for the peer only in the container's network namespace, so with one of \
+     its own the connection must be closed before the checkpoint",
+)];
+
+/// Advice for a failure whose log `excerpt` CRIU leaves unexplained, if ferry knows it.
+pub fn hint(excerpt: &str) -> Option<&'static str> {
+    HINTS
+        .iter()
+        .find(|(pattern, _)| excerpt.contains(pattern))
+        .map(|(_, hint)| *hint)
+}
+
 /// Every line of the log at `log` that contains "Error", each with the 5 lines before it.
 /// Overlapping windows are merged and gaps are marked with `...`. A log without `Error`
 /// lines gives its last lines; an unreadable one says why.
@@ -107,6 +126,13 @@ mod tests {
         let only_harmless =
             "x\nError (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self\n";
         assert!(excerpt_of(only_harmless).starts_with("(no Error lines"));
+    }
+
+    #[test]
+    fn a_unix_socket_without_peer_is_explained() {
+        let ex = "Error (criu/sk-unix.c:418): unix: Unix socket 9358612 without peer 9358577\n";
+        assert!(hint(ex).is_some_and(|h| h.contains("--ext-unix-sk")));
+        assert_eq!(hint("Error (criu/cr-dump.c:2111): Dumping FAILED.\n"), None);
     }
 
     #[test]

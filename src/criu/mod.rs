@@ -95,9 +95,12 @@ pub enum Error {
 }
 
 fn log_part(log: Option<&Path>, excerpt: &str) -> String {
+    let hint = log::hint(excerpt)
+        .map(|h| format!("\nhint: {h}"))
+        .unwrap_or_default();
     match log {
-        Some(log) => format!("; {} says:\n{}", log.display(), excerpt.trim_end()),
-        None => String::new(),
+        Some(log) => format!("; {} says:\n{}{hint}", log.display(), excerpt.trim_end()),
+        None => hint,
     }
 }
 
