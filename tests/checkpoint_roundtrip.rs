@@ -1877,3 +1877,102 @@ fn ext_unix_sk_carries_a_socket_connected_to_a_listener_outside() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// Whether someone else holds a flock on `path` (a non-blocking try fails).
+fn flocked(path: &Path) -> bool {
+    let f = fs::OpenOptions::new().read(true).open(path).unwrap();
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    rc != 0
+}
+
+/// The pid holding a POSIX write lock on `path`, as F_GETLK reports it (in our pid
+/// namespace), if any.
+fn posix_lock_holder(path: &Path) -> Option<i32> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: a zeroed flock is a valid argument; F_GETLK fills it in.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = libc::F_WRLCK as i16;
+    l.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: F_GETLK on an fd we own with a pointer to our struct.
+    let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETLK, &mut l) };
+    assert_eq!(rc, 0, "F_GETLK: {}", std::io::Error::last_os_error());
+    (l.l_type != libc::F_UNLCK as i16).then_some(l.l_pid)
+}
+
+/// podman passes `--file-locks` on every checkpoint and restore: a container holding an
+/// flock and a POSIX record lock is refused without it (and runs on), and with it comes
+/// back holding both locks, counting on with its memory.
+#[test]
+fn file_locks_are_held_again_by_the_restored_container() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(
+        &host.ferry,
+        &[
+            "/bin/lockhold",
+            "/tmp/flock",
+            "/tmp/posix",
+            "/bin/memhold",
+            "8",
+            SEED,
+            "/tmp",
+        ],
+    );
+    bundle.with_helper("lockhold").with_helper("memhold").save();
+    let (id, mem, at) = start_bundle(&host, &bundle, "locks");
+    let sum = mem.checksum().expect("memhold wrote no checksum");
+    let (flock_file, posix_file) = (
+        bundle.host_path("/tmp/flock"),
+        bundle.host_path("/tmp/posix"),
+    );
+    assert!(flocked(&flock_file));
+    assert_eq!(posix_lock_holder(&posix_file), Some(host.ferry.pid(&id)));
+    let images = host.ferry.scratch().join("images");
+    let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
+    let refused = host
+        .run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
+        .fails();
+    assert!(refused.stderr.contains("file-locks"), "{}", refused.stderr);
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    fs::remove_dir_all(&images).unwrap();
+    let flag = "--file-locks";
+    host.run(&["checkpoint", flag, "--image-path", i, "--work-path", w, &id])
+        .ok();
+    assert!(
+        !flocked(&flock_file),
+        "the dumped container still holds its flock"
+    );
+    host.run_quiet(&[
+        "restore",
+        flag,
+        "--bundle",
+        bundle.path_str(),
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        "-d",
+        &id,
+    ])
+    .ok();
+    counts_on(&host, &id, &mem, at);
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "restored memory differs");
+    assert!(flocked(&flock_file), "the flock was not restored");
+    assert_eq!(
+        posix_lock_holder(&posix_file),
+        Some(host.ferry.pid(&id)),
+        "the POSIX lock is not held by the restored container"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
