@@ -1976,3 +1976,50 @@ fn file_locks_are_held_again_by_the_restored_container() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// runc's `--empty-ns network`: the network namespace is dumped as a bare one (whoever
+/// set it up, such as a CNI plugin, sets it up again after the restore), so an address the
+/// container had is not carried, and nothing is refused or left over for it.
+#[test]
+fn empty_ns_network_restores_a_bare_network_namespace() {
+    let host = Host::new();
+    let script = format!(
+        "ip link set lo up && ip addr add 192.0.2.9/32 dev lo && \
+         exec /bin/memhold 8 {SEED} /tmp"
+    );
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/sh", "-c", &script]);
+    bundle
+        .with_helper("memhold")
+        .edit(|s| add_capability(s, "CAP_NET_ADMIN"));
+    bundle.save();
+    let (id, mem, at) = start_bundle(&host, &bundle, "emptyns");
+    assert!(inside(&host, &id, "ip -o addr show dev lo").contains("192.0.2.9"));
+    let images = host.ferry.scratch().join("images");
+    let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
+    host.run(&[
+        "checkpoint",
+        "--empty-ns",
+        "network",
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        &id,
+    ])
+    .ok();
+    restore_from(&host, &bundle, &id, &images, &images).ok();
+    counts_on(&host, &id, &mem, at);
+    let addrs = inside(&host, &id, "ip -o addr show");
+    assert!(
+        !addrs.contains("192.0.2.9"),
+        "the address was carried: {addrs}"
+    );
+    let pid = host.ferry.pid(&id);
+    assert_ne!(
+        fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        fs::read_link("/proc/self/ns/net").unwrap(),
+        "the restored container is on the host's network"
+    );
+    host.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&host.ferry, &bundle, &id);
+}
