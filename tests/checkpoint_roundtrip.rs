@@ -13,7 +13,7 @@ use common::*;
 use serde_json::json;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const SEED: &str = "0x5eed1234abcd";
@@ -1291,6 +1291,27 @@ fn a_user_namespace_container_round_trips_with_its_tmpfs_carried_by_criu() {
         0o700,
         "the test wants a private images dir"
     );
+    let given_back = |dir: &Path| {
+        let now = fs::metadata(dir).unwrap();
+        assert_eq!(
+            (now.gid(), now.mode()),
+            (dir_before.gid(), dir_before.mode()),
+            "the images directory was not given back as it was"
+        );
+    };
+
+    // A restore CRIU fails (a truncated image) also gives the directory back.
+    let broken = host.ferry.scratch().join("broken");
+    fs::create_dir(&broken).unwrap();
+    fs::set_permissions(&broken, fs::Permissions::from_mode(0o700)).unwrap();
+    for e in fs::read_dir(&images).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), broken.join(e.file_name())).unwrap();
+    }
+    fs::write(broken.join("core-1.img"), b"").unwrap();
+    restore_from(&host, &bundle, &id, &broken, &work).fails();
+    given_back(&broken);
+    assert_deleted(&host, &id);
 
     restore_from(&host, &bundle, &id, &images, &work).ok();
     counts_on(&host, &id, &mem, at);
@@ -1309,12 +1330,7 @@ fn a_user_namespace_container_round_trips_with_its_tmpfs_carried_by_criu() {
             .any(|l| l.split(' ').nth(4) == Some("/dev") && l.contains(" - tmpfs ")),
         "no tmpfs on /dev after the restore: {dev}"
     );
-    let dir_after = fs::metadata(&images).unwrap();
-    assert_eq!(
-        (dir_after.gid(), dir_after.mode()),
-        (dir_before.gid(), dir_before.mode()),
-        "the images directory was not given back as it was"
-    );
+    given_back(&images);
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
