@@ -1737,10 +1737,6 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
 #[test]
 fn every_cgroup_mode_restores_into_the_containers_cgroup_and_strict_is_refused_first() {
     let host = Host::new();
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
-    bundle.with_helper("memhold");
-    bundle.resources(json!({ "pids": { "limit": 77 } }));
-    bundle.save();
     let pids_max = |pid: i32| {
         fs::read_to_string(cgroup_dir(pid, "pids").join("pids.max"))
             .unwrap()
@@ -1748,6 +1744,11 @@ fn every_cgroup_mode_restores_into_the_containers_cgroup_and_strict_is_refused_f
             .to_string()
     };
     for mode in ["soft", "full", "ignore", "strict"] {
+        // A bundle each: memhold's files from the last round would pass for the new one's.
+        let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
+        bundle.with_helper("memhold");
+        bundle.resources(json!({ "pids": { "limit": 77 } }));
+        bundle.save();
         let (id, mem, at) = start_bundle(&host, &bundle, mode);
         let cgroup = cgroup_dir(host.ferry.pid(&id), "pids");
         let images = host.ferry.scratch().join(format!("images-{mode}"));
