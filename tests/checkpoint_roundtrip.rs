@@ -821,25 +821,63 @@ fn start_bundle(host: &Host, bundle: &Bundle, prefix: &str) -> (String, MemHold,
 
 /// runc-style checkpoint of `id` into `images` (and `work`, where dump.log goes).
 fn checkpoint_to(host: &Host, id: &str, images: &Path, work: &Path) {
+    checkpoint_with(host, id, images, work, &[]).ok();
+}
+
+/// runc-style `checkpoint FLAGS` of `id` into `images` and `work`; the caller says ok() or
+/// fails() (the output carries ferry's stderr).
+fn checkpoint_with(host: &Host, id: &str, images: &Path, work: &Path, flags: &[&str]) -> Output {
     let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
-    host.run(&["checkpoint", "--image-path", i, "--work-path", w, id])
-        .ok();
+    let args = [
+        &["checkpoint"],
+        flags,
+        &["--image-path", i, "--work-path", w, id],
+    ]
+    .concat();
+    host.run(&args)
 }
 
 /// runc-style restore of `id` from `images` with `bundle`; the caller says ok() or fails().
 fn restore_from(host: &Host, bundle: &Bundle, id: &str, images: &Path, work: &Path) -> Output {
+    restore_with(host, bundle, id, images, work, &[])
+}
+
+/// runc-style `restore FLAGS -d` of `id` from `images` with `bundle`, quiet (the restored
+/// container may keep what it is given as stdio); the caller says ok() or fails().
+fn restore_with(
+    host: &Host,
+    bundle: &Bundle,
+    id: &str,
+    images: &Path,
+    work: &Path,
+    flags: &[&str],
+) -> Output {
     let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
-    host.run_quiet(&[
-        "restore",
-        "--bundle",
-        bundle.path_str(),
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        "-d",
-        id,
-    ])
+    let b = bundle.path_str();
+    let args = [
+        &["restore"],
+        flags,
+        &["--bundle", b, "--image-path", i, "--work-path", w, "-d", id],
+    ]
+    .concat();
+    host.run_quiet(&args)
+}
+
+/// A restored bundle container `id` (memhold, at `at` when checkpointed, its memory
+/// hashing to `sum`) counts on and rehashes to `sum` (`via`: what the memory came
+/// through); then it is deleted and leaves nothing.
+fn bundle_goes_on_then_delete(
+    host: &Host,
+    bundle: &Bundle,
+    id: &str,
+    (mem, at, sum): (&MemHold, (u64, u64), &str),
+    via: &str,
+) {
+    counts_on(host, id, mem, at);
+    host.run(&["kill", id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "memory restored {via} differs");
+    host.run(&["delete", "--force", id]).ok();
+    assert_no_leftovers(&host.ferry, bundle, id);
 }
 
 /// A restored `id` runs and counts on from `at` (same run id), rather than restarting.
@@ -1394,19 +1432,8 @@ fn page_server_receives_the_memory_and_the_restore_uses_it() {
         fs::read_to_string(server_work.join("page-server.log"))
             .is_ok_and(|l| l.contains("Running status-ready scripts"))
     });
-    let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
     let page_server = format!("127.0.0.1:{port}");
-    host.run(&[
-        "checkpoint",
-        "--page-server",
-        &page_server,
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        &id,
-    ])
-    .ok();
+    checkpoint_with(&host, &id, &images, &work, &["--page-server", &page_server]).ok();
     assert!(
         server.0.wait().unwrap().success(),
         "criu page-server failed"
@@ -1425,15 +1452,7 @@ fn page_server_receives_the_memory_and_the_restore_uses_it() {
         "the page server wrote no pages"
     );
     restore_from(&host, &bundle, &id, &images, &work).ok();
-    counts_on(&host, &id, &mem, at);
-    host.run(&["kill", &id, "USR1"]).ok();
-    assert_eq!(
-        mem.wait_rehash(1),
-        sum,
-        "memory from the page server differs"
-    );
-    host.run(&["delete", "--force", &id]).ok();
-    assert_no_leftovers(&host.ferry, &bundle, &id);
+    bundle_goes_on_then_delete(&host, &bundle, &id, (&mem, at, &sum), "from a page server");
 }
 
 /// runc's lazy migration (its checkpoint.bats does the same): `checkpoint --lazy-pages
@@ -1522,19 +1541,16 @@ fn lazy_pages_move_the_memory_after_the_restore_through_criu_page_server() {
         lazy_work.join("lazy-pages.socket").exists()
     });
     let copy = host.id("lazycopy");
-    let out = host.run_quiet(&[
-        "restore",
-        "--lazy-pages",
-        "--bundle",
-        bundle.path_str(),
-        "--image-path",
-        images.to_str().unwrap(),
-        "--work-path",
-        lazy_work.to_str().unwrap(),
-        "-d",
+    // Its work dir is the daemon's: restore finds lazy-pages.socket there.
+    restore_with(
+        &host,
+        &bundle,
         &copy,
-    ]);
-    assert!(out.success(), "restore --lazy-pages failed: {}", out.stderr);
+        &images,
+        &lazy_work,
+        &["--lazy-pages"],
+    )
+    .ok();
     let ck = ck.wait_with_output().unwrap();
     assert!(
         ck.status.success(),
@@ -1543,11 +1559,7 @@ fn lazy_pages_move_the_memory_after_the_restore_through_criu_page_server() {
     );
     assert!(daemon.0.wait().unwrap().success(), "criu lazy-pages failed");
     assert!(!host.ids().contains(&id), "the source outlived its pages");
-    counts_on(&host, &copy, &mem, at);
-    host.run(&["kill", &copy, "USR1"]).ok();
-    assert_eq!(mem.wait_rehash(1), sum, "lazily restored memory differs");
-    host.run(&["delete", "--force", &copy]).ok();
-    assert_no_leftovers(&host.ferry, &bundle, &copy);
+    bundle_goes_on_then_delete(&host, &bundle, &copy, (&mem, at, &sum), "lazily");
 }
 
 /// A named network namespace (`ip netns add`), removed when dropped.
@@ -1672,9 +1684,7 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
     let sum = mem.checksum().expect("memhold wrote no checksum");
     let images = host.ferry.scratch().join("images");
     let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
-    let refused = host
-        .run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
-        .fails();
+    let refused = checkpoint_with(&host, &id, &images, &images, &[]).fails();
     assert!(
         refused.stderr.contains("a terminal outside the container")
             && refused.stderr.contains("--shell-job"),
@@ -1682,16 +1692,7 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
         refused.stderr
     );
     assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
-    host.run(&[
-        "checkpoint",
-        "--shell-job",
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        &id,
-    ])
-    .ok();
+    checkpoint_with(&host, &id, &images, &images, &["--shell-job"]).ok();
     drop(first);
 
     let second = nix::pty::openpty(None, None).unwrap();
@@ -1716,9 +1717,7 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
         "restore --shell-job failed: {}",
         fs::read_to_string(images.join("restore.log")).unwrap_or_default()
     );
-    counts_on(&host, &id, &mem, at);
-    host.run(&["kill", &id, "USR1"]).ok();
-    assert_eq!(mem.wait_rehash(1), sum, "restored memory differs");
+    host.ferry.wait_status(&id, "running");
     let tty = nix::unistd::ttyname(&second.slave).unwrap();
     let pid = host.ferry.pid(&id);
     assert_eq!(
@@ -1726,8 +1725,7 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
         tty,
         "the shell job is not on its restore's terminal"
     );
-    host.run(&["delete", "--force", &id]).ok();
-    assert_no_leftovers(&host.ferry, &bundle, &id);
+    bundle_goes_on_then_delete(&host, &bundle, &id, (&mem, at, &sum), "as a shell job");
 }
 
 /// runc's `--manage-cgroups-mode` on both sides: soft, full and ignore each bring the
@@ -1753,34 +1751,24 @@ fn every_cgroup_mode_restores_into_the_containers_cgroup_and_strict_is_refused_f
         let cgroup = cgroup_dir(host.ferry.pid(&id), "pids");
         let images = host.ferry.scratch().join(format!("images-{mode}"));
         let work = host.ferry.scratch().join(format!("work-{mode}"));
-        let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
         let flag = ["--manage-cgroups-mode", mode];
-        host.run(
-            &[
-                &["checkpoint"],
-                &flag[..],
-                &["--image-path", i, "--work-path", w, &id],
-            ]
-            .concat(),
-        )
-        .ok();
-        let restore = [
-            &["restore"],
-            &flag[..],
-            &[
+        checkpoint_with(&host, &id, &images, &work, &flag).ok();
+        if mode == "strict" {
+            let (i, w) = (images.to_str().unwrap(), work.to_str().unwrap());
+            let b = bundle.path_str();
+            let rest = [
                 "--bundle",
-                bundle.path_str(),
+                b,
                 "--image-path",
                 i,
                 "--work-path",
                 w,
                 "-d",
                 &id,
-            ],
-        ]
-        .concat();
-        if mode == "strict" {
-            let out = host.run(&restore).fails();
+            ];
+            let out = host
+                .run(&[&["restore"], &flag[..], &rest[..]].concat())
+                .fails();
             assert!(
                 out.stderr.contains("strict") && out.stderr.contains("use full"),
                 "{}",
@@ -1790,7 +1778,7 @@ fn every_cgroup_mode_restores_into_the_containers_cgroup_and_strict_is_refused_f
             assert!(cgroup_dirs_for(&id).is_empty(), "strict left a cgroup");
             continue;
         }
-        host.run(&restore).ok();
+        restore_with(&host, &bundle, &id, &images, &work, &flag).ok();
         counts_on(&host, &id, &mem, at);
         let pid = host.ferry.pid(&id);
         assert_eq!(cgroup_dir(pid, "pids"), cgroup, "{mode}: another cgroup");
@@ -1846,25 +1834,14 @@ fn ext_unix_sk_carries_a_socket_connected_to_a_listener_outside() {
     host.run(&["start", &id]).ok();
     next_tick(&listener);
     let images = host.ferry.scratch().join("images");
-    let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
-    let refused = host
-        .run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
-        .fails();
+    let refused = checkpoint_with(&host, &id, &images, &images, &[]).fails();
     assert!(refused.stderr.contains("ext-unix-sk"), "{}", refused.stderr);
     assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
     let before = next_tick(&listener);
     assert!(before > 1);
     fs::remove_dir_all(&images).unwrap();
-    host.run(&[
-        "checkpoint",
-        "--ext-unix-sk",
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        &id,
-    ])
-    .ok();
+    let flag = ["--ext-unix-sk"];
+    checkpoint_with(&host, &id, &images, &images, &flag).ok();
     // Drain what was sent before the freeze.
     listener.set_nonblocking(true).unwrap();
     let mut last = before;
@@ -1872,19 +1849,7 @@ fn ext_unix_sk_carries_a_socket_connected_to_a_listener_outside() {
         last = n;
     }
     listener.set_nonblocking(false).unwrap();
-    host.run_quiet(&[
-        "restore",
-        "--ext-unix-sk",
-        "--bundle",
-        bundle.path_str(),
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        "-d",
-        &id,
-    ])
-    .ok();
+    restore_with(&host, &bundle, &id, &images, &images, &flag).ok();
     let after = next_tick(&listener);
     assert_eq!(
         after,
@@ -1954,44 +1919,25 @@ fn file_locks_are_held_again_by_the_restored_container() {
     assert!(flocked(&flock_file));
     assert_eq!(posix_lock_holder(&posix_file), Some(host.ferry.pid(&id)));
     let images = host.ferry.scratch().join("images");
-    let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
-    let refused = host
-        .run(&["checkpoint", "--image-path", i, "--work-path", w, &id])
-        .fails();
+    let refused = checkpoint_with(&host, &id, &images, &images, &[]).fails();
     assert!(refused.stderr.contains("file-locks"), "{}", refused.stderr);
     assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
     fs::remove_dir_all(&images).unwrap();
-    let flag = "--file-locks";
-    host.run(&["checkpoint", flag, "--image-path", i, "--work-path", w, &id])
-        .ok();
+    let flag = ["--file-locks"];
+    checkpoint_with(&host, &id, &images, &images, &flag).ok();
     assert!(
         !flocked(&flock_file),
         "the dumped container still holds its flock"
     );
-    host.run_quiet(&[
-        "restore",
-        flag,
-        "--bundle",
-        bundle.path_str(),
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        "-d",
-        &id,
-    ])
-    .ok();
-    counts_on(&host, &id, &mem, at);
-    host.run(&["kill", &id, "USR1"]).ok();
-    assert_eq!(mem.wait_rehash(1), sum, "restored memory differs");
+    restore_with(&host, &bundle, &id, &images, &images, &flag).ok();
+    host.ferry.wait_status(&id, "running");
     assert!(flocked(&flock_file), "the flock was not restored");
     assert_eq!(
         posix_lock_holder(&posix_file),
         Some(host.ferry.pid(&id)),
         "the POSIX lock is not held by the restored container"
     );
-    host.run(&["delete", "--force", &id]).ok();
-    assert_no_leftovers(&host.ferry, &bundle, &id);
+    bundle_goes_on_then_delete(&host, &bundle, &id, (&mem, at, &sum), "with its locks");
 }
 
 /// runc's `--empty-ns network`: the network namespace is dumped as a bare one (whoever
@@ -2012,18 +1958,7 @@ fn empty_ns_network_restores_a_bare_network_namespace() {
     let (id, mem, at) = start_bundle(&host, &bundle, "emptyns");
     assert!(inside(&host, &id, "ip -o addr show dev lo").contains("192.0.2.9"));
     let images = host.ferry.scratch().join("images");
-    let (i, w) = (images.to_str().unwrap(), images.to_str().unwrap());
-    host.run(&[
-        "checkpoint",
-        "--empty-ns",
-        "network",
-        "--image-path",
-        i,
-        "--work-path",
-        w,
-        &id,
-    ])
-    .ok();
+    checkpoint_with(&host, &id, &images, &images, &["--empty-ns", "network"]).ok();
     restore_from(&host, &bundle, &id, &images, &images).ok();
     counts_on(&host, &id, &mem, at);
     let addrs = inside(&host, &id, "ip -o addr show");
