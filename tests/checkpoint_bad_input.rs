@@ -789,6 +789,32 @@ fn a_failed_checkpoint_leaves_the_container_running() {
     );
     still_running_and_counting(&host, &id, &mem);
 
+    // Flags that leave part of the container out cannot make an archive: said first.
+    let archive = host.ferry.scratch().join("partial.tar");
+    let a = archive.to_str().unwrap();
+    for (flags, says) in [
+        (
+            &["--lazy-pages"][..],
+            "--lazy-pages leaves memory pages out",
+        ),
+        (
+            &["--page-server", "127.0.0.1:1"][..],
+            "--page-server leaves memory pages out",
+        ),
+        (
+            &["--shell-job"][..],
+            "--shell-job leaves the container's terminal",
+        ),
+        (&["--pre-dump"][..], "--pre-dump writes no archive"),
+    ] {
+        let out = host
+            .run(&[&["checkpoint", &id, "-e", a], flags].concat())
+            .fails();
+        assert!(out.stderr.contains(says), "{flags:?}: {}", out.stderr);
+        assert!(!archive.exists(), "{flags:?} left an archive behind");
+    }
+    still_running_and_counting(&host, &id, &mem);
+
     // stdio on a file of the host: CRIU cannot dump it.
     let id2 = host.id("hostfile");
     let tag = format!("FERRY_TEST_TAG={}", host.ferry.tag);

@@ -156,6 +156,14 @@ impl CheckpointArgs {
                     )));
                 }
             }
+            if self.criu.shell_job {
+                return Err(Error::Other(
+                    "--shell-job leaves the container's terminal (the caller's) out of the \
+                     checkpoint, and an archive (--export) must carry all of it to wherever \
+                     it is restored: checkpoint a shell job runc-style (--image-path) instead"
+                        .into(),
+                ));
+            }
             // Ctrl-C or a service stop from here on aborts cleanly (sys::interrupt).
             crate::sys::interrupt::guard();
             let opts = ExportOptions {
