@@ -1695,6 +1695,24 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
     checkpoint_with(&host, &id, &images, &images, &["--shell-job"]).ok();
     drop(first);
 
+    // Restored without a terminal to give it, it fails, says why, and leaves nothing.
+    let b = bundle.path_str();
+    let rest = [
+        "--bundle",
+        b,
+        "--image-path",
+        i,
+        "--work-path",
+        w,
+        "-d",
+        &id,
+    ];
+    let out = host
+        .run(&[&["restore", "--shell-job"], &rest[..]].concat())
+        .fails();
+    assert!(out.stderr.contains("from a terminal"), "{}", out.stderr);
+    assert_deleted(&host, &id);
+
     let second = nix::pty::openpty(None, None).unwrap();
     let restored = on_terminal(
         &host,

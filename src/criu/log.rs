@@ -19,14 +19,21 @@ pub fn is_harmless(line: &str) -> bool {
 
 /// CRIU errors whose log line does not say what to do, and what to do. Matched against
 /// the excerpt, first match wins.
-const HINTS: &[(&str, &str)] = &[(
-    "without peer",
-    "a unix socket in the container is connected to one outside it (a host daemon's, \
-     such as /dev/log). On the host's network namespace --ext-unix-sk, on checkpoint and \
-     restore, carries a datagram one (its peer must be at the same path on restore); \
-     CRIU looks for the peer only in the container's network namespace, so with one of \
-     its own the connection must be closed before the checkpoint",
-)];
+const HINTS: &[(&str, &str)] = &[
+    (
+        "without peer",
+        "a unix socket in the container is connected to one outside it (a host daemon's, \
+         such as /dev/log). On the host's network namespace --ext-unix-sk, on checkpoint \
+         and restore, carries a datagram one (its peer must be at the same path on \
+         restore); CRIU looks for the peer only in the container's network namespace, so \
+         with one of its own the connection must be closed before the checkpoint",
+    ),
+    (
+        "Don't have tty to inherit session from",
+        "the checkpointed shell job was on a terminal, and restore --shell-job gives it \
+         ferry's own: run the restore from a terminal (its stdin one)",
+    ),
+];
 
 /// Advice for a failure whose log `excerpt` CRIU leaves unexplained, if ferry knows it.
 pub fn hint(excerpt: &str) -> Option<&'static str> {
@@ -133,6 +140,8 @@ mod tests {
         let ex = "Error (criu/sk-unix.c:418): unix: Unix socket 9358612 without peer 9358577\n";
         assert!(hint(ex).is_some_and(|h| h.contains("--ext-unix-sk")));
         assert_eq!(hint("Error (criu/cr-dump.c:2111): Dumping FAILED.\n"), None);
+        let tty = "Error (criu/tty.c:1010): tty: Don't have tty to inherit session from\n";
+        assert!(hint(tty).is_some_and(|h| h.contains("from a terminal")));
     }
 
     #[test]
