@@ -483,8 +483,7 @@ fn rootfs_changes_and_dev_shm_are_preserved() {
 #[test]
 fn runc_style_image_path_round_trip_of_a_plain_bundle() {
     let host = Host::new();
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
-    bundle.with_helper("memhold");
+    let bundle = memhold_bundle(&host, "8");
     bundle.save();
     let id = host.id("runc");
     host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
@@ -805,6 +804,13 @@ fn a_shared_network_namespace_is_locked_even_with_only_lo() {
     );
     host.run(&["delete", "--force", &id]).ok();
     assert_deleted(&host, &id);
+}
+
+/// A bundle running memhold with `mib` MiB, not saved yet (callers edit it, then save).
+fn memhold_bundle(host: &Host, mib: &str) -> Bundle {
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", mib, SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle
 }
 
 /// Creates and starts a container from `bundle` (running memhold), waits until it counts;
@@ -1298,8 +1304,7 @@ fn small_tmpfs_mounts_are_recorded_and_rebuilt_and_others_left_to_criu() {
 #[test]
 fn a_user_namespace_container_round_trips_with_its_tmpfs_carried_by_criu() {
     let host = Host::new();
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
-    bundle.with_helper("memhold");
+    let mut bundle = memhold_bundle(&host, "8");
     bundle.user_namespace(300000, 65536);
     bundle.edit(|s| {
         if let Some(m) = s["mounts"].as_array_mut() {
@@ -1399,8 +1404,8 @@ fn free_port() -> String {
 #[test]
 fn page_server_receives_the_memory_and_the_restore_uses_it() {
     let host = Host::new();
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "16", SEED, "/tmp"]);
-    bundle.with_helper("memhold").save();
+    let bundle = memhold_bundle(&host, "16");
+    bundle.save();
     let (id, mem, at) = start_bundle(&host, &bundle, "pgsrv");
     let sum = mem.checksum().expect("memhold wrote no checksum");
     let images = host.ferry.scratch().join("images");
@@ -1473,8 +1478,8 @@ fn lazy_pages_move_the_memory_after_the_restore_through_criu_page_server() {
         lazy_ok,
         "this kernel or CRIU lacks uffd-noncoop (userfaultfd)"
     );
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "16", SEED, "/tmp"]);
-    bundle.with_helper("memhold").save();
+    let bundle = memhold_bundle(&host, "16");
+    bundle.save();
     let (id, mem, at) = start_bundle(&host, &bundle, "lazy");
     let sum = mem.checksum().expect("memhold wrote no checksum");
     let images = host.ferry.scratch().join("images");
@@ -1606,8 +1611,7 @@ fn a_joined_network_namespace_stays_outside_the_images_and_is_joined_again() {
     };
     ip("link set lo up");
     ip("addr add 192.0.2.7/32 dev lo");
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
-    bundle.with_helper("memhold");
+    let mut bundle = memhold_bundle(&host, "8");
     bundle.namespace("network", Some(&netns.path()));
     bundle.save();
     let (id, mem, at) = start_bundle(&host, &bundle, "extnet");
@@ -1665,8 +1669,8 @@ fn on_terminal(host: &Host, tty: &std::os::fd::OwnedFd, args: &[&str]) -> std::p
 #[test]
 fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
     let host = Host::new();
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
-    bundle.with_helper("memhold").save();
+    let bundle = memhold_bundle(&host, "8");
+    bundle.save();
     let first = nix::pty::openpty(None, None).unwrap();
     let id = host.id("shelljob");
     let created = on_terminal(
@@ -1761,8 +1765,7 @@ fn every_cgroup_mode_restores_into_the_containers_cgroup_and_strict_is_refused_f
     };
     for mode in ["soft", "full", "ignore", "strict"] {
         // A bundle each: memhold's files from the last round would pass for the new one's.
-        let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "8", SEED, "/tmp"]);
-        bundle.with_helper("memhold");
+        let mut bundle = memhold_bundle(&host, "8");
         bundle.resources(json!({ "pids": { "limit": 77 } }));
         bundle.save();
         let (id, mem, at) = start_bundle(&host, &bundle, mode);
