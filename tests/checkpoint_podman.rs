@@ -18,6 +18,12 @@ use std::path::Path;
 
 const SEED: &str = "0x90d";
 
+/// A shell counting in /tmp/count every 100 ms. Each value is written beside and renamed
+/// over, so a reader never sees the file truncated and empty (`echo > file` truncates
+/// first: a `podman exec cat` once read nothing in between).
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; \
+     sleep 0.1; done";
+
 #[test]
 fn podman_checkpoint_and_restore_argv_lines_against_ferry() {
     let host = Host::new();
@@ -165,12 +171,7 @@ fn podman_export_import_round_trip(prefix: &str, extra: &[&str]) {
     let name = unique_id(prefix);
     let mut run = vec!["run", "-d", "--name", &name, "--network", "none"];
     run.extend_from_slice(extra);
-    run.extend_from_slice(&[
-        &image,
-        "sh",
-        "-c",
-        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
-    ]);
+    run.extend_from_slice(&[&image, "sh", "-c", COUNTER]);
     podman.run(&run).ok();
     let count = |podman: &Podman| -> u64 {
         let out = podman.run(&["exec", &name, "cat", "/tmp/count"]);
@@ -216,4 +217,71 @@ fn podman_export_import_round_trip(prefix: &str, extra: &[&str]) {
         count(&podman) > after
     });
     podman.run(&["rm", "--force", "--time", "0", &name]).ok();
+}
+
+/// podman's other migration-like use: `checkpoint -e --leave-running`, then `restore -i
+/// --name COPY` beside the original, both running through ferry and each counting on its
+/// own from where the checkpoint left them.
+#[test]
+fn podman_restores_a_copy_under_a_new_name_beside_the_running_original() {
+    require_criu();
+    let podman = Podman::new();
+    let image = pull(&podman);
+    let name = unique_id("podorig");
+    let copy = unique_id("podcopy");
+    podman
+        .run(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            &image,
+            "sh",
+            "-c",
+            COUNTER,
+        ])
+        .ok();
+    let count = |c: &str| -> u64 {
+        let out = podman.run(&["exec", c, "cat", "/tmp/count"]);
+        out.stdout.trim().parse().unwrap_or(0)
+    };
+    wait_for("the podman container to count", WAIT, || count(&name) > 5);
+    let archive = podman.dir.join("ck.tar.gz");
+    let a = archive.to_str().unwrap();
+    let out = podman.run(&["container", "checkpoint", "--leave-running", "-e", a, &name]);
+    assert!(
+        out.success(),
+        "checkpoint -e --leave-running failed: {out:?}"
+    );
+    let at_checkpoint = count(&name);
+    let out = podman.run(&["container", "restore", "-i", a, "--name", &copy]);
+    assert!(out.success(), "restore -i --name failed: {out:?}");
+    let ps = podman
+        .run(&["ps", "--format", "{{.Names}} {{.Status}}"])
+        .ok();
+    for c in [&name, &copy] {
+        assert!(
+            ps.stdout
+                .lines()
+                .any(|l| l.starts_with(c.as_str()) && l.contains("Up")),
+            "{c} is not up: {ps:?}"
+        );
+    }
+    // The copy goes on from the checkpoint, not from 0, and so stays behind the original,
+    // which never stopped (read in that order: the original's count only grows).
+    let from = count(&copy);
+    let original = count(&name);
+    assert!(
+        from > 5 && from <= original,
+        "copy at {from}, original at {original}, checkpoint ended at {at_checkpoint}"
+    );
+    wait_for("the copy to count on", WAIT, || count(&copy) > from);
+    wait_for("the original to count on", WAIT, || {
+        count(&name) > at_checkpoint
+    });
+    podman
+        .run(&["rm", "--force", "--time", "0", &name, &copy])
+        .ok();
 }

@@ -10,6 +10,12 @@ use std::process::{Command, Stdio};
 pub struct Podman {
     /// Lowercase on purpose: podman names an `oci:` image after its directory.
     pub dir: PathBuf,
+    /// One podman test at a time, across test binaries (an flock, released on drop). Run
+    /// side by side, `podman rm` of a user-namespaced container now and then failed with
+    /// "unlinkat …/userdata/shm: device or resource busy" while another podman test
+    /// checkpointed and restored (2026-11-28, one run in five; not yet understood, see
+    /// docs/testing.md).
+    _one_at_a_time: fs::File,
 }
 
 impl Podman {
@@ -22,6 +28,11 @@ impl Podman {
                 .is_ok_and(|o| o.status.success()),
             "podman is not installed: run scripts/install-deps.sh"
         );
+        let lock = fs::File::create(std::env::temp_dir().join("ferry-podman-tests.lock"))
+            .expect("create the podman tests' lock file");
+        // SAFETY: flock on an fd we own; released when the file is closed.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock the podman tests' lock file");
         let dir = std::env::temp_dir().join(unique_id("podman"));
         fs::create_dir_all(&dir).unwrap();
         // A containers.conf of our own keeps the host's settings out of the test.
@@ -30,7 +41,10 @@ impl Podman {
             "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
         )
         .unwrap();
-        Podman { dir }
+        Podman {
+            dir,
+            _one_at_a_time: lock,
+        }
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
