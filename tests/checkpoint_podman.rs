@@ -162,6 +162,20 @@ fn podman_checkpoint_export_and_restore_import_of_a_user_namespaced_container() 
     );
 }
 
+/// `podman run -d --name NAME --network none EXTRA IMAGE` running [`COUNTER`].
+fn run_counter(podman: &Podman, image: &str, name: &str, extra: &[&str]) {
+    let head = ["run", "-d", "--name", name, "--network", "none"];
+    podman
+        .run(&[&head[..], extra, &[image, "sh", "-c", COUNTER]].concat())
+        .ok();
+}
+
+/// Where container `name`'s counter is (0 when it cannot be read).
+fn count_of(podman: &Podman, name: &str) -> u64 {
+    let out = podman.run(&["exec", name, "cat", "/tmp/count"]);
+    out.stdout.trim().parse().unwrap_or(0)
+}
+
 /// `podman run -d EXTRA` a counting busybox, `podman container checkpoint -e`, remove it,
 /// `podman container restore -i`: it runs again and counts on.
 fn podman_export_import_round_trip(prefix: &str, extra: &[&str]) {
@@ -169,14 +183,8 @@ fn podman_export_import_round_trip(prefix: &str, extra: &[&str]) {
     let podman = Podman::new();
     let image = pull(&podman);
     let name = unique_id(prefix);
-    let mut run = vec!["run", "-d", "--name", &name, "--network", "none"];
-    run.extend_from_slice(extra);
-    run.extend_from_slice(&[&image, "sh", "-c", COUNTER]);
-    podman.run(&run).ok();
-    let count = |podman: &Podman| -> u64 {
-        let out = podman.run(&["exec", &name, "cat", "/tmp/count"]);
-        out.stdout.trim().parse().unwrap_or(0)
-    };
+    run_counter(&podman, &image, &name, extra);
+    let count = |podman: &Podman| count_of(podman, &name);
     let mut before = 0;
     wait_for("the podman container to count", WAIT, || {
         before = count(&podman);
@@ -229,24 +237,8 @@ fn podman_restores_a_copy_under_a_new_name_beside_the_running_original() {
     let image = pull(&podman);
     let name = unique_id("podorig");
     let copy = unique_id("podcopy");
-    podman
-        .run(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "none",
-            &image,
-            "sh",
-            "-c",
-            COUNTER,
-        ])
-        .ok();
-    let count = |c: &str| -> u64 {
-        let out = podman.run(&["exec", c, "cat", "/tmp/count"]);
-        out.stdout.trim().parse().unwrap_or(0)
-    };
+    run_counter(&podman, &image, &name, &[]);
+    let count = |c: &str| count_of(&podman, c);
     wait_for("the podman container to count", WAIT, || count(&name) > 5);
     let archive = podman.dir.join("ck.tar.gz");
     let a = archive.to_str().unwrap();
