@@ -56,21 +56,23 @@ fn search_only_for_group(mode: u32) -> u32 {
 #[derive(Debug)]
 pub struct ImagesSearch {
     dir: PathBuf,
-    /// The directory and its group and mode before, when they were changed.
-    before: Option<(File, u32, u32)>,
+    file: File,
+    /// The directory's group and mode before, once the group was changed.
+    before: Option<(u32, u32)>,
 }
 
 impl ImagesSearch {
     pub fn grant(dir: &Path, (uid, gid): (u32, u32)) -> Result<ImagesSearch, String> {
-        let f = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
             .open(dir)
             .map_err(|e| format!("open the images directory {}: {e}", dir.display()))?;
-        let st = fstat(f.as_fd()).map_err(|e| format!("stat {}: {e}", dir.display()))?;
+        let st = fstat(file.as_fd()).map_err(|e| format!("stat {}: {e}", dir.display()))?;
         let mode = st.st_mode & 0o7777;
         let mut grant = ImagesSearch {
             dir: dir.to_path_buf(),
+            file,
             before: None,
         };
         if may_search((st.st_uid, st.st_gid), mode, uid, gid) {
@@ -84,15 +86,12 @@ impl ImagesSearch {
                 dir.display()
             )
         };
-        fchown(f.as_fd(), None, Some(Gid::from_raw(gid))).map_err(|e| refused("chgrp", e))?;
+        let fd = grant.file.as_fd();
+        fchown(fd, None, Some(Gid::from_raw(gid))).map_err(|e| refused("chgrp", e))?;
         // From here on the drop puts the group back, even if the mode cannot be set.
-        grant.before = Some((f, st.st_gid, mode));
-        let f = &grant.before.as_ref().unwrap().0;
-        fchmod(
-            f.as_fd(),
-            Mode::from_bits_truncate(search_only_for_group(mode)),
-        )
-        .map_err(|e| refused("chmod", e))?;
+        grant.before = Some((st.st_gid, mode));
+        let search = Mode::from_bits_truncate(search_only_for_group(mode));
+        fchmod(grant.file.as_fd(), search).map_err(|e| refused("chmod", e))?;
         tracing::debug!(dir = %dir.display(), gid, "the container's root may search the images");
         Ok(grant)
     }
@@ -100,11 +99,12 @@ impl ImagesSearch {
 
 impl Drop for ImagesSearch {
     fn drop(&mut self) {
-        let Some((f, gid, mode)) = self.before.take() else {
+        let Some((gid, mode)) = self.before else {
             return;
         };
-        let back = fchown(f.as_fd(), None, Some(Gid::from_raw(gid)))
-            .and_then(|_| fchmod(f.as_fd(), Mode::from_bits_truncate(mode)));
+        let fd = self.file.as_fd();
+        let back = fchown(fd, None, Some(Gid::from_raw(gid)))
+            .and_then(|_| fchmod(fd, Mode::from_bits_truncate(mode)));
         if let Err(e) = back {
             tracing::warn!(
                 dir = %self.dir.display(),
