@@ -83,9 +83,11 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
     .ok();
     // ferry's phases and CRIU's figures, as measured (not their values: no timing asserts).
     let st = read_stats(&ck_stats);
-    for k in ["dump_ms", "archive_ms", "write_ms", "total_ms"] {
+    for k in ["dump_ms", "archive_ms", "write_ms", "sync_ms", "total_ms"] {
         assert!(st[k].as_f64().unwrap_or(0.0) > 0.0, "{k} in {st}");
     }
+    // The final fdatasync is a part of the time spent writing.
+    assert!(st["sync_ms"].as_f64() <= st["write_ms"].as_f64(), "{st}");
     assert!(st["compress_ms"].as_f64().is_some(), "{st}");
     // Its own network namespace holds only lo: nothing outside can reach it, so CRIU is not
     // asked to lock it (checkpoint::netlock).

@@ -50,6 +50,9 @@ pub struct ExportStats {
     /// writing the compressed bytes out (including the final fdatasync).
     pub compress_ms: f64,
     pub write_ms: f64,
+    /// Of `write_ms`: the final flush, which for a file is its fdatasync (what is left to
+    /// reach the disk once everything is written).
+    pub sync_ms: f64,
     pub total_ms: f64,
     /// How CRIU locked the network namespace (checkpoint::netlock).
     pub network_lock: &'static str,
@@ -67,17 +70,18 @@ struct Counting<W> {
     inner: W,
     n: u64,
     spent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Of `spent`: the time in `flush`.
+    flushing: Duration,
 }
 
 impl<W> Counting<W> {
-    fn time<T>(&mut self, f: impl FnOnce(&mut W) -> T) -> T {
+    fn time<T>(&mut self, f: impl FnOnce(&mut W) -> T) -> (T, Duration) {
         let t = Instant::now();
         let r = f(&mut self.inner);
-        self.spent.fetch_add(
-            t.elapsed().as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        r
+        let took = t.elapsed();
+        self.spent
+            .fetch_add(took.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        (r, took)
     }
 }
 
@@ -85,18 +89,20 @@ impl<W: Write> Write for Counting<W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         // An interrupt stops the archive here; CRIU's dump then fails the ordinary way.
         crate::sys::interrupt::check()?;
-        let n = self.time(|w| w.write(b))?;
+        let n = self.time(|w| w.write(b)).0?;
         self.n += n as u64;
         Ok(n)
     }
     fn write_vectored(&mut self, b: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
         crate::sys::interrupt::check()?;
-        let n = self.time(|w| w.write_vectored(b))?;
+        let n = self.time(|w| w.write_vectored(b)).0?;
         self.n += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.time(|w| w.flush())
+        let (r, took) = self.time(|w| w.flush());
+        self.flushing += took;
+        r
     }
 }
 
@@ -449,6 +455,7 @@ impl Container {
                 inner: out,
                 n: 0,
                 spent: written.clone(),
+                flushing: Duration::ZERO,
             },
             opts.compression,
         )
@@ -525,6 +532,7 @@ impl Container {
         stats.compress_ms = ms(w.encode_time().saturating_sub(spent_writing()));
         let counted = w.finish(manifest, identity).map_err(werr)?;
         stats.write_ms = ms(spent_writing());
+        stats.sync_ms = ms(counted.flushing);
         stats.archive_bytes = counted.n;
         let mut inner = counted.inner;
         inner
