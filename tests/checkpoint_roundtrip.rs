@@ -21,7 +21,18 @@ const SEED: &str = "0x5eed1234abcd";
 /// Starts memhold (MIB MiB) in a container made from `image`, waits until it counts, checks
 /// a rehash agrees with its checksum; returns the checksum.
 fn start_memhold(host: &Host, image: &str, id: &str, mib: &str) -> (MemHold, String) {
-    host.run_image(image, id, &["/bin/memhold", mib, SEED, "/tmp"]);
+    start_memhold_seeded(host, image, id, mib, SEED)
+}
+
+/// [`start_memhold`] with its memory filled from `seed`.
+fn start_memhold_seeded(
+    host: &Host,
+    image: &str,
+    id: &str,
+    mib: &str,
+    seed: &str,
+) -> (MemHold, String) {
+    host.run_image(image, id, &["/bin/memhold", mib, seed, "/tmp"]);
     let mem = MemHold::at(host.rootfs(id).join("tmp"));
     mem.wait_count_above(2);
     let sum = mem.checksum().expect("memhold wrote no checksum");
@@ -45,6 +56,15 @@ fn goes_on_with_its_memory_then_delete(
     sum: &str,
     via: &str,
 ) {
+    goes_on_with_its_memory(host, id, at, sum, via);
+    host.run(&["delete", "--force", id]).ok();
+    assert_deleted(host, id);
+    assert_cgroups_gone(id);
+}
+
+/// The first half of [`goes_on_with_its_memory_then_delete`]: `id` runs, counts on and
+/// rehashes its memory to `sum`.
+fn goes_on_with_its_memory(host: &Host, id: &str, at: (u64, u64), sum: &str, via: &str) {
     host.ferry.wait_status(id, "running");
     let mem = MemHold::at(host.rootfs(id).join("tmp"));
     let (runid, after) = mem.wait_count_above(at.1);
@@ -56,9 +76,6 @@ fn goes_on_with_its_memory_then_delete(
         sum,
         "the memory restored through {via} differs from the dumped one"
     );
-    host.run(&["delete", "--force", id]).ok();
-    assert_deleted(host, id);
-    assert_cgroups_gone(id);
 }
 
 #[test]
@@ -156,6 +173,59 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
     host.run(&["delete", "--force", &id]).ok();
     assert_deleted(&host, &id);
     assert_cgroups_gone(&id);
+}
+
+/// Emptying a host: several containers checkpointed into archives at once, then restored
+/// at once, each comes back with its own memory (every one filled from its own seed, so a
+/// mix-up between them shows) and its counter going on; nothing of any is left.
+#[test]
+fn containers_checkpointed_and_restored_at_the_same_time_each_get_their_own_memory_back() {
+    let host = Host::new();
+    host.import_image("bb");
+    let started: Vec<(String, (u64, u64), String, String)> = (0..4)
+        .map(|i| {
+            let id = host.id(&format!("many{i}"));
+            let seed = format!("0x{:x}", 0x5eed_0000 + 0x100 * i);
+            let (mem, sum) = start_memhold_seeded(&host, "bb", &id, "24", &seed);
+            let at = mem.wait_count_above(3);
+            let compress = if i % 2 == 0 { "none" } else { "zstd" };
+            (id, at, sum, compress.to_string())
+        })
+        .collect();
+    let sums: std::collections::HashSet<&String> = started.iter().map(|s| &s.2).collect();
+    assert_eq!(sums.len(), started.len(), "the seeds gave equal memory");
+    let dir = host.ferry.scratch();
+    let archive = |id: &str| dir.join(format!("{id}.tar"));
+    std::thread::scope(|s| {
+        for (id, _, _, compress) in &started {
+            let (host, a) = (&host, archive(id));
+            s.spawn(move || {
+                let a = a.to_str().unwrap();
+                host.run(&["checkpoint", id, "-e", a, "--compress", compress])
+                    .ok()
+            });
+        }
+    });
+    wait_no_tagged(&host.ferry);
+    for (id, ..) in &started {
+        assert!(!host.ids().contains(id), "{id} is still listed after -e");
+    }
+    std::thread::scope(|s| {
+        for (id, ..) in &started {
+            let (host, a) = (&host, archive(id));
+            s.spawn(move || host.run(&["restore", "-d", "-i", a.to_str().unwrap()]).ok());
+        }
+    });
+    for (id, at, sum, compress) in &started {
+        goes_on_with_its_memory(&host, id, *at, sum, &format!("{compress}, in parallel"));
+    }
+    for (id, ..) in &started {
+        host.run(&["delete", "--force", id]).ok();
+    }
+    for (id, ..) in &started {
+        assert_deleted(&host, id);
+    }
+    assert_work_clean(&host);
 }
 
 /// What [`none_round_trip`] leaves to check.
