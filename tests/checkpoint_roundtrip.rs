@@ -228,6 +228,44 @@ fn containers_checkpointed_and_restored_at_the_same_time_each_get_their_own_memo
     assert_work_clean(&host);
 }
 
+/// Two restores of one archive under the same id at the same moment (a drain retried by a
+/// script): one wins and runs with the memory, the other is refused because the id is in
+/// use, and it leaves nothing of its own nor touches the winner or the archive.
+#[test]
+fn two_restores_racing_for_one_id_give_one_container_and_a_clear_refusal() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("race");
+    let (mem, sum) = start_memhold(&host, "bb", &id, "24");
+    let at = mem.wait_count_above(3);
+    let archive = host.ferry.scratch().join("race.tar");
+    let a = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", a, "--compress", "none"])
+        .ok();
+    wait_no_tagged(&host.ferry);
+    let digest = file_digest(&archive);
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| host.run_quiet(&["restore", "-d", "-i", a])))
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let won: Vec<&Output> = outs.iter().filter(|o| o.success()).collect();
+    assert_eq!(won.len(), 1, "exactly one restore should win: {outs:#?}");
+    let lost = outs.iter().find(|o| !o.success()).unwrap();
+    // Not that a directory "was not cleaned up": that sent its user to remove the files
+    // of the container that won.
+    assert!(
+        lost.stderr.contains("already exists") && !lost.stderr.contains("cleaned up"),
+        "the refused restore should say the id is taken: {}",
+        lost.stderr
+    );
+    assert_eq!(file_digest(&archive), digest, "the archive was changed");
+    assert_eq!(host.ids(), vec![id.clone()], "one container, under its id");
+    assert_work_clean(&host);
+    goes_on_with_its_memory_then_delete(&host, &id, at, &sum, "the winning restore");
+}
+
 /// What [`none_round_trip`] leaves to check.
 struct RoundTrip {
     host: Host,

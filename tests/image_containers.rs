@@ -445,3 +445,57 @@ fn a_failed_create_from_an_image_leaves_nothing() {
     // No reference on the image was left behind either.
     host.run(&["image", "rm", "bb"]).ok();
 }
+
+/// Two `run -d --image` under one name at the same moment: one container runs, the other
+/// is told the name is taken (not that a directory "was not cleaned up", which would send
+/// its user to remove the running container's files), and deleting the one leaves nothing.
+#[test]
+fn two_runs_racing_for_one_name_give_one_container_and_a_clear_refusal() {
+    let host = host_with_image();
+    for round in 0..3 {
+        let id = host.id(&format!("race{round}"));
+        let args = [
+            "run", "-d", "--image", "bb", "--name", &id, "--", "sleep", "1000",
+        ];
+        let outs: Vec<Output> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..2).map(|_| s.spawn(|| host.run_quiet(&args))).collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(
+            outs.iter().filter(|o| o.success()).count(),
+            1,
+            "exactly one run should win: {outs:#?}"
+        );
+        let lost = outs.iter().find(|o| !o.success()).unwrap();
+        assert!(
+            lost.stderr.contains("already exists") && !lost.stderr.contains("cleaned up"),
+            "the refused run should say the name is taken: {}",
+            lost.stderr
+        );
+        host.ferry.wait_status(&id, "running");
+        host.run(&["delete", "--force", &id]).ok();
+        assert_create_left_nothing(&host, &id);
+    }
+}
+
+/// A create killed between taking its id and writing its state leaves an empty state
+/// directory: the id reads as taken, and `ferry delete` frees it again.
+#[test]
+fn an_id_taken_by_an_interrupted_create_is_freed_by_delete() {
+    let host = host_with_image();
+    let id = host.id("halfmade");
+    fs::create_dir_all(host.ferry.root().join(&id)).unwrap();
+    let out = host
+        .run_quiet(&["run", "-d", "--image", "bb", "--name", &id, "--", "true"])
+        .fails();
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    host.run(&["delete", &id]).ok();
+    assert!(!host.ferry.root().join(&id).exists());
+    host.run(&[
+        "run", "-d", "--image", "bb", "--name", &id, "--", "sleep", "1000",
+    ])
+    .ok();
+    host.ferry.wait_status(&id, "running");
+    host.run(&["delete", "--force", &id]).ok();
+    assert_create_left_nothing(&host, &id);
+}

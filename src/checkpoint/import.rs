@@ -208,6 +208,14 @@ impl Runtime {
                 image.name, image.digest, image.name
             ))
         })?;
+        // Taken before its rootfs is made: of two restores of one id at once, the second is
+        // told the id exists (the check above only spares a doomed restore the work).
+        self.take_id(&id)?;
+        let mut taken = TakenId {
+            runtime: self,
+            id: &id,
+            handed_over: false,
+        };
         // The container's /dev/shm, when the archive carries it (an external mount in the
         // images): a tmpfs of its own, as the spec says, filled from the archive, bound into
         // the container by CRIU and detached from here right after (on drop).
@@ -232,6 +240,7 @@ impl Runtime {
         ro.work_path = Some(unpacked.dir.clone());
         ro.detach = opts.detach;
         ro.image = Some(rootfs);
+        ro.id_taken = true;
         // The stage is ours alone and deleted after the restore, so CRIU punches out each
         // page range it has restored: the stage shrinks as the process grows, memory peaks
         // at one copy rather than two, the process takes the pages the stage just gave
@@ -246,6 +255,8 @@ impl Runtime {
             }))
         });
         let t = Instant::now();
+        // From here the restore gives the id back if it fails.
+        taken.handed_over = true;
         let restored = self.restore_container(ro);
         drop(devshm);
         if let Some(f) = feed {
@@ -269,7 +280,25 @@ impl Runtime {
         }
         Ok((restored.container.supervise_then_delete()?, opts.keep))
     }
+}
 
+/// An id taken for a restore (`Runtime::take_id`), given back if the restore is never
+/// reached.
+struct TakenId<'a> {
+    runtime: &'a Runtime,
+    id: &'a str,
+    handed_over: bool,
+}
+
+impl Drop for TakenId<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.runtime.give_back_id(self.id);
+        }
+    }
+}
+
+impl Runtime {
     /// A fresh overlay on the image, the archive's changes applied to it, and the dumped spec
     /// as its config.json.
     fn rootfs_for_restore(

@@ -42,6 +42,8 @@ pub struct RestoreOptions {
     pub lsm_mount_context: Option<String>,
     /// Set when ferry made the bundle from an image (`restore -i`): released on failure.
     pub image: Option<ImageRootfs>,
+    /// The id was taken ([`Runtime::take_id`]) by whoever made the bundle, before making it.
+    pub id_taken: bool,
     /// A host directory holding the container's /dev/shm files (from the archive's
     /// `devshm-checkpoint.tar`), bound at /dev/shm for the external mount
     /// [`externals::DEVSHM_KEY`].
@@ -83,7 +85,11 @@ impl Runtime {
     pub fn restore_container(&self, opts: RestoreOptions) -> Result<Restored> {
         let image = opts.image.clone();
         let id = opts.id.clone();
+        let taken = opts.id_taken;
         let r = self.restore_checked(opts);
+        if r.is_err() && taken {
+            self.give_back_id(&id);
+        }
         match (&r, image) {
             (Err(_), Some(img)) => r.map_err(|e| with_cleanup(e, img.release(&id))),
             _ => r,
@@ -121,16 +127,10 @@ impl Runtime {
                     .into(),
             ));
         }
-        std::fs::create_dir_all(&self.root).ctx(|| format!("create {}", self.root.display()))?;
-        let dir = self.container_dir(&opts.id);
-        match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Exists {
-                    id: opts.id.clone(),
-                });
-            }
-            r => r.ctx(|| format!("create {}", dir.display()))?,
-        }
+        let dir = match opts.id_taken {
+            true => self.container_dir(&opts.id),
+            false => self.take_id(&opts.id)?,
+        };
         let criu_root = dir.join("criu-root");
         let cgroup = cgroup_of(spec, &opts.id)?;
         let result = self.restore_into(&mut opts, &bundle, &dir, &criu_root, cgroup.as_ref());

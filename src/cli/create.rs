@@ -48,6 +48,7 @@ impl CreateFlags {
             no_new_keyring: self.no_new_keyring,
             preserve_fds: self.preserve_fds,
             image: None,
+            id_taken: false,
         })
     }
 }
@@ -109,9 +110,11 @@ impl ImageFlags {
         .options(id.clone());
         if let Ok(o) = &mut opts {
             o.image = Some(made);
+            o.id_taken = true;
             return opts;
         }
         let e = opts.unwrap_err();
+        runtime.give_back_id(&id);
         Err(crate::runtime::create::with_cleanup(e, made.release(&id)))
     }
 }

@@ -18,6 +18,17 @@ impl DeleteArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
         match runtime.load(&self.id) {
             Ok(container) => container.delete(self.force)?,
+            // Taken but never made into a container: a create or restore killed before it
+            // wrote the state (`Runtime::take_id`). Nothing runs; the id is free again.
+            Err(Error::NotFound { .. })
+                if std::fs::remove_dir(runtime.container_dir(&self.id)).is_ok() =>
+            {
+                tracing::warn!(
+                    "container {:?} was never made (an interrupted create or restore took the id); \
+                     the id is free again",
+                    self.id
+                );
+            }
             // runc returns success here, and containerd and podman call `delete --force` as
             // cleanup that must not fail on a container already gone; say so all the same.
             Err(Error::NotFound { .. }) if self.force => {

@@ -132,6 +132,7 @@ impl RestoreArgs {
             lsm_profile: self.lsm_profile.clone(),
             lsm_mount_context: self.lsm_mount_context.clone(),
             image: None,
+            id_taken: false,
             devshm: None,
             before_resume: None,
         }

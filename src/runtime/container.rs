@@ -72,6 +72,28 @@ impl Runtime {
         self.root.join(id)
     }
 
+    /// Takes `id` for a new container: makes its state directory, atomically, so that of
+    /// two commands making the same id at once exactly one gets it and the other is told
+    /// the id exists. `create` and `restore` take it themselves; a command that makes the
+    /// bundle from an image first (`run --image`, `restore -i`) takes it before that, and
+    /// passes `id_taken`.
+    pub fn take_id(&self, id: &str) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.root).ctx(|| format!("create {}", self.root.display()))?;
+        let dir = self.container_dir(id);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(Error::Exists { id: id.to_string() })
+            }
+            r => r.ctx(|| format!("create {}", dir.display())).map(|()| dir),
+        }
+    }
+
+    /// Gives back an id taken with [`Runtime::take_id`] when no container came of it: its
+    /// state directory goes if it is still empty (a container that was made owns it).
+    pub fn give_back_id(&self, id: &str) {
+        let _ = std::fs::remove_dir(self.container_dir(id));
+    }
+
     pub fn load(&self, id: &str) -> Result<Container> {
         validate_id(id)?;
         let dir = self.container_dir(id);

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 impl Runtime {
     pub fn create(&self, opts: &CreateOptions) -> Result<Container> {
         let console = match &opts.console_socket {
-            Some(p) => Some(console::connect(p)?),
+            Some(p) => Some(self.unmade(opts, console::connect(p))?),
             None => None,
         };
         self.create_with_console(opts, console)
@@ -30,15 +30,19 @@ impl Runtime {
         if opts.detach {
             return self.run_detached(opts);
         }
-        let signals = wait::become_supervisor()?;
-        let terminal = Bundle::load(&opts.create.bundle)?
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        // With a terminal and nobody to take it, ferry takes the pty master itself.
-        let (console, ours) = console::ends(opts.create.console_socket.as_deref(), terminal)?;
+        let prepared = (|| {
+            let signals = wait::become_supervisor()?;
+            let terminal = Bundle::load(&opts.create.bundle)?
+                .spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false);
+            // With a terminal and nobody to take it, ferry takes the pty master itself.
+            let (console, ours) = console::ends(opts.create.console_socket.as_deref(), terminal)?;
+            Ok((signals, console, ours))
+        })();
+        let (signals, console, ours) = self.unmade(&opts.create, prepared)?;
         let c = self.create_with_console(&opts.create, console)?;
         if let Err(e) = c.start() {
             return Err(with_cleanup(
@@ -57,9 +61,11 @@ impl Runtime {
     /// `run -d`: a supervisor process stays behind as the container's parent to record its
     /// exit status; this process returns once the container runs.
     fn run_detached(&self, opts: &RunOptions) -> Result<i32> {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe");
+        let (r, w) = self.unmade(&opts.create, pipe)?;
         // SAFETY: ferry is single-threaded here; the child continues with our own code only.
-        match unsafe { nix::unistd::fork() }.ctx(|| "fork the supervisor")? {
+        let forked = unsafe { nix::unistd::fork() }.ctx(|| "fork the supervisor");
+        match self.unmade(&opts.create, forked)? {
             ForkResult::Parent { .. } => {
                 drop(w);
                 let mut msg = String::new();
@@ -90,7 +96,7 @@ impl Runtime {
 
     fn supervise_detached(&self, opts: &RunOptions, report: OwnedFd) -> Result<()> {
         let started: Result<_> = (|| {
-            let signals = wait::become_supervisor()?;
+            let signals = self.unmade(&opts.create, wait::become_supervisor())?;
             let c = self.create(&opts.create)?;
             if let Err(e) = c.start() {
                 return Err(with_cleanup(
@@ -127,16 +133,27 @@ impl Runtime {
         Ok(())
     }
 
+    /// For a step before `create`: on error, what was made for the container beforehand
+    /// (an image's rootfs, the id taken for it) goes again.
+    fn unmade<T>(&self, opts: &CreateOptions, r: Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            if opts.id_taken {
+                self.give_back_id(&opts.id);
+            }
+            match &opts.image {
+                Some(img) => with_cleanup(e, img.release(&opts.id)),
+                None => e,
+            }
+        })
+    }
+
     fn create_with_console(
         &self,
         opts: &CreateOptions,
         console: Option<OwnedFd>,
     ) -> Result<Container> {
         let r = self.create_checked(opts, console);
-        match (&r, &opts.image) {
-            (Err(_), Some(img)) => r.map_err(|e| with_cleanup(e, img.release(&opts.id))),
-            _ => r,
-        }
+        self.unmade(opts, r)
     }
 
     fn create_checked(&self, opts: &CreateOptions, console: Option<OwnedFd>) -> Result<Container> {
@@ -159,17 +176,10 @@ impl Runtime {
         }
         namespaces::check(spec)?;
 
-        std::fs::create_dir_all(&self.root).ctx(|| format!("create {}", self.root.display()))?;
-        let dir = self.container_dir(&opts.id);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Exists {
-                    id: opts.id.clone(),
-                });
-            }
-            Err(e) => return Err(e).ctx(|| format!("create {}", dir.display())),
-        }
+        let dir = match opts.id_taken {
+            true => self.container_dir(&opts.id),
+            false => self.take_id(&opts.id)?,
+        };
         let mut undo = Undo {
             dir: dir.clone(),
             cgroup: None,

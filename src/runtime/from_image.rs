@@ -32,8 +32,9 @@ pub struct ImageRequest {
 }
 
 impl Runtime {
-    /// Makes the bundle of a new container from an image: returns its id and what was made.
-    /// On error nothing is left behind.
+    /// Makes the bundle of a new container from an image: returns its id, taken
+    /// ([`Runtime::take_id`]: create with `id_taken`), and what was made. On error nothing is
+    /// left behind.
     pub fn prepare_image_bundle(&self, req: &ImageRequest) -> Result<(String, ImageRootfs)> {
         let store = Store::open(&self.storage).map_err(|e| Error::Other(e.to_string()))?;
         let image = store
@@ -44,10 +45,16 @@ impl Runtime {
             None => random_id()?,
         };
         crate::runtime::container::validate_id(&id)?;
-        if self.container_dir(&id).exists() {
-            return Err(Error::Exists { id });
-        }
-        let rootfs = ImageRootfs::create(&self.storage, &image, &id)?;
+        // The id first: of two commands making it at once, the second is told it exists
+        // rather than finding the first one's rootfs directory half made.
+        self.take_id(&id)?;
+        let rootfs = match ImageRootfs::create(&self.storage, &image, &id) {
+            Ok(r) => r,
+            Err(e) => {
+                self.give_back_id(&id);
+                return Err(e);
+            }
+        };
         let bundle = rootfs.bundle.clone();
         let made = (|| {
             let spec = spec_for(&image, req, &id, &bundle.join("rootfs"))?;
@@ -59,7 +66,10 @@ impl Runtime {
         })();
         match made {
             Ok(()) => Ok((id, rootfs)),
-            Err(e) => Err(crate::runtime::create::with_cleanup(e, rootfs.release(&id))),
+            Err(e) => {
+                self.give_back_id(&id);
+                Err(crate::runtime::create::with_cleanup(e, rootfs.release(&id)))
+            }
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct CreateOptions {
     /// Set when ferry made the bundle from an image: released if create fails, and
     /// remembered so `delete` releases it.
     pub image: Option<from_image::ImageRootfs>,
+    /// The id was taken ([`Runtime::take_id`]) by whoever made the bundle, before making it.
+    pub id_taken: bool,
 }
 
 /// `ferry run`: create + start, then either wait (foreground) or return (detach).
