@@ -266,6 +266,139 @@ fn two_restores_racing_for_one_id_give_one_container_and_a_clear_refusal() {
     goes_on_with_its_memory_then_delete(&host, &id, at, &sum, "the winning restore");
 }
 
+/// Two `checkpoint -e` of one container at the same moment (a drain started twice): one
+/// archive is made and restores with the memory; the other command fails and says why, and
+/// at no point is the container lost (frozen for good, or killed with no archive).
+#[test]
+fn two_checkpoints_racing_for_one_container_make_one_archive() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("ckrace");
+    let (mem, sum) = start_memhold(&host, "bb", &id, "24");
+    let at = mem.wait_count_above(3);
+    let dir = host.ferry.scratch();
+    let archives = [dir.join("a.tar"), dir.join("b.tar")];
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let racers: Vec<_> = archives
+            .iter()
+            .map(|a| {
+                let (host, id) = (&host, &id);
+                s.spawn(move || host.run_quiet(&["checkpoint", id, "-e", a.to_str().unwrap()]))
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let won: Vec<usize> = (0..2).filter(|&i| outs[i].success()).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one checkpoint should succeed: {outs:#?}"
+    );
+    let (w, l) = (won[0], 1 - won[0]);
+    // Either the other one held the container (busy) or had already released it.
+    let why = &outs[l].stderr;
+    assert!(
+        why.contains("is busy") || why.contains("does not exist"),
+        "the failed checkpoint should say the container was taken: {why}"
+    );
+    assert!(!why.contains("runs on"), "it did not run on: {why}");
+    assert!(
+        !archives[l].exists(),
+        "the failed checkpoint left {:?}",
+        archives[l]
+    );
+    wait_no_tagged(&host.ferry);
+    assert!(
+        host.ids().is_empty(),
+        "the source is still listed: {:?}",
+        host.ids()
+    );
+    host.run(&["restore", "-d", "-i", archives[w].to_str().unwrap()])
+        .ok();
+    goes_on_with_its_memory_then_delete(&host, &id, at, &sum, "the winning checkpoint");
+}
+
+/// `delete --force` while `checkpoint -e` runs (an operator giving up on a drain) waits
+/// for the checkpoint instead of killing the container under CRIU: the archive is made and
+/// restores with the memory, and the delete then finds nothing left to delete.
+#[test]
+fn a_delete_during_a_checkpoint_waits_for_it_and_nothing_is_lost() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("ckdel");
+    let (mem, sum) = start_memhold(&host, "bb", &id, "256");
+    let at = mem.wait_count_above(3);
+    let archive = host.ferry.scratch().join("a.tar");
+    let a = archive.to_str().unwrap();
+    let (ck, frozen, del) = std::thread::scope(|s| {
+        let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--compress", "none"]));
+        // The delete goes in once the checkpoint has frozen the container.
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut frozen = false;
+        while !frozen && std::time::Instant::now() < deadline {
+            frozen = host.ferry.status(&id).as_deref() == Some("paused");
+        }
+        let del = host.run_quiet(&["delete", "--force", &id]);
+        (ck.join().unwrap(), frozen, del)
+    });
+    assert!(
+        frozen,
+        "the checkpoint was never seen holding the container frozen"
+    );
+    assert!(ck.success(), "the checkpoint failed: {}", ck.stderr);
+    assert!(del.success(), "delete --force failed: {}", del.stderr);
+    assert!(
+        del.stderr.contains("does not exist"),
+        "the delete should have found the container gone: {}",
+        del.stderr
+    );
+    wait_no_tagged(&host.ferry);
+    host.run(&["restore", "-d", "-i", a]).ok();
+    goes_on_with_its_memory_then_delete(&host, &id, at, &sum, "a checkpoint a delete waited for");
+}
+
+/// A `kill` is not held off by a checkpoint (it is how a container is stopped, whatever it
+/// is doing). Killed while `checkpoint -e` dumps it, the checkpoint fails without claiming
+/// that the container runs on, and leaves no archive and nothing else behind.
+#[test]
+fn a_container_killed_during_its_checkpoint_is_not_said_to_run_on() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("ckkill");
+    start_memhold(&host, "bb", &id, "256");
+    let archive = host.ferry.scratch().join("a.tar");
+    let a = archive.to_str().unwrap();
+    let (ck, frozen) = std::thread::scope(|s| {
+        let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--compress", "none"]));
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut frozen = false;
+        while !frozen && std::time::Instant::now() < deadline {
+            frozen = host.ferry.status(&id).as_deref() == Some("paused");
+        }
+        host.run_quiet(&["kill", &id, "KILL"]);
+        (ck.join().unwrap(), frozen)
+    });
+    assert!(
+        frozen,
+        "the checkpoint was never seen holding the container frozen"
+    );
+    if ck.success() {
+        // The kill came after the archive was complete: then it restores.
+        host.run(&["restore", "-d", "-i", a]).ok();
+        host.ferry.wait_status(&id, "running");
+    } else {
+        assert!(
+            ck.stderr.contains("no longer runs") && !ck.stderr.contains("runs on as before"),
+            "{}",
+            ck.stderr
+        );
+        assert!(!archive.exists(), "a failed checkpoint left its archive");
+    }
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+    assert_work_clean(&host);
+}
+
 /// What [`none_round_trip`] leaves to check.
 struct RoundTrip {
     host: Host,

@@ -411,8 +411,16 @@ impl Container {
                     let _ = std::fs::remove_file(&opts.output);
                 }
                 match unfreeze() {
+                    // Only said when true: a `ferry kill` is not held off by the checkpoint.
+                    Ok(()) if matches!(self.status(), Ok(Status::Running | Status::Paused)) => {
+                        Err(Error::Other(format!(
+                            "{e}\nno checkpoint was made; container {:?} runs on as before",
+                            self.id
+                        )))
+                    }
                     Ok(()) => Err(Error::Other(format!(
-                        "{e}\nno checkpoint was made; container {:?} runs on as before",
+                        "{e}\nno checkpoint was made, and container {:?} no longer runs: it \
+                         was stopped while it was being checkpointed",
                         self.id
                     ))),
                     Err(thaw) => Err(crate::runtime::create::with_cleanup(e, Err(thaw))),

@@ -137,7 +137,9 @@ pub enum Compression {
 
 impl CheckpointArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        let container = runtime.load(&self.id)?;
+        // Held until the checkpoint is done and the source released: a second checkpoint,
+        // a pause or a delete meanwhile would thaw, dump or remove what this one froze.
+        let (_hold, container) = runtime.hold(&self.id, false)?;
         if let Some(output) = &self.export {
             if self.pre_dump {
                 return Err(Error::Other(

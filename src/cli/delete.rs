@@ -16,8 +16,8 @@ pub struct DeleteArgs {
 
 impl DeleteArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        match runtime.load(&self.id) {
-            Ok(container) => container.delete(self.force)?,
+        match runtime.hold(&self.id, true) {
+            Ok((_hold, container)) => container.delete(self.force)?,
             // Taken but never made into a container: a create or restore killed before it
             // wrote the state (`Runtime::take_id`). Nothing runs; the id is free again.
             Err(Error::NotFound { .. })

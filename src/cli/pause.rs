@@ -12,7 +12,7 @@ pub struct PauseArgs {
 
 impl PauseArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        runtime.load(&self.id)?.pause()?;
+        runtime.hold(&self.id, true)?.1.pause()?;
         Ok(0)
     }
 }

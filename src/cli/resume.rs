@@ -12,7 +12,7 @@ pub struct ResumeArgs {
 
 impl ResumeArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        runtime.load(&self.id)?.resume()?;
+        runtime.hold(&self.id, true)?.1.resume()?;
         Ok(0)
     }
 }

@@ -67,6 +67,12 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
 }
 
+/// A container held by [`Runtime::hold`]; dropping it lets go.
+#[derive(Debug)]
+pub struct Hold {
+    _dir: std::fs::File,
+}
+
 impl Runtime {
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
@@ -92,6 +98,44 @@ impl Runtime {
     /// state directory goes if it is still empty (a container that was made owns it).
     pub fn give_back_id(&self, id: &str) {
         let _ = std::fs::remove_dir(self.container_dir(id));
+    }
+
+    /// Holds container `id` for an operation that freezes, thaws or ends it (checkpoint,
+    /// pause, resume, delete), and loads it afresh: two such operations at once would
+    /// undo each other (a second checkpoint thawing what the first froze, or dumping a
+    /// container the first has killed). The hold is an flock on the state directory,
+    /// released when dropped or when the process dies. `wait`: wait for another holder to
+    /// let go (the container may be gone then); otherwise fail with [`Error::Busy`].
+    pub fn hold(&self, id: &str, wait: bool) -> Result<(Hold, Container)> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            self.load(id)?;
+            let dir = self.container_dir(id);
+            // std opens with O_CLOEXEC: CRIU and hooks started meanwhile do not inherit it.
+            let file = match std::fs::File::open(&dir) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).ctx(|| format!("open {}", dir.display())),
+            };
+            let op = libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB };
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), op) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EWOULDBLOCK) => Err(Error::Busy { id: id.to_string() }),
+                    _ => Err(e).ctx(|| format!("lock {}", dir.display())),
+                };
+            }
+            // The holder before us may have deleted the container, and another made one
+            // of the same id since: only the directory that is there now counts.
+            let held = file.metadata().ctx(|| format!("stat {}", dir.display()))?;
+            match std::fs::metadata(&dir) {
+                Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
+                    return Ok((Hold { _dir: file }, self.load(id)?));
+                }
+                _ => continue,
+            }
+        }
     }
 
     pub fn load(&self, id: &str) -> Result<Container> {

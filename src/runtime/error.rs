@@ -10,6 +10,11 @@ pub enum Error {
     NotFound { id: String, root: PathBuf },
     #[error("container {id:?} already exists; pick another id or `ferry delete {id}` first")]
     Exists { id: String },
+    #[error(
+        "container {id:?} is busy: another ferry is checkpointing, pausing, resuming or \
+         deleting it; try again once that has finished"
+    )]
+    Busy { id: String },
     #[error("invalid container id {id:?}: {why}")]
     InvalidId { id: String, why: &'static str },
     #[error("cannot {op} container {id:?}: it is {status}{hint}")]
