@@ -45,6 +45,30 @@ fn start_memhold_seeded(
     (mem, sum)
 }
 
+/// A Host with image `bb` and a memhold of `mib` MiB in container `<prefix>…`, counting:
+/// the host, the id, where it had counted to and its memory's checksum.
+fn counting_memhold(prefix: &str, mib: &str) -> (Host, String, (u64, u64), String) {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id(prefix);
+    let (mem, sum) = start_memhold(&host, "bb", &id, mib);
+    let at = mem.wait_count_above(3);
+    (host, id, at, sum)
+}
+
+/// Runs `then` as soon as `id` is seen frozen (a checkpoint running on another thread has
+/// frozen it); fails the test if it never is.
+fn once_frozen<T>(host: &Host, id: &str, then: impl FnOnce() -> T) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    while host.ferry.status(id).as_deref() != Some("paused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint was never seen holding {id} frozen"
+        );
+    }
+    then()
+}
+
 /// The restored `id` (a memhold that had counted to `at.1` in run `at.0`, its memory
 /// hashing to `sum`) runs, counts on rather than restarting, and rehashes its memory to
 /// `sum` (its second rehash: start_memhold asked for the first); then it is deleted and
@@ -233,11 +257,7 @@ fn containers_checkpointed_and_restored_at_the_same_time_each_get_their_own_memo
 /// use, and it leaves nothing of its own nor touches the winner or the archive.
 #[test]
 fn two_restores_racing_for_one_id_give_one_container_and_a_clear_refusal() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("race");
-    let (mem, sum) = start_memhold(&host, "bb", &id, "24");
-    let at = mem.wait_count_above(3);
+    let (host, id, at, sum) = counting_memhold("race", "24");
     let archive = host.ferry.scratch().join("race.tar");
     let a = archive.to_str().unwrap();
     host.run(&["checkpoint", &id, "-e", a, "--compress", "none"])
@@ -271,11 +291,7 @@ fn two_restores_racing_for_one_id_give_one_container_and_a_clear_refusal() {
 /// at no point is the container lost (frozen for good, or killed with no archive).
 #[test]
 fn two_checkpoints_racing_for_one_container_make_one_archive() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("ckrace");
-    let (mem, sum) = start_memhold(&host, "bb", &id, "24");
-    let at = mem.wait_count_above(3);
+    let (host, id, at, sum) = counting_memhold("ckrace", "24");
     let dir = host.ferry.scratch();
     let archives = [dir.join("a.tar"), dir.join("b.tar")];
     let outs: Vec<Output> = std::thread::scope(|s| {
@@ -323,28 +339,14 @@ fn two_checkpoints_racing_for_one_container_make_one_archive() {
 /// restores with the memory, and the delete then finds nothing left to delete.
 #[test]
 fn a_delete_during_a_checkpoint_waits_for_it_and_nothing_is_lost() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("ckdel");
-    let (mem, sum) = start_memhold(&host, "bb", &id, "256");
-    let at = mem.wait_count_above(3);
+    let (host, id, at, sum) = counting_memhold("ckdel", "256");
     let archive = host.ferry.scratch().join("a.tar");
     let a = archive.to_str().unwrap();
-    let (ck, frozen, del) = std::thread::scope(|s| {
+    let (ck, del) = std::thread::scope(|s| {
         let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--compress", "none"]));
-        // The delete goes in once the checkpoint has frozen the container.
-        let deadline = std::time::Instant::now() + WAIT;
-        let mut frozen = false;
-        while !frozen && std::time::Instant::now() < deadline {
-            frozen = host.ferry.status(&id).as_deref() == Some("paused");
-        }
-        let del = host.run_quiet(&["delete", "--force", &id]);
-        (ck.join().unwrap(), frozen, del)
+        let del = once_frozen(&host, &id, || host.run_quiet(&["delete", "--force", &id]));
+        (ck.join().unwrap(), del)
     });
-    assert!(
-        frozen,
-        "the checkpoint was never seen holding the container frozen"
-    );
     assert!(ck.success(), "the checkpoint failed: {}", ck.stderr);
     assert!(del.success(), "delete --force failed: {}", del.stderr);
     assert!(
@@ -362,26 +364,14 @@ fn a_delete_during_a_checkpoint_waits_for_it_and_nothing_is_lost() {
 /// that the container runs on, and leaves no archive and nothing else behind.
 #[test]
 fn a_container_killed_during_its_checkpoint_is_not_said_to_run_on() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("ckkill");
-    start_memhold(&host, "bb", &id, "256");
+    let (host, id, ..) = counting_memhold("ckkill", "256");
     let archive = host.ferry.scratch().join("a.tar");
     let a = archive.to_str().unwrap();
-    let (ck, frozen) = std::thread::scope(|s| {
+    let ck = std::thread::scope(|s| {
         let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--compress", "none"]));
-        let deadline = std::time::Instant::now() + WAIT;
-        let mut frozen = false;
-        while !frozen && std::time::Instant::now() < deadline {
-            frozen = host.ferry.status(&id).as_deref() == Some("paused");
-        }
-        host.run_quiet(&["kill", &id, "KILL"]);
-        (ck.join().unwrap(), frozen)
+        once_frozen(&host, &id, || host.run_quiet(&["kill", &id, "KILL"]));
+        ck.join().unwrap()
     });
-    assert!(
-        frozen,
-        "the checkpoint was never seen holding the container frozen"
-    );
     if ck.success() {
         // The kill came after the archive was complete: then it restores.
         host.run(&["restore", "-d", "-i", a]).ok();
