@@ -66,7 +66,10 @@ pub struct ExecArgs {
 
 impl ExecArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
-        let container = runtime.load(&self.id)?;
+        // Held while the process joins, so it waits for a checkpoint: without, an exec while
+        // one had the container frozen was refused as "paused" (a pause nobody asked for),
+        // or, checked just before the freeze, joined a frozen container halfway.
+        let (hold, container) = runtime.hold(&self.id, true)?;
         let process = match &self.process {
             Some(path) => {
                 self.refuse_process_flags()?;
@@ -90,7 +93,7 @@ impl ExecArgs {
             console_socket: self.console_socket,
             preserve_fds: self.preserve_fds,
         };
-        container.exec(&opts)
+        container.exec(&opts, Some(hold))
     }
 
     /// With `--process` the file is the whole truth; a flag that would change it is a

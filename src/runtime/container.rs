@@ -71,6 +71,19 @@ pub fn validate_id(id: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Hold {
     _dir: std::fs::File,
+    /// [`HOLDER_FILE`], removed when the hold ends (before the lock goes).
+    note: Option<PathBuf>,
+}
+
+/// In a held container's state directory: the holder's pid and command line.
+const HOLDER_FILE: &str = "held-by";
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(note) = self.note.take() {
+            let _ = std::fs::remove_file(note);
+        }
+    }
 }
 
 impl Runtime {
@@ -122,7 +135,14 @@ impl Runtime {
             if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), op) } != 0 {
                 let e = std::io::Error::last_os_error();
                 return match e.raw_os_error() {
-                    Some(libc::EWOULDBLOCK) => Err(Error::Busy { id: id.to_string() }),
+                    Some(libc::EWOULDBLOCK) => Err(Error::Busy {
+                        id: id.to_string(),
+                        by: std::fs::read_to_string(dir.join(HOLDER_FILE))
+                            .ok()
+                            .filter(|s| !s.trim().is_empty())
+                            .map(|s| format!("ferry (pid {})", s.trim()))
+                            .unwrap_or_else(|| "another ferry".into()),
+                    }),
                     _ => Err(e).ctx(|| format!("lock {}", dir.display())),
                 };
             }
@@ -131,7 +151,17 @@ impl Runtime {
             let held = file.metadata().ctx(|| format!("stat {}", dir.display()))?;
             match std::fs::metadata(&dir) {
                 Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
-                    return Ok((Hold { _dir: file }, self.load(id)?));
+                    // Who holds it, for the message of whoever finds it busy.
+                    let note = dir.join(HOLDER_FILE);
+                    let me = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+                    let me = String::from_utf8_lossy(&me).replace('\0', " ");
+                    let _ =
+                        std::fs::write(&note, format!("{}: {}", std::process::id(), me.trim_end()));
+                    let hold = Hold {
+                        _dir: file,
+                        note: Some(note),
+                    };
+                    return Ok((hold, self.load(id)?));
                 }
                 _ => continue,
             }

@@ -11,10 +11,10 @@ pub enum Error {
     #[error("container {id:?} already exists; pick another id or `ferry delete {id}` first")]
     Exists { id: String },
     #[error(
-        "container {id:?} is busy: another ferry is checkpointing, pausing, resuming or \
-         deleting it; try again once that has finished"
+        "container {id:?} is busy: {by} is checkpointing, pausing, resuming or deleting it; \
+         try again once that has finished"
     )]
-    Busy { id: String },
+    Busy { id: String, by: String },
     #[error("invalid container id {id:?}: {why}")]
     InvalidId { id: String, why: &'static str },
     #[error("cannot {op} container {id:?}: it is {status}{hint}")]

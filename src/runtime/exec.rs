@@ -1,5 +1,6 @@
 //! `exec`: a new process in the namespaces and cgroup of a running container.
 
+use crate::runtime::container::Hold;
 use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::process::channel::{Channel, Msg};
 use crate::runtime::process::init::{self, Kind, Setup};
@@ -9,8 +10,10 @@ use nix::unistd::ForkResult;
 
 impl Container {
     /// Runs a process inside. Detached: returns 0 once it started (its pid in the pid file);
-    /// otherwise waits and returns its exit code (128+signal when killed).
-    pub fn exec(&self, opts: &ExecOptions) -> Result<i32> {
+    /// otherwise waits and returns its exit code (128+signal when killed). `hold`
+    /// ([`Runtime::hold`](crate::runtime::Runtime::hold)) is let go once the process runs:
+    /// a checkpoint may then take the container, but none freezes it while a process joins.
+    pub fn exec(&self, opts: &ExecOptions, hold: Option<Hold>) -> Result<i32> {
         let status = self.status()?;
         if !status.can_exec() {
             return Err(self.invalid("exec in", status, ""));
@@ -81,6 +84,7 @@ impl Container {
         })();
         wait::reap_stage(stage1);
         let pid = started?;
+        drop(hold);
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }
