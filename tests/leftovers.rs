@@ -127,3 +127,32 @@ fn many_containers_in_one_root_leave_nothing() {
         .collect();
     assert!(left.is_empty(), "the root still holds {left:?}");
 }
+
+/// `delete --force` of a container that a foreground `run` supervises: the run's own
+/// delete after the exit and the explicit one take turns, and neither reports the other's
+/// work as an error ("remove …: No such file or directory", as they did side by side).
+#[test]
+fn delete_of_a_container_a_foreground_run_supervises() {
+    let ferry = Ferry::new();
+    let bundle = Bundle::new(&ferry, &["sleep", "100000"]);
+    for round in 0..3 {
+        let id = ferry.id(&format!("lo-fg{round}"));
+        let running = ferry.spawn(&["run", "--bundle", bundle.path_str(), &id]);
+        ferry.wait_status(&id, "running");
+        let del = ferry.run(&["delete", "--force", &id]);
+        let run = running.finish(WAIT);
+        assert!(del.success(), "delete --force failed: {}", del.stderr);
+        assert!(
+            !run.stderr.contains("No such file") && !del.stderr.contains("No such file"),
+            "the two deletes tripped over each other:\nrun: {}\ndelete: {}",
+            run.stderr,
+            del.stderr
+        );
+        assert_eq!(
+            run.code,
+            Some(137),
+            "the run should end with its killed init's status"
+        );
+        assert_no_leftovers(&ferry, &bundle, &id);
+    }
+}

@@ -53,7 +53,7 @@ impl Runtime {
         console::attach(ours)?;
         let code = c.supervise(&signals)?;
         if !opts.keep {
-            c.delete(true)?;
+            c.delete_exited()?;
         }
         Ok(code)
     }
@@ -334,7 +334,7 @@ impl Container {
     pub(crate) fn supervise_then_delete(self) -> Result<i32> {
         let signals = wait::become_supervisor()?;
         let code = self.supervise(&signals)?;
-        self.delete(true)?;
+        self.delete_exited()?;
         Ok(code)
     }
 
