@@ -78,6 +78,20 @@ pub struct Hold {
 /// In a held container's state directory: the holder's pid and command line.
 const HOLDER_FILE: &str = "held-by";
 
+/// Who holds the container in `dir`, as its [`HOLDER_FILE`] says. A holder writes it
+/// just after it takes the lock, so a moment is allowed for that.
+fn holder(dir: &Path) -> Option<String> {
+    for _ in 0..20 {
+        if let Ok(s) = std::fs::read_to_string(dir.join(HOLDER_FILE))
+            && !s.trim().is_empty()
+        {
+            return Some(format!("ferry (pid {})", s.trim()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(note) = self.note.take() {
@@ -137,11 +151,7 @@ impl Runtime {
                 return match e.raw_os_error() {
                     Some(libc::EWOULDBLOCK) => Err(Error::Busy {
                         id: id.to_string(),
-                        by: std::fs::read_to_string(dir.join(HOLDER_FILE))
-                            .ok()
-                            .filter(|s| !s.trim().is_empty())
-                            .map(|s| format!("ferry (pid {})", s.trim()))
-                            .unwrap_or_else(|| "another ferry".into()),
+                        by: holder(&dir).unwrap_or_else(|| "another ferry".into()),
                     }),
                     _ => Err(e).ctx(|| format!("lock {}", dir.display())),
                 };
