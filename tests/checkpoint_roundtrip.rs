@@ -421,6 +421,42 @@ fn an_exec_during_a_checkpoint_waits_for_it() {
     goes_on_with_its_memory(&host, &copy, at, &sum, "a checkpoint an exec waited for");
 }
 
+/// A process an exec started, still running, is not under the container's init, and CRIU
+/// would leave it out without a word (the copy silently lacking it, as it did): the
+/// checkpoint is refused and names it, the container runs on; once the process has ended
+/// the checkpoint goes through.
+#[test]
+fn a_running_exec_process_is_named_and_the_checkpoint_refused() {
+    let (host, id, at, sum) = counting_memhold("ckexecrun", "24");
+    let mut exec = host
+        .command(&["exec", &id, "/bin/busybox", "sleep", "2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the exec's process to run", WAIT, || {
+        host.run(&["ps", &id]).stdout.contains("sleep 2")
+    });
+    let archive = host.ferry.scratch().join("a.tar");
+    let a = archive.to_str().unwrap();
+    let refused = host.run_quiet(&["checkpoint", &id, "-e", a]).fails();
+    assert!(
+        refused.stderr.contains("not under its init") && refused.stderr.contains("sleep 2"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!archive.exists(), "a refused checkpoint left {archive:?}");
+    host.ferry.wait_status(&id, "running");
+    assert!(
+        exec.wait().unwrap().success(),
+        "the exec should have finished normally"
+    );
+    host.run(&["checkpoint", &id, "-e", a]).ok();
+    host.run(&["restore", "-d", "-i", a]).ok();
+    goes_on_with_its_memory_then_delete(&host, &id, at, &sum, "a checkpoint after an exec");
+}
+
 /// What [`none_round_trip`] leaves to check.
 struct RoundTrip {
     host: Host,

@@ -214,7 +214,66 @@ impl Container {
             ));
         }
         self.check_stdio(shell_job)?;
+        self.check_all_under_init()?;
         Ok(status)
+    }
+
+    /// Every process in the container's cgroup descends from its init. CRIU dumps the
+    /// tree below the init, and a process that joined from outside (a `ferry exec`'s, whose
+    /// parent is the waiting `ferry exec`, or whoever reaped a detached one) would be left
+    /// out of the checkpoint without a word: the restored copy would simply lack it. podman
+    /// refuses a checkpoint while exec sessions run for the same reason. (No exec can
+    /// start meanwhile: it waits for the checkpoint's hold.)
+    fn check_all_under_init(&self) -> Result<()> {
+        let init = self.pid();
+        let pids = self.cgroup()?.pids()?;
+        let inside: std::collections::HashSet<i32> = pids.iter().copied().collect();
+        let parent = |pid: i32| -> Option<i32> {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let outside: Vec<i32> = pids
+            .iter()
+            .copied()
+            .filter(|&pid| {
+                let mut at = pid;
+                // Bounded: a pid reused into a loop cannot hang the walk.
+                for _ in 0..pids.len() + 1 {
+                    if at == init {
+                        return false;
+                    }
+                    match parent(at) {
+                        // Gone meanwhile: nothing to leave out.
+                        None => return false,
+                        Some(up) if inside.contains(&up) => at = up,
+                        Some(_) => return true,
+                    }
+                }
+                true
+            })
+            .collect();
+        if outside.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = outside
+            .iter()
+            .take(5)
+            .map(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                format!("{pid} ({})", cmd.trim_end())
+            })
+            .collect();
+        Err(Error::Other(format!(
+            "container {:?}: process {} runs in it but not under its init (an exec, or a \
+             process that joined it from outside), and CRIU would leave it out of the \
+             checkpoint; let it end or kill it, then checkpoint again",
+            self.id,
+            named.join(", ")
+        )))
     }
 
     /// The CRIU dump itself, for a container already checked by [`check_checkpointable`]
