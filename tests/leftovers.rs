@@ -135,7 +135,7 @@ fn many_containers_in_one_root_leave_nothing() {
 fn delete_of_a_container_a_foreground_run_supervises() {
     let ferry = Ferry::new();
     let bundle = Bundle::new(&ferry, &["sleep", "100000"]);
-    for round in 0..3 {
+    for round in 0..10 {
         let id = ferry.id(&format!("lo-fg{round}"));
         let running = ferry.spawn(&["run", "--bundle", bundle.path_str(), &id]);
         ferry.wait_status(&id, "running");
