@@ -457,6 +457,29 @@ fn a_running_exec_process_is_named_and_the_checkpoint_refused() {
     goes_on_with_its_memory_then_delete(&host, &id, at, &sum, "a checkpoint after an exec");
 }
 
+/// `pause` while `checkpoint -e --leave-running` has the container frozen waits for the
+/// checkpoint, so the checkpoint's thaw does not undo it: the container ends up paused, as
+/// asked, and `resume` lets it go on.
+#[test]
+fn a_pause_during_a_checkpoint_is_not_undone_by_its_thaw() {
+    let (host, id, at, _) = counting_memhold("ckpause", "256");
+    let archive = host.ferry.scratch().join("a.tar");
+    let a = archive.to_str().unwrap();
+    let (ck, pause) = std::thread::scope(|s| {
+        let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--leave-running"]));
+        let pause = once_frozen(&host, &id, || host.run_quiet(&["pause", &id]));
+        (ck.join().unwrap(), pause)
+    });
+    assert!(ck.success(), "the checkpoint failed: {}", ck.stderr);
+    assert!(pause.success(), "the pause failed: {}", pause.stderr);
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("paused"));
+    host.run(&["resume", &id]).ok();
+    let mem = MemHold::at(host.rootfs(&id).join("tmp"));
+    mem.wait_count_above(at.1);
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+}
+
 /// What [`none_round_trip`] leaves to check.
 struct RoundTrip {
     host: Host,
