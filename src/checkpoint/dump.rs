@@ -228,13 +228,6 @@ impl Container {
         let init = self.pid();
         let pids = self.cgroup()?.pids()?;
         let inside: std::collections::HashSet<i32> = pids.iter().copied().collect();
-        let parent = |pid: i32| -> Option<i32> {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("PPid:"))
-                .and_then(|v| v.trim().parse().ok())
-        };
         let outside: Vec<i32> = pids
             .iter()
             .copied()
@@ -245,7 +238,7 @@ impl Container {
                     if at == init {
                         return false;
                     }
-                    match parent(at) {
+                    match crate::sys::proc::parent(at) {
                         // Gone meanwhile: nothing to leave out.
                         None => return false,
                         Some(up) if inside.contains(&up) => at = up,
@@ -261,11 +254,7 @@ impl Container {
         let named: Vec<String> = outside
             .iter()
             .take(5)
-            .map(|pid| {
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                format!("{pid} ({})", cmd.trim_end())
-            })
+            .map(|pid| format!("{pid} ({})", crate::sys::proc::cmdline(&pid.to_string())))
             .collect();
         Err(Error::Other(format!(
             "container {:?}: process {} runs in it but not under its init (an exec, or a \

@@ -20,9 +20,7 @@ impl DeleteArgs {
             Ok((_hold, container)) => container.delete(self.force)?,
             // Taken but never made into a container: a create or restore killed before it
             // wrote the state (`Runtime::take_id`). Nothing runs; the id is free again.
-            Err(Error::NotFound { .. })
-                if std::fs::remove_dir(runtime.container_dir(&self.id)).is_ok() =>
-            {
+            Err(Error::NotFound { .. }) if runtime.give_back_id(&self.id) => {
                 tracing::warn!(
                     "container {:?} was never made (an interrupted create or restore took the id); \
                      the id is free again",

@@ -123,8 +123,9 @@ impl Runtime {
 
     /// Gives back an id taken with [`Runtime::take_id`] when no container came of it: its
     /// state directory goes if it is still empty (a container that was made owns it).
-    pub fn give_back_id(&self, id: &str) {
-        let _ = std::fs::remove_dir(self.container_dir(id));
+    /// Returns whether it went.
+    pub fn give_back_id(&self, id: &str) -> bool {
+        std::fs::remove_dir(self.container_dir(id)).is_ok()
     }
 
     /// Holds container `id` for an operation that freezes, thaws or ends it (checkpoint,
@@ -135,13 +136,18 @@ impl Runtime {
     /// let go (the container may be gone then); otherwise fail with [`Error::Busy`].
     pub fn hold(&self, id: &str, wait: bool) -> Result<(Hold, Container)> {
         use std::os::unix::fs::MetadataExt;
+        validate_id(id)?;
+        let dir = self.container_dir(id);
         loop {
-            self.load(id)?;
-            let dir = self.container_dir(id);
             // std opens with O_CLOEXEC: CRIU and hooks started meanwhile do not inherit it.
             let file = match std::fs::File::open(&dir) {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::NotFound {
+                        id: id.to_string(),
+                        root: self.root.clone(),
+                    });
+                }
                 Err(e) => return Err(e).ctx(|| format!("open {}", dir.display())),
             };
             let op = libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB };
@@ -161,17 +167,18 @@ impl Runtime {
             let held = file.metadata().ctx(|| format!("stat {}", dir.display()))?;
             match std::fs::metadata(&dir) {
                 Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
+                    // An id taken but not (yet) made into a container is NotFound here,
+                    // before any note lands in its directory.
+                    let container = self.load(id)?;
                     // Who holds it, for the message of whoever finds it busy.
                     let note = dir.join(HOLDER_FILE);
-                    let me = std::fs::read("/proc/self/cmdline").unwrap_or_default();
-                    let me = String::from_utf8_lossy(&me).replace('\0', " ");
-                    let _ =
-                        std::fs::write(&note, format!("{}: {}", std::process::id(), me.trim_end()));
+                    let me = crate::sys::proc::cmdline("self");
+                    let _ = std::fs::write(&note, format!("{}: {me}", std::process::id()));
                     let hold = Hold {
                         _dir: file,
                         note: Some(note),
                     };
-                    return Ok((hold, self.load(id)?));
+                    return Ok((hold, container));
                 }
                 _ => continue,
             }

@@ -2,16 +2,36 @@
 
 use std::path::Path;
 
-/// State letter and start time (clock ticks since boot) from `/proc/<pid>/stat`.
-pub fn stat(pid: i32) -> Option<(char, u64)> {
+/// `/proc/<pid>/stat` from field 3 (the state) on.
+fn stat_rest(pid: i32) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
+    s.get(s.rfind(')')? + 2..).map(String::from)
+}
+
+/// State letter and start time (clock ticks since boot) from `/proc/<pid>/stat`.
+pub fn stat(pid: i32) -> Option<(char, u64)> {
+    let rest = stat_rest(pid)?;
     let mut fields = rest.split(' ');
     let state = fields.next()?.chars().next()?;
     // `rest` starts at field 3 (state); starttime is field 22.
     let start = fields.nth(18)?.parse().ok()?;
     Some((state, start))
+}
+
+/// The parent of `pid` (field 4 of `/proc/<pid>/stat`), as the host sees it.
+pub fn parent(pid: i32) -> Option<i32> {
+    stat_rest(pid)?.split(' ').nth(1)?.parse().ok()
+}
+
+/// The command line of `pid` (`self` for ours), its arguments joined by spaces; empty when
+/// it cannot be read.
+pub fn cmdline(pid: &str) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .replace('\0', " ")
+        .trim_end()
+        .to_string()
 }
 
 /// Start time of `pid`, used with the pid to recognise the same process later.
