@@ -324,7 +324,14 @@ impl Container {
     /// exit status for `state` and returns it.
     pub(crate) fn supervise(&self, signals: &nix::sys::signal::SigSet) -> Result<i32> {
         let code = wait::supervise(self.pid(), signals)?;
-        let _ = std::fs::write(self.dir.join(EXIT_FILE), code.to_string());
+        // Recorded under the container's hold, like every other change to its directory:
+        // a delete or a checkpoint's release that is removing it goes first, and then there
+        // is nothing left to record in.
+        if let Ok((_hold, now)) = self.runtime.hold(&self.id, true)
+            && now.record.created == self.record.created
+        {
+            let _ = std::fs::write(now.dir.join(EXIT_FILE), code.to_string());
+        }
         Ok(code)
     }
 

@@ -41,25 +41,14 @@ impl Container {
             // Poststop failures are logged: the container is gone either way (runtime-spec).
             tracing::warn!("{e}");
         }
-        let mut tries = 0;
-        loop {
-            match std::fs::remove_dir_all(&self.dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                // The supervisor of a `run` records the exit status as the init dies, and
-                // that file can land while the directory is being emptied: go again.
-                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && tries < 20 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => {
-                    errors.push(Error::Io {
-                        context: format!("remove {}", self.dir.display()),
-                        source: e,
-                    });
-                    break;
-                }
-                Ok(()) => break,
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.push(Error::Io {
+                    context: format!("remove {}", self.dir.display()),
+                    source: e,
+                });
             }
+            _ => {}
         }
         match errors.into_iter().reduce(|a, b| Error::WithCleanup {
             error: Box::new(a),
