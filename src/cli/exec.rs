@@ -93,7 +93,7 @@ impl ExecArgs {
             console_socket: self.console_socket,
             preserve_fds: self.preserve_fds,
         };
-        container.exec(&opts, Some(hold))
+        container.exec(&opts, hold)
     }
 
     /// With `--process` the file is the whole truth; a flag that would change it is a

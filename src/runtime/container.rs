@@ -143,10 +143,7 @@ impl Runtime {
             let file = match std::fs::File::open(&dir) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::NotFound {
-                        id: id.to_string(),
-                        root: self.root.clone(),
-                    });
+                    return Err(self.not_found(id));
                 }
                 Err(e) => return Err(e).ctx(|| format!("open {}", dir.display())),
             };
@@ -185,6 +182,13 @@ impl Runtime {
         }
     }
 
+    fn not_found(&self, id: &str) -> Error {
+        Error::NotFound {
+            id: id.to_string(),
+            root: self.root.clone(),
+        }
+    }
+
     pub fn load(&self, id: &str) -> Result<Container> {
         validate_id(id)?;
         let dir = self.container_dir(id);
@@ -192,10 +196,7 @@ impl Runtime {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound {
-                    id: id.to_string(),
-                    root: self.root.clone(),
-                });
+                return Err(self.not_found(id));
             }
             Err(e) => return Err(e).ctx(|| format!("read {}", path.display())),
         };

@@ -13,7 +13,7 @@ impl Container {
     /// otherwise waits and returns its exit code (128+signal when killed). `hold`
     /// ([`Runtime::hold`](crate::runtime::Runtime::hold)) is let go once the process runs:
     /// a checkpoint may then take the container, but none freezes it while a process joins.
-    pub fn exec(&self, opts: &ExecOptions, hold: Option<Hold>) -> Result<i32> {
+    pub fn exec(&self, opts: &ExecOptions, hold: Hold) -> Result<i32> {
         let status = self.status()?;
         if !status.can_exec() {
             return Err(self.invalid("exec in", status, ""));

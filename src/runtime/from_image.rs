@@ -48,29 +48,26 @@ impl Runtime {
         // The id first: of two commands making it at once, the second is told it exists
         // rather than finding the first one's rootfs directory half made.
         self.take_id(&id)?;
-        let rootfs = match ImageRootfs::create(&self.storage, &image, &id) {
-            Ok(r) => r,
-            Err(e) => {
-                self.give_back_id(&id);
-                return Err(e);
+        let made = ImageRootfs::create(&self.storage, &image, &id).and_then(|rootfs| {
+            let bundle = rootfs.bundle.clone();
+            let written = (|| {
+                let spec = spec_for(&image, req, &id, &bundle.join("rootfs"))?;
+                let text =
+                    serde_json::to_vec_pretty(&spec).map_err(|e| Error::Other(e.to_string()))?;
+                std::fs::write(bundle.join("config.json"), text).ctx(|| "write config.json")?;
+                store
+                    .add_ref(&image, &id)
+                    .map_err(|e| Error::Other(e.to_string()))
+            })();
+            match written {
+                Ok(()) => Ok(rootfs),
+                Err(e) => Err(crate::runtime::create::with_cleanup(e, rootfs.release(&id))),
             }
-        };
-        let bundle = rootfs.bundle.clone();
-        let made = (|| {
-            let spec = spec_for(&image, req, &id, &bundle.join("rootfs"))?;
-            let text = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Other(e.to_string()))?;
-            std::fs::write(bundle.join("config.json"), text).ctx(|| "write config.json")?;
-            store
-                .add_ref(&image, &id)
-                .map_err(|e| Error::Other(e.to_string()))
-        })();
-        match made {
-            Ok(()) => Ok((id, rootfs)),
-            Err(e) => {
-                self.give_back_id(&id);
-                Err(crate::runtime::create::with_cleanup(e, rootfs.release(&id)))
-            }
+        });
+        if made.is_err() {
+            self.give_back_id(&id);
         }
+        made.map(|rootfs| (id, rootfs))
     }
 }
 
