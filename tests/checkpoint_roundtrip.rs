@@ -2045,18 +2045,7 @@ fn a_shell_job_is_restored_onto_the_terminal_of_its_restore() {
     let restored = on_terminal(
         &host,
         &second.slave,
-        &[
-            "restore",
-            "--shell-job",
-            "--bundle",
-            bundle.path_str(),
-            "--image-path",
-            i,
-            "--work-path",
-            w,
-            "-d",
-            &id,
-        ],
+        &[&["restore", "--shell-job"], &rest[..]].concat(),
     );
     assert!(
         restored.status.success(),
