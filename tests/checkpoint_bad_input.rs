@@ -1031,10 +1031,12 @@ fn a_restore_killed_mid_stage_is_cleaned_up_by_the_next_one() {
 
 /// SIGTERM (a service stop, or Ctrl-C's SIGINT) while `checkpoint -e` streams the memory: an
 /// orderly abort, not a death half-way that would leave the container frozen or CRIU's
-/// parasite in it. The container runs on, the same process with the same memory; no partial
-/// archive and no work files are left.
+/// parasite in it. The container runs on, the same process with the same memory; no work
+/// files are left, and the archive an earlier checkpoint wrote to the same path is still
+/// there, untouched (the new one is written without a name until it is complete).
 #[test]
 fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
+    use std::os::unix::fs::MetadataExt;
     let host = Host::new();
     host.import_image("bb");
     let id = host.id("term");
@@ -1042,7 +1044,8 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     let mem = MemHold::at(host.rootfs(&id).join("tmp"));
     let (runid, _) = mem.wait_count_above(2);
     let sum = mem.checksum().unwrap();
-    let archive = host.ferry.scratch().join("term.tar");
+    let archive = export(&host, &id, "none", false);
+    let before = fs::metadata(&archive).unwrap();
     let err = host.ferry.scratch().join("term.err");
     let mut child = host
         .command(&["checkpoint", &id, "-e"])
@@ -1055,7 +1058,7 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
         .unwrap();
     // Once the archive has started, half a GiB of memory takes a while to stream.
     wait_for("the archive to start", WAIT, || {
-        fs::metadata(&archive).map(|m| m.len() > 0).unwrap_or(false)
+        unnamed_output_len(child.id(), archive.parent().unwrap()) > 0
     });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -1069,7 +1072,22 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
         stderr.contains("interrupted by SIGTERM") && stderr.contains("runs on as before"),
         "the error should say it was interrupted and the container runs on:\n{stderr}"
     );
-    assert!(!archive.exists(), "a partial archive was left");
+    let after = fs::metadata(&archive).expect("the earlier archive is gone");
+    assert_eq!(
+        (after.ino(), after.len(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        "the earlier archive at the same path was replaced or changed"
+    );
+    assert_eq!(
+        fs::read_dir(archive.parent().unwrap()).unwrap().count(),
+        1,
+        "a partial archive was left beside the earlier one"
+    );
     assert_work_clean(&host);
     still_running_and_counting(&host, &id, &mem);
     assert_eq!(mem.count().unwrap().0, runid, "the container was restarted");

@@ -13,7 +13,7 @@ use common::*;
 use serde_json::json;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const SEED: &str = "0x5eed1234abcd";
@@ -658,6 +658,86 @@ fn without_the_prefault_the_fed_restore_is_the_same() {
     let rt = none_round_trip("noprefault", "32", &[("FERRY_RESTORE_PREFAULT", "0")], &[]);
     assert_eq!(rt.stats["prefaulted_bytes"], 0, "{}", rt.stats);
     goes_on_with_its_memory_then_delete(&rt.host, &rt.id, rt.at, &rt.sum, "the feed");
+}
+
+/// Where `-e` writes: a new file is 0600 (it holds the container's memory); a checkpoint
+/// to an earlier archive's path replaces it whole and keeps its mode and owner; a character
+/// device (`/dev/null`'s kind, made in the test's own directory) and a FIFO are written as
+/// streams, and neither is synced nor removed. The archive that went through the FIFO
+/// restores with the memory.
+#[test]
+fn an_archive_replaces_a_file_keeping_its_mode_or_goes_into_a_device_or_a_fifo() {
+    let (host, id, at, sum) = counting_memhold("out", "16");
+    let dir = host.ferry.scratch();
+    let checkpoint = |to: &Path, extra: &[&str]| {
+        let mut args = vec!["checkpoint", &id, "-e", to.to_str().unwrap()];
+        args.extend_from_slice(&["--compress", "none"]);
+        args.extend_from_slice(extra);
+        host.run(&args).ok();
+    };
+
+    let file = dir.join("a.tar");
+    checkpoint(&file, &["--leave-running"]);
+    let first = fs::metadata(&file).unwrap();
+    assert_eq!(first.mode() & 0o7777, 0o600, "a new archive's mode");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&file, Some(4321), Some(4322)).unwrap();
+    checkpoint(&file, &["--leave-running"]);
+    let second = fs::metadata(&file).unwrap();
+    assert_ne!(
+        second.ino(),
+        first.ino(),
+        "the archive was rewritten in place"
+    );
+    assert_eq!(
+        (second.mode() & 0o7777, second.uid(), second.gid()),
+        (0o640, 4321, 4322),
+        "the replaced archive's mode and owner"
+    );
+    host.run(&["inspect", file.to_str().unwrap()]).ok();
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        1,
+        "files left beside the archive"
+    );
+
+    let device = dir.join("null");
+    nix::sys::stat::mknod(
+        &device,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    checkpoint(&device, &["--leave-running"]);
+    assert!(
+        fs::metadata(&device).unwrap().file_type().is_char_device(),
+        "the device was replaced or removed"
+    );
+
+    let fifo = dir.join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let copy = dir.join("from-the-fifo.tar");
+    let reader = {
+        let (fifo, copy) = (fifo.clone(), copy.clone());
+        std::thread::spawn(move || {
+            std::io::copy(
+                &mut fs::File::open(fifo).unwrap(),
+                &mut fs::File::create(copy).unwrap(),
+            )
+            .unwrap()
+        })
+    };
+    checkpoint(&fifo, &[]);
+    let copied = reader.join().unwrap();
+    assert!(copied > 16 << 20, "{copied} bytes came through the FIFO");
+    assert!(
+        fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO was replaced or removed"
+    );
+    wait_no_tagged(&host.ferry);
+    restore_archive(&host, copy.to_str().unwrap(), "out", &[], &[]);
+    goes_on_with_its_memory_then_delete(&host, &id, at, &sum, "a FIFO");
 }
 
 #[test]

@@ -7,6 +7,7 @@ use crate::archive::manifest::{FORMAT_VERSION, ImageRef, Manifest, SourceHost};
 use crate::archive::pages;
 use crate::archive::writer::{ArchiveWriter, Compression};
 use crate::checkpoint::CheckpointOptions;
+use crate::checkpoint::output::Output;
 use crate::criu::page_server;
 use crate::identity::Identity;
 use crate::runtime::error::{Context, Error, Result};
@@ -51,7 +52,7 @@ pub struct ExportStats {
     pub compress_ms: f64,
     pub write_ms: f64,
     /// Of `write_ms`: the final flush, which for a file is its fdatasync (what is left to
-    /// reach the disk once everything is written).
+    /// reach the disk once everything is written) and the durable rename that names it.
     pub sync_ms: f64,
     pub total_ms: f64,
     /// How CRIU locked the network namespace (checkpoint::netlock).
@@ -109,7 +110,7 @@ impl<W: Write> Write for Counting<W> {
 /// What `checkpoint -e` makes ready before it freezes the container, so that the frozen
 /// time is the dump's and the archive's only: nothing here depends on the frozen state.
 struct Prepared<'a> {
-    out: Box<dyn Write + Send>,
+    out: Output,
     work: &'a std::path::Path,
     /// The overlay's upper dir and lower layers, unless --ignore-rootfs.
     layers: Option<(PathBuf, Vec<PathBuf>)>,
@@ -120,107 +121,6 @@ struct Prepared<'a> {
     spec: Vec<u8>,
     config: Vec<u8>,
     image: Option<ImageRef>,
-}
-
-/// The archive's destination: standard output for "-", else a new file made durable.
-fn open_output(path: &std::path::Path) -> Result<Box<dyn Write + Send>> {
-    Ok(if path == std::path::Path::new("-") {
-        Box::new(std::io::BufWriter::with_capacity(
-            1 << 20,
-            std::io::stdout(),
-        ))
-    } else {
-        Box::new(Durable::new(
-            std::fs::File::create(path).ctx(|| format!("create {}", path.display()))?,
-        ))
-    })
-}
-
-/// The archive file, on disk before the source is released: `flush` is fdatasync, so a
-/// host that crashes right after `checkpoint -e` still has the container in the archive.
-/// Writeback is started every few MiB as the archive is written, so that final sync (and
-/// the one the kernel does when the source's overlay is unmounted) finds little left.
-///
-/// It buffers small writes (tar headers, small entries) itself, and writes a large one
-/// (a page part, a raw zstd frame given as slices) with what is buffered in one writev:
-/// std's BufWriter would copy every slice of a vectored write into its buffer first.
-struct Durable {
-    file: std::fs::File,
-    pending: Vec<u8>,
-    pos: u64,
-    started: u64,
-}
-
-impl Durable {
-    const STEP: u64 = 32 << 20;
-    const BUFFER: usize = 256 << 10;
-
-    fn new(file: std::fs::File) -> Durable {
-        Durable {
-            file,
-            pending: Vec::with_capacity(Self::BUFFER),
-            pos: 0,
-            started: 0,
-        }
-    }
-
-    /// Writes what is buffered followed by `more`, all of it.
-    fn write_through(&mut self, more: &[std::io::IoSlice<'_>]) -> std::io::Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        let mut slices = Vec::with_capacity(more.len() + 1);
-        slices.push(std::io::IoSlice::new(&pending));
-        slices.extend(more.iter().map(|s| std::io::IoSlice::new(s)));
-        let total: usize = slices.iter().map(|s| s.len()).sum();
-        let r = crate::archive::frames::write_all_vectored(&mut self.file, &mut slices);
-        self.pending = pending;
-        self.pending.clear();
-        r?;
-        self.wrote(total);
-        Ok(())
-    }
-
-    /// Counts `n` bytes written and starts writeback of every full step behind them.
-    fn wrote(&mut self, n: usize) {
-        self.pos += n as u64;
-        if self.pos - self.started >= Self::STEP {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a writeback request on our own fd; failure only means later.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.started as libc::off64_t,
-                    (self.pos - self.started) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            self.started = self.pos;
-        }
-    }
-}
-
-impl Write for Durable {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.write_vectored(&[std::io::IoSlice::new(b)])
-    }
-
-    fn write_vectored(&mut self, b: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        let total: usize = b.iter().map(|s| s.len()).sum();
-        if self.pending.len() + total <= Self::BUFFER {
-            for s in b {
-                self.pending.extend_from_slice(s);
-            }
-        } else {
-            self.write_through(b)?;
-        }
-        Ok(total)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.pending.is_empty() {
-            self.write_through(&[])?;
-        }
-        self.file.sync_data()
-    }
 }
 
 /// A directory tree (`upper` over `lowers`, see archive::diff) as the tar entry `name`. A tar
@@ -363,7 +263,7 @@ impl Container {
         let mut stats = ExportStats::default();
         // The output opens before anything is frozen: a path that cannot be written is an
         // error with the container untouched.
-        let out = match open_output(&opts.output) {
+        let out = match Output::open(&opts.output) {
             Ok(out) => out,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&work);
@@ -406,10 +306,8 @@ impl Container {
             // The archive is complete; the caller releases the source (`delete`), still frozen.
             Ok(()) if !opts.checkpoint.leave_running => Ok(()),
             Ok(()) => unfreeze(),
+            // An archive not committed is gone by itself (checkpoint::output).
             Err(e) => {
-                if opts.output != std::path::Path::new("-") {
-                    let _ = std::fs::remove_file(&opts.output);
-                }
                 match unfreeze() {
                     // Only said when true: a `ferry kill` is not held off by the checkpoint.
                     Ok(()) if matches!(self.status(), Ok(Status::Running | Status::Paused)) => {
@@ -542,11 +440,15 @@ impl Container {
         stats.write_ms = ms(spent_writing());
         stats.sync_ms = ms(counted.flushing);
         stats.archive_bytes = counted.n;
-        let mut inner = counted.inner;
-        inner
-            .flush()
+        // Durable and named: only now may the caller release the source.
+        let t_commit = Instant::now();
+        counted
+            .inner
+            .commit()
             .ctx(|| format!("write {}", opts.output.display()))?;
-        drop(inner);
+        let committed = t_commit.elapsed();
+        stats.write_ms += ms(committed);
+        stats.sync_ms += ms(committed);
         stats.archive_ms = ms(t.elapsed());
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod externals;
 pub mod freshnet;
 pub mod import;
 pub mod netlock;
+pub mod output;
 pub mod restore;
 pub mod tmpfs;
 pub mod userns;

@@ -426,3 +426,23 @@ pub fn assert_deleted(host: &Host, id: &str) {
     wait_no_tagged(&host.ferry);
     assert_cgroups_gone(id);
 }
+
+/// The size of the file without a name (`O_TMPFILE`) that process `pid` is writing in
+/// `dir`, as `checkpoint -e` writes an archive until it is complete; 0 if there is none.
+pub fn unnamed_output_len(pid: u32, dir: &Path) -> u64 {
+    let prefix = format!("{}/#", dir.display());
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|t| {
+                let t = t.to_string_lossy();
+                t.starts_with(&prefix) && t.ends_with(" (deleted)")
+            })
+        })
+        .filter_map(|fd| fs::metadata(fd.path()).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}

@@ -1,0 +1,448 @@
+//! Where `checkpoint -e` writes its archive, so that a checkpoint that does not finish
+//! loses nothing: not the archive an earlier checkpoint left at the same path, not the FIFO
+//! or device it was told to write into.
+//!
+//! - A regular file (or a path that does not exist yet) is written under no name at all
+//!   (`O_TMPFILE`, or a hidden temporary name beside it where the filesystem has no
+//!   `O_TMPFILE`), made durable, and only then given the path's name, replacing what was
+//!   there in one rename. A checkpoint that fails, or a ferry that is killed, leaves the
+//!   path as it was. A new archive is 0600: it holds the container's memory. One that
+//!   replaces an earlier archive keeps that file's mode and owner.
+//! - `-`, a FIFO or a character device is a stream: written as it comes, never synced,
+//!   never removed.
+
+use crate::runtime::error::{Context, Error, Result};
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The archive's destination, opened before the container is frozen.
+pub enum Output {
+    Stream(std::io::BufWriter<Box<dyn Write + Send>>),
+    File(Pending),
+}
+
+impl Output {
+    /// Opens `path` ("-" is standard output) for an archive, or says why it cannot be.
+    pub fn open(path: &Path) -> Result<Output> {
+        if path == Path::new("-") {
+            return Ok(Output::Stream(std::io::BufWriter::with_capacity(
+                1 << 20,
+                Box::new(std::io::stdout()),
+            )));
+        }
+        let shown = path.display();
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Err(Error::Other(format!(
+                "{shown} is a directory; give the archive's file name (or `-` for standard \
+                 output)"
+            ))),
+            Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
+                // Opened as a shell's `>` would, without truncating or creating anything;
+                // a FIFO's open waits for its reader, still before anything is frozen.
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .ctx(|| format!("open {shown}"))?;
+                Ok(Output::Stream(std::io::BufWriter::with_capacity(
+                    1 << 20,
+                    Box::new(f),
+                )))
+            }
+            Ok(m) if m.is_file() => {
+                // Through any symlink: the archive replaces the file it points to.
+                let real = std::fs::canonicalize(path).ctx(|| format!("resolve {shown}"))?;
+                Pending::new(&real, Some(&m)).map(Output::File)
+            }
+            Ok(_) => Err(Error::Other(format!(
+                "{shown} is neither a file, a FIFO nor a character device; give the \
+                 archive's file name (or `-` for standard output)"
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(path).is_ok() {
+                    return Err(Error::Other(format!(
+                        "{shown} is a symbolic link to nothing; give the archive's own path"
+                    )));
+                }
+                Pending::new(path, None).map(Output::File)
+            }
+            Err(e) => Err(Error::Io {
+                context: format!("stat {shown}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// Makes the archive durable and gives it its name: after this, and not before, the
+    /// container may be released. A stream is flushed.
+    pub fn commit(self) -> std::io::Result<()> {
+        match self {
+            Output::Stream(mut s) => s.flush(),
+            Output::File(p) => p.commit(),
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Stream(s) => s.write(b),
+            Output::File(p) => p.file.write(b),
+        }
+    }
+    fn write_vectored(&mut self, b: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Output::Stream(s) => s.write_vectored(b),
+            Output::File(p) => p.file.write_vectored(b),
+        }
+    }
+    /// For a file, fdatasync: once everything is written, the time this takes is what was
+    /// left to reach the disk (the stats' `sync_ms`).
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Stream(s) => s.flush(),
+            Output::File(p) => p.file.flush(),
+        }
+    }
+}
+
+/// A regular file's archive on its way: written without its name, named by `commit`.
+pub struct Pending {
+    file: Durable,
+    /// The target's directory and name in it.
+    dir: OwnedFd,
+    name: OsString,
+    /// Where the filesystem has no `O_TMPFILE`: the temporary name, removed unless committed.
+    temp: Option<CString>,
+    /// The mode and owner of the archive this one replaces.
+    replaces: Option<(u32, u32, u32)>,
+}
+
+impl Pending {
+    fn new(path: &Path, existing: Option<&std::fs::Metadata>) -> Result<Pending> {
+        Self::create(path, existing, true)
+    }
+
+    /// `unnamed`: try `O_TMPFILE` first (false only to test the fallback).
+    fn create(path: &Path, existing: Option<&std::fs::Metadata>, unnamed: bool) -> Result<Pending> {
+        let shown = path.display();
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::Other(format!("{shown}: give the archive's file name")))?
+            .to_os_string();
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir: OwnedFd = File::open(&parent)
+            .ctx(|| format!("open the directory {} for {shown}", parent.display()))?
+            .into();
+        let tried = if unnamed {
+            open_unnamed(&dir)
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        };
+        let (file, temp) = match tried {
+            Ok(f) => (f, None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let (f, t) =
+                    open_temp(&dir, &name).ctx(|| format!("create a file beside {shown}"))?;
+                (f, Some(t))
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("create {shown}"),
+                    source: e,
+                });
+            }
+        };
+        Ok(Pending {
+            file: Durable::new(file),
+            dir,
+            name,
+            temp,
+            replaces: existing.map(|m| (m.mode() & 0o7777, m.uid(), m.gid())),
+        })
+    }
+
+    fn commit(mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        let file = &self.file.file;
+        if let Some((mode, uid, gid)) = self.replaces {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            // Best effort: only root may give a file away.
+            let _ = std::os::unix::fs::fchown(file, Some(uid), Some(gid));
+        }
+        let temp = match self.temp.take() {
+            Some(t) => t,
+            None => {
+                // An unnamed file gets a temporary name first: linkat cannot replace.
+                let t = temp_name(&self.name);
+                let proc = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+                let _ = unlinkat(&self.dir, &t);
+                // SAFETY: valid C strings and fds.
+                let r = unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        proc.as_ptr(),
+                        self.dir.as_raw_fd(),
+                        t.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                };
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                t
+            }
+        };
+        let name = CString::new(self.name.as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: valid C strings and a directory fd.
+        let r = unsafe {
+            libc::renameat(
+                self.dir.as_raw_fd(),
+                temp.as_ptr(),
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = unlinkat(&self.dir, &temp);
+            return Err(e);
+        }
+        // The name is durable too: a host that crashes now still finds the archive.
+        nix::unistd::fsync(self.dir.as_fd()).map_err(std::io::Error::from)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(t) = &self.temp {
+            let _ = unlinkat(&self.dir, t);
+        }
+    }
+}
+
+fn temp_name(name: &std::ffi::OsStr) -> CString {
+    let mut t = b".".to_vec();
+    t.extend_from_slice(name.as_bytes());
+    t.extend_from_slice(format!(".ferry-partial-{}", std::process::id()).as_bytes());
+    CString::new(t).expect("a file name has no NUL")
+}
+
+fn unlinkat(dir: &OwnedFd, name: &CString) -> std::io::Result<()> {
+    // SAFETY: a valid C string and a directory fd.
+    match unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// A file without a name in `dir`: gone by itself if ferry dies before `commit`.
+fn open_unnamed(dir: &OwnedFd) -> std::io::Result<File> {
+    // SAFETY: a valid C string and a directory fd; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is ours.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// A new hidden file beside the archive's name, where `O_TMPFILE` is not supported.
+fn open_temp(dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<(File, CString)> {
+    let t = temp_name(name);
+    let _ = unlinkat(dir, &t);
+    // SAFETY: a valid C string and a directory fd; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            t.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is ours.
+    Ok((unsafe { File::from_raw_fd(fd) }, t))
+}
+
+/// The archive file, on disk before the source is released: `flush` is fdatasync, so a
+/// host that crashes right after `checkpoint -e` still has the container in the archive.
+/// Writeback is started every few MiB as the archive is written, so that final sync (and
+/// the one the kernel does when the source's overlay is unmounted) finds little left.
+///
+/// It buffers small writes (tar headers, small entries) itself, and writes a large one
+/// (a page part, a raw zstd frame given as slices) with what is buffered in one writev:
+/// std's BufWriter would copy every slice of a vectored write into its buffer first.
+struct Durable {
+    file: std::fs::File,
+    pending: Vec<u8>,
+    pos: u64,
+    started: u64,
+    /// Nothing written since the last fdatasync.
+    synced: bool,
+}
+
+impl Durable {
+    const STEP: u64 = 32 << 20;
+    const BUFFER: usize = 256 << 10;
+
+    fn new(file: std::fs::File) -> Durable {
+        Durable {
+            file,
+            pending: Vec::with_capacity(Self::BUFFER),
+            pos: 0,
+            started: 0,
+            synced: false,
+        }
+    }
+
+    /// Writes what is buffered followed by `more`, all of it.
+    fn write_through(&mut self, more: &[std::io::IoSlice<'_>]) -> std::io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut slices = Vec::with_capacity(more.len() + 1);
+        slices.push(std::io::IoSlice::new(&pending));
+        slices.extend(more.iter().map(|s| std::io::IoSlice::new(s)));
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let r = crate::archive::frames::write_all_vectored(&mut self.file, &mut slices);
+        self.pending = pending;
+        self.pending.clear();
+        r?;
+        self.wrote(total);
+        Ok(())
+    }
+
+    /// Counts `n` bytes written and starts writeback of every full step behind them.
+    fn wrote(&mut self, n: usize) {
+        self.pos += n as u64;
+        self.synced = false;
+        if self.pos - self.started >= Self::STEP {
+            // SAFETY: a writeback request on our own fd; failure only means later.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    (self.pos - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started = self.pos;
+        }
+    }
+}
+
+impl Write for Durable {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(b)])
+    }
+
+    fn write_vectored(&mut self, b: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let total: usize = b.iter().map(|s| s.len()).sum();
+        if self.pending.len() + total <= Self::BUFFER {
+            for s in b {
+                self.pending.extend_from_slice(s);
+            }
+        } else {
+            self.write_through(b)?;
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.write_through(&[])?;
+        }
+        if !self.synced {
+            self.file.sync_data()?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_file_appears_whole_on_commit_and_not_at_all_without_it() {
+        for unnamed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.tar");
+            std::fs::write(&path, b"earlier").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+            let earlier = std::fs::metadata(&path).unwrap();
+
+            let mut p = Pending::create(&path, Some(&earlier), unnamed).unwrap();
+            p.file.write_all(b"dropped").unwrap();
+            drop(p);
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                b"earlier",
+                "unnamed={unnamed}"
+            );
+            assert_eq!(names(dir.path()), ["a.tar"], "unnamed={unnamed}");
+
+            let mut p = Pending::create(&path, Some(&earlier), unnamed).unwrap();
+            p.file.write_all(&vec![7u8; 300 << 10]).unwrap();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                b"earlier",
+                "named before commit"
+            );
+            p.commit().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 300 << 10]);
+            let m = std::fs::metadata(&path).unwrap();
+            assert_eq!(m.mode() & 0o7777, 0o640, "unnamed={unnamed}");
+            assert_eq!(names(dir.path()), ["a.tar"], "unnamed={unnamed}");
+
+            let fresh = dir.path().join("b.tar");
+            let mut p = Pending::create(&fresh, None, unnamed).unwrap();
+            p.file.write_all(b"new").unwrap();
+            p.commit().unwrap();
+            let m = std::fs::metadata(&fresh).unwrap();
+            assert_eq!(m.mode() & 0o7777, 0o600, "unnamed={unnamed}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_hold_an_archive_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |p: &Path| match Output::open(p) {
+            Ok(_) => panic!("{} was accepted", p.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err(dir.path()).contains("is a directory"));
+        let link = dir.path().join("dangling");
+        std::os::unix::fs::symlink("nowhere", &link).unwrap();
+        assert!(err(&link).contains("symbolic link to nothing"));
+        assert!(err(&dir.path().join("no/such/dir/a.tar")).contains("No such file"));
+        assert_eq!(names(dir.path()), ["dangling"]);
+    }
+}
