@@ -27,10 +27,12 @@ impl DeleteArgs {
                     self.id
                 );
             }
-            // runc returns success here, and containerd and podman call `delete --force` as
-            // cleanup that must not fail on a container already gone; say so all the same.
+            // runc returns success here, silently: containerd and podman call `delete
+            // --force` as cleanup that must not fail on a container already gone, and podman
+            // shows the runtime's warnings to its user (after every `podman container
+            // checkpoint`, whose checkpoint has already released the container).
             Err(Error::NotFound { .. }) if self.force => {
-                tracing::warn!("container {:?} does not exist; nothing to delete", self.id);
+                tracing::debug!("container {:?} does not exist; nothing to delete", self.id);
             }
             Err(err) => return Err(err),
         }
