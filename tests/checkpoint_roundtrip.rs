@@ -351,7 +351,10 @@ fn a_delete_during_a_checkpoint_waits_for_it_and_nothing_is_lost() {
     let a = archive.to_str().unwrap();
     let (ck, del) = std::thread::scope(|s| {
         let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--compress", "none"]));
-        let del = once_frozen(&host, &id, || host.run_quiet(&["delete", "--force", &id]));
+        // --debug: the "nothing to delete" of a delete --force is silent otherwise, as runc's.
+        let del = once_frozen(&host, &id, || {
+            host.run_quiet(&["--debug", "delete", "--force", &id])
+        });
         (ck.join().unwrap(), del)
     });
     assert!(ck.success(), "the checkpoint failed: {}", ck.stderr);
