@@ -1029,6 +1029,83 @@ fn a_restore_killed_mid_stage_is_cleaned_up_by_the_next_one() {
     host.run(&["delete", "--force", &copy]).ok();
 }
 
+/// Whether process `pid` has a child running criu.
+fn runs_criu(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        fs::read_to_string(t.path().join("children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| {
+                fs::read_to_string(format!("/proc/{c}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "criu")
+            })
+    })
+}
+
+/// SIGTERM (Ctrl-C's SIGINT, a service stop, timeout(1)) while `restore -i` verifies and
+/// stages the archive, and again once CRIU is restoring from it: each stops in order and
+/// says so, leaves no container, mount, cgroup, process or work file (a ferry that died on
+/// the spot left a half-restored task spinning in its cgroup, CRIU's mounts and the id
+/// taken), and the archive then restores with the memory.
+#[test]
+fn sigterm_during_restore_leaves_nothing_and_the_archive_still_restores() {
+    let (host, id, mem) = host_with_memory("rsterm", "256");
+    let sum = mem.checksum().unwrap();
+    let archive = export(&host, &id, "none", false);
+    let a = archive.to_str().unwrap();
+    let copy = host.id("rsterm-copy");
+    let before = tagged_processes(&host.ferry.tag);
+    let phases: [(&str, &[&str]); 2] = [
+        ("staging the archive", &["--verify-first"]),
+        ("CRIU restoring", &[]),
+    ];
+    for (phase, extra) in phases {
+        let err = host.ferry.scratch().join("restore.err");
+        let mut child = host
+            .command(&["restore", "-i", a, "--name", &copy, "-d"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let stage = host
+            .storage
+            .join("work")
+            .join(format!("restore-{}", child.id()));
+        wait_for(phase, WAIT, || match extra.is_empty() {
+            false => stage.join("checkpoint").exists(),
+            true => runs_criu(child.id()),
+        });
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        let stderr = fs::read_to_string(&err).unwrap();
+        assert!(!status.success(), "{phase}: the restore went on: {stderr}");
+        assert!(
+            stderr.contains("interrupted by SIGTERM")
+                && stderr.contains("nothing was restored")
+                && stderr.contains("is as it was"),
+            "{phase}: the error should say it was interrupted and restored nothing:\n{stderr}"
+        );
+        assert_restore_left_nothing(&host, &copy, &before);
+    }
+    host.run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
+        .ok();
+    let restored = MemHold::at(host.rootfs(&copy).join("tmp"));
+    restored.wait_count_above(mem.count().unwrap().1);
+    host.run(&["kill", &copy, "USR1"]).ok();
+    assert_eq!(restored.wait_rehash(1), sum, "the restored memory differs");
+    host.run(&["delete", "--force", &copy]).ok();
+    still_running_and_counting(&host, &id, &mem);
+}
+
 /// SIGTERM (a service stop, or Ctrl-C's SIGINT) while `checkpoint -e` streams the memory: an
 /// orderly abort, not a death half-way that would leave the container frozen or CRIU's
 /// parasite in it. The container runs on, the same process with the same memory; no work

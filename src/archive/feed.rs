@@ -534,6 +534,11 @@ fn fill(
             if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            if let Err(e) = Error::if_interrupted() {
+                failed.store(true, Ordering::Relaxed);
+                to.gate.fail();
+                return Err(e);
+            }
             // Two parts at a time: their digests are computed side by side (sha256x2).
             let i = next.fetch_add(2, Ordering::Relaxed);
             let Some(first) = parts.get(i) else {
@@ -711,6 +716,7 @@ fn fill_stream(
         if stop.load(Ordering::Relaxed) {
             return Err(stopped());
         }
+        Error::if_interrupted()?;
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
         let name = entry_name(&entry)?;
         match admission.admit(&name, entry.header().entry_type())? {

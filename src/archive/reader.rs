@@ -55,6 +55,17 @@ pub enum Error {
     },
     #[error("trust store: {0}")]
     Trust(#[from] crate::identity::Error),
+    /// SIGINT, SIGTERM or SIGHUP under sys::interrupt's guard.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl Error {
+    /// [`Error::Interrupted`] once a signal has been caught (sys::interrupt): checked at the
+    /// safe points of reading, staging and feeding an archive.
+    pub fn if_interrupted() -> Result<(), Error> {
+        crate::sys::interrupt::check().map_err(|e| Error::Interrupted(e.to_string()))
+    }
 }
 
 impl From<stage::WriteError> for Error {

@@ -432,8 +432,9 @@ pub fn sweep_stale(work: &Path) -> Vec<PathBuf> {
             continue;
         }
         let path = e.path();
-        // EINVAL when nothing is mounted there; MNT_DETACH for one still busy.
-        let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH);
+        // The stage's own tmpfs, and what a CRIU killed with its ferry mounted below
+        // (its cgroup yard): MNT_DETACH for any still busy.
+        crate::sys::mountinfo::unmount_under(&path);
         if std::fs::remove_dir_all(&path).is_ok() {
             tracing::info!(path = %path.display(), pid, "removed what a ferry that is gone left");
             removed.push(path);

@@ -180,6 +180,7 @@ impl Runtime {
             }
         };
         stats.verify_ms = t.elapsed().as_secs_f64() * 1000.0;
+        interrupted()?;
         let (spec, config) = read_dumps(&unpacked)?;
         check_host(&unpacked)?;
 
@@ -232,6 +233,7 @@ impl Runtime {
             .rootfs_for_restore(&img, &id, &spec, &unpacked, &config, &store)
             .map_err(|e| self.disk_full_hint(e))?;
         stats.rootfs_ms = t.elapsed().as_secs_f64() * 1000.0;
+        interrupted()?;
 
         let mut ro = opts.restore;
         ro.id = id.clone();
@@ -280,6 +282,11 @@ impl Runtime {
         }
         Ok((restored.container.supervise_then_delete()?, opts.keep))
     }
+}
+
+/// A safe point between the restore's phases (sys::interrupt).
+fn interrupted() -> Result<()> {
+    crate::sys::interrupt::check().map_err(|e| Error::Other(e.to_string()))
 }
 
 /// An id taken for a restore (`Runtime::take_id`), given back if the restore is never
@@ -450,6 +457,8 @@ impl Drop for DevShm {
 struct ReadBox(Box<dyn Read>);
 impl Read for ReadBox {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        // A safe point of the verify-first path (sys::interrupt).
+        crate::sys::interrupt::check()?;
         self.0.read(b)
     }
 }

@@ -512,6 +512,8 @@ impl Notify for RestoreNotify {
                 if let Some(check) = &mut self.before_resume {
                     (check.0)()?;
                 }
+                // The last safe point (sys::interrupt): CRIU then kills what it restored.
+                crate::sys::interrupt::check().map_err(|e| e.to_string())?;
             }
             "orphan-pts-master" => {
                 let (Some(sock), Some(master)) = (&self.console, fds.first()) else {

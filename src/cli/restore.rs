@@ -65,6 +65,26 @@ pub struct RestoreArgs {
 
 impl RestoreArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
+        // Ctrl-C, a service stop or timeout(1) meanwhile is an orderly abort: CRIU kills
+        // what it restored and ferry removes the rest (sys::interrupt).
+        crate::sys::interrupt::guard();
+        let from = match &self.import {
+            Some(i) if i == std::path::Path::new("-") => {
+                "the archive read from standard input was consumed".to_string()
+            }
+            Some(i) => format!("the archive {} is as it was", i.display()),
+            None => "the checkpoint's images are as they were".to_string(),
+        };
+        self.restore(runtime).map_err(|e| match crate::sys::interrupt::caught() {
+            Some(sig) => Error::Other(format!(
+                "interrupted by {sig}: nothing was restored and nothing of it is left; {from}\n  \
+                 (where it stopped: {e})"
+            )),
+            None => e,
+        })
+    }
+
+    fn restore(self, runtime: &Runtime) -> Result<i32> {
         if self.criu.tcp_close {
             tracing::debug!("--tcp-close: established TCP connections are restored closed");
         }

@@ -50,6 +50,22 @@ pub fn parse(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// Detaches every mount at or below `dir` (the last mounted first), errors ignored: for
+/// leftovers, such as the cgroup yard a killed CRIU mounted in its work directory, which
+/// would make removing that directory fail with EBUSY.
+pub fn unmount_under(dir: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let dir = dir.to_string_lossy();
+    let below = format!("{}/", dir.trim_end_matches('/'));
+    for m in parse(&text).iter().rev() {
+        if m.point == dir || m.point.starts_with(&below) {
+            let _ = nix::mount::umount2(m.point.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
