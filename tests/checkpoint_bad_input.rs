@@ -1045,6 +1045,84 @@ fn runs_criu(pid: u32) -> bool {
     })
 }
 
+/// The processes in container `id`'s pids cgroup.
+fn cgroup_procs(id: &str) -> usize {
+    cgroup_dirs_for(id)
+        .iter()
+        .filter(|d| d.to_string_lossy().contains("/pids/"))
+        .map(|d| {
+            fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
+        .sum()
+}
+
+/// A restore killed (SIGKILL: the OOM killer, a supervisor's last resort) while CRIU
+/// restores can clean nothing up: it leaves a half-restored task in the container's cgroup,
+/// CRIU's mounts, the rootfs and the id taken. While the restore lives (here stopped),
+/// `delete` of the id says who is making it and touches nothing; once it is dead, a restore
+/// of the id says what holds it and how to clear it, and `delete` removes all of it. The
+/// archive then restores.
+#[test]
+fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
+    use nix::sys::signal::{Signal, kill};
+    let (host, id, mem) = host_with_memory("rskill", "512");
+    let sum = mem.checksum().unwrap();
+    let archive = export(&host, &id, "none", false);
+    let a = archive.to_str().unwrap();
+    let copy = host.id("rskill-copy");
+    let before = tagged_processes(&host.ferry.tag);
+    let mut child = host
+        .command(&["restore", "-i", a, "--name", &copy, "-d"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    wait_for("CRIU restoring", WAIT, || runs_criu(child.id()));
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let busy = host.run_quiet(&["delete", "--force", &copy]).fails();
+    assert!(
+        busy.stderr.contains("is busy") && busy.stderr.contains(&format!("pid {pid}")),
+        "a delete while the restore lives: {}",
+        busy.stderr
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+    // criu itself joins the cgroup first; then the task it restores.
+    wait_for("the restored task", WAIT, || cgroup_procs(&copy) >= 2);
+    kill(pid, Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+
+    let held = host
+        .run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
+        .fails();
+    assert!(
+        held.stderr.contains(&format!("pid {pid}"))
+            && held.stderr.contains(&format!("ferry delete {copy}")),
+        "a restore of the id should say what holds it: {}",
+        held.stderr
+    );
+    let cleared = host.run_quiet(&["delete", &copy]).ok();
+    assert!(
+        cleared.stderr.contains("was never made") && cleared.stderr.contains("process"),
+        "the delete should have killed the half-restored task: {}",
+        cleared.stderr
+    );
+    assert_restore_left_nothing(&host, &copy, &before);
+
+    host.run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
+        .ok();
+    let restored = MemHold::at(host.rootfs(&copy).join("tmp"));
+    restored.wait_count_above(mem.count().unwrap().1);
+    host.run(&["kill", &copy, "USR1"]).ok();
+    assert_eq!(restored.wait_rehash(1), sum, "the restored memory differs");
+    host.run(&["delete", "--force", &copy]).ok();
+    still_running_and_counting(&host, &id, &mem);
+}
+
 /// SIGTERM (Ctrl-C's SIGINT, a service stop, timeout(1)) while `restore -i` verifies and
 /// stages the archive, and again once CRIU is restoring from it: each stops in order and
 /// says so, leaves no container, mount, cgroup, process or work file (a ferry that died on

@@ -478,17 +478,28 @@ fn two_runs_racing_for_one_name_give_one_container_and_a_clear_refusal() {
     }
 }
 
-/// A create killed between taking its id and writing its state leaves an empty state
-/// directory: the id reads as taken, and `ferry delete` frees it again.
+/// A create killed between taking its id and noting who takes it leaves an empty state
+/// directory (a ferry from before the note leaves one too): once it is not a moment old,
+/// the id reads as taken by a killed maker, and `ferry delete` frees it again. (What a
+/// restore killed later leaves: checkpoint_bad_input.)
 #[test]
 fn an_id_taken_by_an_interrupted_create_is_freed_by_delete() {
     let host = host_with_image();
     let id = host.id("halfmade");
-    fs::create_dir_all(host.ferry.root().join(&id)).unwrap();
+    let dir = host.ferry.root().join(&id);
+    fs::create_dir_all(&dir).unwrap();
+    fs::File::open(&dir)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        .unwrap();
     let out = host
         .run_quiet(&["run", "-d", "--image", "bb", "--name", &id, "--", "true"])
         .fails();
-    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("was killed") && out.stderr.contains(&format!("ferry delete {id}")),
+        "{}",
+        out.stderr
+    );
     host.run(&["delete", &id]).ok();
     assert!(!host.ferry.root().join(&id).exists());
     host.run(&[

@@ -187,7 +187,7 @@ impl Runtime {
         let id = opts.name.clone().unwrap_or_else(|| config.id.clone());
         crate::runtime::container::validate_id(&id)?;
         if self.container_dir(&id).exists() {
-            return Err(Error::Exists { id });
+            return Err(self.taken_error(&id));
         }
         let t = Instant::now();
         let image = match &config.image {
@@ -211,7 +211,7 @@ impl Runtime {
         })?;
         // Taken before its rootfs is made: of two restores of one id at once, the second is
         // told the id exists (the check above only spares a doomed restore the work).
-        self.take_id(&id)?;
+        self.take_id(&id, &self.storage.join("containers").join(&id))?;
         let mut taken = TakenId {
             runtime: self,
             id: &id,

@@ -129,7 +129,7 @@ impl Runtime {
         }
         let dir = match opts.id_taken {
             true => self.container_dir(&opts.id),
-            false => self.take_id(&opts.id)?,
+            false => self.take_id(&opts.id, &bundle.dir)?,
         };
         let criu_root = dir.join("criu-root");
         let cgroup = cgroup_of(spec, &opts.id)?;

@@ -1,5 +1,6 @@
 //! `ferry delete`: remove a stopped container, or any container with `--force`.
 
+use crate::runtime::unmade::Unmade;
 use crate::runtime::{Error, Result, Runtime};
 use clap::Args;
 
@@ -18,14 +19,27 @@ impl DeleteArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
         match runtime.hold(&self.id, true) {
             Ok((_hold, container)) => container.delete(self.force)?,
-            // Taken but never made into a container: a create or restore killed before it
-            // wrote the state (`Runtime::take_id`). Nothing runs; the id is free again.
-            Err(Error::NotFound { .. }) if runtime.give_back_id(&self.id) => {
-                tracing::warn!(
-                    "container {:?} was never made (an interrupted create or restore took the id); \
-                     the id is free again",
-                    self.id
-                );
+            // Taken but never made into a container: a create, run or restore killed before
+            // it wrote the state (runtime::unmade). What it left goes; the id is free again.
+            Err(Error::NotFound { .. }) if runtime.unmade_id(&self.id).is_some() => {
+                match runtime.unmade_id(&self.id) {
+                    Some(Unmade::Making { by }) => {
+                        return Err(Error::Busy {
+                            id: self.id.clone(),
+                            by,
+                        });
+                    }
+                    Some(Unmade::Remains { bundle, pid }) => {
+                        let removed = runtime.clear_remains(&self.id, bundle.as_deref())?;
+                        tracing::warn!(
+                            "container {:?} was never made: the ferry making it{} was killed; \
+                             removed what it left ({removed}); the id is free again",
+                            self.id,
+                            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                        );
+                    }
+                    None => {}
+                }
             }
             // runc returns success here, silently: containerd and podman call `delete
             // --force` as cleanup that must not fail on a container already gone, and podman

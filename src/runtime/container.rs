@@ -110,22 +110,28 @@ impl Runtime {
     /// the id exists. `create` and `restore` take it themselves; a command that makes the
     /// bundle from an image first (`run --image`, `restore -i`) takes it before that, and
     /// passes `id_taken`.
-    pub fn take_id(&self, id: &str) -> Result<PathBuf> {
+    /// `bundle`: where the container's config.json is or will be, noted with the maker
+    /// so that what a killed maker leaves can be found (runtime::unmade).
+    pub fn take_id(&self, id: &str, bundle: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.root).ctx(|| format!("create {}", self.root.display()))?;
         let dir = self.container_dir(id);
         match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(Error::Exists { id: id.to_string() })
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(self.taken_error(id)),
+            r => {
+                r.ctx(|| format!("create {}", dir.display()))?;
+                self.note_maker(&dir, bundle);
+                Ok(dir)
             }
-            r => r.ctx(|| format!("create {}", dir.display())).map(|()| dir),
         }
     }
 
     /// Gives back an id taken with [`Runtime::take_id`] when no container came of it: its
-    /// state directory goes if it is still empty (a container that was made owns it).
-    /// Returns whether it went.
+    /// state directory goes if nothing but the maker's note is in it (a container that was
+    /// made owns it). Returns whether it went.
     pub fn give_back_id(&self, id: &str) -> bool {
-        std::fs::remove_dir(self.container_dir(id)).is_ok()
+        let dir = self.container_dir(id);
+        let _ = std::fs::remove_file(dir.join(crate::runtime::unmade::MAKER_FILE));
+        std::fs::remove_dir(dir).is_ok()
     }
 
     /// Holds container `id` for an operation that freezes, thaws or ends it (checkpoint,

@@ -178,7 +178,7 @@ impl Runtime {
 
         let dir = match opts.id_taken {
             true => self.container_dir(&opts.id),
-            false => self.take_id(&opts.id)?,
+            false => self.take_id(&opts.id, &bundle.dir)?,
         };
         let mut undo = Undo {
             dir: dir.clone(),

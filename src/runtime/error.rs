@@ -11,8 +11,8 @@ pub enum Error {
     #[error("container {id:?} already exists; pick another id or `ferry delete {id}` first")]
     Exists { id: String },
     #[error(
-        "container {id:?} is busy: {by} is checkpointing, pausing, resuming or deleting it, \
-         or starting a process in it; try again once that has finished"
+        "container {id:?} is busy: {by} is making, checkpointing, pausing, resuming or \
+         deleting it, or starting a process in it; try again once that has finished"
     )]
     Busy { id: String, by: String },
     #[error("invalid container id {id:?}: {why}")]

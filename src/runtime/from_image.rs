@@ -47,7 +47,7 @@ impl Runtime {
         crate::runtime::container::validate_id(&id)?;
         // The id first: of two commands making it at once, the second is told it exists
         // rather than finding the first one's rootfs directory half made.
-        self.take_id(&id)?;
+        self.take_id(&id, &self.storage.join("containers").join(&id))?;
         let made = ImageRootfs::create(&self.storage, &image, &id).and_then(|rootfs| {
             let bundle = rootfs.bundle.clone();
             let written = (|| {
@@ -127,20 +127,25 @@ impl ImageRootfs {
     /// Unmounts the overlay, removes the bundle (and with it the container's changes) and
     /// drops the container's reference on the image.
     pub fn release(&self, id: &str) -> Result<()> {
-        overlay::unmount(&self.bundle.join("rootfs"))?;
-        match std::fs::remove_dir_all(&self.bundle) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).ctx(|| format!("remove {}", self.bundle.display()));
-            }
-            _ => {}
-        }
-        if let Ok(store) = Store::open(&self.storage) {
-            store
-                .remove_ref(id)
-                .map_err(|e| Error::Other(e.to_string()))?;
-        }
-        Ok(())
+        release_bundle(&self.storage, &self.bundle, id)
     }
+}
+
+/// [`ImageRootfs::release`] from the paths alone (what a killed maker left, runtime::unmade).
+pub(crate) fn release_bundle(storage: &Path, bundle: &Path, id: &str) -> Result<()> {
+    overlay::unmount(&bundle.join("rootfs"))?;
+    match std::fs::remove_dir_all(bundle) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).ctx(|| format!("remove {}", bundle.display()));
+        }
+        _ => {}
+    }
+    if let Ok(store) = Store::open(storage) {
+        store
+            .remove_ref(id)
+            .map_err(|e| Error::Other(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// config.json for an image container: `ferry spec` defaults, then the image config.

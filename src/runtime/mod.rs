@@ -24,6 +24,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod start;
 pub mod state;
+pub mod unmade;
 
 pub use container::Container;
 pub use error::{Error, Result};

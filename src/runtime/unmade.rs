@@ -1,0 +1,181 @@
+//! What a `create`, `run` or `restore` leaves when it is killed (SIGKILL, the OOM killer)
+//! while it makes a container, and how `ferry delete` clears it.
+//!
+//! The maker takes the id first ([`Runtime::take_id`]: the state directory) and only writes
+//! the container's record once the container is made. Killed in between, it can leave a
+//! half-restored task in the container's cgroup (seen spinning at 100% CPU after a `restore
+//! -i` was killed while CRIU worked), CRIU's mounts in the state directory, the image
+//! rootfs's overlay and the cgroup itself: no container to `delete`, yet the id is taken.
+//! So the maker notes, beside the id, who it is (pid and start time: a dead maker is told
+//! from a live one) and where the bundle is (its config.json names the cgroup).
+
+use crate::runtime::container::cgroup_of;
+use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::{Runtime, bundle::Bundle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub(crate) const MAKER_FILE: &str = "maker.json";
+
+/// Who is making the container of a taken id, and from which bundle.
+#[derive(Debug, Serialize, Deserialize)]
+struct Maker {
+    pid: i32,
+    start: u64,
+    bundle: PathBuf,
+}
+
+/// What a taken id without a container is.
+pub enum Unmade {
+    /// Its maker still runs (or has only just taken it): not to be touched.
+    Making { by: String },
+    /// Its maker is gone: what it left can go. The bundle, when noted.
+    Remains {
+        bundle: Option<PathBuf>,
+        pid: Option<i32>,
+    },
+}
+
+impl Runtime {
+    /// Notes the maker of a just-taken id (see the module doc).
+    pub(crate) fn note_maker(&self, dir: &Path, bundle: &Path) {
+        let pid = std::process::id() as i32;
+        let maker = Maker {
+            pid,
+            start: crate::sys::proc::start_time(pid).unwrap_or_default(),
+            bundle: std::path::absolute(bundle).unwrap_or_else(|_| bundle.to_path_buf()),
+        };
+        if let Ok(text) = serde_json::to_vec(&maker) {
+            let _ = std::fs::write(dir.join(MAKER_FILE), text);
+        }
+    }
+
+    /// For an id whose state directory exists but holds no container: whether its maker
+    /// still runs. None when the directory is gone or holds a container.
+    pub fn unmade_id(&self, id: &str) -> Option<Unmade> {
+        let dir = self.container_dir(id);
+        if !dir.is_dir() || dir.join(crate::runtime::container::STATE_FILE).exists() {
+            return None;
+        }
+        let maker: Option<Maker> = std::fs::read(dir.join(MAKER_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        Some(match maker {
+            Some(m) if crate::sys::proc::is_alive(m.pid, m.start) => Unmade::Making {
+                by: format!(
+                    "ferry (pid {}: {})",
+                    m.pid,
+                    crate::sys::proc::cmdline(&m.pid.to_string())
+                ),
+            },
+            // Taken a moment ago, the note not yet written.
+            None if is_empty(&dir) && just_made(&dir) => Unmade::Making {
+                by: "another ferry".into(),
+            },
+            m => Unmade::Remains {
+                pid: m.as_ref().map(|m| m.pid),
+                bundle: m.map(|m| m.bundle),
+            },
+        })
+    }
+
+    /// Why `id` cannot be taken: it exists, is being made, or holds what a killed maker left.
+    pub(crate) fn taken_error(&self, id: &str) -> Error {
+        match self.unmade_id(id) {
+            Some(Unmade::Remains { pid, .. }) => Error::Other(format!(
+                "the id {id:?} is taken by what was left when the ferry making that \
+                 container{} was killed; `ferry delete {id}` removes it",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            )),
+            // Being made: to whoever wants the id, it exists.
+            Some(Unmade::Making { .. }) | None => Error::Exists { id: id.to_string() },
+        }
+    }
+
+    /// Removes what a killed maker of `id` left: the processes in the container's cgroup
+    /// and the cgroup, the mounts below the state directory and the directory, and a
+    /// rootfs made from an image. Returns what it removed, for the message.
+    pub fn clear_remains(&self, id: &str, bundle: Option<&Path>) -> Result<String> {
+        let mut removed = vec![];
+        let image_bundle = self.storage.join("containers").join(id);
+        let bundle = bundle.map(Path::to_path_buf).or_else(|| {
+            // Noted by no maker (an older ferry): only an image container's bundle is known.
+            image_bundle
+                .join("config.json")
+                .exists()
+                .then(|| image_bundle.clone())
+        });
+        let spec = bundle
+            .as_ref()
+            .and_then(|b| Bundle::load(b).ok())
+            .map(|b| b.spec);
+        if let Some(spec) = &spec {
+            let cgroup = cgroup_of(spec, id)?;
+            let mut killed = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let pids = cgroup.pids().unwrap_or_default();
+                if pids.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Other(format!(
+                        "processes {pids:?} of the unmade container {id:?} do not die"
+                    )));
+                }
+                if cgroup.is_frozen().unwrap_or(false) {
+                    let _ = cgroup.thaw();
+                }
+                for p in &pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                killed = killed.max(pids.len());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if killed > 0 {
+                removed.push(format!("{killed} process(es)"));
+            }
+            cgroup.destroy()?;
+            removed.push("its cgroup".into());
+        }
+        let dir = self.container_dir(id);
+        let mounts = count_mounts_under(&dir);
+        crate::sys::mountinfo::unmount_under(&dir);
+        if mounts > 0 {
+            removed.push(format!("{mounts} mount(s)"));
+        }
+        if bundle.as_deref() == Some(image_bundle.as_path()) {
+            crate::runtime::from_image::release_bundle(&self.storage, &image_bundle, id)?;
+            removed.push(format!("its rootfs {}", image_bundle.display()));
+        }
+        std::fs::remove_dir_all(&dir).ctx(|| format!("remove {}", dir.display()))?;
+        // CRIU's work files of a killed restore, with the cgroup yard it mounted there.
+        crate::archive::stage::sweep_stale(&self.storage.join("work"));
+        removed.push("its state directory".into());
+        Ok(removed.join(", "))
+    }
+}
+
+/// Made in the last few seconds (a maker writes its note right after).
+fn just_made(dir: &Path) -> bool {
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(5)))
+}
+
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
+fn count_mounts_under(dir: &Path) -> usize {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let below = format!("{}/", dir.display());
+    crate::sys::mountinfo::parse(&text)
+        .iter()
+        .filter(|m| m.point.starts_with(&below))
+        .count()
+}
