@@ -664,7 +664,8 @@ fn without_the_prefault_the_fed_restore_is_the_same() {
 }
 
 /// Where `-e` writes: a new file is 0600 (it holds the container's memory); a checkpoint
-/// to an earlier archive's path replaces it whole and keeps its mode and owner; a character
+/// to an earlier archive's path replaces it whole and keeps its mode and owner, unless that
+/// archive is another container's; a character
 /// device (`/dev/null`'s kind, made in the test's own directory) and a FIFO are written as
 /// streams, and neither is synced nor removed. The archive that went through the FIFO
 /// restores with the memory.
@@ -703,6 +704,27 @@ fn an_archive_replaces_a_file_keeping_its_mode_or_goes_into_a_device_or_a_fifo()
         1,
         "files left beside the archive"
     );
+    // Another container's checkpoint to that path (a drain script giving two containers
+    // one name) is refused before it freezes anything: the archive may be all that is left
+    // of the first.
+    let other = host.id("out-other");
+    start_memhold(&host, "bb", &other, "8");
+    let refused = host
+        .run_quiet(&["checkpoint", &other, "-e", file.to_str().unwrap()])
+        .fails();
+    assert!(
+        refused.stderr.contains("holds the checkpoint of container")
+            && refused.stderr.contains(&id),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(host.ferry.status(&other).as_deref(), Some("running"));
+    assert_eq!(
+        fs::metadata(&file).unwrap().ino(),
+        second.ino(),
+        "the archive was replaced"
+    );
+    host.run(&["delete", "--force", &other]).ok();
 
     let device = dir.join("null");
     nix::sys::stat::mknod(

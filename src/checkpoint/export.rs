@@ -263,7 +263,7 @@ impl Container {
         let mut stats = ExportStats::default();
         // The output opens before anything is frozen: a path that cannot be written is an
         // error with the container untouched.
-        let out = match Output::open(&opts.output) {
+        let out = match Output::open(&opts.output, &self.id) {
             Ok(out) => out,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&work);

@@ -27,8 +27,9 @@ pub enum Output {
 }
 
 impl Output {
-    /// Opens `path` ("-" is standard output) for an archive, or says why it cannot be.
-    pub fn open(path: &Path) -> Result<Output> {
+    /// Opens `path` ("-" is standard output) for an archive of `container`, or says why it
+    /// cannot be.
+    pub fn open(path: &Path, container: &str) -> Result<Output> {
         if path == Path::new("-") {
             return Ok(Output::Stream(std::io::BufWriter::with_capacity(
                 1 << 20,
@@ -56,7 +57,15 @@ impl Output {
             Ok(m) if m.is_file() => {
                 // Through any symlink: the archive replaces the file it points to.
                 let real = std::fs::canonicalize(path).ctx(|| format!("resolve {shown}"))?;
-                Pending::new(&real, Some(&m)).map(Output::File)
+                if let Some(other) = tag(&real).filter(|other| other != container) {
+                    return Err(Error::Other(format!(
+                        "{shown} holds the checkpoint of container {other:?}, which this one \
+                         would replace (and that checkpoint may be all that is left of \
+                         {other:?}); give another path, or remove {shown} first if that \
+                         archive is no longer needed"
+                    )));
+                }
+                Pending::new(&real, Some(&m), container).map(Output::File)
             }
             Ok(_) => Err(Error::Other(format!(
                 "{shown} is neither a file, a FIFO nor a character device; give the \
@@ -68,7 +77,7 @@ impl Output {
                         "{shown} is a symbolic link to nothing; give the archive's own path"
                     )));
                 }
-                Pending::new(path, None).map(Output::File)
+                Pending::new(path, None, container).map(Output::File)
             }
             Err(e) => Err(Error::Io {
                 context: format!("stat {shown}"),
@@ -120,15 +129,22 @@ pub struct Pending {
     temp: Option<CString>,
     /// The mode and owner of the archive this one replaces.
     replaces: Option<(u32, u32, u32)>,
+    /// The container, tagged on the file (see [`tag`]).
+    container: String,
 }
 
 impl Pending {
-    fn new(path: &Path, existing: Option<&std::fs::Metadata>) -> Result<Pending> {
-        Self::create(path, existing, true)
+    fn new(path: &Path, existing: Option<&std::fs::Metadata>, container: &str) -> Result<Pending> {
+        Self::create(path, existing, true, container)
     }
 
     /// `unnamed`: try `O_TMPFILE` first (false only to test the fallback).
-    fn create(path: &Path, existing: Option<&std::fs::Metadata>, unnamed: bool) -> Result<Pending> {
+    fn create(
+        path: &Path,
+        existing: Option<&std::fs::Metadata>,
+        unnamed: bool,
+        container: &str,
+    ) -> Result<Pending> {
         let shown = path.display();
         let name = path
             .file_name()
@@ -166,59 +182,118 @@ impl Pending {
             name,
             temp,
             replaces: existing.map(|m| (m.mode() & 0o7777, m.uid(), m.gid())),
+            container: container.to_string(),
         })
     }
 
     fn commit(mut self) -> std::io::Result<()> {
         self.file.flush()?;
         let file = &self.file.file;
+        let _ = set_tag(file, &self.container);
         if let Some((mode, uid, gid)) = self.replaces {
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(std::fs::Permissions::from_mode(mode))?;
             // Best effort: only root may give a file away.
             let _ = std::os::unix::fs::fchown(file, Some(uid), Some(gid));
         }
-        let temp = match self.temp.take() {
-            Some(t) => t,
-            None => {
-                // An unnamed file gets a temporary name first: linkat cannot replace.
-                let t = temp_name(&self.name);
-                let proc = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
-                let _ = unlinkat(&self.dir, &t);
-                // SAFETY: valid C strings and fds.
-                let r = unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        proc.as_ptr(),
-                        self.dir.as_raw_fd(),
-                        t.as_ptr(),
-                        libc::AT_SYMLINK_FOLLOW,
-                    )
-                };
-                if r != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                t
+        let name = CString::new(self.name.as_bytes()).map_err(std::io::Error::other)?;
+        let unnamed = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        let dir = self.dir.as_raw_fd();
+        let linked = |from_dir: i32, from: &CString, to: &CString, flags: i32| {
+            // SAFETY: valid C strings and directory fds.
+            match unsafe { libc::linkat(from_dir, from.as_ptr(), dir, to.as_ptr(), flags) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
             }
         };
-        let name = CString::new(self.name.as_bytes()).map_err(std::io::Error::other)?;
-        // SAFETY: valid C strings and a directory fd.
-        let r = unsafe {
-            libc::renameat(
-                self.dir.as_raw_fd(),
-                temp.as_ptr(),
-                self.dir.as_raw_fd(),
-                name.as_ptr(),
-            )
+        let renamed = |from: &CString| {
+            // SAFETY: valid C strings and a directory fd.
+            match unsafe { libc::renameat(dir, from.as_ptr(), dir, name.as_ptr()) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
         };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            let _ = unlinkat(&self.dir, &temp);
-            return Err(e);
-        }
+        let follow = libc::AT_SYMLINK_FOLLOW;
+        let r = match (self.replaces.is_some(), self.temp.take()) {
+            // Nothing was at the path when the checkpoint began: a link, which fails where a
+            // rename would replace, should another checkpoint have given the path to its
+            // archive meanwhile (two at once to one new path: the second fails, rather
+            // than replace the first, whose container may be gone).
+            (false, None) => linked(libc::AT_FDCWD, &unnamed, &name, follow),
+            (false, Some(t)) => {
+                let r = linked(dir, &t, &name, 0);
+                let _ = unlinkat(&self.dir, &t);
+                r
+            }
+            // Replacing the archive that was there: under a temporary name, then renamed
+            // over it (linkat cannot replace).
+            (true, None) => {
+                let t = temp_name(&self.name);
+                let _ = unlinkat(&self.dir, &t);
+                linked(libc::AT_FDCWD, &unnamed, &t, follow).and_then(|()| {
+                    renamed(&t).inspect_err(|_| {
+                        let _ = unlinkat(&self.dir, &t);
+                    })
+                })
+            }
+            (true, Some(t)) => renamed(&t).inspect_err(|_| {
+                let _ = unlinkat(&self.dir, &t);
+            }),
+        };
+        r.map_err(|e| match e.raw_os_error() {
+            Some(libc::EEXIST) => std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} was made by someone else while this checkpoint was written (another \
+                     checkpoint to the same path?); this archive is not kept: give another path",
+                    self.name.to_string_lossy()
+                ),
+            ),
+            _ => e,
+        })?;
         // The name is durable too: a host that crashes now still finds the archive.
         nix::unistd::fsync(self.dir.as_fd()).map_err(std::io::Error::from)
     }
+}
+
+/// The extended attribute naming the container whose checkpoint an archive file holds: a
+/// checkpoint of another container to the same path is refused before it freezes anything
+/// (in a drain, a script that gives two containers one path would otherwise keep only the
+/// last, the others already released). Best effort: a filesystem without user xattrs, or a
+/// copy that dropped them, just goes without.
+const TAG: &std::ffi::CStr = c"user.ferry.container";
+
+fn set_tag(file: &File, container: &str) -> std::io::Result<()> {
+    // SAFETY: a valid fd, C string and buffer.
+    let r = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            TAG.as_ptr(),
+            container.as_ptr().cast(),
+            container.len(),
+            0,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// The container an archive file was written for (see [`TAG`]).
+fn tag(path: &Path) -> Option<String> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            TAG.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
 }
 
 impl Drop for Pending {
@@ -229,10 +304,14 @@ impl Drop for Pending {
     }
 }
 
+/// A hidden name beside `name`, unique to this process and call (an agent may write several
+/// archives at once).
 fn temp_name(name: &std::ffi::OsStr) -> CString {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut t = b".".to_vec();
     t.extend_from_slice(name.as_bytes());
-    t.extend_from_slice(format!(".ferry-partial-{}", std::process::id()).as_bytes());
+    t.extend_from_slice(format!(".ferry-partial-{}-{n}", std::process::id()).as_bytes());
     CString::new(t).expect("a file name has no NUL")
 }
 
@@ -399,7 +478,7 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
             let earlier = std::fs::metadata(&path).unwrap();
 
-            let mut p = Pending::create(&path, Some(&earlier), unnamed).unwrap();
+            let mut p = Pending::create(&path, Some(&earlier), unnamed, "c").unwrap();
             p.file.write_all(b"dropped").unwrap();
             drop(p);
             assert_eq!(
@@ -409,7 +488,7 @@ mod tests {
             );
             assert_eq!(names(dir.path()), ["a.tar"], "unnamed={unnamed}");
 
-            let mut p = Pending::create(&path, Some(&earlier), unnamed).unwrap();
+            let mut p = Pending::create(&path, Some(&earlier), unnamed, "c").unwrap();
             p.file.write_all(&vec![7u8; 300 << 10]).unwrap();
             assert_eq!(
                 std::fs::read(&path).unwrap(),
@@ -423,7 +502,7 @@ mod tests {
             assert_eq!(names(dir.path()), ["a.tar"], "unnamed={unnamed}");
 
             let fresh = dir.path().join("b.tar");
-            let mut p = Pending::create(&fresh, None, unnamed).unwrap();
+            let mut p = Pending::create(&fresh, None, unnamed, "c").unwrap();
             p.file.write_all(b"new").unwrap();
             p.commit().unwrap();
             let m = std::fs::metadata(&fresh).unwrap();
@@ -432,9 +511,56 @@ mod tests {
     }
 
     #[test]
+    fn of_two_archives_begun_for_one_new_path_the_second_is_refused_not_swapped_in() {
+        for unnamed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.tar");
+            let mut first = Pending::create(&path, None, unnamed, "one").unwrap();
+            let mut second = Pending::create(&path, None, unnamed, "two").unwrap();
+            first.file.write_all(b"first").unwrap();
+            second.file.write_all(b"second").unwrap();
+            first.commit().unwrap();
+            let e = second.commit().unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+            assert!(e.to_string().contains("give another path"), "{e}");
+            assert_eq!(std::fs::read(&path).unwrap(), b"first", "unnamed={unnamed}");
+            assert_eq!(names(dir.path()), ["a.tar"], "unnamed={unnamed}");
+        }
+    }
+
+    #[test]
+    fn an_archive_of_another_container_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tar");
+        let mut p = Pending::create(&path, None, true, "one").unwrap();
+        p.file.write_all(b"one's memory").unwrap();
+        p.commit().unwrap();
+        assert!(
+            Output::open(&path, "one").is_ok(),
+            "its own container's archive"
+        );
+        match tag(&path) {
+            Some(t) => {
+                assert_eq!(t, "one");
+                let e = Output::open(&path, "two")
+                    .err()
+                    .expect("replaced another's archive");
+                assert!(
+                    e.to_string()
+                        .contains("holds the checkpoint of container \"one\""),
+                    "{e}"
+                );
+            }
+            // A filesystem without user xattrs: nothing to go by, replaced as before.
+            None => assert!(Output::open(&path, "two").is_ok()),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b"one's memory");
+    }
+
+    #[test]
     fn what_cannot_hold_an_archive_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let err = |p: &Path| match Output::open(p) {
+        let err = |p: &Path| match Output::open(p, "c") {
             Ok(_) => panic!("{} was accepted", p.display()),
             Err(e) => e.to_string(),
         };
