@@ -1095,6 +1095,10 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
     wait_for("the restored task", WAIT, || cgroup_procs(&copy) >= 2);
     kill(pid, Signal::SIGKILL).unwrap();
     child.wait().unwrap();
+    // What outlives the restore depends on where CRIU was: often the half-restored task
+    // (seen spinning at 100% CPU), sometimes nothing once CRIU died with ferry.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lingering = cgroup_procs(&copy);
 
     let held = host
         .run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
@@ -1107,8 +1111,9 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
     );
     let cleared = host.run_quiet(&["delete", &copy]).ok();
     assert!(
-        cleared.stderr.contains("was never made") && cleared.stderr.contains("process"),
-        "the delete should have killed the half-restored task: {}",
+        cleared.stderr.contains("was never made")
+            && (lingering == 0 || cleared.stderr.contains("process")),
+        "the delete should have killed the {lingering} process(es) left: {}",
         cleared.stderr
     );
     assert_restore_left_nothing(&host, &copy, &before);

@@ -46,8 +46,12 @@ impl Runtime {
             start: crate::sys::proc::start_time(pid).unwrap_or_default(),
             bundle: std::path::absolute(bundle).unwrap_or_else(|_| bundle.to_path_buf()),
         };
-        if let Ok(text) = serde_json::to_vec(&maker) {
-            let _ = std::fs::write(dir.join(MAKER_FILE), text);
+        // Whole or not at all: a command wanting the id may read it at any moment.
+        let tmp = dir.join(".maker.json.tmp");
+        if let Ok(text) = serde_json::to_vec(&maker)
+            && std::fs::write(&tmp, text).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, dir.join(MAKER_FILE));
         }
     }
 
@@ -69,8 +73,8 @@ impl Runtime {
                     crate::sys::proc::cmdline(&m.pid.to_string())
                 ),
             },
-            // Taken a moment ago, the note not yet written.
-            None if is_empty(&dir) && just_made(&dir) => Unmade::Making {
+            // Taken a moment ago, the note not yet (or not wholly) written.
+            None if just_made(&dir) => Unmade::Making {
                 by: "another ferry".into(),
             },
             m => Unmade::Remains {
@@ -160,15 +164,11 @@ impl Runtime {
     }
 }
 
-/// Made in the last few seconds (a maker writes its note right after).
+/// Made in the last few seconds (a maker writes its note right after taking the id).
 fn just_made(dir: &Path) -> bool {
     std::fs::metadata(dir)
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(5)))
-}
-
-fn is_empty(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 fn count_mounts_under(dir: &Path) -> usize {
