@@ -226,7 +226,7 @@ fn podman_export_import_round_trip(prefix: &str, extra: &[&str]) {
     wait_for("the restored container to count on", WAIT, || {
         count(&podman) > after
     });
-    podman.run(&["rm", "--force", "--time", "0", &name]).ok();
+    podman.rm_force(&[&name]);
 }
 
 /// podman's other migration-like use: `checkpoint -e --leave-running`, then `restore -i
@@ -275,7 +275,5 @@ fn podman_restores_a_copy_under_a_new_name_beside_the_running_original() {
     wait_for("the original to count on", WAIT, || {
         count(&name) > at_checkpoint
     });
-    podman
-        .run(&["rm", "--force", "--time", "0", &name, &copy])
-        .ok();
+    podman.rm_force(&[&name, &copy]);
 }
