@@ -1045,6 +1045,49 @@ fn runs_criu(pid: u32) -> bool {
     })
 }
 
+/// A memhold checkpointed (left running) into an uncompressed archive, the id a copy is
+/// to be restored under, and the test's processes before any restore.
+struct ToRestore {
+    host: Host,
+    id: String,
+    mem: MemHold,
+    sum: String,
+    archive: PathBuf,
+    copy: String,
+    before: Vec<i32>,
+}
+
+fn to_restore(prefix: &str, mib: &str) -> ToRestore {
+    let (host, id, mem) = host_with_memory(prefix, mib);
+    let sum = mem.checksum().unwrap();
+    let archive = export(&host, &id, "none", false);
+    let copy = host.id(&format!("{prefix}-copy"));
+    let before = tagged_processes(&host.ferry.tag);
+    ToRestore {
+        host,
+        id,
+        mem,
+        sum,
+        archive,
+        copy,
+        before,
+    }
+}
+
+/// After the failed attempts: archive `a` restores as `copy` with the memory of `source`
+/// (its id, memhold and checksum), which runs on.
+fn still_restores(host: &Host, a: &str, copy: &str, source: (&str, &MemHold, &str)) {
+    let (id, mem, sum) = source;
+    host.run_quiet(&["restore", "-i", a, "--name", copy, "-d"])
+        .ok();
+    let restored = MemHold::at(host.rootfs(copy).join("tmp"));
+    restored.wait_count_above(mem.count().unwrap().1);
+    host.run(&["kill", copy, "USR1"]).ok();
+    assert_eq!(restored.wait_rehash(1), sum, "the restored memory differs");
+    host.run(&["delete", "--force", copy]).ok();
+    still_running_and_counting(host, id, mem);
+}
+
 /// The processes in container `id`'s pids cgroup.
 fn cgroup_procs(id: &str) -> usize {
     cgroup_dirs_for(id)
@@ -1068,12 +1111,16 @@ fn cgroup_procs(id: &str) -> usize {
 #[test]
 fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
     use nix::sys::signal::{Signal, kill};
-    let (host, id, mem) = host_with_memory("rskill", "512");
-    let sum = mem.checksum().unwrap();
-    let archive = export(&host, &id, "none", false);
+    let ToRestore {
+        host,
+        id,
+        mem,
+        sum,
+        archive,
+        copy,
+        before,
+    } = to_restore("rskill", "512");
     let a = archive.to_str().unwrap();
-    let copy = host.id("rskill-copy");
-    let before = tagged_processes(&host.ferry.tag);
     let mut child = host
         .command(&["restore", "-i", a, "--name", &copy, "-d"])
         .stdin(Stdio::null())
@@ -1118,14 +1165,7 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
     );
     assert_restore_left_nothing(&host, &copy, &before);
 
-    host.run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
-        .ok();
-    let restored = MemHold::at(host.rootfs(&copy).join("tmp"));
-    restored.wait_count_above(mem.count().unwrap().1);
-    host.run(&["kill", &copy, "USR1"]).ok();
-    assert_eq!(restored.wait_rehash(1), sum, "the restored memory differs");
-    host.run(&["delete", "--force", &copy]).ok();
-    still_running_and_counting(&host, &id, &mem);
+    still_restores(&host, a, &copy, (&id, &mem, &sum));
 }
 
 /// SIGTERM (Ctrl-C's SIGINT, a service stop, timeout(1)) while `restore -i` verifies and
@@ -1135,12 +1175,16 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
 /// taken), and the archive then restores with the memory.
 #[test]
 fn sigterm_during_restore_leaves_nothing_and_the_archive_still_restores() {
-    let (host, id, mem) = host_with_memory("rsterm", "256");
-    let sum = mem.checksum().unwrap();
-    let archive = export(&host, &id, "none", false);
+    let ToRestore {
+        host,
+        id,
+        mem,
+        sum,
+        archive,
+        copy,
+        before,
+    } = to_restore("rsterm", "256");
     let a = archive.to_str().unwrap();
-    let copy = host.id("rsterm-copy");
-    let before = tagged_processes(&host.ferry.tag);
     let phases: [(&str, &[&str]); 2] = [
         ("staging the archive", &["--verify-first"]),
         ("CRIU restoring", &[]),
@@ -1179,14 +1223,7 @@ fn sigterm_during_restore_leaves_nothing_and_the_archive_still_restores() {
         );
         assert_restore_left_nothing(&host, &copy, &before);
     }
-    host.run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
-        .ok();
-    let restored = MemHold::at(host.rootfs(&copy).join("tmp"));
-    restored.wait_count_above(mem.count().unwrap().1);
-    host.run(&["kill", &copy, "USR1"]).ok();
-    assert_eq!(restored.wait_rehash(1), sum, "the restored memory differs");
-    host.run(&["delete", "--force", &copy]).ok();
-    still_running_and_counting(&host, &id, &mem);
+    still_restores(&host, a, &copy, (&id, &mem, &sum));
 }
 
 /// SIGTERM (a service stop, or Ctrl-C's SIGINT) while `checkpoint -e` streams the memory: an

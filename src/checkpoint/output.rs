@@ -201,17 +201,11 @@ impl Pending {
         let dir = self.dir.as_raw_fd();
         let linked = |from_dir: i32, from: &CString, to: &CString, flags: i32| {
             // SAFETY: valid C strings and directory fds.
-            match unsafe { libc::linkat(from_dir, from.as_ptr(), dir, to.as_ptr(), flags) } {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
+            os(unsafe { libc::linkat(from_dir, from.as_ptr(), dir, to.as_ptr(), flags) })
         };
         let renamed = |from: &CString| {
             // SAFETY: valid C strings and a directory fd.
-            match unsafe { libc::renameat(dir, from.as_ptr(), dir, name.as_ptr()) } {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
+            os(unsafe { libc::renameat(dir, from.as_ptr(), dir, name.as_ptr()) })
         };
         let follow = libc::AT_SYMLINK_FOLLOW;
         let r = match (self.replaces.is_some(), self.temp.take()) {
@@ -265,7 +259,7 @@ const TAG: &std::ffi::CStr = c"user.ferry.container";
 
 fn set_tag(file: &File, container: &str) -> std::io::Result<()> {
     // SAFETY: a valid fd, C string and buffer.
-    let r = unsafe {
+    os(unsafe {
         libc::fsetxattr(
             file.as_raw_fd(),
             TAG.as_ptr(),
@@ -273,11 +267,7 @@ fn set_tag(file: &File, container: &str) -> std::io::Result<()> {
             container.len(),
             0,
         )
-    };
-    match r {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    })
 }
 
 /// The container an archive file was written for (see [`TAG`]).
@@ -317,7 +307,12 @@ fn temp_name(name: &std::ffi::OsStr) -> CString {
 
 fn unlinkat(dir: &OwnedFd, name: &CString) -> std::io::Result<()> {
     // SAFETY: a valid C string and a directory fd.
-    match unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } {
+    os(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+}
+
+/// A libc call's 0 or -1 as a Result.
+fn os(r: libc::c_int) -> std::io::Result<()> {
+    match r {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     }
