@@ -19,35 +19,35 @@ impl DeleteArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
         match runtime.hold(&self.id, true) {
             Ok((_hold, container)) => container.delete(self.force)?,
-            // Taken but never made into a container: a create, run or restore killed before
-            // it wrote the state (runtime::unmade). What it left goes; the id is free again.
-            Err(Error::NotFound { .. }) if runtime.unmade_id(&self.id).is_some() => {
-                match runtime.unmade_id(&self.id) {
-                    Some(Unmade::Making { by }) => {
-                        return Err(Error::Busy {
-                            id: self.id.clone(),
-                            by,
-                        });
-                    }
-                    Some(Unmade::Remains { bundle, pid }) => {
-                        let removed = runtime.clear_remains(&self.id, bundle.as_deref())?;
-                        tracing::warn!(
-                            "container {:?} was never made: the ferry making it{} was killed; \
-                             removed what it left ({removed}); the id is free again",
-                            self.id,
-                            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-                        );
-                    }
-                    None => {}
+            Err(e @ Error::NotFound { .. }) => match runtime.unmade_id(&self.id) {
+                // Taken but never made into a container: a create, run or restore killed
+                // before it wrote the state (runtime::unmade). What it left goes; the id is
+                // free again.
+                Some(Unmade::Remains { bundle, pid }) => {
+                    let removed = runtime.clear_remains(&self.id, bundle.as_deref())?;
+                    tracing::warn!(
+                        "container {:?} was never made: the ferry making it{} was killed; \
+                         removed what it left ({removed}); the id is free again",
+                        self.id,
+                        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                    );
                 }
-            }
-            // runc returns success here, silently: containerd and podman call `delete
-            // --force` as cleanup that must not fail on a container already gone, and podman
-            // shows the runtime's warnings to its user (after every `podman container
-            // checkpoint`, whose checkpoint has already released the container).
-            Err(Error::NotFound { .. }) if self.force => {
-                tracing::debug!("container {:?} does not exist; nothing to delete", self.id);
-            }
+                Some(Unmade::Making { by }) => {
+                    return Err(Error::Busy {
+                        id: self.id.clone(),
+                        by,
+                    });
+                }
+                // runc returns success here, silently: containerd and podman call `delete
+                // --force` as cleanup that must not fail on a container already gone, and
+                // podman shows the runtime's warnings to its user (after every `podman
+                // container checkpoint`, whose checkpoint has already released the
+                // container).
+                None if self.force => {
+                    tracing::debug!("container {:?} does not exist; nothing to delete", self.id);
+                }
+                None => return Err(e),
+            },
             Err(err) => return Err(err),
         }
         Ok(0)
