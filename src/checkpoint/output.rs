@@ -164,7 +164,15 @@ impl Pending {
         };
         let (file, temp) = match tried {
             Ok(f) => (f, None),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+            // EOPNOTSUPP where the filesystem lacks it, EISDIR on kernels before it (open(2)).
+            // EINVAL and ENOSYS too, defensively: not documented for this, but a failure
+            // here should only cost the hidden name, not the checkpoint.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOSYS)
+                ) =>
+            {
                 let (f, t) =
                     open_temp(&dir, &name).ctx(|| format!("create a file beside {shown}"))?;
                 (f, Some(t))
