@@ -91,35 +91,54 @@ impl Podman {
             if out.success() {
                 return;
             }
-            let busy = out.stderr.contains("userdata/shm: device or resource busy");
-            if !busy || attempt == 5 {
+            // "unlinkat <path>: device or resource busy"
+            let busy = out
+                .stderr
+                .split("unlinkat ")
+                .nth(1)
+                .and_then(|r| r.split(": device or resource busy").next())
+                .filter(|p| p.ends_with("userdata/shm"))
+                .map(str::to_string);
+            let Some(path) = busy.filter(|_| attempt < 5) else {
                 out.ok();
                 return;
-            }
+            };
             eprintln!(
-                "podman rm, attempt {attempt}: {}\n{}",
+                "podman rm, attempt {attempt}: {}\nwho has {path}:\n{}",
                 out.stderr.trim(),
-                holders_of("userdata/shm")
+                holders_of(&path)
             );
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
 }
 
-/// Every process that has a mount, an open file, a cwd or a root whose path contains
-/// `needle`: what keeps such a mount busy.
+/// Who has `path` mounted (one line per mount namespace), or open, as a cwd or as a root:
+/// what keeps a mount there busy.
 #[allow(dead_code)]
-fn holders_of(needle: &str) -> String {
+fn holders_of(path: &str) -> String {
     let mut found = vec![];
+    let mut namespaces = std::collections::BTreeSet::new();
     for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let pid = p.file_name().to_string_lossy().into_owned();
         if !pid.chars().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        let cmd = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-        let mounts = fs::read_to_string(p.path().join("mountinfo")).unwrap_or_default();
-        for l in mounts.lines().filter(|l| l.contains(needle)) {
-            found.push(format!("{pid} ({}) mount: {l}", cmd.trim()));
+        let who = format!(
+            "{pid} ({})",
+            fs::read_to_string(p.path().join("comm"))
+                .unwrap_or_default()
+                .trim()
+        );
+        let ns = fs::read_link(p.path().join("ns/mnt")).unwrap_or_default();
+        if namespaces.insert(ns.clone()) {
+            let mounts = fs::read_to_string(p.path().join("mountinfo")).unwrap_or_default();
+            for l in mounts.lines().filter(|l| l.split(' ').nth(4) == Some(path)) {
+                found.push(format!(
+                    "{} (first seen in {who}) mounts it: {l}",
+                    ns.display()
+                ));
+            }
         }
         let links = ["cwd", "root"].into_iter().map(|l| p.path().join(l)).chain(
             fs::read_dir(p.path().join("fd"))
@@ -130,19 +149,15 @@ fn holders_of(needle: &str) -> String {
         );
         for l in links {
             if let Ok(t) = fs::read_link(&l)
-                && t.to_string_lossy().contains(needle)
+                && t.starts_with(path)
             {
-                found.push(format!(
-                    "{pid} ({}) {}: {}",
-                    cmd.trim(),
-                    l.display(),
-                    t.display()
-                ));
+                found.push(format!("{who} {}: {}", l.display(), t.display()));
             }
         }
     }
-    found.sort();
-    found.dedup();
+    if found.is_empty() {
+        return "nobody (any more)".into();
+    }
     found.join("\n")
 }
 
