@@ -1156,6 +1156,11 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
         "a restore of the id should say what holds it: {}",
         held.stderr
     );
+    let listed = host.run_quiet(&["list"]).ok();
+    assert!(
+        !listed.stdout.contains(&copy) && listed.stderr.contains(&format!("ferry delete {copy}")),
+        "list should name the id beside its output, not in it: {listed:?}"
+    );
     let cleared = host.run_quiet(&["delete", &copy]).ok();
     assert!(
         cleared.stderr.contains("was never made")

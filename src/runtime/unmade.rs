@@ -84,6 +84,26 @@ impl Runtime {
         })
     }
 
+    /// The ids that hold what a killed maker left (for `list` to mention).
+    pub fn remains(&self) -> Vec<(String, Option<i32>)> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return vec![];
+        };
+        let mut out: Vec<_> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| {
+                let id = e.file_name().to_string_lossy().into_owned();
+                match self.unmade_id(&id) {
+                    Some(Unmade::Remains { pid, .. }) => Some((id, pid)),
+                    _ => None,
+                }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Why `id` cannot be taken: it exists, is being made, or holds what a killed maker left.
     pub(crate) fn taken_error(&self, id: &str) -> Error {
         match self.unmade_id(id) {
