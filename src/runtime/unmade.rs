@@ -199,3 +199,90 @@ fn count_mounts_under(dir: &Path) -> usize {
         .filter(|m| m.point.starts_with(&below))
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &Path) -> Runtime {
+        Runtime {
+            storage: dir.join("storage"),
+            ..Runtime::new(dir.join("root"))
+        }
+    }
+
+    fn make(rt: &Runtime, id: &str) -> PathBuf {
+        rt.take_id(id, &rt.storage.join("containers").join(id))
+            .unwrap()
+    }
+
+    fn aged(dir: &Path) {
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::open(dir).unwrap().set_modified(old).unwrap();
+    }
+
+    #[test]
+    fn a_live_maker_is_making_and_a_dead_one_left_remains() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime(tmp.path());
+        // Noted by this test process: alive.
+        let dir = make(&rt, "live");
+        aged(&dir);
+        assert!(
+            matches!(rt.unmade_id("live"), Some(Unmade::Making { by }) if by.contains(&std::process::id().to_string()))
+        );
+        assert!(matches!(rt.taken_error("live"), Error::Exists { .. }));
+        assert!(rt.remains().is_empty());
+
+        // The same note with a start time that is not this process's: a pid reused.
+        let note = dir.join(MAKER_FILE);
+        let text = std::fs::read_to_string(&note).unwrap();
+        let mut m: Maker = serde_json::from_str(&text).unwrap();
+        m.start += 1;
+        std::fs::write(&note, serde_json::to_vec(&m).unwrap()).unwrap();
+        aged(&dir);
+        match rt.unmade_id("live") {
+            Some(Unmade::Remains { pid, bundle }) => {
+                assert_eq!(pid, Some(std::process::id() as i32));
+                assert_eq!(
+                    bundle,
+                    Some(std::path::absolute(rt.storage.join("containers/live")).unwrap())
+                );
+            }
+            _ => panic!("a maker whose start time differs is not alive"),
+        }
+        let e = rt.taken_error("live").to_string();
+        assert!(
+            e.contains("was killed") && e.contains("ferry delete live"),
+            "{e}"
+        );
+        assert_eq!(
+            rt.remains(),
+            [("live".to_string(), Some(std::process::id() as i32))]
+        );
+    }
+
+    #[test]
+    fn an_id_without_a_note_is_being_made_only_for_a_moment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime(tmp.path());
+        let dir = rt.container_dir("bare");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(rt.unmade_id("bare"), Some(Unmade::Making { .. })));
+        aged(&dir);
+        assert!(matches!(
+            rt.unmade_id("bare"),
+            Some(Unmade::Remains {
+                pid: None,
+                bundle: None
+            })
+        ));
+        // A container that was made is none of this.
+        std::fs::write(dir.join(crate::runtime::container::STATE_FILE), "{}").unwrap();
+        assert!(rt.unmade_id("bare").is_none());
+        // And what gives an id back leaves no note behind.
+        let dir = make(&rt, "given");
+        assert!(rt.give_back_id("given"));
+        assert!(!dir.exists());
+    }
+}
