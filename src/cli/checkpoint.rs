@@ -118,7 +118,9 @@ pub struct CheckpointArgs {
     /// Allow CRIU to link-remap deleted files that are still open
     #[arg(long)]
     pub link_remap: bool,
-    /// Write the checkpoint as an archive to FILE
+    /// Write the checkpoint as an archive to FILE ("-": standard output; a FIFO or device
+    /// is written as a stream). A file gets its name only once complete and on disk, mode
+    /// 0600; another container's archive at FILE is not replaced
     #[arg(short, long, value_name = "FILE")]
     pub export: Option<PathBuf>,
     /// Compression of the exported archive
