@@ -56,17 +56,34 @@ fn counting_memhold(prefix: &str, mib: &str) -> (Host, String, (u64, u64), Strin
     (host, id, at, sum)
 }
 
-/// Runs `then` as soon as `id` is seen frozen (a checkpoint running on another thread has
-/// frozen it); fails the test if it never is.
-fn once_frozen<T>(host: &Host, id: &str, then: impl FnOnce() -> T) -> T {
-    let deadline = std::time::Instant::now() + WAIT;
-    while host.ferry.status(id).as_deref() != Some("paused") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the checkpoint was never seen holding {id} frozen"
-        );
-    }
-    then()
+/// Runs `checkpoint ID -e <scratch>/a.tar FLAGS` on another thread and `then` as soon as
+/// it is seen holding `id` frozen (the test fails if it never is); returns the archive's
+/// path, the checkpoint's output and what `then` returned.
+fn while_checkpointing<T>(
+    host: &Host,
+    id: &str,
+    flags: &[&str],
+    then: impl FnOnce() -> T,
+) -> (PathBuf, Output, T) {
+    let archive = host.ferry.scratch().join("a.tar");
+    let a = archive.to_str().unwrap();
+    let (ck, t) = std::thread::scope(|s| {
+        let ck = s.spawn(|| {
+            let mut args = vec!["checkpoint", id, "-e", a];
+            args.extend_from_slice(flags);
+            host.run_quiet(&args)
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        while host.ferry.status(id).as_deref() != Some("paused") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpoint was never seen holding {id} frozen"
+            );
+        }
+        let t = then();
+        (ck.join().unwrap(), t)
+    });
+    (archive, ck, t)
 }
 
 /// The restored `id` (a memhold that had counted to `at.1` in run `at.0`, its memory
@@ -347,16 +364,11 @@ fn two_checkpoints_racing_for_one_container_make_one_archive() {
 #[test]
 fn a_delete_during_a_checkpoint_waits_for_it_and_nothing_is_lost() {
     let (host, id, at, sum) = counting_memhold("ckdel", "256");
-    let archive = host.ferry.scratch().join("a.tar");
-    let a = archive.to_str().unwrap();
-    let (ck, del) = std::thread::scope(|s| {
-        let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--compress", "none"]));
-        // --debug: the "nothing to delete" of a delete --force is silent otherwise, as runc's.
-        let del = once_frozen(&host, &id, || {
-            host.run_quiet(&["--debug", "delete", "--force", &id])
-        });
-        (ck.join().unwrap(), del)
+    // --debug: the "nothing to delete" of a delete --force is silent otherwise, as runc's.
+    let (archive, ck, del) = while_checkpointing(&host, &id, &["--compress", "none"], || {
+        host.run_quiet(&["--debug", "delete", "--force", &id])
     });
+    let a = archive.to_str().unwrap();
     assert!(ck.success(), "the checkpoint failed: {}", ck.stderr);
     assert!(del.success(), "delete --force failed: {}", del.stderr);
     assert!(
@@ -375,13 +387,10 @@ fn a_delete_during_a_checkpoint_waits_for_it_and_nothing_is_lost() {
 #[test]
 fn a_container_killed_during_its_checkpoint_is_not_said_to_run_on() {
     let (host, id, ..) = counting_memhold("ckkill", "256");
-    let archive = host.ferry.scratch().join("a.tar");
-    let a = archive.to_str().unwrap();
-    let ck = std::thread::scope(|s| {
-        let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--compress", "none"]));
-        once_frozen(&host, &id, || host.run_quiet(&["kill", &id, "KILL"]));
-        ck.join().unwrap()
+    let (archive, ck, _) = while_checkpointing(&host, &id, &["--compress", "none"], || {
+        host.run_quiet(&["kill", &id, "KILL"])
     });
+    let a = archive.to_str().unwrap();
     if ck.success() {
         // The kill came after the archive was complete: then it restores.
         host.run(&["restore", "-d", "-i", a]).ok();
@@ -405,15 +414,10 @@ fn a_container_killed_during_its_checkpoint_is_not_said_to_run_on() {
 #[test]
 fn an_exec_during_a_checkpoint_waits_for_it() {
     let (host, id, at, sum) = counting_memhold("ckexec", "256");
-    let archive = host.ferry.scratch().join("a.tar");
-    let a = archive.to_str().unwrap();
-    let (ck, exec) = std::thread::scope(|s| {
-        let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--leave-running"]));
-        let exec = once_frozen(&host, &id, || {
-            host.run(&["exec", &id, "/bin/busybox", "echo", "probe"])
-        });
-        (ck.join().unwrap(), exec)
+    let (archive, ck, exec) = while_checkpointing(&host, &id, &["--leave-running"], || {
+        host.run(&["exec", &id, "/bin/busybox", "echo", "probe"])
     });
+    let a = archive.to_str().unwrap();
     assert!(ck.success(), "the checkpoint failed: {}", ck.stderr);
     assert!(exec.success(), "the exec failed: {}", exec.stderr);
     assert_eq!(exec.stdout.trim(), "probe");
@@ -466,12 +470,8 @@ fn a_running_exec_process_is_named_and_the_checkpoint_refused() {
 #[test]
 fn a_pause_during_a_checkpoint_is_not_undone_by_its_thaw() {
     let (host, id, at, _) = counting_memhold("ckpause", "256");
-    let archive = host.ferry.scratch().join("a.tar");
-    let a = archive.to_str().unwrap();
-    let (ck, pause) = std::thread::scope(|s| {
-        let ck = s.spawn(|| host.run_quiet(&["checkpoint", &id, "-e", a, "--leave-running"]));
-        let pause = once_frozen(&host, &id, || host.run_quiet(&["pause", &id]));
-        (ck.join().unwrap(), pause)
+    let (_, ck, pause) = while_checkpointing(&host, &id, &["--leave-running"], || {
+        host.run_quiet(&["pause", &id])
     });
     assert!(ck.success(), "the checkpoint failed: {}", ck.stderr);
     assert!(pause.success(), "the pause failed: {}", pause.stderr);
