@@ -127,10 +127,8 @@ pub struct Pending {
     name: OsString,
     /// Where the filesystem has no `O_TMPFILE`: the temporary name, removed unless committed.
     temp: Option<CString>,
-    /// The mode and owner of the archive this one replaces.
-    replaces: Option<(u32, u32, u32)>,
-    /// The container, tagged on the file (see [`tag`]).
-    container: String,
+    /// Whether an archive was at the path when this one began (it is then replaced).
+    replaces: bool,
 }
 
 impl Pending {
@@ -184,26 +182,27 @@ impl Pending {
                 });
             }
         };
+        // Tag, mode and owner now, before anything is frozen, not at commit.
+        let _ = set_tag(&file, container);
+        if let Some(m) = existing {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))
+                .ctx(|| format!("give the new {shown} the mode of the one it replaces"))?;
+            // Best effort: only root may give a file away.
+            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+        }
         Ok(Pending {
             file: Durable::new(file),
             dir,
             name,
             temp,
-            replaces: existing.map(|m| (m.mode() & 0o7777, m.uid(), m.gid())),
-            container: container.to_string(),
+            replaces: existing.is_some(),
         })
     }
 
     fn commit(mut self) -> std::io::Result<()> {
         self.file.flush()?;
         let file = &self.file.file;
-        let _ = set_tag(file, &self.container);
-        if let Some((mode, uid, gid)) = self.replaces {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            // Best effort: only root may give a file away.
-            let _ = std::os::unix::fs::fchown(file, Some(uid), Some(gid));
-        }
         let name = CString::new(self.name.as_bytes()).map_err(std::io::Error::other)?;
         let unnamed = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
         let dir = self.dir.as_raw_fd();
@@ -216,7 +215,7 @@ impl Pending {
             os(unsafe { libc::renameat(dir, from.as_ptr(), dir, name.as_ptr()) })
         };
         let follow = libc::AT_SYMLINK_FOLLOW;
-        let r = match (self.replaces.is_some(), self.temp.take()) {
+        let r = match (self.replaces, self.temp.take()) {
             // Nothing was at the path when the checkpoint began: a link, which fails where a
             // rename would replace, should another checkpoint have given the path to its
             // archive meanwhile (two at once to one new path: the second fails, rather
