@@ -434,7 +434,7 @@ pub fn sweep_stale(work: &Path) -> Vec<PathBuf> {
         let path = e.path();
         // The stage's own tmpfs, and what a CRIU killed with its ferry mounted below
         // (its cgroup yard): MNT_DETACH for any still busy.
-        crate::sys::mountinfo::unmount_under(&path);
+        let _ = crate::sys::mountinfo::unmount_under(&path);
         if std::fs::remove_dir_all(&path).is_ok() {
             tracing::info!(path = %path.display(), pid, "removed what a ferry that is gone left");
             removed.push(path);

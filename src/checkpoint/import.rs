@@ -211,7 +211,10 @@ impl Runtime {
         })?;
         // Taken before its rootfs is made: of two restores of one id at once, the second is
         // told the id exists (the check above only spares a doomed restore the work).
-        self.take_id(&id, &self.storage.join("containers").join(&id))?;
+        self.take_id(
+            &id,
+            &crate::runtime::from_image::bundle_of(&self.storage, &id),
+        )?;
         let mut taken = TakenId {
             runtime: self,
             id: &id,

@@ -32,11 +32,7 @@ impl ListArgs {
         print!("{}", render(&states, self.quiet, self.format));
         // Not containers, so not in the output that tools parse; said beside it.
         for (id, pid) in runtime.remains() {
-            tracing::warn!(
-                "the id {id:?} holds what was left when the ferry making it{} was killed; \
-                 `ferry delete {id}` removes it",
-                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-            );
+            tracing::warn!("{}", crate::runtime::unmade::remains_note(&id, pid));
         }
         Ok(0)
     }

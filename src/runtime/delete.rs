@@ -98,27 +98,40 @@ impl Container {
         if cgroup.is_frozen().unwrap_or(false) {
             cgroup.thaw()?;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = cgroup.pids().unwrap_or_default();
-            let alive: Vec<i32> = left
-                .into_iter()
-                .filter(|p| crate::sys::proc::stat(*p).is_some_and(|(s, _)| s != 'Z'))
-                .collect();
-            if !self.is_init_alive() && alive.is_empty() {
-                let _ = release.join();
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Other(format!(
-                    "container {:?}: processes {alive:?} did not die within 10s of SIGKILL",
-                    self.id
-                )));
-            }
-            for p in &alive {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
-            }
-            crate::sys::proc::wait_any_exit(&alive, Duration::from_millis(5));
+        kill_until_gone(cgroup.as_ref(), &self.id, || !self.is_init_alive())?;
+        let _ = release.join();
+        Ok(())
+    }
+}
+
+/// SIGKILL, again, to every live process in the (thawed) `cgroup` of container `id` until
+/// none is left and `init_gone` holds; an error after 10 s. Returns how many were alive at
+/// first. Also what `delete` uses for a container that was never made (runtime::unmade).
+pub(crate) fn kill_until_gone(
+    cgroup: &dyn crate::runtime::cgroups::Cgroup,
+    id: &str,
+    init_gone: impl Fn() -> bool,
+) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first = None;
+    loop {
+        let left = cgroup.pids().unwrap_or_default();
+        let alive: Vec<i32> = left
+            .into_iter()
+            .filter(|p| crate::sys::proc::stat(*p).is_some_and(|(s, _)| s != 'Z'))
+            .collect();
+        let at_first = *first.get_or_insert(alive.len());
+        if init_gone() && alive.is_empty() {
+            return Ok(at_first);
         }
+        if Instant::now() > deadline {
+            return Err(Error::Other(format!(
+                "container {id:?}: processes {alive:?} did not die within 10s of SIGKILL"
+            )));
+        }
+        for p in &alive {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        crate::sys::proc::wait_any_exit(&alive, Duration::from_millis(5));
     }
 }

@@ -47,7 +47,7 @@ impl Runtime {
         crate::runtime::container::validate_id(&id)?;
         // The id first: of two commands making it at once, the second is told it exists
         // rather than finding the first one's rootfs directory half made.
-        self.take_id(&id, &self.storage.join("containers").join(&id))?;
+        self.take_id(&id, &bundle_of(&self.storage, &id))?;
         let made = ImageRootfs::create(&self.storage, &image, &id).and_then(|rootfs| {
             let bundle = rootfs.bundle.clone();
             let written = (|| {
@@ -75,9 +75,9 @@ impl ImageRootfs {
     /// `<storage>/containers/<id>`: an empty upper dir over the image's layers, mounted at
     /// `rootfs`. On error nothing is left.
     pub fn create(storage: &Path, image: &Image, id: &str) -> Result<ImageRootfs> {
-        let bundle = storage.join("containers").join(id);
-        std::fs::create_dir_all(storage.join("containers"))
-            .ctx(|| format!("create {}", storage.join("containers").display()))?;
+        let bundle = bundle_of(storage, id);
+        let containers = bundle.parent().unwrap_or(storage);
+        std::fs::create_dir_all(containers).ctx(|| format!("create {}", containers.display()))?;
         match std::fs::create_dir(&bundle) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::Other(format!(
@@ -129,6 +129,11 @@ impl ImageRootfs {
     pub fn release(&self, id: &str) -> Result<()> {
         release_bundle(&self.storage, &self.bundle, id)
     }
+}
+
+/// Where the bundle of image container `id` is: `<storage>/containers/<id>`.
+pub fn bundle_of(storage: &Path, id: &str) -> PathBuf {
+    storage.join("containers").join(id)
 }
 
 /// [`ImageRootfs::release`] from the paths alone (what a killed maker left, runtime::unmade).

@@ -14,7 +14,7 @@ use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::{Runtime, bundle::Bundle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) const MAKER_FILE: &str = "maker.json";
 
@@ -107,11 +107,7 @@ impl Runtime {
     /// Why `id` cannot be taken: it exists, is being made, or holds what a killed maker left.
     pub(crate) fn taken_error(&self, id: &str) -> Error {
         match self.unmade_id(id) {
-            Some(Unmade::Remains { pid, .. }) => Error::Other(format!(
-                "the id {id:?} is taken by what was left when the ferry making that \
-                 container{} was killed; `ferry delete {id}` removes it",
-                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-            )),
+            Some(Unmade::Remains { pid, .. }) => Error::Other(remains_note(id, pid)),
             // Being made: to whoever wants the id, it exists.
             Some(Unmade::Making { .. }) | None => Error::Exists { id: id.to_string() },
         }
@@ -122,7 +118,7 @@ impl Runtime {
     /// rootfs made from an image. Returns what it removed, for the message.
     pub fn clear_remains(&self, id: &str, bundle: Option<&Path>) -> Result<String> {
         let mut removed = vec![];
-        let image_bundle = self.storage.join("containers").join(id);
+        let image_bundle = crate::runtime::from_image::bundle_of(&self.storage, id);
         let bundle = bundle.map(Path::to_path_buf).or_else(|| {
             // Noted by no maker (an older ferry): only an image container's bundle is known.
             image_bundle
@@ -136,30 +132,10 @@ impl Runtime {
             .map(|b| b.spec);
         if let Some(spec) = &spec {
             let cgroup = cgroup_of(spec, id)?;
-            let mut killed = 0;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let pids = cgroup.pids().unwrap_or_default();
-                if pids.is_empty() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(Error::Other(format!(
-                        "processes {pids:?} of the unmade container {id:?} do not die"
-                    )));
-                }
-                if cgroup.is_frozen().unwrap_or(false) {
-                    let _ = cgroup.thaw();
-                }
-                for p in &pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(*p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                killed = killed.max(pids.len());
-                std::thread::sleep(Duration::from_millis(20));
+            if cgroup.is_frozen().unwrap_or(false) {
+                cgroup.thaw()?;
             }
+            let killed = crate::runtime::delete::kill_until_gone(cgroup.as_ref(), id, || true)?;
             if killed > 0 {
                 removed.push(format!("{killed} process(es)"));
             }
@@ -167,8 +143,7 @@ impl Runtime {
             removed.push("its cgroup".into());
         }
         let dir = self.container_dir(id);
-        let mounts = count_mounts_under(&dir);
-        crate::sys::mountinfo::unmount_under(&dir);
+        let mounts = crate::sys::mountinfo::unmount_under(&dir);
         if mounts > 0 {
             removed.push(format!("{mounts} mount(s)"));
         }
@@ -184,20 +159,21 @@ impl Runtime {
     }
 }
 
+/// What holds an id a killed maker left, and what to do: for a command that wants the id,
+/// and for `list`.
+pub fn remains_note(id: &str, pid: Option<i32>) -> String {
+    format!(
+        "the id {id:?} is taken by what was left when the ferry making that container{} was \
+         killed; `ferry delete {id}` removes it",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )
+}
+
 /// Made in the last few seconds (a maker writes its note right after taking the id).
 fn just_made(dir: &Path) -> bool {
     std::fs::metadata(dir)
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(5)))
-}
-
-fn count_mounts_under(dir: &Path) -> usize {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let below = format!("{}/", dir.display());
-    crate::sys::mountinfo::parse(&text)
-        .iter()
-        .filter(|m| m.point.starts_with(&below))
-        .count()
 }
 
 #[cfg(test)]
@@ -212,7 +188,7 @@ mod tests {
     }
 
     fn make(rt: &Runtime, id: &str) -> PathBuf {
-        rt.take_id(id, &rt.storage.join("containers").join(id))
+        rt.take_id(id, &crate::runtime::from_image::bundle_of(&rt.storage, id))
             .unwrap()
     }
 

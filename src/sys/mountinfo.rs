@@ -52,18 +52,21 @@ pub fn parse(text: &str) -> Vec<Mount> {
 
 /// Detaches every mount at or below `dir` (the last mounted first), errors ignored: for
 /// leftovers, such as the cgroup yard a killed CRIU mounted in its work directory, which
-/// would make removing that directory fail with EBUSY.
-pub fn unmount_under(dir: &std::path::Path) {
+/// would make removing that directory fail with EBUSY. Returns how many there were.
+pub fn unmount_under(dir: &std::path::Path) -> usize {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
+        return 0;
     };
     let dir = dir.to_string_lossy();
     let below = format!("{}/", dir.trim_end_matches('/'));
+    let mut found = 0;
     for m in parse(&text).iter().rev() {
         if m.point == dir || m.point.starts_with(&below) {
             let _ = nix::mount::umount2(m.point.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            found += 1;
         }
     }
+    found
 }
 
 fn unescape_octal(s: &str) -> String {
