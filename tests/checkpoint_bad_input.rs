@@ -1074,18 +1074,51 @@ fn to_restore(prefix: &str, mib: &str) -> ToRestore {
     }
 }
 
-/// After the failed attempts: archive `a` restores as `copy` with the memory of `source`
-/// (its id, memhold and checksum), which runs on.
-fn still_restores(host: &Host, a: &str, copy: &str, source: (&str, &MemHold, &str)) {
-    let (id, mem, sum) = source;
-    host.run_quiet(&["restore", "-i", a, "--name", copy, "-d"])
-        .ok();
-    let restored = MemHold::at(host.rootfs(copy).join("tmp"));
-    restored.wait_count_above(mem.count().unwrap().1);
-    host.run(&["kill", copy, "USR1"]).ok();
-    assert_eq!(restored.wait_rehash(1), sum, "the restored memory differs");
-    host.run(&["delete", "--force", copy]).ok();
-    still_running_and_counting(host, id, mem);
+impl ToRestore {
+    fn archive(&self) -> &str {
+        self.archive.to_str().unwrap()
+    }
+
+    /// `restore -i ARCHIVE --name COPY -d EXTRA`, started, its stderr to `stderr`.
+    fn start_restore(&self, extra: &[&str], stderr: Stdio) -> std::process::Child {
+        self.host
+            .command(&["restore", "-i", self.archive(), "--name", &self.copy, "-d"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
+    /// After the failed attempts: the archive restores as the copy with the source's
+    /// memory, and the source runs on.
+    fn still_restores(&self) {
+        let (host, copy) = (&self.host, self.copy.as_str());
+        host.run_quiet(&["restore", "-i", self.archive(), "--name", copy, "-d"])
+            .ok();
+        let restored = MemHold::at(host.rootfs(copy).join("tmp"));
+        restored.wait_count_above(self.mem.count().unwrap().1);
+        host.run(&["kill", copy, "USR1"]).ok();
+        assert_eq!(
+            restored.wait_rehash(1),
+            self.sum,
+            "the restored memory differs"
+        );
+        host.run(&["delete", "--force", copy]).ok();
+        still_running_and_counting(host, &self.id, &self.mem);
+    }
+}
+
+/// SIGTERM to `child`; its exit status and the stderr it wrote to `err`.
+fn sigterm(child: &mut std::process::Child, err: &Path) -> (std::process::ExitStatus, String) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    (status, fs::read_to_string(err).unwrap())
 }
 
 /// The processes in container `id`'s pids cgroup.
@@ -1111,27 +1144,13 @@ fn cgroup_procs(id: &str) -> usize {
 #[test]
 fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
     use nix::sys::signal::{Signal, kill};
-    let ToRestore {
-        host,
-        id,
-        mem,
-        sum,
-        archive,
-        copy,
-        before,
-    } = to_restore("rskill", "512");
-    let a = archive.to_str().unwrap();
-    let mut child = host
-        .command(&["restore", "-i", a, "--name", &copy, "-d"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let t = to_restore("rskill", "512");
+    let (host, copy, a) = (&t.host, t.copy.as_str(), t.archive());
+    let mut child = t.start_restore(&[], Stdio::null());
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     wait_for("CRIU restoring", WAIT, || runs_criu(child.id()));
     kill(pid, Signal::SIGSTOP).unwrap();
-    let busy = host.run_quiet(&["delete", "--force", &copy]).fails();
+    let busy = host.run_quiet(&["delete", "--force", copy]).fails();
     assert!(
         busy.stderr.contains("is busy") && busy.stderr.contains(&format!("pid {pid}")),
         "a delete while the restore lives: {}",
@@ -1139,16 +1158,16 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
     );
     kill(pid, Signal::SIGCONT).unwrap();
     // criu itself joins the cgroup first; then the task it restores.
-    wait_for("the restored task", WAIT, || cgroup_procs(&copy) >= 2);
+    wait_for("the restored task", WAIT, || cgroup_procs(copy) >= 2);
     kill(pid, Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     // What outlives the restore depends on where CRIU was: often the half-restored task
     // (seen spinning at 100% CPU), sometimes nothing once CRIU died with ferry.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let lingering = cgroup_procs(&copy);
+    let lingering = cgroup_procs(copy);
 
     let held = host
-        .run_quiet(&["restore", "-i", a, "--name", &copy, "-d"])
+        .run_quiet(&["restore", "-i", a, "--name", copy, "-d"])
         .fails();
     assert!(
         held.stderr.contains(&format!("pid {pid}"))
@@ -1158,19 +1177,18 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
     );
     let listed = host.run_quiet(&["list"]).ok();
     assert!(
-        !listed.stdout.contains(&copy) && listed.stderr.contains(&format!("ferry delete {copy}")),
+        !listed.stdout.contains(copy) && listed.stderr.contains(&format!("ferry delete {copy}")),
         "list should name the id beside its output, not in it: {listed:?}"
     );
-    let cleared = host.run_quiet(&["delete", &copy]).ok();
+    let cleared = host.run_quiet(&["delete", copy]).ok();
     assert!(
         cleared.stderr.contains("was never made")
             && (lingering == 0 || cleared.stderr.contains("process")),
         "the delete should have killed the {lingering} process(es) left: {}",
         cleared.stderr
     );
-    assert_restore_left_nothing(&host, &copy, &before);
-
-    still_restores(&host, a, &copy, (&id, &mem, &sum));
+    assert_restore_left_nothing(host, copy, &t.before);
+    t.still_restores();
 }
 
 /// SIGTERM (Ctrl-C's SIGINT, a service stop, timeout(1)) while `restore -i` verifies and
@@ -1180,30 +1198,15 @@ fn what_a_restore_killed_mid_way_leaves_is_named_and_removed_by_delete() {
 /// taken), and the archive then restores with the memory.
 #[test]
 fn sigterm_during_restore_leaves_nothing_and_the_archive_still_restores() {
-    let ToRestore {
-        host,
-        id,
-        mem,
-        sum,
-        archive,
-        copy,
-        before,
-    } = to_restore("rsterm", "256");
-    let a = archive.to_str().unwrap();
+    let t = to_restore("rsterm", "256");
+    let (host, copy) = (&t.host, t.copy.as_str());
     let phases: [(&str, &[&str]); 2] = [
         ("staging the archive", &["--verify-first"]),
         ("CRIU restoring", &[]),
     ];
     for (phase, extra) in phases {
         let err = host.ferry.scratch().join("restore.err");
-        let mut child = host
-            .command(&["restore", "-i", a, "--name", &copy, "-d"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = t.start_restore(extra, fs::File::create(&err).unwrap().into());
         let stage = host
             .storage
             .join("work")
@@ -1212,13 +1215,7 @@ fn sigterm_during_restore_leaves_nothing_and_the_archive_still_restores() {
             false => stage.join("checkpoint").exists(),
             true => runs_criu(child.id()),
         });
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let status = child.wait().unwrap();
-        let stderr = fs::read_to_string(&err).unwrap();
+        let (status, stderr) = sigterm(&mut child, &err);
         assert!(!status.success(), "{phase}: the restore went on: {stderr}");
         assert!(
             stderr.contains("interrupted by SIGTERM")
@@ -1226,9 +1223,9 @@ fn sigterm_during_restore_leaves_nothing_and_the_archive_still_restores() {
                 && stderr.contains("is as it was"),
             "{phase}: the error should say it was interrupted and restored nothing:\n{stderr}"
         );
-        assert_restore_left_nothing(&host, &copy, &before);
+        assert_restore_left_nothing(host, copy, &t.before);
     }
-    still_restores(&host, a, &copy, (&id, &mem, &sum));
+    t.still_restores();
 }
 
 /// SIGTERM (a service stop, or Ctrl-C's SIGINT) while `checkpoint -e` streams the memory: an
@@ -1262,13 +1259,7 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     wait_for("the archive to start", WAIT, || {
         unnamed_output_len(child.id(), archive.parent().unwrap()) > 0
     });
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    let stderr = fs::read_to_string(&err).unwrap();
+    let (status, stderr) = sigterm(&mut child, &err);
     assert!(!status.success(), "the checkpoint should stop: {stderr}");
     assert!(
         stderr.contains("interrupted by SIGTERM") && stderr.contains("runs on as before"),
