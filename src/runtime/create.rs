@@ -45,10 +45,7 @@ impl Runtime {
         let (signals, console, ours) = self.unmade(&opts.create, prepared)?;
         let c = self.create_with_console(&opts.create, console)?;
         if let Err(e) = c.start() {
-            return Err(with_cleanup(
-                e,
-                self.load(&opts.create.id).and_then(|c| c.delete(true)),
-            ));
+            return Err(with_cleanup(e, c.delete_exited()));
         }
         console::attach(ours)?;
         let code = c.supervise(&signals)?;
@@ -99,10 +96,7 @@ impl Runtime {
             let signals = self.unmade(&opts.create, wait::become_supervisor())?;
             let c = self.create(&opts.create)?;
             if let Err(e) = c.start() {
-                return Err(with_cleanup(
-                    e,
-                    self.load(&opts.create.id).and_then(|c| c.delete(true)),
-                ));
+                return Err(with_cleanup(e, c.delete_exited()));
             }
             Ok((c, signals))
         })();

@@ -1,7 +1,7 @@
 //! `delete`: removes a stopped container (or, with `--force`, kills a running one first),
 //! its cgroup and its state, then runs the poststop hooks.
 
-use crate::runtime::error::{Error, Result};
+use crate::runtime::error::{Context, Error, Result};
 use crate::runtime::{Container, Status, hooks};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -41,14 +41,11 @@ impl Container {
             // Poststop failures are logged: the container is gone either way (runtime-spec).
             tracing::warn!("{e}");
         }
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                errors.push(Error::Io {
-                    context: format!("remove {}", self.dir.display()),
-                    source: e,
-                });
-            }
-            _ => {}
+        // Every delete holds the container (`Runtime::hold`), so its directory is there.
+        if let Err(e) =
+            std::fs::remove_dir_all(&self.dir).ctx(|| format!("remove {}", self.dir.display()))
+        {
+            errors.push(e);
         }
         match errors.into_iter().reduce(|a, b| Error::WithCleanup {
             error: Box::new(a),
@@ -59,10 +56,11 @@ impl Container {
         }
     }
 
-    /// The delete of a foreground `run` or `restore` once the init has exited: held like
-    /// `ferry delete`, and nothing to do when another command got there first (a
-    /// checkpoint that released the container, an explicit delete), which used to make the
-    /// two deletes trip over each other ("remove …: No such file or directory").
+    /// The delete of a foreground `run` or `restore` once the init has exited, or of a `run`
+    /// whose start failed: held like `ferry delete`, and nothing to do when another command
+    /// got there first (a checkpoint that released the container, an explicit delete),
+    /// which used to make the two deletes trip over each other ("remove …: No such file or
+    /// directory").
     pub(crate) fn delete_exited(self) -> Result<()> {
         match self.runtime.hold(&self.id, true) {
             Ok((_hold, now)) if now.record.created == self.record.created => now.delete(true),
