@@ -1288,6 +1288,64 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
 }
 
+/// When `checkpoint -e` has its archive but cannot release the container (here: a mount
+/// in its state directory that its removal cannot remove), the error says the archive is
+/// complete and how to finish; `delete` then finishes and the archive restores the
+/// container where it was.
+#[test]
+fn a_source_that_cannot_be_released_is_named_and_its_archive_is_whole() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let (host, id, mem) = host_with_container("unrel");
+    let (runid, _) = mem.wait_count_above(2);
+    let sum = mem.checksum().unwrap();
+    let pid = host.ferry.pid(&id);
+    let pin = host.ferry.root().join(&id).join("pin");
+    fs::create_dir(&pin).unwrap();
+    mount(
+        Some("tmpfs"),
+        &pin,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let archive = host.ferry.scratch().join("unrel.tar");
+    let out = host
+        .run(&["checkpoint", &id, "-e", archive.to_str().unwrap()])
+        .fails();
+    umount2(&pin, MntFlags::MNT_DETACH).unwrap();
+    for says in [
+        format!("is complete in {} and on disk", archive.display()),
+        "releasing the container failed".to_string(),
+        format!("ferry delete --force {id}"),
+    ] {
+        assert!(
+            out.stderr.contains(&says),
+            "no {says:?} in:\n{}",
+            out.stderr
+        );
+    }
+    // Its processes are gone (the release got that far): nothing runs twice. What is left
+    // is still a container, stopped, that delete finishes.
+    assert!(
+        out.stderr.contains("its processes are gone"),
+        "{}",
+        out.stderr
+    );
+    assert!(is_zombie_or_gone(pid), "the source still runs");
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("stopped"));
+    let out = host.run(&["delete", &id]).ok();
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert_deleted(&host, &id);
+    host.run_quiet(&["restore", "-i", archive.to_str().unwrap(), "-d"])
+        .ok();
+    mem.wait_count_above(mem.count().unwrap().1 + 2);
+    assert_eq!(mem.count().unwrap().0, runid, "the container was restarted");
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "the restored memory differs");
+    host.run(&["delete", "--force", &id]).ok();
+}
+
 /// Without a working criu, `checkpoint -e` says so before it freezes anything, and
 /// `restore -i` before it reads the archive.
 #[test]

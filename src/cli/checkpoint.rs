@@ -183,7 +183,14 @@ impl CheckpointArgs {
             };
             let stats = container.export(&opts)?;
             if !self.leave_running {
-                container.delete(true)?;
+                let archive = if output == std::path::Path::new("-") {
+                    "was written whole to standard output".to_string()
+                } else {
+                    format!("is complete in {} and on disk", output.display())
+                };
+                container
+                    .delete(true)
+                    .map_err(|e| not_released(runtime, &self.id, &archive, e))?;
             }
             report_stats(&self.criu, &stats, "checkpoint")?;
             return Ok(0);
@@ -192,7 +199,10 @@ impl CheckpointArgs {
         let report = container.checkpoint(&opts)?;
         if !opts.leave_running && !opts.pre_dump {
             // runc's rule: a checkpointed container is gone (its record is removed).
-            container.delete(true)?;
+            let images = format!("is complete in {}", opts.image_path.display());
+            container
+                .delete(true)
+                .map_err(|e| not_released(runtime, &self.id, &images, e))?;
         }
         report_stats(&self.criu, &report.stats, "dump")?;
         Ok(0)
@@ -230,6 +240,33 @@ impl CheckpointArgs {
             external_devshm: false,
         })
     }
+}
+
+/// The checkpoint is whole (`archive` says where) but the source could not be released:
+/// says so, so that nobody takes the failure for a lost checkpoint and nobody restores it
+/// beside a source that is still paused, and says how to finish.
+fn not_released(runtime: &Runtime, id: &str, archive: &str, e: Error) -> Error {
+    use crate::runtime::Status;
+    let status = runtime.load(id).and_then(|c| c.status()).ok();
+    let next = match status {
+        Some(s @ (Status::Paused | Status::Running)) => format!(
+            "it is still here, {s}: `ferry delete --force {id}` finishes the release, then \
+             restore the checkpoint; or {} lets it run on here, and then do not restore the \
+             checkpoint as well",
+            if s == Status::Paused {
+                format!("`ferry resume {id}`")
+            } else {
+                "leaving it".to_string()
+            }
+        ),
+        _ => format!(
+            "its processes are gone: `ferry delete --force {id}` removes what is left of it, \
+             then restore the checkpoint"
+        ),
+    };
+    Error::Other(format!(
+        "the checkpoint of {id:?} {archive}, but releasing the container failed: {e}\n  {next}"
+    ))
 }
 
 impl ManageCgroupsMode {

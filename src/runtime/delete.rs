@@ -1,9 +1,12 @@
 //! `delete`: removes a stopped container (or, with `--force`, kills a running one first),
 //! its cgroup and its state, then runs the poststop hooks.
 
+use crate::runtime::container::STATE_FILE;
 use crate::runtime::error::{Context, Error, Result};
+use crate::runtime::unmade::MAKER_FILE;
 use crate::runtime::{Container, Status, hooks};
 use nix::sys::signal::Signal;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 impl Container {
@@ -42,9 +45,7 @@ impl Container {
             tracing::warn!("{e}");
         }
         // Every delete holds the container (`Runtime::hold`), so its directory is there.
-        if let Err(e) =
-            std::fs::remove_dir_all(&self.dir).ctx(|| format!("remove {}", self.dir.display()))
-        {
+        if let Err(e) = remove_state_dir(&self.dir) {
             errors.push(e);
         }
         match errors.into_iter().reduce(|a, b| Error::WithCleanup {
@@ -132,4 +133,33 @@ pub(crate) fn kill_until_gone(
         }
         crate::sys::proc::wait_any_exit(&alive, Duration::from_millis(5));
     }
+}
+
+/// Removes a container's state directory with its record last: when something in it cannot
+/// be removed (a mount someone made there, a file made immutable), the container is still
+/// a stopped container that `ferry state` shows and `ferry delete` can finish once that is
+/// dealt with, not a nameless husk.
+fn remove_state_dir(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).ctx(|| format!("read {}", dir.display()))?;
+    let mut last = vec![];
+    for entry in entries {
+        let entry = entry.ctx(|| format!("read {}", dir.display()))?;
+        let name = entry.file_name();
+        if name == STATE_FILE || name == MAKER_FILE {
+            last.push(entry.path());
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        removed.ctx(|| format!("remove {}", path.display()))?;
+    }
+    // The record, then the maker's note (without the record it would read as remains).
+    last.sort_by_key(|p| p.file_name() != Some(std::ffi::OsStr::new(STATE_FILE)));
+    for path in last {
+        std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+    }
+    std::fs::remove_dir(dir).ctx(|| format!("remove {}", dir.display()))
 }
