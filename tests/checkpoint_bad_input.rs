@@ -815,6 +815,26 @@ fn a_failed_checkpoint_leaves_the_container_running() {
     }
     still_running_and_counting(&host, &id, &mem);
 
+    // A compression without an archive is a mistake, not a no-op.
+    let images = host.ferry.scratch().join("compressed-images");
+    let out = host
+        .run(&[
+            "checkpoint",
+            "--image-path",
+            images.to_str().unwrap(),
+            "--compress",
+            "zstd",
+            &id,
+        ])
+        .fails();
+    assert!(
+        out.stderr.contains("--compress applies to an archive"),
+        "{}",
+        out.stderr
+    );
+    assert!(!images.exists(), "CRIU ran anyway");
+    still_running_and_counting(&host, &id, &mem);
+
     // stdio on a file of the host: CRIU cannot dump it.
     let id2 = host.id("hostfile");
     let tag = format!("FERRY_TEST_TAG={}", host.ferry.tag);

@@ -123,7 +123,7 @@ pub struct CheckpointArgs {
     /// 0600; another container's archive at FILE is not replaced
     #[arg(short, long, value_name = "FILE")]
     pub export: Option<PathBuf>,
-    /// Compression of the exported archive
+    /// Compression of the exported archive (with --export) [default: zstd]
     #[arg(long, value_enum, value_name = "ALGORITHM")]
     pub compress: Option<Compression>,
     /// Container id
@@ -139,6 +139,13 @@ pub enum Compression {
 
 impl CheckpointArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
+        if self.export.is_none() && self.compress.is_some() {
+            return Err(Error::Other(
+                "--compress applies to an archive: add --export FILE, or drop --compress (a \
+                 checkpoint into --image-path is CRIU's image files, uncompressed)"
+                    .into(),
+            ));
+        }
         // Held until the checkpoint is done and the source released: a second checkpoint,
         // a pause or a delete meanwhile would thaw, dump or remove what this one froze.
         let (_hold, container) = runtime.hold(&self.id, false)?;
