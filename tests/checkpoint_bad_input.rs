@@ -747,6 +747,27 @@ fn a_criu_failure_runc_style_leaves_nothing() {
     assert!(!out.success());
     assert!(out.stderr.contains("/nonexistent/images"), "{}", out.stderr);
     assert_no_leftovers(&host.ferry, &bundle, &id);
+
+    // Flags of an archive's restore are mistakes here, not no-ops.
+    for flags in [
+        &["--name", "other"][..],
+        &["--verify-first"],
+        &["--insecure-allow-untrusted"],
+    ] {
+        let out = host.run_quiet(
+            &[
+                &["restore", "--bundle", bundle.path_str(), "--image-path"],
+                &[images.to_str().unwrap(), "-d"][..],
+                flags,
+                &[id.as_str()],
+            ]
+            .concat(),
+        );
+        assert!(!out.success());
+        let says = format!("{} applies to an archive", flags[0]);
+        assert!(out.stderr.contains(&says), "{flags:?}: {}", out.stderr);
+        assert_no_leftovers(&host.ferry, &bundle, &id);
+    }
 }
 
 /// After a failed checkpoint the container is running (not frozen, not gone) and counting.

@@ -88,6 +88,21 @@ impl RestoreArgs {
         if self.criu.tcp_close {
             tracing::debug!("--tcp-close: established TCP connections are restored closed");
         }
+        if self.import.is_none() {
+            for (set, flag) in [
+                (self.name.is_some(), "--name"),
+                (self.verify_first, "--verify-first"),
+                (self.insecure_allow_untrusted, "--insecure-allow-untrusted"),
+            ] {
+                if set {
+                    return Err(Error::Other(format!(
+                        "{flag} applies to an archive: add --import FILE, or drop {flag} (a \
+                         restore from --image-path takes the container's id as its argument \
+                         and its images unsigned)"
+                    )));
+                }
+            }
+        }
         if let Some(input) = &self.import {
             if self.criu.image_path.is_some() || self.bundle.is_some() {
                 return Err(Error::Other(
