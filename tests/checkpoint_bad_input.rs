@@ -1329,6 +1329,95 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
 }
 
+/// The processes whose parent is `pid`, by command name.
+fn children_named(pid: u32, name: &str) -> usize {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            comm.ends_with(&format!("({name}"))
+                && rest.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+        })
+        .count()
+}
+
+/// `checkpoint -e` killed outright (SIGKILL: the OOM killer, `timeout -s KILL`) while the
+/// container is frozen for it, once while CRIU dumps and once after CRIU, while the rootfs
+/// changes go into the archive: its thaw guard thaws the container, which runs on with its
+/// memory, says so, and leaves no archive. It used to stay frozen ("paused") for good.
+#[test]
+fn a_checkpoint_killed_outright_leaves_the_container_running() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let (host, id, mem) = host_with_memory("killed", "128");
+    let (runid, _) = mem.wait_count_above(2);
+    let sum = mem.checksum().unwrap();
+    // Rootfs changes large enough that archiving them takes a while after CRIU is done.
+    host.run(&[
+        "exec",
+        &id,
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/urandom of=/root/blob bs=1M count=150 2>/dev/null",
+    ])
+    .ok();
+    let archive = host.ferry.scratch().join("killed.tar");
+    for moment in ["while CRIU dumps", "after CRIU"] {
+        let err = host.ferry.scratch().join("killed.err");
+        let mut child = host
+            .command(&["checkpoint", &id, "-e"])
+            .arg(&archive)
+            .args(["--compress", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let ferry = child.id();
+        let mut criu_seen = false;
+        wait_for(moment, WAIT, || {
+            let criu = children_named(ferry, "criu") > 0;
+            criu_seen |= criu;
+            match moment {
+                "while CRIU dumps" => {
+                    criu && unnamed_output_len(ferry, archive.parent().unwrap()) > 0
+                }
+                _ => criu_seen && !criu,
+            }
+        });
+        kill(Pid::from_raw(ferry as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        // Thawed by the guard, or (while CRIU dumps, sometimes) by CRIU on its way out.
+        wait_for("the guard's word", WAIT, || {
+            fs::read_to_string(&err).is_ok_and(|e| e.contains("runs on as before"))
+        });
+        let said = fs::read_to_string(&err).unwrap();
+        assert!(said.contains("no checkpoint was made"), "{moment}: {said}");
+        still_running_and_counting(&host, &id, &mem);
+        assert!(!archive.exists(), "{moment}: an archive was left");
+    }
+    assert_eq!(mem.count().unwrap().0, runid, "the container was restarted");
+    host.run(&["kill", &id, "USR1"]).ok();
+    assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
+    // Nothing stale stands in the way of the next checkpoint.
+    host.run(&[
+        "checkpoint",
+        &id,
+        "-e",
+        archive.to_str().unwrap(),
+        "--leave-running",
+    ])
+    .ok();
+    assert!(archive.exists());
+    assert_work_clean(&host);
+    still_running_and_counting(&host, &id, &mem);
+}
+
 /// When `checkpoint -e` has its archive but cannot release the container (here: a mount
 /// in its state directory that its removal cannot remove), the error says the archive is
 /// complete and how to finish; `delete` then finishes and the archive restores the

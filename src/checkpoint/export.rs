@@ -7,6 +7,7 @@ use crate::archive::manifest::{FORMAT_VERSION, ImageRef, Manifest, SourceHost};
 use crate::archive::pages;
 use crate::archive::writer::{ArchiveWriter, Compression};
 use crate::checkpoint::CheckpointOptions;
+use crate::checkpoint::guard::FreezeGuard;
 use crate::checkpoint::output::Output;
 use crate::criu::page_server;
 use crate::identity::Identity;
@@ -37,6 +38,13 @@ pub struct ExportOptions {
     pub ignore_rootfs: bool,
     /// Keep the temporary CRIU image and work directory (for debugging).
     pub keep: bool,
+}
+
+/// What `export` returns: its statistics, and the thaw guard of a container left frozen
+/// for the caller to release (drop it once released).
+pub struct Exported {
+    pub stats: ExportStats,
+    pub guard: Option<FreezeGuard>,
 }
 
 /// Phase timings and sizes, for `--print-stats` and the benchmark.
@@ -217,7 +225,10 @@ impl Container {
         }
     }
 
-    pub fn export(&self, opts: &ExportOptions) -> Result<ExportStats> {
+    /// The checkpoint, its archive complete (durable, for a file). Unless
+    /// `--leave-running`, the container is left frozen for the caller to release (`delete`),
+    /// with its thaw guard still watching until the caller drops it.
+    pub fn export(&self, opts: &ExportOptions) -> Result<Exported> {
         let t0 = Instant::now();
         let status = self.check_checkpointable(false)?;
         let layers = if opts.ignore_rootfs {
@@ -259,6 +270,12 @@ impl Container {
                 .join(format!("checkpoint-{}-{}", self.id, std::process::id()));
         std::fs::create_dir_all(&work).ctx(|| format!("create {}", work.display()))?;
         let was_paused = status == Status::Paused;
+        // Started now, so that it is ready by the freeze (checkpoint::guard).
+        let mut guard = if was_paused {
+            None
+        } else {
+            FreezeGuard::start(&self.runtime, &self.id, &opts.output)
+        };
         let cgroup = self.cgroup()?;
         let mut stats = ExportStats::default();
         // The output opens before anything is frozen: a path that cannot be written is an
@@ -299,7 +316,14 @@ impl Container {
             config,
             image,
         };
-        let result = self.export_frozen(opts, ready, &mut stats);
+        // With --leave-running the container is thawed in the end anyway: killed at any
+        // point, the guard thaws it. Otherwise, once the archive may be whole, it must not.
+        let committing = if opts.checkpoint.leave_running {
+            None
+        } else {
+            guard.as_mut()
+        };
+        let result = self.export_frozen(opts, ready, &mut stats, committing);
         // Back to the state it was in: a container paused by its owner stays paused.
         let unfreeze = || if was_paused { Ok(()) } else { cgroup.thaw() };
         let outcome = match result {
@@ -330,7 +354,11 @@ impl Container {
         }
         outcome?;
         stats.total_ms = ms(t0.elapsed());
-        Ok(stats)
+        Ok(Exported {
+            stats,
+            // Done with, once the container is thawed again.
+            guard: guard.filter(|_| !opts.checkpoint.leave_running),
+        })
     }
 
     fn export_frozen(
@@ -338,6 +366,7 @@ impl Container {
         opts: &ExportOptions,
         ready: Prepared,
         stats: &mut ExportStats,
+        mut committing: Option<&mut FreezeGuard>,
     ) -> Result<()> {
         let Prepared {
             out,
@@ -355,6 +384,7 @@ impl Container {
             opts.output.display().to_string()
         };
         let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
+        let stream = matches!(out, Output::Stream(_));
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut w = ArchiveWriter::new(
             Counting {
@@ -436,11 +466,18 @@ impl Container {
             || Duration::from_nanos(written.load(std::sync::atomic::Ordering::Relaxed));
         // The compressor's share: time in it less the time it spent writing out.
         stats.compress_ms = ms(w.encode_time().saturating_sub(spent_writing()));
+        // A stream is whole for its reader once its signed tail is out; a file once named.
+        if stream && let Some(g) = committing.as_mut() {
+            g.committing();
+        }
         let counted = w.finish(manifest, identity).map_err(werr)?;
         stats.write_ms = ms(spent_writing());
         stats.sync_ms = ms(counted.flushing);
         stats.archive_bytes = counted.n;
         // Durable and named: only now may the caller release the source.
+        if !stream && let Some(g) = committing.as_mut() {
+            g.committing();
+        }
         let t_commit = Instant::now();
         counted
             .inner

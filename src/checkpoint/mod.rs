@@ -6,6 +6,7 @@ pub mod dump;
 pub mod export;
 pub mod externals;
 pub mod freshnet;
+pub mod guard;
 pub mod import;
 pub mod netlock;
 pub mod output;

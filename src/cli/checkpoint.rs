@@ -130,6 +130,17 @@ pub struct CheckpointArgs {
     pub id: String,
 }
 
+/// `ferry guard-frozen` (hidden): started by `checkpoint -e`, never by hand
+/// (checkpoint::guard).
+#[derive(Args, Debug)]
+pub struct GuardFrozenArgs {
+    /// Where the checkpoint writes its archive (for the message)
+    #[arg(long, value_name = "PATH")]
+    pub archive: PathBuf,
+    /// Container id
+    pub id: String,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Compression {
     None,
@@ -188,7 +199,8 @@ impl CheckpointArgs {
                 ignore_rootfs: self.criu.ignore_rootfs,
                 keep: self.criu.keep,
             };
-            let stats = container.export(&opts)?;
+            let exported = container.export(&opts)?;
+            let stats = &exported.stats;
             if !self.leave_running {
                 let archive = if output == std::path::Path::new("-") {
                     "was written whole to standard output".to_string()
@@ -199,7 +211,9 @@ impl CheckpointArgs {
                     .delete(true)
                     .map_err(|e| not_released(runtime, &self.id, &archive, e))?;
             }
-            report_stats(&self.criu, &stats, "checkpoint")?;
+            // The source is released: the guard has nothing left to watch.
+            drop(exported.guard);
+            report_stats(&self.criu, stats, "checkpoint")?;
             return Ok(0);
         }
         let opts = self.options()?;

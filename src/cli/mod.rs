@@ -203,6 +203,9 @@ pub enum Command {
     Trust(identity::TrustArgs),
     /// Show what a checkpoint archive holds, verified but not restored
     Inspect(inspect::InspectArgs),
+    /// (internal) Thaws a container whose `checkpoint -e` is killed while it is frozen
+    #[command(name = "guard-frozen", hide = true)]
+    GuardFrozen(checkpoint::GuardFrozenArgs),
 }
 
 /// Runs ferry with the process's argv and returns its exit code.
@@ -406,6 +409,7 @@ fn dispatch(
         Command::Diff(a) => a.run(runtime),
         Command::Trust(a) => a.run(storage),
         Command::Inspect(a) => a.run(storage),
+        Command::GuardFrozen(a) => crate::checkpoint::guard::watch(runtime, &a.id, &a.archive),
     }
 }
 
