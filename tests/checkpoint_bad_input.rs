@@ -1418,6 +1418,41 @@ fn a_checkpoint_killed_outright_leaves_the_container_running() {
     still_running_and_counting(&host, &id, &mem);
 }
 
+/// The guard's three answers, driven directly: ferry's word "done" leaves the container as
+/// it is; "committing" and then silence (ferry killed while its archive may be whole)
+/// leaves it paused and says how to finish; silence alone (killed before) thaws it.
+#[test]
+fn the_thaw_guard_thaws_only_when_no_archive_can_be_whole() {
+    use std::io::Write;
+    let (host, id, mem) = host_with_container("guard");
+    let archive = host.ferry.scratch().join("guard.tar");
+    let guard = |said: &[u8]| -> String {
+        let mut child = host
+            .command(&["guard-frozen", "--archive", archive.to_str().unwrap(), &id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(said).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    host.run(&["pause", &id]).ok();
+    assert_eq!(guard(b"d"), "");
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("paused"));
+    let said = guard(b"c");
+    assert!(
+        said.contains("left paused") && said.contains(&format!("ferry resume {id}")),
+        "{said}"
+    );
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("paused"));
+    let said = guard(b"");
+    assert!(said.contains("is thawed and runs on as before"), "{said}");
+    still_running_and_counting(&host, &id, &mem);
+}
+
 /// When `checkpoint -e` has its archive but cannot release the container (here: a mount
 /// in its state directory that its removal cannot remove), the error says the archive is
 /// complete and how to finish; `delete` then finishes and the archive restores the
