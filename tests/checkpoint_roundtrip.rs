@@ -144,8 +144,14 @@ fn archive_round_trip_keeps_memory_and_the_counter_goes_on() {
     for k in ["dump_ms", "archive_ms", "write_ms", "sync_ms", "total_ms"] {
         assert!(st[k].as_f64().unwrap_or(0.0) > 0.0, "{k} in {st}");
     }
-    // The final fdatasync is a part of the time spent writing.
+    // The final fdatasync is a part of the time spent writing; the container was frozen
+    // through the dump and the archive, and for no longer than the whole checkpoint.
     assert!(st["sync_ms"].as_f64() <= st["write_ms"].as_f64(), "{st}");
+    let frozen = st["frozen_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        frozen >= st["dump_ms"].as_f64().unwrap() && frozen <= st["total_ms"].as_f64().unwrap(),
+        "{st}"
+    );
     assert!(st["compress_ms"].as_f64().is_some(), "{st}");
     // Its own network namespace holds only lo: nothing outside can reach it, so CRIU is not
     // asked to lock it (checkpoint::netlock).

@@ -63,6 +63,10 @@ pub struct ExportStats {
     /// reach the disk once everything is written) and the durable rename that names it.
     pub sync_ms: f64,
     pub total_ms: f64,
+    /// From the freeze until the archive was complete and, with `--leave-running`, the
+    /// container thawed again: the pause its clients saw. (CRIU's own `frozen_time` counts
+    /// only CRIU's part of it.)
+    pub frozen_ms: f64,
     /// How CRIU locked the network namespace (checkpoint::netlock).
     pub network_lock: &'static str,
     pub images_bytes: u64,
@@ -326,6 +330,7 @@ impl Container {
         let result = self.export_frozen(opts, ready, &mut stats, committing);
         // Back to the state it was in: a container paused by its owner stays paused.
         let unfreeze = || if was_paused { Ok(()) } else { cgroup.thaw() };
+        let frozen = t;
         let outcome = match result {
             // The archive is complete; the caller releases the source (`delete`), still frozen.
             Ok(()) if !opts.checkpoint.leave_running => Ok(()),
@@ -349,6 +354,7 @@ impl Container {
                 }
             }
         };
+        stats.frozen_ms = ms(frozen.elapsed());
         if !opts.keep {
             let _ = std::fs::remove_dir_all(&work);
         }
