@@ -52,8 +52,9 @@ impl FreezeGuard {
     }
 
     fn spawn(runtime: &Runtime, id: &str, archive: &Path) -> Result<FreezeGuard> {
-        let exe = std::env::current_exe().ctx(|| "find ferry's own executable")?;
-        let mut cmd = Command::new(&exe);
+        // This very binary, even if an upgrade has replaced the file since ferry started.
+        let exe = Path::new("/proc/self/exe");
+        let mut cmd = Command::new(exe);
         cmd.arg("--root")
             .arg(&runtime.root)
             .arg("--storage")
@@ -73,9 +74,7 @@ impl FreezeGuard {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .ctx(|| format!("start {} guard-frozen", exe.display()))?;
+        let mut child = cmd.spawn().ctx(|| "start ferry guard-frozen")?;
         let pipe = child.stdin.take();
         Ok(FreezeGuard { pipe, child })
     }
