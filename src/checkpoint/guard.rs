@@ -131,11 +131,19 @@ pub fn watch(runtime: &Runtime, id: &str, archive: &Path) -> Result<i32> {
     match last {
         Some(DONE) => return Ok(0),
         Some(COMMITTING) => {
+            let (it, check) = if archive.to_string() == "-" {
+                (
+                    "the archive on its standard output".to_string(),
+                    "what its reader received".to_string(),
+                )
+            } else {
+                (format!("its archive {archive}"), archive.to_string())
+            };
             eprintln!(
                 "ferry: the ferry checkpointing {id:?} (pid {ferry}) was killed while it \
-                 finished its archive {archive}; the container is left paused. If the archive \
-                 is there and `ferry inspect {archive}` finds it whole, `ferry delete --force \
-                 {id}` and restore it; otherwise `ferry resume {id}` lets it run on"
+                 finished {it}; the container is left paused. If `ferry inspect` finds \
+                 {check} whole, `ferry delete --force {id}` and restore it; otherwise `ferry \
+                 resume {id}` lets it run on"
             );
             return Ok(0);
         }
