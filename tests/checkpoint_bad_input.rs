@@ -1287,15 +1287,7 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     let archive = export(&host, &id, "none", false);
     let before = fs::metadata(&archive).unwrap();
     let err = host.ferry.scratch().join("term.err");
-    let mut child = host
-        .command(&["checkpoint", &id, "-e"])
-        .arg(&archive)
-        .args(["--compress", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_checkpoint(&host, &id, &archive, &err);
     // Once the archive has started, half a GiB of memory takes a while to stream.
     wait_for("the archive to start", WAIT, || {
         unnamed_output_len(child.id(), archive.parent().unwrap()) > 0
@@ -1327,6 +1319,19 @@ fn sigterm_during_checkpoint_aborts_cleanly_and_the_container_runs_on() {
     assert_eq!(mem.count().unwrap().0, runid, "the container was restarted");
     host.run(&["kill", &id, "USR1"]).ok();
     assert_eq!(mem.wait_rehash(1), sum, "the container's memory changed");
+}
+
+/// `checkpoint ID -e ARCHIVE --compress none` started in the background, its stderr in
+/// the file `err`.
+fn spawn_checkpoint(host: &Host, id: &str, archive: &Path, err: &Path) -> std::process::Child {
+    host.command(&["checkpoint", id, "-e"])
+        .arg(archive)
+        .args(["--compress", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(err).unwrap())
+        .spawn()
+        .unwrap()
 }
 
 /// The processes whose parent is `pid`, by command name.
@@ -1369,15 +1374,7 @@ fn a_checkpoint_killed_outright_leaves_the_container_running() {
     let archive = host.ferry.scratch().join("killed.tar");
     for moment in ["while CRIU dumps", "after CRIU"] {
         let err = host.ferry.scratch().join("killed.err");
-        let mut child = host
-            .command(&["checkpoint", &id, "-e"])
-            .arg(&archive)
-            .args(["--compress", "none"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_checkpoint(&host, &id, &archive, &err);
         let ferry = child.id();
         let mut criu_seen = false;
         wait_for(moment, WAIT, || {
