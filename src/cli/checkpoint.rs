@@ -133,6 +133,7 @@ pub struct CheckpointArgs {
 /// `ferry guard-frozen` (hidden): started by `checkpoint -e`, never by hand
 /// (checkpoint::guard).
 #[derive(Args, Debug)]
+#[command(args_override_self = true)]
 pub struct GuardFrozenArgs {
     /// Where the checkpoint writes its archive (for the message)
     #[arg(long, value_name = "PATH")]
