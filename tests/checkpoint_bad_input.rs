@@ -1354,7 +1354,9 @@ fn children_named(pid: u32, name: &str) -> usize {
 /// `checkpoint -e` killed outright (SIGKILL: the OOM killer, `timeout -s KILL`) while the
 /// container is frozen for it, once while CRIU dumps and once after CRIU, while the rootfs
 /// changes go into the archive: its thaw guard thaws the container, which runs on with its
-/// memory, says so, and leaves no archive. It used to stay frozen ("paused") for good.
+/// memory, says so, and leaves no archive. It used to stay frozen ("paused") for good. With
+/// the guard killed too (a kill of the whole cgroup), `ferry list` says what froze it and
+/// `ferry resume` thaws it.
 #[test]
 fn a_checkpoint_killed_outright_leaves_the_container_running() {
     use nix::sys::signal::{Signal, kill};
@@ -1372,7 +1374,11 @@ fn a_checkpoint_killed_outright_leaves_the_container_running() {
     ])
     .ok();
     let archive = host.ferry.scratch().join("killed.tar");
-    for moment in ["while CRIU dumps", "after CRIU"] {
+    for moment in [
+        "while CRIU dumps",
+        "after CRIU",
+        "after CRIU, with its guard",
+    ] {
         let err = host.ferry.scratch().join("killed.err");
         let mut child = spawn_checkpoint(&host, &id, &archive, &err);
         let ferry = child.id();
@@ -1387,6 +1393,33 @@ fn a_checkpoint_killed_outright_leaves_the_container_running() {
                 _ => criu_seen && !criu,
             }
         });
+        if moment == "after CRIU, with its guard" {
+            let guard = fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .find(|pid| {
+                    fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.contains("guard-frozen") && c.contains(&id))
+                })
+                .expect("no guard-frozen process");
+            kill(Pid::from_raw(guard), Signal::SIGKILL).unwrap();
+            kill(Pid::from_raw(ferry as i32), Signal::SIGKILL).unwrap();
+            child.wait().unwrap();
+            assert_eq!(host.ferry.status(&id).as_deref(), Some("paused"));
+            let out = host.run(&["list"]).ok();
+            assert!(
+                out.stderr.contains("was killed before it let go")
+                    && out.stderr.contains(&format!("ferry resume {id}")),
+                "{}",
+                out.stderr
+            );
+            host.run(&["resume", &id]).ok();
+            still_running_and_counting(&host, &id, &mem);
+            assert!(host.run(&["list"]).ok().stderr.is_empty());
+            assert!(!archive.exists(), "{moment}: an archive was left");
+            continue;
+        }
         kill(Pid::from_raw(ferry as i32), Signal::SIGKILL).unwrap();
         child.wait().unwrap();
         // Thawed by the guard, or (while CRIU dumps, sometimes) by CRIU on its way out.

@@ -1,6 +1,6 @@
 //! `ferry list`: every container under the root, as an aligned table or JSON.
 
-use crate::runtime::{OciState, Result, Runtime};
+use crate::runtime::{OciState, Result, Runtime, Status};
 use clap::{Args, ValueEnum};
 
 #[derive(Args, Debug)]
@@ -23,13 +23,29 @@ pub enum ListFormat {
 impl ListArgs {
     pub fn run(self, runtime: &Runtime) -> Result<i32> {
         let mut states = Vec::new();
+        let mut frozen = vec![];
         for container in runtime.list()? {
             match container.state() {
-                Ok(state) => states.push(state),
+                Ok(state) => {
+                    if state.status == Status::Paused
+                        && let Some(pid) = container.held_by_a_killed_checkpoint()
+                    {
+                        frozen.push((state.id.clone(), pid));
+                    }
+                    states.push(state)
+                }
                 Err(err) => tracing::warn!("skipping container {:?}: {err}", container.id),
             }
         }
         print!("{}", render(&states, self.quiet, self.format));
+        for (id, pid) in frozen {
+            tracing::warn!(
+                "container {id:?} is paused, and the `ferry checkpoint` that last held it (pid \
+                 {pid}) was killed before it let go: if the checkpoint froze it, `ferry resume \
+                 {id}` thaws it; if its archive is whole (`ferry inspect` it) and is to be \
+                 restored instead, `ferry delete --force {id}`"
+            );
+        }
         // Not containers, so not in the output that tools parse; said beside it.
         for (id, pid) in runtime.remains() {
             tracing::warn!("{}", crate::runtime::unmade::remains_note(&id, pid));

@@ -92,6 +92,19 @@ fn holder(dir: &Path) -> Option<String> {
     None
 }
 
+impl Container {
+    /// The pid of a `ferry checkpoint` that held this container and was killed before it
+    /// let go (its note outlived it): a container it froze may still be frozen, if its thaw
+    /// guard died with it (checkpoint::guard), as a kill of a whole cgroup does.
+    pub fn held_by_a_killed_checkpoint(&self) -> Option<i32> {
+        let note = std::fs::read_to_string(self.dir.join(HOLDER_FILE)).ok()?;
+        let (pid, cmd) = note.split_once(": ")?;
+        let pid: i32 = pid.trim().parse().ok()?;
+        let checkpoint = cmd.split_whitespace().any(|w| w == "checkpoint");
+        (checkpoint && !Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    }
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(note) = self.note.take() {
