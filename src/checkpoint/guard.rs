@@ -127,18 +127,18 @@ pub fn watch(runtime: &Runtime, id: &str, archive: &Path) -> Result<i32> {
             Err(_) => break,
         }
     }
-    let archive = archive.display();
+    let (it, check) = if archive == Path::new("-") {
+        (
+            "the archive on its standard output".to_string(),
+            "what its reader received".to_string(),
+        )
+    } else {
+        let archive = archive.display();
+        (format!("its archive {archive}"), archive.to_string())
+    };
     match last {
         Some(DONE) => return Ok(0),
         Some(COMMITTING) => {
-            let (it, check) = if archive.to_string() == "-" {
-                (
-                    "the archive on its standard output".to_string(),
-                    "what its reader received".to_string(),
-                )
-            } else {
-                (format!("its archive {archive}"), archive.to_string())
-            };
             eprintln!(
                 "ferry: the ferry checkpointing {id:?} (pid {ferry}) was killed while it \
                  finished {it}; the container is left paused. If `ferry inspect` finds \
@@ -157,7 +157,9 @@ pub fn watch(runtime: &Runtime, id: &str, archive: &Path) -> Result<i32> {
     };
     // CRIU dies with ferry; the kernel detaches it from the tasks as it goes.
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) && traced(&container.processes()?) {
+    while t.elapsed() < Duration::from_secs(30)
+        && traced(&container.processes().unwrap_or_default())
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let now = match container.status()? {
@@ -169,8 +171,8 @@ pub fn watch(runtime: &Runtime, id: &str, archive: &Path) -> Result<i32> {
         other => format!("the container no longer runs (it is {other})"),
     };
     eprintln!(
-        "ferry: the ferry checkpointing {id:?} (pid {ferry}) was killed before its archive \
-         {archive} was complete: no checkpoint was made, and {now}"
+        "ferry: the ferry checkpointing {id:?} (pid {ferry}) was killed before {it} was \
+         complete: no checkpoint was made, and {now}"
     );
     Ok(0)
 }
