@@ -156,8 +156,9 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
         };
         removed.ctx(|| format!("remove {}", path.display()))?;
     }
-    // The record, then the maker's note (without the record it would read as remains).
-    last.sort_by_key(|p| p.file_name() != Some(std::ffi::OsStr::new(STATE_FILE)));
+    // The maker's note, then the record: a directory with a maker's note and no record
+    // reads as a killed maker's remains (runtime::unmade); one with a record is a container.
+    last.sort_by_key(|p| p.file_name() == Some(std::ffi::OsStr::new(STATE_FILE)));
     for path in last {
         std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
     }
