@@ -327,14 +327,23 @@ impl Container {
         } else {
             guard.as_mut()
         };
-        let result = self.export_frozen(opts, ready, &mut stats, committing);
         // Back to the state it was in: a container paused by its owner stays paused.
         let unfreeze = || if was_paused { Ok(()) } else { cgroup.thaw() };
-        let frozen = t;
-        let outcome = match result {
+        let mut thawed = None;
+        let result = match self.export_frozen(opts, ready, &mut stats, committing) {
             // The archive is complete; the caller releases the source (`delete`), still frozen.
-            Ok(()) if !opts.checkpoint.leave_running => Ok(()),
-            Ok(()) => unfreeze(),
+            Ok(None) => Ok(()),
+            // --leave-running: the container runs on before the archive's last sync and its
+            // name, which its pause need not include.
+            Ok(Some(out)) => unfreeze().and_then(|()| {
+                thawed = Some(Instant::now());
+                commit(out, &opts.output, &mut stats)
+            }),
+            Err(e) => Err(e),
+        };
+        stats.frozen_ms = ms(thawed.unwrap_or_else(Instant::now).duration_since(t));
+        let outcome = match result {
+            Ok(()) => Ok(()),
             // An archive not committed is gone by itself (checkpoint::output).
             Err(e) => {
                 match unfreeze() {
@@ -354,7 +363,6 @@ impl Container {
                 }
             }
         };
-        stats.frozen_ms = ms(frozen.elapsed());
         if !opts.keep {
             let _ = std::fs::remove_dir_all(&work);
         }
@@ -373,9 +381,9 @@ impl Container {
         ready: Prepared,
         stats: &mut ExportStats,
         mut committing: Option<&mut FreezeGuard>,
-    ) -> Result<()> {
+    ) -> Result<Option<Output>> {
         let Prepared {
-            out,
+            mut out,
             work,
             layers,
             identity,
@@ -391,6 +399,10 @@ impl Container {
         };
         let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
         let stream = matches!(out, Output::Stream(_));
+        // --leave-running: the container is thawed before the last sync (`export`).
+        if opts.checkpoint.leave_running {
+            out.defer_sync();
+        }
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut w = ArchiveWriter::new(
             Counting {
@@ -480,19 +492,28 @@ impl Container {
         stats.write_ms = ms(spent_writing());
         stats.sync_ms = ms(counted.flushing);
         stats.archive_bytes = counted.n;
+        if opts.checkpoint.leave_running {
+            stats.archive_ms = ms(t.elapsed());
+            return Ok(Some(counted.inner));
+        }
         // Durable and named: only now may the caller release the source.
         if !stream && let Some(g) = committing.as_mut() {
             g.committing();
         }
-        let t_commit = Instant::now();
-        counted
-            .inner
-            .commit()
-            .ctx(|| format!("write {}", opts.output.display()))?;
-        let committed = t_commit.elapsed();
-        stats.write_ms += ms(committed);
-        stats.sync_ms += ms(committed);
+        commit(counted.inner, &opts.output, stats)?;
         stats.archive_ms = ms(t.elapsed());
-        Ok(())
+        Ok(None)
     }
 }
+
+/// Makes the archive durable and names it (checkpoint::output), counting the time as the
+/// archive's writing and sync.
+fn commit(out: Output, path: &std::path::Path, stats: &mut ExportStats) -> Result<()> {
+    let t = Instant::now();
+    let r = out.commit().ctx(|| format!("write {}", path.display()));
+    stats.write_ms += ms(t.elapsed());
+    stats.sync_ms += ms(t.elapsed());
+    r
+}
+
+impl Container {}

@@ -86,6 +86,14 @@ impl Output {
         }
     }
 
+    /// Leaves a file's fdatasync to `commit`: `flush` then only writes out what is buffered.
+    /// For `--leave-running`, whose container is thawed before the archive is named.
+    pub fn defer_sync(&mut self) {
+        if let Output::File(p) = self {
+            p.file.defer_sync = true;
+        }
+    }
+
     /// Makes the archive durable and gives it its name: after this, and not before, the
     /// container may be released. A stream is flushed.
     pub fn commit(self) -> std::io::Result<()> {
@@ -201,6 +209,7 @@ impl Pending {
     }
 
     fn commit(mut self) -> std::io::Result<()> {
+        self.file.defer_sync = false;
         self.file.flush()?;
         let file = &self.file.file;
         let name = CString::new(self.name.as_bytes()).map_err(std::io::Error::other)?;
@@ -378,6 +387,8 @@ struct Durable {
     started: u64,
     /// Nothing written since the last fdatasync.
     synced: bool,
+    /// `flush` leaves the fdatasync to the commit (`Output::defer_sync`).
+    defer_sync: bool,
 }
 
 impl Durable {
@@ -391,6 +402,7 @@ impl Durable {
             pos: 0,
             started: 0,
             synced: false,
+            defer_sync: false,
         }
     }
 
@@ -449,7 +461,7 @@ impl Write for Durable {
         if !self.pending.is_empty() {
             self.write_through(&[])?;
         }
-        if !self.synced {
+        if !self.synced && !self.defer_sync {
             self.file.sync_data()?;
             self.synced = true;
         }
