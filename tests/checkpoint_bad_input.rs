@@ -1470,6 +1470,9 @@ fn the_thaw_guard_thaws_only_when_no_archive_can_be_whole() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     host.run(&["pause", &id]).ok();
+    // Paused by its owner, with no killed checkpoint behind it: `list` says nothing more.
+    let out = host.run(&["list"]).ok();
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
     assert_eq!(guard(b"d"), "");
     assert_eq!(host.ferry.status(&id).as_deref(), Some("paused"));
     let said = guard(b"c");
