@@ -344,9 +344,10 @@ impl Container {
         stats.frozen_ms = ms(thawed.unwrap_or_else(Instant::now).duration_since(t));
         let outcome = match result {
             Ok(()) => Ok(()),
-            // An archive not committed is gone by itself (checkpoint::output).
+            // An archive not committed is gone by itself (checkpoint::output). A commit
+            // that failed after the thaw (--leave-running) has nothing left to thaw.
             Err(e) => {
-                match unfreeze() {
+                match thawed.map_or_else(unfreeze, |_| Ok(())) {
                     // Only said when true: a `ferry kill` is not held off by the checkpoint.
                     Ok(()) if matches!(self.status(), Ok(Status::Running | Status::Paused)) => {
                         Err(Error::Other(format!(
@@ -511,9 +512,8 @@ impl Container {
 fn commit(out: Output, path: &std::path::Path, stats: &mut ExportStats) -> Result<()> {
     let t = Instant::now();
     let r = out.commit().ctx(|| format!("write {}", path.display()));
-    stats.write_ms += ms(t.elapsed());
-    stats.sync_ms += ms(t.elapsed());
+    let spent = ms(t.elapsed());
+    stats.write_ms += spent;
+    stats.sync_ms += spent;
     r
 }
-
-impl Container {}
