@@ -141,12 +141,10 @@ pub(crate) fn kill_until_gone(
 /// dealt with, not a nameless husk.
 fn remove_state_dir(dir: &Path) -> Result<()> {
     let entries = std::fs::read_dir(dir).ctx(|| format!("read {}", dir.display()))?;
-    let mut last = vec![];
     for entry in entries {
         let entry = entry.ctx(|| format!("read {}", dir.display()))?;
         let name = entry.file_name();
         if name == STATE_FILE || name == MAKER_FILE {
-            last.push(entry.path());
             continue;
         }
         let path = entry.path();
@@ -158,9 +156,14 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
     }
     // The maker's note, then the record: a directory with a maker's note and no record
     // reads as a killed maker's remains (runtime::unmade); one with a record is a container.
-    last.sort_by_key(|p| p.file_name() == Some(std::ffi::OsStr::new(STATE_FILE)));
-    for path in last {
-        std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+    for name in [MAKER_FILE, STATE_FILE] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).ctx(|| format!("remove {}", path.display()));
+            }
+            _ => {}
+        }
     }
     std::fs::remove_dir(dir).ctx(|| format!("remove {}", dir.display()))
 }
