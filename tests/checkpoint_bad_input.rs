@@ -288,8 +288,12 @@ fn a_truncated_archive_is_refused_at_every_cut() {
         ] {
             let bad = write_archive(&host, &format!("cut-{compress}-{cut}"), &bytes[..cut]);
             let err = refused(&host, &bad, &[], &[]);
+            let empty = cut == 0 && err.contains("the archive is empty");
             assert!(
-                err.contains("truncated") || err.contains("damaged") || err.contains("not a ferry"),
+                empty
+                    || err.contains("truncated")
+                    || err.contains("damaged")
+                    || err.contains("not a ferry"),
                 "a {compress} archive cut at {cut} of {len} bytes: the error should say it is \
                  truncated or damaged:\n{err}"
             );
@@ -529,6 +533,94 @@ fn an_id_in_use_is_refused_and_the_running_one_is_untouched() {
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(work.is_empty(), "work files left: {work:?}");
+}
+
+/// What is not an archive at all (a text file, an empty file, a compressed text, a directory,
+/// the same through a pipe) is named for what it is, its bytes are not quoted back, and
+/// nothing is left; `inspect` says the same.
+#[test]
+fn what_is_not_an_archive_is_named_for_what_it_is() {
+    let host = Host::new();
+    let text = "# secret-looking notes, not an archive\n".repeat(50);
+    let notes = write_archive(&host, "notes.txt", text.as_bytes());
+    let empty = write_archive(&host, "empty.tar", b"");
+    let zst = write_archive(
+        &host,
+        "notes.txt.zst",
+        &zstd::encode_all(text.as_bytes(), 1).unwrap(),
+    );
+    for (file, says) in [
+        (
+            &notes,
+            "not a tar header, nor the start of zstd or gzip data",
+        ),
+        (&empty, "the archive is empty"),
+        (&zst, "inside its zstd compression"),
+    ] {
+        let err = refused(&host, file, &[], &[says]);
+        assert!(
+            !err.contains("secret-looking"),
+            "its bytes are quoted:\n{err}"
+        );
+        let out = host.run_quiet(&["inspect", file.to_str().unwrap()]);
+        assert!(!out.success(), "inspect of {file:?} succeeded");
+        assert!(
+            out.stderr.contains(says),
+            "inspect of {file:?}:\n{}",
+            out.stderr
+        );
+    }
+
+    let dir = host.ferry.scratch().join("images-dir");
+    fs::create_dir_all(&dir).unwrap();
+    let procs = tagged_processes(&host.ferry.tag);
+    let name = host.id("dir");
+    let out = host.run_quiet(&["restore", "-i", dir.to_str().unwrap(), "--name", &name]);
+    assert!(!out.success(), "restore -i of a directory succeeded");
+    for n in ["is a directory", "--image-path"] {
+        assert!(
+            out.stderr.contains(n),
+            "restore -i DIR should say {n:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert_restore_left_nothing(&host, &name, &procs);
+    let out = host.run_quiet(&["inspect", dir.to_str().unwrap()]);
+    assert!(
+        !out.success() && out.stderr.contains("is a directory"),
+        "{}",
+        out.stderr
+    );
+
+    // Through a pipe: read before anything is staged, and said the same way.
+    for (bytes, says) in [
+        (text.as_bytes(), "not a tar header"),
+        (&b""[..], "the archive is empty"),
+    ] {
+        let mut rs = host
+            .command(&["restore", "-i", "-", "--name", &name, "-d"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = rs.stdin.take().unwrap();
+        // ferry may have refused it and closed the pipe before all of it was written.
+        let _ = std::io::Write::write_all(&mut stdin, bytes);
+        drop(stdin);
+        let out = rs.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "restore -i - of {says:?} succeeded");
+        assert!(
+            err.contains(says),
+            "restore -i - should say {says:?}:\n{err}"
+        );
+        assert!(
+            !err.contains("secret-looking"),
+            "its bytes are quoted:\n{err}"
+        );
+        assert_restore_left_nothing(&host, &name, &procs);
+    }
 }
 
 #[test]

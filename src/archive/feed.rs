@@ -73,7 +73,13 @@ pub fn layout(path: &Path) -> Option<Layout> {
         Some(Compression::sniff(&head))
     };
     match sniff(0)? {
-        Compression::None => return Some(Layout::Plain),
+        // Anything else (an empty file, a text file) is left to the stream reader, which
+        // says what it is.
+        Compression::None => {
+            let mut block = [0u8; 512];
+            f.read_exact_at(&mut block, 0).ok()?;
+            return crate::archive::reader::starts_a_tar(&block).then_some(Layout::Plain);
+        }
         Compression::Gzip => return None,
         Compression::Zstd => {}
     }

@@ -187,6 +187,12 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
     let (input, archive_bytes): (Box<dyn Read>, _) = if path == Path::new("-") {
         (Box::new(std::io::stdin()), None)
     } else {
+        if path.is_dir() {
+            return Err(Error::Archive(reader::Error::NotAnArchive(format!(
+                "{} is a directory: inspect reads the archive file `ferry checkpoint -e` wrote",
+                path.display()
+            ))));
+        }
         let f = io(std::fs::File::open(path), || {
             format!("open the archive {}", path.display())
         })?;

@@ -9,7 +9,7 @@ use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::archive::stage::{self, Stage};
 use crate::identity::{Fingerprint, TrustStore};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// The entries a ferry archive may hold, besides `checkpoint/<file>`.
@@ -31,6 +31,9 @@ pub enum Error {
     Corrupt(String),
     #[error("the archive is truncated: {0}")]
     Truncated(String),
+    /// Not a tar stream at all, said in full.
+    #[error("{0}")]
+    NotAnArchive(String),
     #[error("archive entry {entry:?}: {why}; refusing to restore")]
     BadEntry { entry: String, why: String },
     #[error(
@@ -111,22 +114,99 @@ fn is_allowed(name: &str) -> Result<(), String> {
     Err("not an entry a ferry archive holds".into())
 }
 
-/// Opens the (possibly compressed) tar stream, recognising zstd and gzip by their magic.
+/// Opens the (possibly compressed) tar stream, recognising zstd and gzip by their magic,
+/// and refuses what does not start a tar stream (an empty file, a text file, a compressed
+/// file that holds no tar) before any of it is read as entries: the tar reader's own error
+/// for such input quotes the bytes it choked on.
 ///
 /// An uncompressed stream keeps a small buffer: tar reads the 512-byte headers through it,
 /// and a megabyte of entry data read past an empty buffer goes from the file straight into
 /// the caller's, where a buffer as large as that would have every byte copied once more.
-pub fn decompressed(input: impl Read + 'static) -> std::io::Result<Box<dyn Read>> {
-    let mut r = BufReader::with_capacity(1 << 20, input);
-    let head = r.fill_buf()?.to_vec();
-    Ok(if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
-    } else if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::GzDecoder::new(r))
-    } else {
-        // What the large buffer already held, then the rest through a small one.
-        let held = std::io::Cursor::new(r.buffer().to_vec());
-        Box::new(held.chain(BufReader::with_capacity(16 << 10, r.into_inner())))
+pub fn decompressed(input: impl Read + 'static) -> Result<Box<dyn Read>, Error> {
+    let mut input = input;
+    let head = read_head(&mut input)?;
+    let (decoded, kind): (Box<dyn Read>, _) = match crate::image::layer::Compression::sniff(&head) {
+        crate::image::layer::Compression::None => {
+            check_tar_start(&head, None)?;
+            let rest = BufReader::with_capacity(16 << 10, input);
+            return Ok(Box::new(std::io::Cursor::new(head).chain(rest)));
+        }
+        crate::image::layer::Compression::Zstd => {
+            let all = BufReader::with_capacity(1 << 20, std::io::Cursor::new(head).chain(input));
+            let d = zstd::stream::read::Decoder::with_buffer(all)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            (Box::new(d), "zstd")
+        }
+        crate::image::layer::Compression::Gzip => {
+            let all = BufReader::with_capacity(1 << 20, std::io::Cursor::new(head).chain(input));
+            (Box::new(flate2::bufread::GzDecoder::new(all)), "gzip")
+        }
+    };
+    let mut decoded = decoded;
+    let tar_head = read_head(&mut decoded)?;
+    check_tar_start(&tar_head, Some(kind))?;
+    Ok(Box::new(std::io::Cursor::new(tar_head).chain(decoded)))
+}
+
+const BLOCK: usize = 512;
+
+/// Up to the first tar block of `r` (less only at its end: a pipe may hand it over in
+/// pieces).
+fn read_head(r: &mut impl Read) -> Result<Vec<u8>, Error> {
+    let mut head = Vec::with_capacity(BLOCK);
+    r.take(BLOCK as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok(head)
+}
+
+/// Whether `head`, the first bytes of a stream (after decompression), can start a tar
+/// archive: a header whose checksum matches, or the zero block of an empty archive.
+pub(crate) fn starts_a_tar(head: &[u8]) -> bool {
+    let Some(block) = head.get(..BLOCK) else {
+        return false;
+    };
+    if block.iter().all(|&b| b == 0) {
+        return true;
+    }
+    // POSIX: the sum of the header's bytes with its own checksum field read as spaces.
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if (148..156).contains(&i) { b' ' } else { b } as u32)
+        .sum();
+    let mut header = tar::Header::new_old();
+    header.as_mut_bytes().copy_from_slice(block);
+    header.cksum().is_ok_and(|c| c == sum)
+}
+
+/// [`starts_a_tar`] as the error a user reads; `compressed` names the compression the
+/// stream was found in.
+fn check_tar_start(head: &[u8], compressed: Option<&str>) -> Result<(), Error> {
+    if starts_a_tar(head) {
+        return Ok(());
+    }
+    let inside = compressed.map_or(String::new(), |c| format!(" (inside its {c} compression)"));
+    Err(match head.len() {
+        0 if compressed.is_none() => Error::NotAnArchive(
+            "the archive is empty: not one byte was read from it. `ferry checkpoint -e` names \
+             a file only once it is complete, so an empty one was made by something else, or \
+             the command writing the pipe failed before it began"
+                .into(),
+        ),
+        n if n < BLOCK => Error::Truncated(format!(
+            "it holds only {n} bytes{inside}, less than one tar header (512 bytes); it is not \
+             a whole ferry checkpoint archive"
+        )),
+        _ => Error::NotAnArchive(format!(
+            "this is not a ferry checkpoint archive: its first 512 bytes{inside} are not a \
+             tar header{}. `ferry checkpoint -e` writes a tar stream, plain or compressed with \
+             zstd or gzip",
+            match compressed {
+                None => ", nor the start of zstd or gzip data",
+                Some(_) => "",
+            }
+        )),
     })
 }
 
@@ -152,7 +232,7 @@ pub fn unpack_with_progress(
     progress: &crate::progress::Progress,
 ) -> Result<Unpacked, Error> {
     stage.create_dir("checkpoint")?;
-    let stream = decompressed(input).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let stream = decompressed(input)?;
     let mut staged = stage_stream(stream, stage, progress)?;
     let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
     let sizes = staged
@@ -563,6 +643,63 @@ pub(crate) mod tests {
                 own: id.fingerprint(),
             },
         )
+    }
+
+    /// A reader that hands over one byte per read, as a pipe may in pieces.
+    struct Trickle(std::io::Cursor<Vec<u8>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn what_does_not_start_a_tar_stream_is_named_and_not_quoted() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(d.path()).unwrap();
+        let text = "# secret-looking text, not an archive\n"
+            .repeat(60)
+            .into_bytes();
+        let zstd_text = zstd::encode_all(&text[..], 1).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &text).unwrap();
+        let gzip_text = gz.finish().unwrap();
+        let cases: [(&str, Vec<u8>, &str); 6] = [
+            ("empty", vec![], "the archive is empty"),
+            ("text", text.clone(), "nor the start of zstd or gzip"),
+            ("zstd text", zstd_text, "inside its zstd compression"),
+            ("gzip text", gzip_text, "inside its gzip compression"),
+            ("short", text[..100].to_vec(), "only 100 bytes"),
+            // An empty tar: two zero blocks, a tar but no manifest.
+            ("empty tar", vec![0; 1024], "ends without ferry.manifest"),
+        ];
+        for (i, (what, bytes, says)) in cases.into_iter().enumerate() {
+            let out = d.path().join(format!("o{i}"));
+            std::fs::create_dir(&out).unwrap();
+            let Err(e) = unpack_bytes(bytes, &id, &out) else {
+                panic!("{what} was unpacked");
+            };
+            let e = e.to_string();
+            assert!(e.contains(says), "{what}: {e}");
+            assert!(!e.contains("secret-looking"), "{what} is quoted: {e}");
+        }
+        // A whole archive handed over a byte at a time is still recognised, compressed or not.
+        for (i, c) in [Compression::None, Compression::Zstd, Compression::Gzip]
+            .into_iter()
+            .enumerate()
+        {
+            let out = d.path().join(format!("t{i}"));
+            std::fs::create_dir(&out).unwrap();
+            let store = TrustStore::open(&out);
+            let trust = Trust::Store {
+                store: &store,
+                own: id.fingerprint(),
+            };
+            let input = Trickle(std::io::Cursor::new(archive(&id, c)));
+            unpack(input, &out.join("out"), trust).unwrap();
+        }
     }
 
     #[test]

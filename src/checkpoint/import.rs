@@ -72,6 +72,14 @@ impl Runtime {
     /// Returns the exit code (0 when detached) and the phase statistics.
     pub fn import(&self, opts: ImportOptions) -> Result<(i32, ImportStats)> {
         let t0 = Instant::now();
+        if opts.input.is_dir() {
+            return Err(Error::Other(format!(
+                "{} is a directory: -i takes the archive file `ferry checkpoint -e` wrote. A \
+                 directory of CRIU images (runc's --image-path) is restored with `ferry restore \
+                 --image-path DIR --bundle BUNDLE ID`",
+                opts.input.display()
+            )));
+        }
         // A missing or broken criu is said before gigabytes are read and staged for it.
         crate::criu::Criu::new()
             .version_cached(&self.root)
