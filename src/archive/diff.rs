@@ -127,6 +127,41 @@ fn change(rel: &Path, kind: ChangeKind) -> Change {
 /// written as a deletion of the directory followed by its full new content, so
 /// [`apply_diff`] must delete before it unpacks.
 pub fn write_diff(upper: &Path, lowers: &[PathBuf], out: impl Write) -> Result<DiffSummary> {
+    diff_tar(upper, lowers, out, Contents::Read)
+}
+
+/// How many bytes [`write_diff`] would write, without reading any file's data: an archive
+/// entry needs its size before its bytes, and reading every changed file twice while the
+/// container is frozen doubled the diff's share of the downtime. The tree must not change
+/// in between (the container is frozen; the caller compares the two).
+pub fn diff_tar_size(upper: &Path, lowers: &[PathBuf]) -> Result<u64> {
+    Ok(diff_tar(upper, lowers, io::sink(), Contents::Sized)?.bytes)
+}
+
+/// Whether a regular file's data is read into the tar or only its size counted.
+#[derive(Clone, Copy)]
+enum Contents {
+    Read,
+    Sized,
+}
+
+/// `n` bytes that are never filled in: the sizing pass's file data, written only to a sink.
+struct Unread(u64);
+
+impl Read for Unread {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.0) as usize;
+        self.0 -= n as u64;
+        Ok(n)
+    }
+}
+
+fn diff_tar(
+    upper: &Path,
+    lowers: &[PathBuf],
+    out: impl Write,
+    contents: Contents,
+) -> Result<DiffSummary> {
     let mut tar = tar::Builder::new(CountingWriter {
         inner: out,
         count: 0,
@@ -154,7 +189,7 @@ pub fn write_diff(upper: &Path, lowers: &[PathBuf], out: impl Write) -> Result<D
                     deleted.push(Path::new("/").join(rel));
                 }
                 if (kind.is_some() || in_replaced)
-                    && append_entry(&mut tar, upper, rel, meta, &mut links)?
+                    && append_entry(&mut tar, upper, rel, meta, &mut links, contents)?
                 {
                     entries += 1;
                 }
@@ -527,6 +562,7 @@ fn append_entry<W: Write>(
     rel: &Path,
     meta: &Metadata,
     links: &mut HashMap<(u64, u64), PathBuf>,
+    contents: Contents,
 ) -> Result<bool> {
     let path = upper.join(rel);
     let name: &Path = if rel.as_os_str().is_empty() {
@@ -578,6 +614,10 @@ fn append_entry<W: Write>(
     if ft.is_file() {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(meta.size());
+        if let Contents::Sized = contents {
+            io_ctx(tar.append_data(&mut h, name, Unread(meta.size())), ctx)?;
+            return Ok(true);
+        }
         let file = io_ctx(
             File::options()
                 .read(true)
@@ -1201,6 +1241,8 @@ mod tests {
 
         let mut tar = Vec::new();
         let summary = write_diff(&upper, &lowers, &mut tar).unwrap();
+        assert_eq!(summary.bytes, tar.len() as u64);
+        assert_eq!(diff_tar_size(&upper, &lowers).unwrap(), summary.bytes);
         assert_eq!(
             summary.deleted,
             ["/etc/rm", "/gone", "/opaque"].map(PathBuf::from).to_vec()

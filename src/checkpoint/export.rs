@@ -136,18 +136,17 @@ struct Prepared<'a> {
 }
 
 /// A directory tree (`upper` over `lowers`, see archive::diff) as the tar entry `name`. A tar
-/// entry needs its size before its bytes, so the tar is produced twice: once into a counting
-/// sink, once for real through a pipe from a thread. The container is frozen, so the two
-/// passes must agree.
+/// entry needs its size before its bytes, so the tree is walked twice: once for the size
+/// (metadata only, no file read), once for real through a pipe from a thread. The container
+/// is frozen, so the two passes must agree.
 fn add_tree<W: Write>(
     w: &mut ArchiveWriter<W>,
     name: &str,
     upper: &std::path::Path,
     lowers: &[PathBuf],
 ) -> Result<crate::archive::DiffSummary> {
-    let size = crate::archive::diff::write_diff(upper, lowers, std::io::sink())
-        .map_err(|e| Error::Other(e.to_string()))?
-        .bytes;
+    let size = crate::archive::diff::diff_tar_size(upper, lowers)
+        .map_err(|e| Error::Other(e.to_string()))?;
     let (reader, mut writer) = std::io::pipe().ctx(|| "pipe")?;
     let (upper2, lowers2) = (upper.to_path_buf(), lowers.to_vec());
     let producer = std::thread::spawn(move || {
