@@ -12,6 +12,13 @@ use std::collections::BTreeMap;
 pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_NAME: &str = "ferry.manifest";
 
+/// The largest `ferry.manifest` a restore reads (it is read whole, before its signature
+/// can be checked). A checkpoint whose manifest would be larger fails before it releases
+/// anything: an archive no restore would read must not replace the container. Each 1 MiB
+/// page part costs the manifest about 190 bytes, so this holds the parts of about 1.3 TiB
+/// of memory.
+pub const MAX_SIGNED_SIZE: u64 = 256 << 20;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
     pub name: String,

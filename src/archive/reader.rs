@@ -23,8 +23,6 @@ pub const TOP_LEVEL: &[&str] = &[
     "dump.log",
 ];
 
-const MAX_MANIFEST: u64 = 64 << 20;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the archive is not a ferry checkpoint or is damaged: {0}")]
@@ -479,10 +477,13 @@ impl Admission {
 
 /// The manifest entry's signed text.
 pub(crate) fn read_manifest(entry: &mut impl Read, size: u64) -> Result<SignedManifest, Error> {
-    if size > MAX_MANIFEST {
+    if size > manifest::MAX_SIGNED_SIZE {
         return Err(Error::BadEntry {
             entry: MANIFEST_NAME.into(),
-            why: "larger than any manifest".into(),
+            why: format!(
+                "{size} bytes, larger than any manifest ferry writes ({} MiB at most)",
+                manifest::MAX_SIGNED_SIZE >> 20
+            ),
         });
     }
     let mut text = Vec::new();
@@ -700,6 +701,40 @@ pub(crate) mod tests {
             let input = Trickle(std::io::Cursor::new(archive(&id, c)));
             unpack(input, &out.join("out"), trust).unwrap();
         }
+    }
+
+    /// A manifest larger than a restore reads is never written: the checkpoint fails
+    /// (before anything is released) instead of leaving an archive no restore takes.
+    #[test]
+    fn a_manifest_too_large_to_restore_fails_the_archive_not_the_restore() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(d.path()).unwrap();
+        let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
+        for n in 0..64 {
+            w.add_bytes(&format!("checkpoint/pages-1.img.part{n}"), b"page")
+                .unwrap();
+        }
+        w.limit_manifest(4096);
+        let e = w.finish(manifest(), &id).expect_err("finished").to_string();
+        for says in ["ferry.manifest", "64 entries", "too large", "--image-path"] {
+            assert!(e.contains(says), "{says:?} missing: {e}");
+        }
+
+        // A header that claims more is refused before a byte of it is read.
+        let mut h = tar::Header::new_gnu();
+        h.set_path(MANIFEST_NAME).unwrap();
+        h.set_size(manifest::MAX_SIGNED_SIZE + 1);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 4096]);
+        let out = d.path().join("big");
+        std::fs::create_dir(&out).unwrap();
+        let e = unpack_bytes(bytes, &id, &out)
+            .err()
+            .expect("unpacked")
+            .to_string();
+        assert!(e.contains("larger than any manifest ferry writes"), "{e}");
     }
 
     #[test]

@@ -211,6 +211,8 @@ pub struct ArchiveWriter<W: Write> {
     pub content_bytes: u64,
     /// Advanced by every byte of entry content (a bar on a terminal, else nothing).
     pub progress: crate::progress::Progress,
+    /// The largest signed manifest `finish` writes (lowered by tests).
+    max_manifest: u64,
 }
 
 impl<W: Write + Send + 'static> ArchiveWriter<W> {
@@ -232,6 +234,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             recycle: None,
             content_bytes: 0,
             progress: crate::progress::Progress::hidden(),
+            max_manifest: crate::archive::manifest::MAX_SIGNED_SIZE,
         })
     }
 }
@@ -362,6 +365,12 @@ impl<W: Write> ArchiveWriter<W> {
         self.tar.get_ref().spent
     }
 
+    /// A lower limit for the signed manifest than a restore's, so that a test can reach it.
+    #[cfg(test)]
+    pub(crate) fn limit_manifest(&mut self, max: u64) {
+        self.max_manifest = max;
+    }
+
     /// Buffers given to [`add_chunks`](Self::add_chunks) go back through `pool` once they
     /// are written and hashed, to be filled again (fresh memory is slow to touch here).
     pub fn recycle_into(&mut self, pool: SyncSender<Vec<u8>>) {
@@ -489,6 +498,19 @@ impl<W: Write> ArchiveWriter<W> {
         manifest.entries = std::mem::take(&mut self.entries);
         let signed = SignedManifest::sign(&manifest, id);
         let bytes = serde_json::to_vec_pretty(&signed).expect("manifest serialises");
+        if bytes.len() as u64 > self.max_manifest {
+            return Err(Error::Write {
+                entry: MANIFEST_NAME.into(),
+                source: std::io::Error::other(format!(
+                    "it would be {} MiB for {} entries, more than the {} MiB a restore reads: \
+                     the container's memory is too large for one archive. Nothing was \
+                     released; a runc-style checkpoint (--image-path DIR) has no manifest",
+                    bytes.len() >> 20,
+                    manifest.entries.len(),
+                    self.max_manifest >> 20
+                )),
+            });
+        }
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o600);
