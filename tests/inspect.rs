@@ -319,6 +319,19 @@ fn inspect_shows_the_processes_files_and_changes_of_a_checkpoint() {
         "nothing shown from a damaged archive: {}",
         e.stdout
     );
+    // The page data is hashed, not staged (inspect needs no room for it), and still checked.
+    let pages = first_entry_named(&bytes, "checkpoint/pages-");
+    let mut flipped = bytes.clone();
+    flipped[entry_offset(&bytes, &pages)] ^= 0x20;
+    std::fs::write(&bad, &flipped).unwrap();
+    let e = s.ferry(&["inspect", path(&bad)]).fails();
+    assert_eq!(e.code, Some(1));
+    assert!(
+        e.stderr.contains(&pages) && e.stderr.contains("does not match the manifest"),
+        "{}",
+        e.stderr
+    );
+    assert!(e.stdout.is_empty(), "{}", e.stdout);
     let short = dir.join("short.tar");
     std::fs::write(&short, &bytes[..bytes.len() / 2]).unwrap();
     let e = s.ferry(&["inspect", path(&short)]).fails();
@@ -331,6 +344,18 @@ fn inspect_shows_the_processes_files_and_changes_of_a_checkpoint() {
 }
 
 /// Where the content of entry `name` starts in an uncompressed tar.
+/// The name of the first entry whose name starts with `prefix`.
+fn first_entry_named(tar_bytes: &[u8], prefix: &str) -> String {
+    let mut a = tar::Archive::new(tar_bytes);
+    for e in a.entries().unwrap() {
+        let name = e.unwrap().path().unwrap().display().to_string();
+        if name.starts_with(prefix) {
+            return name;
+        }
+    }
+    panic!("no {prefix}* in the archive");
+}
+
 fn entry_offset(tar_bytes: &[u8], name: &str) -> usize {
     let mut a = tar::Archive::new(tar_bytes);
     for e in a.entries().unwrap() {

@@ -215,7 +215,7 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
         head: head.clone(),
     };
     // Any valid signature: who signed is reported below, not enforced.
-    let unpacked = reader::unpack(reader, &scratch.0, Trust::AnySigner)?;
+    let unpacked = reader::unpack_without_page_data(reader, &scratch.0, Trust::AnySigner)?;
     let own = Identity::load_or_create(storage)?.fingerprint();
     let trusted_as = if unpacked.signer == own {
         Some("this host".to_string())

@@ -221,6 +221,24 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
     )
 }
 
+/// [`unpack`] for `inspect`: verified all the same, but the memory pages are staged as
+/// sparse files of their length (`Stage::without_page_data`), so that it needs no disk
+/// space for them.
+pub fn unpack_without_page_data(
+    input: impl Read + 'static,
+    dest: &Path,
+    trust: Trust,
+) -> Result<Unpacked, Error> {
+    let mut stage =
+        Stage::disk(dest, "unpacked for inspect, without the page data")?.without_page_data();
+    unpack_with_progress(
+        input,
+        &mut stage,
+        trust,
+        &crate::progress::Progress::hidden(),
+    )
+}
+
 /// [`unpack`] into `stage` (fresh and empty), advancing `progress` by every byte of entry
 /// content.
 pub fn unpack_with_progress(

@@ -146,6 +146,8 @@ struct Current {
     rel: PathBuf,
     file: File,
     offset: u64,
+    /// Only the length is kept (a sparse file): see [`Stage::without_page_data`].
+    sparse: bool,
 }
 
 pub struct Stage {
@@ -156,6 +158,14 @@ pub struct Stage {
     mounted: bool,
     why: String,
     current: Option<Current>,
+    /// Memory page files are staged as sparse files of their length.
+    sparse_pages: bool,
+}
+
+/// A CRIU memory pages image (`checkpoint/pages-<id>.img`): most of an archive's bytes.
+fn is_pages(rel: &str) -> bool {
+    rel.strip_prefix("checkpoint/pages-")
+        .is_some_and(|r| r.ends_with(".img"))
 }
 
 impl Stage {
@@ -222,7 +232,17 @@ impl Stage {
             mounted,
             why,
             current: None,
+            sparse_pages: false,
         }
+    }
+
+    /// For `inspect`, which reads the images that describe the memory but never the pages
+    /// themselves: each `checkpoint/pages-*.img` is staged as a sparse file of its length
+    /// (its bytes are still hashed by whoever reads the archive). Inspecting a 50 GiB
+    /// archive needed 50 GiB free under the storage directory before.
+    pub fn without_page_data(mut self) -> Stage {
+        self.sparse_pages = true;
+        self
     }
 
     /// The directory holding the staged files (the same path before and after a spill).
@@ -266,6 +286,7 @@ impl Stage {
             rel: PathBuf::from(rel),
             file,
             offset: 0,
+            sparse: self.sparse_pages && is_pages(rel),
         });
         Ok(())
     }
@@ -284,6 +305,7 @@ impl Stage {
             rel: PathBuf::from(rel),
             file,
             offset,
+            sparse: self.sparse_pages && is_pages(rel),
         });
         Ok(())
     }
@@ -297,6 +319,11 @@ impl Stage {
                     source: io::Error::other("Stage::write before Stage::create"),
                 });
             };
+            if cur.sparse {
+                cur.offset += buf.len() as u64;
+                let path = self.dir.join(&cur.rel);
+                return cur.file.set_len(cur.offset).map_err(werr(&path));
+            }
             match cur.file.write_at(buf, cur.offset) {
                 Ok(0) => {
                     let path = self.dir.join(&cur.rel);
@@ -668,6 +695,40 @@ mod tests {
         assert!(!is_mounted(&dir), "the stage's tmpfs is still mounted");
         let _ = std::fs::remove_dir_all(&dir);
         nix::mount::umount2(&disk, MntFlags::MNT_DETACH).unwrap();
+    }
+
+    #[test]
+    fn without_page_data_keeps_the_pages_length_and_no_bytes() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let mut st = Stage::disk(&d.path().join("s"), "test")
+            .unwrap()
+            .without_page_data();
+        st.create_dir("checkpoint").unwrap();
+        let mib = vec![0x5au8; 1 << 20];
+        st.create("checkpoint/pages-1.img").unwrap();
+        st.write(&mib).unwrap();
+        st.create("checkpoint/pagemap-1.img").unwrap();
+        st.write(b"pagemap").unwrap();
+        // A second part of the pages goes on at its end.
+        st.append("checkpoint/pages-1.img").unwrap();
+        st.write(&mib).unwrap();
+        st.write(&mib[..4096]).unwrap();
+        let pages = st.dir().join("checkpoint/pages-1.img");
+        let meta = std::fs::metadata(&pages).unwrap();
+        assert_eq!(meta.len(), (2 << 20) + 4096);
+        assert_eq!(meta.blocks(), 0, "the page data was written");
+        assert_eq!(
+            std::fs::read(st.dir().join("checkpoint/pagemap-1.img")).unwrap(),
+            b"pagemap"
+        );
+        // Without it, the pages are written like anything else.
+        let mut full = Stage::disk(&d.path().join("f"), "test").unwrap();
+        full.create_dir("checkpoint").unwrap();
+        full.create("checkpoint/pages-1.img").unwrap();
+        full.write(&mib).unwrap();
+        let bytes = std::fs::read(full.dir().join("checkpoint/pages-1.img")).unwrap();
+        assert_eq!(bytes, mib);
     }
 
     #[test]
