@@ -205,6 +205,21 @@ fn podman_export_import_round_trip(prefix: &str, extra: &[&str]) {
     // podman shows the runtime's stderr: nothing from ferry is for its user here.
     assert!(!out.stderr.contains("level=warning"), "{out:?}");
     assert!(archive.exists(), "podman wrote no archive");
+    // Given to ferry, podman's archive is named for what it is, and left as it was.
+    let host = Host::new();
+    let before_bytes = fs::read(&archive).unwrap();
+    let refused = host.run_quiet(&[
+        "restore",
+        "-i",
+        archive.to_str().unwrap(),
+        "--name",
+        &host.id("podman-archive"),
+    ]);
+    assert!(
+        !refused.success() && refused.stderr.contains("made by podman"),
+        "ferry restore -i of podman's archive: {refused:?}"
+    );
+    assert_eq!(fs::read(&archive).unwrap(), before_bytes);
     podman.run(&["rm", "--force", &name]).ok();
     let out = podman.run(&["container", "restore", "-i", archive.to_str().unwrap()]);
     assert!(out.success(), "podman container restore -i failed: {out:?}");

@@ -442,12 +442,44 @@ pub(crate) struct Admission {
     manifest: bool,
 }
 
+/// Entries that only other tools' checkpoint archives hold (CONTRACTS.md §3.1): podman
+/// (`network.status`, `volumes/`, `ctr.log`, `artifacts/`, `pre-checkpoint/`, pods),
+/// CRI-O (`bind.mounts`) and containerd's CRI (`status.dump`, `container.log`).
+const FOREIGN: &[(&str, &str)] = &[
+    ("network.status", "podman"),
+    ("volumes", "podman"),
+    ("ctr.log", "podman"),
+    ("artifacts", "podman"),
+    ("pre-checkpoint", "podman"),
+    ("pod.options", "podman"),
+    ("pod.dump", "podman"),
+    ("bind.mounts", "CRI-O"),
+    ("status.dump", "containerd"),
+    ("container.log", "containerd"),
+];
+
+/// Which tool's checkpoint archive an entry named `name` (or anything under it) belongs to.
+fn foreign(name: &str) -> Option<&'static str> {
+    let top = name.trim_start_matches("./").split('/').next()?;
+    FOREIGN
+        .iter()
+        .find(|(n, _)| *n == top)
+        .map(|(_, tool)| *tool)
+}
+
 impl Admission {
     pub(crate) fn admit(&mut self, name: &str, kind: tar::EntryType) -> Result<Admitted, Error> {
         let bad = |why: String| Error::BadEntry {
             entry: name.to_string(),
             why,
         };
+        if let Some(tool) = foreign(name) {
+            return Err(Error::NotAnArchive(format!(
+                "this is a checkpoint archive made by {tool} (it holds {name:?}), not by \
+                 ferry: it has no signed manifest for ferry to verify. Restore it with {tool}; \
+                 `ferry restore -i` takes archives of `ferry checkpoint -e`"
+            )));
+        }
         if self.manifest {
             return Err(bad(
                 "it follows ferry.manifest, which must be the last entry".into(),
@@ -671,6 +703,59 @@ pub(crate) mod tests {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = buf.len().min(1);
             self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// Another tool's checkpoint archive is named as such (and how to restore it), not
+    /// called damaged or truncated.
+    #[test]
+    fn another_tools_checkpoint_archive_is_named_for_what_it_is() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(d.path()).unwrap();
+        let tar_of = |entries: &[(&str, bool)]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, dir) in entries {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(if *dir { 0 } else { 4 });
+                h.set_entry_type(if *dir {
+                    tar::EntryType::Directory
+                } else {
+                    tar::EntryType::Regular
+                });
+                let data: &[u8] = if *dir { b"" } else { b"data" };
+                b.append_data(&mut h, name, data).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
+        let podman = tar_of(&[
+            ("checkpoint", true),
+            ("checkpoint/inventory.img", false),
+            ("config.dump", false),
+            ("spec.dump", false),
+            ("network.status", false),
+            ("rootfs-diff.tar", false),
+        ]);
+        let podman_artifacts = tar_of(&[("artifacts", true), ("checkpoint", true)]);
+        let containerd = tar_of(&[("config.dump", false), ("status.dump", false)]);
+        for (i, (bytes, tool, entry)) in [
+            (podman, "podman", "network.status"),
+            (podman_artifacts, "podman", "artifacts"),
+            (containerd, "containerd", "status.dump"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = d.path().join(format!("o{i}"));
+            std::fs::create_dir(&out).unwrap();
+            let Err(e) = unpack_bytes(bytes, &id, &out) else {
+                panic!("{tool}'s archive was unpacked");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("made by {tool}")) && e.contains(entry),
+                "{tool}: {e}"
+            );
         }
     }
 
