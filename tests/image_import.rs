@@ -521,6 +521,49 @@ fn layout_tarball_and_plain_rootfs_import() {
     assert_sound(&root);
 }
 
+/// A file that is no tar archive (a text file, an empty one, zstd of text) is named for what
+/// it is, its bytes are not quoted back, and the store is left as it was.
+#[test]
+fn a_file_that_is_not_a_tarball_is_named_not_quoted() {
+    require_root();
+    let dir = tempdir();
+    let root = dir.path().join("store");
+    let text = "# secret-looking notes, not an image\n".repeat(40);
+    let cases = [
+        (
+            "notes.txt",
+            text.as_bytes().to_vec(),
+            "its first bytes are not a tar header",
+        ),
+        ("empty.tar", vec![], "it is empty"),
+        (
+            "notes.tar.zst",
+            compress(text.as_bytes(), Comp::Zstd),
+            "inside its zstd compression",
+        ),
+    ];
+    for (file, bytes, says) in cases {
+        let path = dir.path().join(file);
+        fs::write(&path, &bytes).unwrap();
+        let out = ferry(
+            &root,
+            &["image", "import", path.to_str().unwrap(), "--name", "x"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} was imported");
+        assert!(
+            err.contains("is not an image") && err.contains(says),
+            "{file}: {err}"
+        );
+        assert!(
+            !err.contains("secret-looking"),
+            "{file}: its bytes are quoted: {err}"
+        );
+    }
+    assert!(Store::open(&root).unwrap().list().unwrap().is_empty());
+    assert_sound(&root);
+}
+
 #[test]
 fn concurrent_imports_of_the_same_image_keep_the_store_sound() {
     require_root();

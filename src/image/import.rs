@@ -41,12 +41,40 @@ impl Source {
                 },
             );
         }
+        check_tarball(path)?;
         Ok(if tar_holds_layout(path)? {
             Source::LayoutTar
         } else {
             Source::RootfsTar
         })
     }
+}
+
+/// Refuses a file that is not a tar archive (plain, gzip or zstd) before it is read as
+/// one: the tar reader's own error quotes the bytes it choked on.
+fn check_tarball(path: &Path) -> Result<()> {
+    let compression = Compression::sniff_file(path)?;
+    let file = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
+    let mut head = Vec::with_capacity(512);
+    let read = decompressor(file, compression).and_then(|d| d.take(512).read_to_end(&mut head));
+    if read.is_ok() && crate::archive::reader::starts_a_tar(&head) {
+        return Ok(());
+    }
+    let what = match compression {
+        _ if head.is_empty() => "it is empty".to_string(),
+        Compression::None => "its first bytes are not a tar header".into(),
+        Compression::Gzip => {
+            "its first bytes (inside its gzip compression) are not a tar header".into()
+        }
+        Compression::Zstd => {
+            "its first bytes (inside its zstd compression) are not a tar header".into()
+        }
+    };
+    Err(Error::Other(format!(
+        "{} is not an image: it is not a directory (a root filesystem or an OCI layout), and \
+         {what}; give a directory, or a tar archive (plain, gzip or zstd) of one",
+        path.display()
+    )))
 }
 
 /// Whether a tarball holds an OCI layout: its entries are only `oci-layout`, `index.json`
