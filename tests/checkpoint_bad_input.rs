@@ -623,6 +623,35 @@ fn what_is_not_an_archive_is_named_for_what_it_is() {
     }
 }
 
+/// A runc-style restore where there is no bundle says what it needs, and that a container
+/// made from an image moves as an archive.
+#[test]
+fn a_runc_style_restore_without_a_bundle_says_what_it_needs() {
+    let host = Host::new();
+    let cwd = host.ferry.scratch().join("no-bundle");
+    fs::create_dir_all(&cwd).unwrap();
+    let images = cwd.join("checkpoint");
+    let id = host.id("nobundle");
+    let out = host.ferry.run_in(
+        &cwd,
+        &["restore", "--image-path", images.to_str().unwrap(), &id],
+    );
+    assert!(!out.success(), "restore without a bundle succeeded");
+    for n in [
+        "--bundle",
+        "has no config.json",
+        "-e FILE",
+        "restore -i FILE",
+    ] {
+        assert!(
+            out.stderr.contains(n),
+            "it should say {n:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert!(!host.ferry.root().join(&id).exists());
+}
+
 #[test]
 fn a_criu_failure_quotes_its_log_and_leaves_nothing() {
     let (host, id, _) = host_with_container("criufail");

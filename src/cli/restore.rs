@@ -136,6 +136,15 @@ impl RestoreArgs {
             .clone()
             .ok_or_else(|| Error::Other("give the id of the container to restore".into()))?;
         let bundle = super::bundle_or_cwd(self.bundle.clone())?;
+        if self.bundle.is_none() && !bundle.join("config.json").exists() {
+            return Err(Error::Other(format!(
+                "a runc-style restore needs the bundle the container was created from: \
+                 --bundle DIR (the current directory, {}, has no config.json). A container \
+                 made from an image (`ferry run --image`) moves as an archive instead: `ferry \
+                 checkpoint ID -e FILE`, then `ferry restore -i FILE`",
+                bundle.display()
+            )));
+        }
         let image_path = match &self.criu.image_path {
             Some(p) => p.clone(),
             None => super::bundle_or_cwd(None)?.join("checkpoint"),
