@@ -623,6 +623,39 @@ fn what_is_not_an_archive_is_named_for_what_it_is() {
     }
 }
 
+/// A runc-style checkpoint of a container made from an image would end it and leave images
+/// with no rootfs changes and no bundle to restore into: refused before anything is frozen,
+/// the container runs on; with --leave-running it is allowed.
+#[test]
+fn a_runc_style_checkpoint_of_an_image_container_is_refused_unless_it_stays() {
+    let (host, id, mem) = host_with_container("runcimg");
+    let images = host.ferry.scratch().join("runc-images");
+    let out = host.run_quiet(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
+    assert!(!out.success(), "the runc-style checkpoint succeeded");
+    for n in ["made from the image bb", "-e FILE", "--leave-running"] {
+        assert!(
+            out.stderr.contains(n),
+            "it should say {n:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert!(!images.join("inventory.img").exists(), "CRIU ran");
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    let (_, before) = mem.wait_count_above(0);
+    mem.wait_count_above(before);
+
+    host.run_quiet(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "--leave-running",
+        &id,
+    ])
+    .ok();
+    assert!(images.join("inventory.img").exists());
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+}
+
 /// A runc-style restore where there is no bundle says what it needs, and that a container
 /// made from an image moves as an archive.
 #[test]

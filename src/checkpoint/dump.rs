@@ -197,7 +197,30 @@ impl Container {
 
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         self.check_checkpointable(opts.shell_job)?;
+        self.check_runc_style_keeps_the_rootfs(opts)?;
         self.dump(opts)
+    }
+
+    /// A container made from an image keeps its rootfs changes (the overlay's upper
+    /// directory) and its bundle in ferry's storage, and both go with the container. A
+    /// runc-style checkpoint carries neither and ends the container: the images would be
+    /// all that is left, with nothing to restore them into. Refused before anything is
+    /// frozen, unless the container stays (`--leave-running`, `--pre-dump`).
+    fn check_runc_style_keeps_the_rootfs(&self, opts: &CheckpointOptions) -> Result<()> {
+        let Some(img) = &self.record.image else {
+            return Ok(());
+        };
+        if opts.leave_running || opts.pre_dump {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "container {:?} was made from the image {}: its root filesystem changes and its \
+             bundle live in ferry's storage and go with the container, and a runc-style \
+             checkpoint (--image-path) carries neither, so nothing could restore it. Use \
+             `ferry checkpoint {} -e FILE` (the archive carries them; `ferry restore -i FILE` \
+             brings it back), or add --leave-running to keep it running",
+            self.id, img.image, self.id
+        )))
     }
 
     /// What must hold before anything is frozen: the container runs (or is paused) and its
