@@ -656,6 +656,34 @@ fn a_runc_style_checkpoint_of_an_image_container_is_refused_unless_it_stays() {
     assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
 }
 
+/// An archive path inside what the container's release removes (its bundle and rootfs in
+/// the storage, its state directory) is refused before the freeze: the archive would have
+/// been deleted with the source it replaced, and `checkpoint -e` said nothing of it.
+#[test]
+fn an_archive_inside_the_containers_own_files_is_refused() {
+    let (host, id, mem) = host_with_container("ownfiles");
+    let rootfs = host.rootfs(&id);
+    let bundle = rootfs.parent().unwrap().to_path_buf();
+    let state = host.ferry.root().join(&id);
+    for (archive, says) in [
+        (bundle.join("ck.tar"), "bundle and root filesystem"),
+        (rootfs.join("tmp/ck.tar"), "bundle and root filesystem"),
+        (state.join("ck.tar"), "state directory"),
+    ] {
+        let out = host.run_quiet(&["checkpoint", &id, "-e", archive.to_str().unwrap()]);
+        assert!(!out.success(), "checkpoint -e {archive:?} succeeded");
+        assert!(
+            out.stderr.contains(says) && out.stderr.contains("somewhere else"),
+            "{archive:?}:\n{}",
+            out.stderr
+        );
+        assert!(!archive.exists(), "{archive:?} was written");
+        assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    }
+    let (_, before) = mem.wait_count_above(0);
+    mem.wait_count_above(before);
+}
+
 /// A runc-style restore where there is no bundle says what it needs, and that a container
 /// made from an image moves as an archive.
 #[test]

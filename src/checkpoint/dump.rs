@@ -198,6 +198,9 @@ impl Container {
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         self.check_checkpointable(opts.shell_job)?;
         self.check_runc_style_keeps_the_rootfs(opts)?;
+        if !opts.leave_running && !opts.pre_dump {
+            self.check_outlives(&opts.image_path, "the checkpoint's images")?;
+        }
         self.dump(opts)
     }
 

@@ -16,7 +16,7 @@ use crate::runtime::{Container, Status};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// `config.dump`: ferry's own record of the container, what restore needs besides the spec.
@@ -228,12 +228,57 @@ impl Container {
         }
     }
 
+    /// Refuses an archive path inside what the container's release removes: its state
+    /// directory and, for a container made from an image, its bundle in ferry's storage
+    /// (config.json, the rootfs mount, the overlay's upper and work directories). The
+    /// archive would be deleted with the source it replaces, and written into the upper
+    /// directory it would change the rootfs diff being taken.
+    fn check_output_outlives_the_container(&self, output: &Path) -> Result<()> {
+        if output == Path::new("-") {
+            return Ok(());
+        }
+        self.check_outlives(output, "the archive")
+    }
+
+    /// Refuses `path` (what `written` names) when it is inside what the container's release
+    /// removes (above). A path that does not exist yet is judged by its nearest ancestor
+    /// that does.
+    pub(crate) fn check_outlives(&self, path: &Path, written: &str) -> Result<()> {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        // A path that cannot be resolved at all is for whoever opens it to report.
+        let Some(resolved) = absolute
+            .ancestors()
+            .find_map(|a| std::fs::canonicalize(a).ok())
+        else {
+            return Ok(());
+        };
+        let mut owned = vec![("state directory", self.dir.clone())];
+        if let Some(img) = &self.record.image {
+            owned.push(("bundle and root filesystem", img.bundle.clone()));
+        }
+        for (what, dir) in owned {
+            if let Ok(dir) = std::fs::canonicalize(&dir)
+                && resolved.starts_with(&dir)
+            {
+                return Err(Error::Other(format!(
+                    "{} is inside the container's own {what} ({}), which goes with the \
+                     container once it is checkpointed: {written} would be deleted with it. \
+                     Write it somewhere else",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The checkpoint, its archive complete (durable, for a file). Unless
     /// `--leave-running`, the container is left frozen for the caller to release (`delete`),
     /// with its thaw guard still watching until the caller drops it.
     pub fn export(&self, opts: &ExportOptions) -> Result<Exported> {
         let t0 = Instant::now();
         let status = self.check_checkpointable(false)?;
+        self.check_output_outlives_the_container(&opts.output)?;
         let layers = if opts.ignore_rootfs {
             None
         } else {
