@@ -121,21 +121,22 @@ fn is_allowed(name: &str) -> Result<(), String> {
 /// and a megabyte of entry data read past an empty buffer goes from the file straight into
 /// the caller's, where a buffer as large as that would have every byte copied once more.
 pub fn decompressed(input: impl Read + 'static) -> Result<Box<dyn Read>, Error> {
+    use crate::image::layer::Compression;
     let mut input = input;
     let head = read_head(&mut input)?;
-    let (decoded, kind): (Box<dyn Read>, _) = match crate::image::layer::Compression::sniff(&head) {
-        crate::image::layer::Compression::None => {
+    let (decoded, kind): (Box<dyn Read>, _) = match Compression::sniff(&head) {
+        Compression::None => {
             check_tar_start(&head, None)?;
             let rest = BufReader::with_capacity(16 << 10, input);
             return Ok(Box::new(std::io::Cursor::new(head).chain(rest)));
         }
-        crate::image::layer::Compression::Zstd => {
+        Compression::Zstd => {
             let all = BufReader::with_capacity(1 << 20, std::io::Cursor::new(head).chain(input));
             let d = zstd::stream::read::Decoder::with_buffer(all)
                 .map_err(|e| Error::Corrupt(e.to_string()))?;
             (Box::new(d), "zstd")
         }
-        crate::image::layer::Compression::Gzip => {
+        Compression::Gzip => {
             let all = BufReader::with_capacity(1 << 20, std::io::Cursor::new(head).chain(input));
             (Box::new(flate2::bufread::GzDecoder::new(all)), "gzip")
         }
@@ -173,9 +174,9 @@ pub(crate) fn starts_a_tar(head: &[u8]) -> bool {
         .enumerate()
         .map(|(i, &b)| if (148..156).contains(&i) { b' ' } else { b } as u32)
         .sum();
-    let mut header = tar::Header::new_old();
-    header.as_mut_bytes().copy_from_slice(block);
-    header.cksum().is_ok_and(|c| c == sum)
+    tar::Header::from_byte_slice(block)
+        .cksum()
+        .is_ok_and(|c| c == sum)
 }
 
 /// [`starts_a_tar`] as the error a user reads; `compressed` names the compression the
