@@ -658,7 +658,8 @@ fn a_runc_style_checkpoint_of_an_image_container_is_refused_unless_it_stays() {
 
 /// An archive path inside what the container's release removes (its bundle and rootfs in
 /// the storage, its state directory) is refused before the freeze: the archive would have
-/// been deleted with the source it replaced, and `checkpoint -e` said nothing of it.
+/// been deleted with the source it replaced, and `checkpoint -e` said nothing of it. So is
+/// /dev/null, unless the container stays.
 #[test]
 fn an_archive_inside_the_containers_own_files_is_refused() {
     let (host, id, mem) = host_with_container("ownfiles");
@@ -680,6 +681,16 @@ fn an_archive_inside_the_containers_own_files_is_refused() {
         assert!(!archive.exists(), "{archive:?} was written");
         assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
     }
+    // /dev/null takes the archive and keeps nothing: refused unless the container stays.
+    let out = host.run_quiet(&["checkpoint", &id, "-e", "/dev/null"]);
+    assert!(
+        !out.success() && out.stderr.contains("discards what is written to it"),
+        "checkpoint -e /dev/null: {out:?}"
+    );
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    host.run_quiet(&["checkpoint", &id, "-e", "/dev/null", "--leave-running"])
+        .ok();
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
     let (_, before) = mem.wait_count_above(0);
     mem.wait_count_above(before);
 }

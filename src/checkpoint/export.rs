@@ -135,6 +135,26 @@ struct Prepared<'a> {
     image: Option<ImageRef>,
 }
 
+/// Refuses an output that discards what is written to it (`/dev/null`, `/dev/zero`): the
+/// checkpoint would succeed and release the container with its only copy thrown away.
+fn check_output_keeps_what_it_is_given(output: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    if meta.file_type().is_char_device() && major == 1 && (minor == 3 || minor == 5) {
+        return Err(Error::Other(format!(
+            "{} discards what is written to it: the archive would be thrown away and the \
+             container it replaces with it. Give a file or a pipe, or add --leave-running \
+             (to time a checkpoint, say)",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
 /// A directory tree (`upper` over `lowers`, see archive::diff) as the tar entry `name`. A tar
 /// entry needs its size before its bytes, so the tree is walked twice: once for the size
 /// (metadata only, no file read), once for real through a pipe from a thread. The container
@@ -279,6 +299,9 @@ impl Container {
         let t0 = Instant::now();
         let status = self.check_checkpointable(false)?;
         self.check_output_outlives_the_container(&opts.output)?;
+        if !opts.checkpoint.leave_running {
+            check_output_keeps_what_it_is_given(&opts.output)?;
+        }
         let layers = if opts.ignore_rootfs {
             None
         } else {
