@@ -691,6 +691,36 @@ fn an_archive_inside_the_containers_own_files_is_refused() {
     host.run_quiet(&["checkpoint", &id, "-e", "/dev/null", "--leave-running"])
         .ok();
     assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    // The same as `-e -` with standard output on /dev/null.
+    let out = host
+        .command(&["checkpoint", &id, "-e", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("standard output discards"),
+        "checkpoint -e - >/dev/null: {err}"
+    );
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    // And onto a terminal, where it would scroll past as binary: refused even if it stays.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let out = host
+        .command(&["checkpoint", &id, "-e", "-", "--leave-running"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(pty.slave))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("standard output is a terminal"),
+        "checkpoint -e - onto a terminal: {err}"
+    );
+    drop(pty.master);
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
     let (_, before) = mem.wait_count_above(0);
     mem.wait_count_above(before);
 }

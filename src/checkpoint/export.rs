@@ -135,22 +135,43 @@ struct Prepared<'a> {
     image: Option<ImageRef>,
 }
 
-/// Refuses an output that discards what is written to it (`/dev/null`, `/dev/zero`): the
-/// checkpoint would succeed and release the container with its only copy thrown away.
+/// Refuses an output that discards what is written to it (`/dev/null`, `/dev/zero`, also
+/// as standard output for `-`): the checkpoint would succeed and release the container with
+/// its only copy thrown away.
 fn check_output_keeps_what_it_is_given(output: &Path) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(output) else {
+    let (meta, name) = if output == Path::new("-") {
+        (
+            std::fs::metadata("/proc/self/fd/1"),
+            "standard output".to_string(),
+        )
+    } else {
+        (std::fs::metadata(output), output.display().to_string())
+    };
+    let Ok(meta) = meta else {
         return Ok(());
     };
     let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
     if meta.file_type().is_char_device() && major == 1 && (minor == 3 || minor == 5) {
         return Err(Error::Other(format!(
-            "{} discards what is written to it: the archive would be thrown away and the \
+            "{name} discards what is written to it: the archive would be thrown away and the \
              container it replaces with it. Give a file or a pipe, or add --leave-running \
-             (to time a checkpoint, say)",
-            output.display()
+             (to time a checkpoint, say)"
         )));
+    }
+    Ok(())
+}
+
+/// `-e -` onto a terminal: the archive would scroll past as binary and be gone.
+fn check_stdout_is_not_a_terminal(output: &Path) -> Result<()> {
+    if output == Path::new("-") && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(Error::Other(
+            "standard output is a terminal: `-e -` writes the archive there as binary, where \
+             it would be lost. Redirect it to a file or pipe it to `ferry restore -i -`, or \
+             give a file name to -e"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -299,6 +320,7 @@ impl Container {
         let t0 = Instant::now();
         let status = self.check_checkpointable(false)?;
         self.check_output_outlives_the_container(&opts.output)?;
+        check_stdout_is_not_a_terminal(&opts.output)?;
         if !opts.checkpoint.leave_running {
             check_output_keeps_what_it_is_given(&opts.output)?;
         }
