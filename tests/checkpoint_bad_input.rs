@@ -592,6 +592,23 @@ fn what_is_not_an_archive_is_named_for_what_it_is() {
         out.stderr
     );
 
+    // A terminal on standard input is said at once instead of waited on.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let out = host
+        .command(&["restore", "-i", "-", "--name", &name, "-d"])
+        .stdin(Stdio::from(pty.slave))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("standard input is a terminal"),
+        "restore -i - from a terminal: {err}"
+    );
+    drop(pty.master);
+    assert_restore_left_nothing(&host, &name, &procs);
+
     // Through a pipe: read before anything is staged, and said the same way.
     for (bytes, says) in [
         (text.as_bytes(), "not a tar header"),

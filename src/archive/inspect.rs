@@ -185,6 +185,13 @@ impl Drop for Scratch {
 /// `<storage>/work/` for the time it takes.
 pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
     let (input, archive_bytes): (Box<dyn Read>, _) = if path == Path::new("-") {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(Error::Archive(reader::Error::NotAnArchive(
+                "standard input is a terminal: `inspect -` reads the archive from a pipe or a \
+                 redirect, or give the archive's file name"
+                    .into(),
+            )));
+        }
         (Box::new(std::io::stdin()), None)
     } else {
         if path.is_dir() {

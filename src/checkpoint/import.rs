@@ -72,6 +72,14 @@ impl Runtime {
     /// Returns the exit code (0 when detached) and the phase statistics.
     pub fn import(&self, opts: ImportOptions) -> Result<(i32, ImportStats)> {
         let t0 = Instant::now();
+        if opts.input == Path::new("-") && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(Error::Other(
+                "standard input is a terminal: `-i -` reads the archive from a pipe or a \
+                 redirect (`ferry checkpoint ID -e - | ferry restore -i -`, `< FILE`), or give \
+                 the archive's file name to -i"
+                    .into(),
+            ));
+        }
         if opts.input.is_dir() {
             return Err(Error::Other(format!(
                 "{} is a directory: -i takes the archive file `ferry checkpoint -e` wrote. A \
