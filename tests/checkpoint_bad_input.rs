@@ -742,6 +742,56 @@ fn an_archive_inside_the_containers_own_files_is_refused() {
     mem.wait_count_above(before);
 }
 
+/// A container made from a bundle, not an image: `restore -i` could not rebuild it, so an
+/// archive that releases it (`-e --ignore-rootfs`) is refused before the freeze; with
+/// --leave-running it is made and the container runs on.
+#[test]
+fn an_archive_of_a_bundle_container_is_refused_unless_it_stays() {
+    let host = Host::new();
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "4", SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.save();
+    let id = host.id("bundle");
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (_, before) = mem.wait_count_above(2);
+    let archive = host.ferry.scratch().join("bundle.tar");
+    let a = archive.to_str().unwrap();
+    let out = host.run_quiet(&["checkpoint", &id, "-e", a, "--ignore-rootfs"]);
+    assert!(
+        !out.success(),
+        "the archive of a bundle container released it"
+    );
+    for n in [
+        "not made from an image",
+        "--image-path DIR",
+        "--leave-running",
+    ] {
+        assert!(
+            out.stderr.contains(n),
+            "it should say {n:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert!(!archive.exists());
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    mem.wait_count_above(before);
+    host.run_quiet(&[
+        "checkpoint",
+        &id,
+        "-e",
+        a,
+        "--ignore-rootfs",
+        "--leave-running",
+    ])
+    .ok();
+    assert!(archive.exists());
+    assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
+    host.run_quiet(&["delete", "--force", &id]).ok();
+}
+
 /// A runc-style restore where there is no bundle says what it needs, and that a container
 /// made from an image moves as an archive.
 #[test]

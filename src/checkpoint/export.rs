@@ -319,6 +319,16 @@ impl Container {
     pub fn export(&self, opts: &ExportOptions) -> Result<Exported> {
         let t0 = Instant::now();
         let status = self.check_checkpointable(false)?;
+        if self.record.image.is_none() && !opts.checkpoint.leave_running {
+            return Err(Error::Other(format!(
+                "container {:?} was not made from an image in ferry's store, and `ferry \
+                 restore -i` rebuilds a container's rootfs from one: nothing could restore this \
+                 archive after its source is gone. Checkpoint it runc-style (`ferry checkpoint \
+                 --image-path DIR {}`, restored with `ferry restore --image-path DIR --bundle \
+                 BUNDLE {}`), or add --leave-running to keep it running",
+                self.id, self.id, self.id
+            )));
+        }
         self.check_output_outlives_the_container(&opts.output)?;
         check_stdout_is_not_a_terminal(&opts.output)?;
         if !opts.checkpoint.leave_running {
