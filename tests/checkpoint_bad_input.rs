@@ -24,6 +24,20 @@ fn host_with_container(prefix: &str) -> (Host, String, MemHold) {
     host_with_memory(prefix, "4")
 }
 
+/// A container created and started from a bundle (not an image) running memhold with `mib`
+/// MiB: the bundle, the container's id and its memhold.
+fn bundle_container(host: &Host, mib: &str, prefix: &str) -> (Bundle, String, MemHold) {
+    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", mib, SEED, "/tmp"]);
+    bundle.with_helper("memhold");
+    bundle.save();
+    let id = host.id(prefix);
+    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
+        .ok();
+    host.run(&["start", &id]).ok();
+    let mem = MemHold::at(bundle.host_path("/tmp"));
+    (bundle, id, mem)
+}
+
 /// [`host_with_container`] holding `mib` MiB.
 fn host_with_memory(prefix: &str, mib: &str) -> (Host, String, MemHold) {
     let host = Host::new();
@@ -748,14 +762,7 @@ fn an_archive_inside_the_containers_own_files_is_refused() {
 #[test]
 fn an_archive_of_a_bundle_container_is_refused_unless_it_stays() {
     let host = Host::new();
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "4", SEED, "/tmp"]);
-    bundle.with_helper("memhold");
-    bundle.save();
-    let id = host.id("bundle");
-    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
-        .ok();
-    host.run(&["start", &id]).ok();
-    let mem = MemHold::at(bundle.host_path("/tmp"));
+    let (_bundle, id, mem) = bundle_container(&host, "4", "bundle");
     let (_, before) = mem.wait_count_above(2);
     let archive = host.ferry.scratch().join("bundle.tar");
     let a = archive.to_str().unwrap();
@@ -987,14 +994,8 @@ fn a_zstd_archive_fed_while_restoring_refuses_a_flipped_page_byte_and_a_moved_ma
 #[test]
 fn a_criu_failure_runc_style_leaves_nothing() {
     let host = Host::new();
-    let mut bundle = Bundle::new(&host.ferry, &["/bin/memhold", "1", SEED, "/tmp"]);
-    bundle.with_helper("memhold");
-    bundle.save();
-    let id = host.id("criurunc");
-    host.run_quiet(&["create", "--bundle", bundle.path_str(), &id])
-        .ok();
-    host.run(&["start", &id]).ok();
-    MemHold::at(bundle.host_path("/tmp")).wait_count_above(1);
+    let (bundle, id, mem) = bundle_container(&host, "1", "criurunc");
+    mem.wait_count_above(1);
     let images = host.ferry.scratch().join("images");
     host.run(&["checkpoint", "--image-path", images.to_str().unwrap(), &id])
         .ok();
