@@ -24,6 +24,21 @@ fn host_with_container(prefix: &str) -> (Host, String, MemHold) {
     host_with_memory(prefix, "4")
 }
 
+/// Runs ferry with `args` on the given stdin and stdout; whether it succeeded, and its stderr.
+fn run_with(host: &Host, args: &[&str], stdin: Stdio, stdout: Stdio) -> (bool, String) {
+    let out = host
+        .command(args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A container created and started from a bundle (not an image) running memhold with `mib`
 /// MiB: the bundle, the container's id and its memhold.
 fn bundle_container(host: &Host, mib: &str, prefix: &str) -> (Bundle, String, MemHold) {
@@ -608,16 +623,10 @@ fn what_is_not_an_archive_is_named_for_what_it_is() {
 
     // A terminal on standard input is said at once instead of waited on.
     let pty = nix::pty::openpty(None, None).unwrap();
-    let out = host
-        .command(&["restore", "-i", "-", "--name", &name, "-d"])
-        .stdin(Stdio::from(pty.slave))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let args = ["restore", "-i", "-", "--name", &name, "-d"];
+    let (ok, err) = run_with(&host, &args, pty.slave.into(), Stdio::null());
     assert!(
-        !out.status.success() && err.contains("standard input is a terminal"),
+        !ok && err.contains("standard input is a terminal"),
         "restore -i - from a terminal: {err}"
     );
     drop(pty.master);
@@ -723,31 +732,19 @@ fn an_archive_inside_the_containers_own_files_is_refused() {
         .ok();
     assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
     // The same as `-e -` with standard output on /dev/null.
-    let out = host
-        .command(&["checkpoint", &id, "-e", "-"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let args = ["checkpoint", &id, "-e", "-"];
+    let (ok, err) = run_with(&host, &args, Stdio::null(), Stdio::null());
     assert!(
-        !out.status.success() && err.contains("standard output discards"),
+        !ok && err.contains("standard output discards"),
         "checkpoint -e - >/dev/null: {err}"
     );
     assert_eq!(host.ferry.status(&id).as_deref(), Some("running"));
     // And onto a terminal, where it would scroll past as binary: refused even if it stays.
     let pty = nix::pty::openpty(None, None).unwrap();
-    let out = host
-        .command(&["checkpoint", &id, "-e", "-", "--leave-running"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(pty.slave))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let args = ["checkpoint", &id, "-e", "-", "--leave-running"];
+    let (ok, err) = run_with(&host, &args, Stdio::null(), pty.slave.into());
     assert!(
-        !out.status.success() && err.contains("standard output is a terminal"),
+        !ok && err.contains("standard output is a terminal"),
         "checkpoint -e - onto a terminal: {err}"
     );
     drop(pty.master);
