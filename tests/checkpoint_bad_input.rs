@@ -330,6 +330,83 @@ fn a_truncated_archive_is_refused_at_every_cut() {
     }
 }
 
+/// `checkpoint -e - | restore -i -` into a host that does not trust this one: the restore
+/// refuses at the signer the stream names at its start, the checkpoint sees its reader go
+/// and fails, and the container runs on (it used to be released, and the archive refused
+/// once it had all come: the container was gone from both). Trusted, the same pipe moves it.
+#[test]
+fn a_pipe_to_a_host_that_does_not_trust_this_one_keeps_the_container() {
+    let a = Host::new();
+    let rootfs = a.ferry.scratch().join("image-rootfs");
+    image_rootfs(&rootfs);
+    a.import_dir("bb", &rootfs);
+    let id = a.id("piped-untrusted");
+    // 8 MiB: more than a pipe holds, so the writer is still writing when the reader refuses.
+    a.run_image("bb", &id, &["/bin/memhold", "8", SEED, "/tmp"]);
+    let mem = MemHold::at(a.rootfs(&id).join("tmp"));
+    let (runid, before) = mem.wait_count_above(2);
+    let b = Host::new();
+    b.import_dir("bb", &rootfs);
+    let pipe = |b: &Host| {
+        let mut ck = a
+            .command(&["checkpoint", &id, "-e", "-"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = ck.stdout.take().unwrap();
+        let rs = b
+            .command(&["restore", "-i", "-", "-d"])
+            .stdin(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let ck = ck.wait_with_output().unwrap();
+        (ck, rs)
+    };
+    let (ck, rs) = pipe(&b);
+    let (ck_err, rs_err) = (
+        String::from_utf8_lossy(&ck.stderr),
+        String::from_utf8_lossy(&rs.stderr),
+    );
+    assert!(
+        !rs.status.success() && rs_err.contains("does not trust"),
+        "{rs_err}"
+    );
+    assert!(
+        !ck.status.success(),
+        "the checkpoint succeeded into a refusing reader"
+    );
+    assert!(ck_err.contains("runs on as before"), "{ck_err}");
+    assert_eq!(a.ferry.status(&id).as_deref(), Some("running"));
+    let (again, after) = mem.wait_count_above(before);
+    assert_eq!(
+        again, runid,
+        "the container was restarted, not left running"
+    );
+    assert!(after > before);
+    assert!(b.ids().is_empty(), "the refusing host has {:?}", b.ids());
+
+    b.run(&["trust", "add", &a.fingerprint(), "--name", "host-a"])
+        .ok();
+    let (ck, rs) = pipe(&b);
+    assert!(
+        ck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ck.stderr)
+    );
+    assert!(
+        rs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rs.stderr)
+    );
+    assert!(a.ferry.status(&id).is_none(), "the source was not released");
+    assert_eq!(b.ferry.status(&id).as_deref(), Some("running"));
+    b.run(&["delete", "--force", &id]).ok();
+}
+
 #[test]
 fn an_untrusted_signer_is_refused_then_accepted_after_trust_add_or_insecure() {
     let a = Host::new();

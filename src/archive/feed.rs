@@ -600,7 +600,7 @@ fn unpack_zstd(
         end: len - TAIL_MARK_LEN,
     };
     let tail = zstd::stream::read::Decoder::new(tail).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let mut staged = stage_stream(tail, stage, &crate::progress::Progress::hidden())?;
+    let mut staged = stage_stream(tail, stage, &crate::progress::Progress::hidden(), None)?;
     if let Some(p) = staged.entries.keys().find(|n| part_of(n).is_some()) {
         return Err(Error::BadEntry {
             entry: p.clone(),

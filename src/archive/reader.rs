@@ -250,8 +250,9 @@ pub fn unpack_with_progress(
 ) -> Result<Unpacked, Error> {
     stage.create_dir("checkpoint")?;
     let stream = decompressed(input)?;
-    let mut staged = stage_stream(stream, stage, progress)?;
+    let mut staged = stage_stream(stream, stage, progress, Some(&trust))?;
     let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
+    check_announced(staged.announced.as_ref(), &signer)?;
     let sizes = staged
         .entries
         .iter()
@@ -278,6 +279,8 @@ pub(crate) struct Streamed {
     pub signed: Option<SignedManifest>,
     pub manifest_end: u64,
     pub consumed: u64,
+    /// The signer the stream named on its first entry (`writer::SIGNER_PAX`), if it did.
+    pub announced: Option<Fingerprint>,
 }
 
 impl Streamed {
@@ -308,11 +311,15 @@ pub(crate) fn complete(
 }
 
 /// Stages every entry of `stream` (entries admitted as [`Admission`] says), hashing each
-/// on other threads as it is written.
+/// on other threads as it is written. With `trust`, a signer the stream names on its first
+/// entry is held to it there and then (the manifest's signature still decides, at the end):
+/// an archive from a host this one does not trust is refused before the rest of a pipe is
+/// read, so that its writer fails and keeps its container.
 pub(crate) fn stage_stream(
     stream: impl Read,
     stage: &mut Stage,
     progress: &crate::progress::Progress,
+    trust: Option<&Trust>,
 ) -> Result<Streamed, Error> {
     let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tar = tar::Archive::new(Counted {
@@ -327,9 +334,17 @@ pub(crate) fn stage_stream(
     let mut hashers = Hashers::new(None);
     let mut admission = Admission::default();
     let mut signed: Option<SignedManifest> = None;
+    let mut announced = None;
+    let mut first = true;
     let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
+        if std::mem::take(&mut first) {
+            announced = announced_signer(&mut entry)?;
+            if let (Some(signer), Some(trust)) = (&announced, trust) {
+                trusted_as(signer, trust)?;
+            }
+        }
         let name = entry_name(&entry)?;
         let (file, append) = match admission.admit(&name, entry.header().entry_type())? {
             Admitted::Skip => continue,
@@ -408,6 +423,7 @@ pub(crate) fn stage_stream(
         signed,
         manifest_end,
         consumed: consumed.load(std::sync::atomic::Ordering::Relaxed),
+        announced,
     })
 }
 
@@ -558,24 +574,79 @@ pub(crate) fn check_signer(
     trust: Trust,
 ) -> Result<(Manifest, Fingerprint, Option<String>), Error> {
     let (manifest, signer) = signed.verify()?;
-    let trusted_as = match trust {
+    let trusted_as = trusted_as(&signer, &trust)?;
+    Ok((manifest, signer, trusted_as))
+}
+
+/// Whether `trust` accepts `signer`: its name ("this host" for our own key), None for any
+/// signer allowed, or [`Error::Untrusted`].
+fn trusted_as(signer: &Fingerprint, trust: &Trust) -> Result<Option<String>, Error> {
+    Ok(match trust {
         Trust::AnySigner => None,
         Trust::Store { store, own } => {
             if signer == own {
                 Some("this host".into())
             } else {
-                match store.is_trusted(&signer)? {
+                match store.is_trusted(signer)? {
                     Some(s) => Some(if s.name.is_empty() {
                         signer.short().to_string()
                     } else {
                         s.name
                     }),
-                    None => return Err(Error::Untrusted { signer }),
+                    None => {
+                        return Err(Error::Untrusted {
+                            signer: signer.clone(),
+                        });
+                    }
                 }
             }
         }
+    })
+}
+
+/// The signer an archive names on its first entry (`writer::SIGNER_PAX`); None for an
+/// archive that names none (made before ferry did).
+fn announced_signer<R: Read>(entry: &mut tar::Entry<R>) -> Result<Option<Fingerprint>, Error> {
+    let Some(pax) = entry
+        .pax_extensions()
+        .map_err(|e| Error::Corrupt(e.to_string()))?
+    else {
+        return Ok(None);
     };
-    Ok((manifest, signer, trusted_as))
+    for ext in pax {
+        let ext = ext.map_err(|e| Error::Corrupt(e.to_string()))?;
+        let value = ext
+            .value_bytes()
+            .strip_prefix(crate::archive::writer::SIGNER_PAX.as_bytes());
+        if let (b"comment", Some(value)) = (ext.key_bytes(), value) {
+            let signer = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| Fingerprint::parse(v).ok())
+                .ok_or_else(|| Error::BadEntry {
+                    entry: "(the signer named at the start)".into(),
+                    why: "not a signer's fingerprint".into(),
+                })?;
+            return Ok(Some(signer));
+        }
+    }
+    Ok(None)
+}
+
+/// The signer a stream named at its start must be the one whose signature closes it.
+pub(crate) fn check_announced(
+    announced: Option<&Fingerprint>,
+    signer: &Fingerprint,
+) -> Result<(), Error> {
+    match announced {
+        Some(a) if a != signer => Err(Error::Tampered {
+            entry: MANIFEST_NAME.into(),
+            why: format!(
+                "the archive named {a} as its signer at its start, but its manifest is \
+                 signed by {signer}"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The archive holds exactly the entries the manifest lists, each of the listed size; the
@@ -805,6 +876,46 @@ pub(crate) mod tests {
             let input = Trickle(std::io::Cursor::new(archive(&id, c)));
             unpack(input, &out.join("out"), trust).unwrap();
         }
+    }
+
+    /// The signer an archive names at its start is checked there (an untrusted one is
+    /// refused before the rest is read: here the rest is missing, and the refusal is still
+    /// about trust), and must be the one that signed the manifest.
+    #[test]
+    fn the_signer_named_at_the_start_is_checked_early_and_held_to_the_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("a")).unwrap();
+        let other = Identity::load_or_create(&d.path().join("b")).unwrap();
+        let store = TrustStore::open(&d.path().join("trust"));
+        let trust = || Trust::Store {
+            store: &store,
+            own: other.fingerprint(),
+        };
+        let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
+        w.announce_signer(&id.fingerprint()).unwrap();
+        w.add_bytes("checkpoint/pages-1.img.part0", &[7u8; 8192])
+            .unwrap();
+        w.add_bytes("spec.dump", b"{}").unwrap();
+        let bytes = w.finish(manifest(), &id).unwrap();
+        let half = bytes[..bytes.len() / 2].to_vec();
+        let e = unpack(std::io::Cursor::new(half), &d.path().join("o1"), trust())
+            .err()
+            .expect("an untrusted half archive unpacked");
+        assert!(matches!(e, Error::Untrusted { .. }), "{e}");
+
+        // Named as one signer, signed by another: refused even where any signer may do.
+        let mut w = ArchiveWriter::new(Vec::new(), Compression::Zstd).unwrap();
+        w.announce_signer(&other.fingerprint()).unwrap();
+        w.add_bytes("spec.dump", b"{}").unwrap();
+        let bytes = w.finish(manifest(), &id).unwrap();
+        let e = unpack(
+            std::io::Cursor::new(bytes),
+            &d.path().join("o2"),
+            Trust::AnySigner,
+        )
+        .err()
+        .expect("a mismatched signer unpacked");
+        assert!(e.to_string().contains("as its signer at its start"), "{e}");
     }
 
     /// A manifest larger than a restore reads is never written: the checkpoint fails

@@ -9,6 +9,12 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc::SyncSender;
 
+/// How an archive names its signer ahead of the manifest
+/// ([`ArchiveWriter::announce_signer`]): a pax `comment` record on its first entry, whose
+/// value starts with this. POSIX has readers ignore `comment`, so GNU tar lists the archive
+/// without the warning a keyword of our own would draw.
+pub const SIGNER_PAX: &str = "ferry.signer=";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     None,
@@ -363,6 +369,22 @@ impl<W: Write> ArchiveWriter<W> {
     /// (with zstd's worker thread, the time spent waiting for it).
     pub fn encode_time(&self) -> std::time::Duration {
         self.tar.get_ref().spent
+    }
+
+    /// Names the key that will sign the manifest ahead of every entry (a pax record on the
+    /// first one, see [`SIGNER_PAX`]), so that the reader of a stream can refuse a signer it does
+    /// not trust at once: the writer of a pipe then sees it go and fails, and the container
+    /// runs on, where a refusal after the whole stream came would be too late for it. Only
+    /// the manifest's signature proves anything; the reader holds the two to the same key.
+    /// Call before the first entry.
+    pub fn announce_signer(&mut self, signer: &crate::identity::Fingerprint) -> Result<(), Error> {
+        let comment = format!("{SIGNER_PAX}{}", signer.0);
+        self.tar
+            .append_pax_extensions([("comment", comment.as_bytes())])
+            .map_err(|source| Error::Write {
+                entry: "(signer)".into(),
+                source,
+            })
     }
 
     /// A lower limit for the signed manifest than a restore's, so that a test can reach it.

@@ -514,6 +514,7 @@ impl Container {
             opts.compression,
         )
         .map_err(werr)?;
+        w.announce_signer(&identity.fingerprint()).map_err(werr)?;
         w.progress = crate::progress::Progress::bytes("checkpoint", None);
 
         let t = Instant::now();
