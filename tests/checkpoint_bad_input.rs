@@ -330,12 +330,13 @@ fn a_truncated_archive_is_refused_at_every_cut() {
     }
 }
 
-/// `checkpoint -e - | restore -i -` into a host that does not trust this one: the restore
-/// refuses at the signer the stream names at its start, the checkpoint sees its reader go
-/// and fails, and the container runs on (it used to be released, and the archive refused
-/// once it had all come: the container was gone from both). Trusted, the same pipe moves it.
+/// `checkpoint -e - | restore -i -` into a host that does not trust this one, or lacks the
+/// image: the restore refuses at what the stream names at its start, the checkpoint sees
+/// its reader go and fails, and the container runs on (it used to be released, and the
+/// archive refused once it had all come: the container was gone from both). Trusted and
+/// with the image, the same pipe moves it.
 #[test]
-fn a_pipe_to_a_host_that_does_not_trust_this_one_keeps_the_container() {
+fn a_pipe_to_a_host_that_cannot_take_it_keeps_the_container() {
     let a = Host::new();
     let rootfs = a.ferry.scratch().join("image-rootfs");
     image_rootfs(&rootfs);
@@ -388,6 +389,23 @@ fn a_pipe_to_a_host_that_does_not_trust_this_one_keeps_the_container() {
     );
     assert!(after > before);
     assert!(b.ids().is_empty(), "the refusing host has {:?}", b.ids());
+
+    // A host that trusts this one but lacks the image says so at the start, the same way.
+    let c = Host::new();
+    c.run(&["trust", "add", &a.fingerprint(), "--name", "host-a"])
+        .ok();
+    let (ck, rs) = pipe(&c);
+    let rs_err = String::from_utf8_lossy(&rs.stderr);
+    assert!(
+        !rs.status.success() && rs_err.contains("needs image bb"),
+        "{rs_err}"
+    );
+    assert!(
+        !ck.status.success(),
+        "the checkpoint succeeded into a refusing reader"
+    );
+    assert_eq!(a.ferry.status(&id).as_deref(), Some("running"));
+    assert_eq!(mem.wait_count_above(after).0, runid);
 
     b.run(&["trust", "add", &a.fingerprint(), "--name", "host-a"])
         .ok();

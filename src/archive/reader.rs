@@ -32,6 +32,9 @@ pub enum Error {
     /// Not a tar stream at all, said in full.
     #[error("{0}")]
     NotAnArchive(String),
+    /// What the caller's early check (`unpack_checking_image`) refused, said in full.
+    #[error("{0}")]
+    Refused(String),
     #[error("archive entry {entry:?}: {why}; refusing to restore")]
     BadEntry { entry: String, why: String },
     #[error(
@@ -248,11 +251,33 @@ pub fn unpack_with_progress(
     trust: Trust,
     progress: &crate::progress::Progress,
 ) -> Result<Unpacked, Error> {
+    unpack_checking_image(input, stage, trust, progress, None)
+}
+
+/// [`unpack_with_progress`], and `image_present` is asked at the start of the stream about
+/// the image (name, digest) the archive names there, if it names one: an error from it
+/// stops the reading.
+pub fn unpack_checking_image(
+    input: impl Read + 'static,
+    stage: &mut Stage,
+    trust: Trust,
+    progress: &crate::progress::Progress,
+    image_present: Option<&ImagePresent<'_>>,
+) -> Result<Unpacked, Error> {
     stage.create_dir("checkpoint")?;
     let stream = decompressed(input)?;
-    let mut staged = stage_stream(stream, stage, progress, Some(&trust))?;
+    let early = |a: &Announced| -> Result<(), Error> {
+        if let Some(signer) = &a.signer {
+            trusted_as(signer, &trust)?;
+        }
+        match (&a.image, image_present) {
+            (Some((name, digest)), Some(present)) => present(name, digest),
+            _ => Ok(()),
+        }
+    };
+    let mut staged = stage_stream(stream, stage, progress, Some(&early))?;
     let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
-    check_announced(staged.announced.as_ref(), &signer)?;
+    check_announced(staged.announced.signer.as_ref(), &signer)?;
     let sizes = staged
         .entries
         .iter()
@@ -279,8 +304,8 @@ pub(crate) struct Streamed {
     pub signed: Option<SignedManifest>,
     pub manifest_end: u64,
     pub consumed: u64,
-    /// The signer the stream named on its first entry (`writer::SIGNER_PAX`), if it did.
-    pub announced: Option<Fingerprint>,
+    /// What the stream named on its first entry (`writer::SIGNER_PAX`).
+    pub announced: Announced,
 }
 
 impl Streamed {
@@ -310,16 +335,31 @@ pub(crate) fn complete(
     Ok(signed)
 }
 
+/// Asked whether this host has the image (name, digest) an archive names at its start.
+pub type ImagePresent<'a> = dyn Fn(&str, &str) -> Result<(), Error> + 'a;
+
+/// Given what a stream names at its start, there and then ([`stage_stream`]).
+pub(crate) type EarlyCheck<'a> = dyn Fn(&Announced) -> Result<(), Error> + 'a;
+
+/// What an archive names on its first entry, ahead of its manifest
+/// (`ArchiveWriter::announce`): nothing in an archive from before ferry did.
+#[derive(Debug, Default)]
+pub struct Announced {
+    pub signer: Option<Fingerprint>,
+    /// The image the container needs: its name and digest.
+    pub image: Option<(String, String)>,
+}
+
 /// Stages every entry of `stream` (entries admitted as [`Admission`] says), hashing each
-/// on other threads as it is written. With `trust`, a signer the stream names on its first
-/// entry is held to it there and then (the manifest's signature still decides, at the end):
-/// an archive from a host this one does not trust is refused before the rest of a pipe is
-/// read, so that its writer fails and keeps its container.
+/// on other threads as it is written. `early` is given what the stream names on its first
+/// entry, there and then (the manifest still decides, at the end): an archive from a host
+/// this one does not trust, or needing an image it lacks, is refused before the rest of a
+/// pipe is read, so that its writer fails and keeps its container.
 pub(crate) fn stage_stream(
     stream: impl Read,
     stage: &mut Stage,
     progress: &crate::progress::Progress,
-    trust: Option<&Trust>,
+    early: Option<&EarlyCheck<'_>>,
 ) -> Result<Streamed, Error> {
     let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tar = tar::Archive::new(Counted {
@@ -334,15 +374,15 @@ pub(crate) fn stage_stream(
     let mut hashers = Hashers::new(None);
     let mut admission = Admission::default();
     let mut signed: Option<SignedManifest> = None;
-    let mut announced = None;
+    let mut announced = Announced::default();
     let mut first = true;
     let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
         if std::mem::take(&mut first) {
-            announced = announced_signer(&mut entry)?;
-            if let (Some(signer), Some(trust)) = (&announced, trust) {
-                trusted_as(signer, trust)?;
+            announced = announced_on(&mut entry)?;
+            if let Some(early) = early {
+                early(&announced)?;
             }
         }
         let name = entry_name(&entry)?;
@@ -604,32 +644,36 @@ fn trusted_as(signer: &Fingerprint, trust: &Trust) -> Result<Option<String>, Err
     })
 }
 
-/// The signer an archive names on its first entry (`writer::SIGNER_PAX`); None for an
-/// archive that names none (made before ferry did).
-fn announced_signer<R: Read>(entry: &mut tar::Entry<R>) -> Result<Option<Fingerprint>, Error> {
+/// What an archive names on its first entry (`writer::SIGNER_PAX`, `writer::IMAGE_PAX`).
+fn announced_on<R: Read>(entry: &mut tar::Entry<R>) -> Result<Announced, Error> {
+    use crate::archive::writer::{IMAGE_PAX, SIGNER_PAX};
+    let mut announced = Announced::default();
     let Some(pax) = entry
         .pax_extensions()
         .map_err(|e| Error::Corrupt(e.to_string()))?
     else {
-        return Ok(None);
+        return Ok(announced);
+    };
+    let bad = || Error::BadEntry {
+        entry: "(what the archive names at its start)".into(),
+        why: "not a signer's fingerprint and an image digest".into(),
     };
     for ext in pax {
         let ext = ext.map_err(|e| Error::Corrupt(e.to_string()))?;
-        let value = ext
-            .value_bytes()
-            .strip_prefix(crate::archive::writer::SIGNER_PAX.as_bytes());
-        if let (b"comment", Some(value)) = (ext.key_bytes(), value) {
-            let signer = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| Fingerprint::parse(v).ok())
-                .ok_or_else(|| Error::BadEntry {
-                    entry: "(the signer named at the start)".into(),
-                    why: "not a signer's fingerprint".into(),
-                })?;
-            return Ok(Some(signer));
+        let value = std::str::from_utf8(ext.value_bytes()).unwrap_or_default();
+        if ext.key_bytes() != b"comment" || !value.starts_with(SIGNER_PAX) {
+            continue;
+        }
+        for field in value.split_whitespace() {
+            if let Some(fp) = field.strip_prefix(SIGNER_PAX) {
+                announced.signer = Some(Fingerprint::parse(fp).map_err(|_| bad())?);
+            } else if let Some(image) = field.strip_prefix(IMAGE_PAX) {
+                let (name, digest) = image.rsplit_once('@').ok_or_else(bad)?;
+                announced.image = Some((name.to_string(), digest.to_string()));
+            }
         }
     }
-    Ok(None)
+    Ok(announced)
 }
 
 /// The signer a stream named at its start must be the one whose signature closes it.
@@ -892,7 +936,7 @@ pub(crate) mod tests {
             own: other.fingerprint(),
         };
         let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
-        w.announce_signer(&id.fingerprint()).unwrap();
+        w.announce(&id.fingerprint(), None).unwrap();
         w.add_bytes("checkpoint/pages-1.img.part0", &[7u8; 8192])
             .unwrap();
         w.add_bytes("spec.dump", b"{}").unwrap();
@@ -905,7 +949,7 @@ pub(crate) mod tests {
 
         // Named as one signer, signed by another: refused even where any signer may do.
         let mut w = ArchiveWriter::new(Vec::new(), Compression::Zstd).unwrap();
-        w.announce_signer(&other.fingerprint()).unwrap();
+        w.announce(&other.fingerprint(), None).unwrap();
         w.add_bytes("spec.dump", b"{}").unwrap();
         let bytes = w.finish(manifest(), &id).unwrap();
         let e = unpack(

@@ -10,10 +10,14 @@ use std::path::Path;
 use std::sync::mpsc::SyncSender;
 
 /// How an archive names its signer ahead of the manifest
-/// ([`ArchiveWriter::announce_signer`]): a pax `comment` record on its first entry, whose
+/// ([`ArchiveWriter::announce`]): a pax `comment` record on its first entry, whose
 /// value starts with this. POSIX has readers ignore `comment`, so GNU tar lists the archive
 /// without the warning a keyword of our own would draw.
 pub const SIGNER_PAX: &str = "ferry.signer=";
+
+/// In the same comment, after the signer: the image the container was made from, as
+/// `NAME@DIGEST`, so that a reader of a stream can say at once that it lacks it.
+pub const IMAGE_PAX: &str = "ferry.image=";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -371,14 +375,22 @@ impl<W: Write> ArchiveWriter<W> {
         self.tar.get_ref().spent
     }
 
-    /// Names the key that will sign the manifest ahead of every entry (a pax record on the
-    /// first one, see [`SIGNER_PAX`]), so that the reader of a stream can refuse a signer it does
-    /// not trust at once: the writer of a pipe then sees it go and fails, and the container
-    /// runs on, where a refusal after the whole stream came would be too late for it. Only
-    /// the manifest's signature proves anything; the reader holds the two to the same key.
+    /// Names the key that will sign the manifest, and the image the container needs, ahead
+    /// of every entry (a pax comment on the first one, see [`SIGNER_PAX`]), so that the
+    /// reader of a stream can refuse a signer it does not trust, or say it lacks the image,
+    /// at once: the writer of a pipe then sees it go and fails, and the container runs on,
+    /// where a refusal after the whole stream came would be too late for it. Only the
+    /// manifest's signature proves anything; the reader holds the two to the same key.
     /// Call before the first entry.
-    pub fn announce_signer(&mut self, signer: &crate::identity::Fingerprint) -> Result<(), Error> {
-        let comment = format!("{SIGNER_PAX}{}", signer.0);
+    pub fn announce(
+        &mut self,
+        signer: &crate::identity::Fingerprint,
+        image: Option<(&str, &str)>,
+    ) -> Result<(), Error> {
+        let mut comment = format!("{SIGNER_PAX}{}", signer.0);
+        if let Some((name, digest)) = image {
+            comment.push_str(&format!(" {IMAGE_PAX}{name}@{digest}"));
+        }
         self.tar
             .append_pax_extensions([("comment", comment.as_bytes())])
             .map_err(|source| Error::Write {

@@ -514,7 +514,12 @@ impl Container {
             opts.compression,
         )
         .map_err(werr)?;
-        w.announce_signer(&identity.fingerprint()).map_err(werr)?;
+        let named = self
+            .record
+            .image
+            .as_ref()
+            .map(|i| (i.image.as_str(), i.digest.as_str()));
+        w.announce(&identity.fingerprint(), named).map_err(werr)?;
         w.progress = crate::progress::Progress::bytes("checkpoint", None);
 
         let t = Instant::now();

@@ -188,8 +188,29 @@ impl Runtime {
                 };
                 let progress = crate::progress::Progress::bytes("verifying archive", total);
                 // 'static reader for the decompressor.
-                let u = reader::unpack_with_progress(ReadBox(input), stage, trust, &progress)
-                    .map_err(|e| Error::Other(e.to_string()))?;
+                // A stream that names its image at its start is refused there if this host
+                // lacks it, before the rest of a pipe is read (its writer then keeps the
+                // container); the image is looked up again, by the archive's config, below.
+                let present = |name: &str, digest: &str| -> Result<(), reader::Error> {
+                    let store = Store::open(&self.storage)
+                        .map_err(|e| reader::Error::Refused(e.to_string()))?;
+                    match store.get(digest) {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(reader::Error::Refused(format!(
+                            "the archive needs image {name} ({digest}), which is not in this \
+                             host's store; import it first: `ferry image import <layout> \
+                             --name {name}`"
+                        ))),
+                    }
+                };
+                let u = reader::unpack_checking_image(
+                    ReadBox(input),
+                    stage,
+                    trust,
+                    &progress,
+                    Some(&present),
+                )
+                .map_err(|e| Error::Other(e.to_string()))?;
                 progress.finish();
                 stats.pages_verified = "before restoring";
                 (u, None)
