@@ -313,3 +313,39 @@ fn version_and_features_describe_the_runtime() {
         assert!(hooks.contains(&h), "features lacks hook {h}: {hooks:?}");
     }
 }
+
+/// One id under two `--root`s (two "hosts" on one machine) maps to one default cgroup,
+/// `ferry/<id>`. The second create used to join the first container's cgroup, so that its
+/// `delete --force` killed the first one's processes too; it is refused, and the first
+/// container is left as it was.
+#[test]
+fn an_id_whose_cgroup_another_root_uses_is_refused() {
+    let a = Ferry::new();
+    let b = Ferry::new();
+    let bundle_a = Bundle::new(&a, SLEEPER);
+    let bundle_b = Bundle::new(&b, SLEEPER);
+    let id = a.id("shared");
+    a.start_container(&bundle_a, &id);
+    a.wait_status(&id, "running");
+    let pid = a.pid(&id);
+
+    let out = b.create(&bundle_b, &id);
+    assert!(!out.success(), "a second container joined a cgroup in use");
+    assert!(
+        out.stderr.contains("already holds") && out.stderr.contains("another --root"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        b.status(&id).is_none(),
+        "the refused create left a container"
+    );
+    assert_eq!(a.status(&id).as_deref(), Some("running"));
+    assert!(
+        !is_zombie_or_gone(pid),
+        "the first container's init is gone"
+    );
+
+    a.run(&["delete", "--force", &id]).ok();
+    assert_no_leftovers(&a, &bundle_a, &id);
+}

@@ -32,7 +32,7 @@ pub enum Error {
     /// Not a tar stream at all, said in full.
     #[error("{0}")]
     NotAnArchive(String),
-    /// What the caller's early check (`unpack_checking_image`) refused, said in full.
+    /// What the caller's early check (`unpack_checking_early`) refused, said in full.
     #[error("{0}")]
     Refused(String),
     #[error("archive entry {entry:?}: {why}; refusing to restore")]
@@ -251,29 +251,26 @@ pub fn unpack_with_progress(
     trust: Trust,
     progress: &crate::progress::Progress,
 ) -> Result<Unpacked, Error> {
-    unpack_checking_image(input, stage, trust, progress, None)
+    unpack_checking_early(input, stage, trust, progress, None)
 }
 
-/// [`unpack_with_progress`], and `image_present` is asked at the start of the stream about
-/// the image (name, digest) the archive names there, if it names one: an error from it
-/// stops the reading.
-pub fn unpack_checking_image(
+/// [`unpack_with_progress`], and `early` is given what the stream names at its start
+/// (after the signer was held to `trust`): an error from it stops the reading there.
+pub fn unpack_checking_early(
     input: impl Read + 'static,
     stage: &mut Stage,
     trust: Trust,
     progress: &crate::progress::Progress,
-    image_present: Option<&ImagePresent<'_>>,
+    early: Option<&EarlyCheck<'_>>,
 ) -> Result<Unpacked, Error> {
     stage.create_dir("checkpoint")?;
     let stream = decompressed(input)?;
+    let caller = early;
     let early = |a: &Announced| -> Result<(), Error> {
         if let Some(signer) = &a.signer {
             trusted_as(signer, &trust)?;
         }
-        match (&a.image, image_present) {
-            (Some((name, digest)), Some(present)) => present(name, digest),
-            _ => Ok(()),
-        }
+        caller.map_or(Ok(()), |check| check(a))
     };
     let mut staged = stage_stream(stream, stage, progress, Some(&early))?;
     let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
@@ -335,20 +332,12 @@ pub(crate) fn complete(
     Ok(signed)
 }
 
-/// Asked whether this host has the image (name, digest) an archive names at its start.
-pub type ImagePresent<'a> = dyn Fn(&str, &str) -> Result<(), Error> + 'a;
-
 /// Given what a stream names at its start, there and then ([`stage_stream`]).
-pub(crate) type EarlyCheck<'a> = dyn Fn(&Announced) -> Result<(), Error> + 'a;
+pub type EarlyCheck<'a> = dyn Fn(&Announced) -> Result<(), Error> + 'a;
 
 /// What an archive names on its first entry, ahead of its manifest
 /// (`ArchiveWriter::announce`): nothing in an archive from before ferry did.
-#[derive(Debug, Default)]
-pub struct Announced {
-    pub signer: Option<Fingerprint>,
-    /// The image the container needs: its name and digest.
-    pub image: Option<(String, String)>,
-}
+pub use crate::archive::writer::Announce as Announced;
 
 /// Stages every entry of `stream` (entries admitted as [`Admission`] says), hashing each
 /// on other threads as it is written. `early` is given what the stream names on its first
@@ -644,9 +633,9 @@ fn trusted_as(signer: &Fingerprint, trust: &Trust) -> Result<Option<String>, Err
     })
 }
 
-/// What an archive names on its first entry (`writer::SIGNER_PAX`, `writer::IMAGE_PAX`).
+/// What an archive names on its first entry (`writer::Announce`).
 fn announced_on<R: Read>(entry: &mut tar::Entry<R>) -> Result<Announced, Error> {
-    use crate::archive::writer::{IMAGE_PAX, SIGNER_PAX};
+    use crate::archive::writer::{ID_PAX, IMAGE_PAX, SIGNER_PAX, TERMINAL_PAX};
     let mut announced = Announced::default();
     let Some(pax) = entry
         .pax_extensions()
@@ -654,9 +643,9 @@ fn announced_on<R: Read>(entry: &mut tar::Entry<R>) -> Result<Announced, Error> 
     else {
         return Ok(announced);
     };
-    let bad = || Error::BadEntry {
+    let bad = |why: &str| Error::BadEntry {
         entry: "(what the archive names at its start)".into(),
-        why: "not a signer's fingerprint and an image digest".into(),
+        why: why.into(),
     };
     for ext in pax {
         let ext = ext.map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -666,10 +655,17 @@ fn announced_on<R: Read>(entry: &mut tar::Entry<R>) -> Result<Announced, Error> 
         }
         for field in value.split_whitespace() {
             if let Some(fp) = field.strip_prefix(SIGNER_PAX) {
-                announced.signer = Some(Fingerprint::parse(fp).map_err(|_| bad())?);
+                let fp = Fingerprint::parse(fp).map_err(|_| bad("not a signer's fingerprint"))?;
+                announced.signer = Some(fp);
             } else if let Some(image) = field.strip_prefix(IMAGE_PAX) {
-                let (name, digest) = image.rsplit_once('@').ok_or_else(bad)?;
+                let (name, digest) = image
+                    .rsplit_once('@')
+                    .ok_or_else(|| bad("an image not named NAME@DIGEST"))?;
                 announced.image = Some((name.to_string(), digest.to_string()));
+            } else if let Some(id) = field.strip_prefix(ID_PAX) {
+                announced.id = Some(id.to_string());
+            } else if field == TERMINAL_PAX {
+                announced.terminal = true;
             }
         }
     }
@@ -936,7 +932,11 @@ pub(crate) mod tests {
             own: other.fingerprint(),
         };
         let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
-        w.announce(&id.fingerprint(), None).unwrap();
+        w.announce(&Announced {
+            signer: Some(id.fingerprint()),
+            ..Default::default()
+        })
+        .unwrap();
         w.add_bytes("checkpoint/pages-1.img.part0", &[7u8; 8192])
             .unwrap();
         w.add_bytes("spec.dump", b"{}").unwrap();
@@ -949,7 +949,11 @@ pub(crate) mod tests {
 
         // Named as one signer, signed by another: refused even where any signer may do.
         let mut w = ArchiveWriter::new(Vec::new(), Compression::Zstd).unwrap();
-        w.announce(&other.fingerprint(), None).unwrap();
+        w.announce(&Announced {
+            signer: Some(other.fingerprint()),
+            ..Default::default()
+        })
+        .unwrap();
         w.add_bytes("spec.dump", b"{}").unwrap();
         let bytes = w.finish(manifest(), &id).unwrap();
         let e = unpack(

@@ -19,6 +19,42 @@ pub const SIGNER_PAX: &str = "ferry.signer=";
 /// `NAME@DIGEST`, so that a reader of a stream can say at once that it lacks it.
 pub const IMAGE_PAX: &str = "ferry.image=";
 
+/// In the same comment: the container's id, and `ferry.terminal` when it has a terminal
+/// (its restore needs a console socket), for the same early refusals.
+pub const ID_PAX: &str = "ferry.id=";
+pub const TERMINAL_PAX: &str = "ferry.terminal";
+
+/// What [`ArchiveWriter::announce`] names ahead of the entries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Announce {
+    pub signer: Option<crate::identity::Fingerprint>,
+    /// The image (name, digest) the container needs.
+    pub image: Option<(String, String)>,
+    pub id: Option<String>,
+    pub terminal: bool,
+}
+
+impl Announce {
+    /// The pax comment's value: fields apart by spaces (none holds one: fingerprints,
+    /// digests, image names and container ids cannot).
+    fn comment(&self) -> String {
+        let mut fields = vec![];
+        if let Some(s) = &self.signer {
+            fields.push(format!("{SIGNER_PAX}{}", s.0));
+        }
+        if let Some((name, digest)) = &self.image {
+            fields.push(format!("{IMAGE_PAX}{name}@{digest}"));
+        }
+        if let Some(id) = &self.id {
+            fields.push(format!("{ID_PAX}{id}"));
+        }
+        if self.terminal {
+            fields.push(TERMINAL_PAX.to_string());
+        }
+        fields.join(" ")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     None,
@@ -375,22 +411,16 @@ impl<W: Write> ArchiveWriter<W> {
         self.tar.get_ref().spent
     }
 
-    /// Names the key that will sign the manifest, and the image the container needs, ahead
-    /// of every entry (a pax comment on the first one, see [`SIGNER_PAX`]), so that the
-    /// reader of a stream can refuse a signer it does not trust, or say it lacks the image,
-    /// at once: the writer of a pipe then sees it go and fails, and the container runs on,
-    /// where a refusal after the whole stream came would be too late for it. Only the
-    /// manifest's signature proves anything; the reader holds the two to the same key.
-    /// Call before the first entry.
-    pub fn announce(
-        &mut self,
-        signer: &crate::identity::Fingerprint,
-        image: Option<(&str, &str)>,
-    ) -> Result<(), Error> {
-        let mut comment = format!("{SIGNER_PAX}{}", signer.0);
-        if let Some((name, digest)) = image {
-            comment.push_str(&format!(" {IMAGE_PAX}{name}@{digest}"));
-        }
+    /// Names the key that will sign the manifest, the image the container needs, its id and
+    /// whether it has a terminal, ahead of every entry (a pax comment on the first one, see
+    /// [`SIGNER_PAX`]), so that the reader of a stream can refuse a signer it does not
+    /// trust, an image it lacks, an id in use or a terminal it has no socket for at once:
+    /// the writer of a pipe then sees it go and fails, and the container runs on, where a
+    /// refusal after the whole stream came would be too late for it. Only the manifest's
+    /// signature proves anything; the reader holds the two to the same key. Call before
+    /// the first entry.
+    pub fn announce(&mut self, what: &Announce) -> Result<(), Error> {
+        let comment = what.comment();
         self.tar
             .append_pax_extensions([("comment", comment.as_bytes())])
             .map_err(|source| Error::Write {

@@ -514,12 +514,20 @@ impl Container {
             opts.compression,
         )
         .map_err(werr)?;
-        let named = self
+        let terminal = self
             .record
-            .image
+            .spec
+            .process()
             .as_ref()
-            .map(|i| (i.image.as_str(), i.digest.as_str()));
-        w.announce(&identity.fingerprint(), named).map_err(werr)?;
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        w.announce(&crate::archive::writer::Announce {
+            signer: Some(identity.fingerprint()),
+            image: (self.record.image.as_ref()).map(|i| (i.image.clone(), i.digest.clone())),
+            id: Some(self.id.clone()),
+            terminal,
+        })
+        .map_err(werr)?;
         w.progress = crate::progress::Progress::bytes("checkpoint", None);
 
         let t = Instant::now();

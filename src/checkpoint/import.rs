@@ -187,28 +187,21 @@ impl Runtime {
                     std::fs::metadata(&opts.input).ok().map(|m| m.len())
                 };
                 let progress = crate::progress::Progress::bytes("verifying archive", total);
-                // 'static reader for the decompressor.
-                // A stream that names its image at its start is refused there if this host
-                // lacks it, before the rest of a pipe is read (its writer then keeps the
-                // container); the image is looked up again, by the archive's config, below.
-                let present = |name: &str, digest: &str| -> Result<(), reader::Error> {
-                    let store = Store::open(&self.storage)
-                        .map_err(|e| reader::Error::Refused(e.to_string()))?;
-                    match store.get(digest) {
-                        Ok(_) => Ok(()),
-                        Err(_) => Err(reader::Error::Refused(format!(
-                            "the archive needs image {name} ({digest}), which is not in this \
-                             host's store; import it first: `ferry image import <layout> \
-                             --name {name}`"
-                        ))),
-                    }
+                // What a stream names at its start (an image this host lacks, an id in use,
+                // a terminal without a console socket) is refused there, before the rest of
+                // a pipe is read: its writer then keeps the container. All of it is checked
+                // again below, from the verified archive.
+                let early = |a: &reader::Announced| -> Result<(), reader::Error> {
+                    self.refuse_early(a, &opts)
+                        .map_err(|e| reader::Error::Refused(e.to_string()))
                 };
-                let u = reader::unpack_checking_image(
+                // 'static reader for the decompressor.
+                let u = reader::unpack_checking_early(
                     ReadBox(input),
                     stage,
                     trust,
                     &progress,
-                    Some(&present),
+                    Some(&early),
                 )
                 .map_err(|e| Error::Other(e.to_string()))?;
                 progress.finish();
@@ -532,6 +525,36 @@ enum Source {
     Stream(Box<dyn Read>),
     /// Read it out of order and feed the pages while CRIU restores (archive::feed).
     Fed(PathBuf, crate::archive::feed::Layout),
+}
+
+impl Runtime {
+    /// What a stream named at its start that this restore could not take, said before the
+    /// rest is read (`reader::unpack_checking_early`); the same checks run again later on
+    /// what the archive verifiably holds.
+    fn refuse_early(&self, a: &reader::Announced, opts: &ImportOptions) -> Result<()> {
+        if let Some(id) = opts.name.as_ref().or(a.id.as_ref()) {
+            crate::runtime::container::validate_id(id)?;
+            if self.container_dir(id).exists() {
+                return Err(self.taken_error(id));
+            }
+        }
+        if let Some((name, digest)) = &a.image {
+            let store = Store::open(&self.storage).map_err(|e| Error::Other(e.to_string()))?;
+            if store.get(digest).is_err() {
+                return Err(Error::Other(format!(
+                    "the archive needs image {name} ({digest}), which is not in this host's \
+                     store; import it first: `ferry image import <layout> --name {name}`"
+                )));
+            }
+        }
+        if a.terminal && opts.restore.console_socket.is_none() {
+            return Err(Error::Other(
+                "the container has a terminal: give --console-socket to receive its pty master"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn read_dumps(u: &Unpacked) -> Result<(Spec, ContainerConfig)> {

@@ -133,6 +133,7 @@ impl Runtime {
         };
         let criu_root = dir.join("criu-root");
         let cgroup = cgroup_of(spec, &opts.id)?;
+        cgroups::check_unused(cgroup.as_ref(), &opts.id)?;
         let result = self.restore_into(&mut opts, &bundle, &dir, &criu_root, cgroup.as_ref());
         // The bind mount for CRIU's root is only needed while it restores.
         let _ = nix::mount::umount2(&criu_root, MntFlags::MNT_DETACH);

@@ -208,6 +208,8 @@ impl Runtime {
         std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
             .ctx(|| format!("chmod {}", fifo.display()))?;
         let cgroup = cgroup_of(spec, &opts.id)?;
+        // Before anything is forked or made there: a cgroup in use is someone else's.
+        crate::runtime::cgroups::check_unused(cgroup.as_ref(), &opts.id)?;
         let cgroup_dirs = cgroup.paths();
 
         let process = spec.process().clone().expect("checked by Bundle::load");
@@ -239,6 +241,14 @@ impl Runtime {
         drop(console);
         undo.pids.push(stage1);
         let r = self.drive_init(opts, bundle, dir, cgroup.as_ref(), &parent, stage1, undo);
+        if r.is_err() {
+            // It may be waiting for a word from us that will not come (a failure before
+            // `Continue`): it would never exit, and the reap below would wait for ever.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(stage1),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         wait::reap_stage(stage1);
         if r.is_err() {
             undo.cgroup = Some(cgroup);

@@ -179,6 +179,34 @@ pub fn for_container(cgroups_path: Option<&std::path::Path>, id: &str) -> Result
     })
 }
 
+/// Refuses a cgroup that already holds processes before a container is made or restored
+/// into it: they would be frozen, listed, checkpointed and killed as the new container's.
+/// It happens when two containers share a cgroup path: the default `ferry/<id>` does not
+/// depend on `--root`, so one id under two roots (two "hosts" on one machine) meets here,
+/// as it would under runc, which refuses the same way.
+pub fn check_unused(cgroup: &dyn Cgroup, id: &str) -> Result<()> {
+    let pids = cgroup.pids()?;
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let dir = cgroup
+        .paths()
+        .first()
+        .map(|(_, p)| p.display().to_string())
+        .unwrap_or_default();
+    Err(Error::Cgroup(format!(
+        "the cgroup for container {id:?} ({dir}) already holds {} process(es) ({}): another \
+         container uses it, most likely one with the same id under another --root. Give \
+         this one another id, or a linux.cgroupsPath of its own",
+        pids.len(),
+        pids.iter()
+            .take(5)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
 /// The container's cgroup path relative to each hierarchy root (no leading `/`).
 ///
 /// - absent or empty: `ferry/<id>`;
