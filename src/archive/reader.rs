@@ -7,6 +7,7 @@
 use crate::archive::hashing::Hashers;
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::archive::stage::{self, Stage};
+pub use crate::archive::writer::Announce;
 use crate::identity::{Fingerprint, TrustStore};
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
@@ -32,7 +33,7 @@ pub enum Error {
     /// Not a tar stream at all, said in full.
     #[error("{0}")]
     NotAnArchive(String),
-    /// What the caller's early check (`unpack_checking_early`) refused, said in full.
+    /// What the caller's early check (`unpack_with_progress`) refused, said in full.
     #[error("{0}")]
     Refused(String),
     #[error("archive entry {entry:?}: {why}; refusing to restore")]
@@ -222,6 +223,7 @@ pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<U
         &mut stage,
         trust,
         &crate::progress::Progress::hidden(),
+        None,
     )
 }
 
@@ -240,23 +242,14 @@ pub fn unpack_without_page_data(
         &mut stage,
         trust,
         &crate::progress::Progress::hidden(),
+        None,
     )
 }
 
 /// [`unpack`] into `stage` (fresh and empty), advancing `progress` by every byte of entry
-/// content.
+/// content. `early` is given what the stream names at its start (after the signer was held
+/// to `trust`): an error from it stops the reading there.
 pub fn unpack_with_progress(
-    input: impl Read + 'static,
-    stage: &mut Stage,
-    trust: Trust,
-    progress: &crate::progress::Progress,
-) -> Result<Unpacked, Error> {
-    unpack_checking_early(input, stage, trust, progress, None)
-}
-
-/// [`unpack_with_progress`], and `early` is given what the stream names at its start
-/// (after the signer was held to `trust`): an error from it stops the reading there.
-pub fn unpack_checking_early(
     input: impl Read + 'static,
     stage: &mut Stage,
     trust: Trust,
@@ -265,14 +258,13 @@ pub fn unpack_checking_early(
 ) -> Result<Unpacked, Error> {
     stage.create_dir("checkpoint")?;
     let stream = decompressed(input)?;
-    let caller = early;
-    let early = |a: &Announced| -> Result<(), Error> {
+    let at_start = |a: &Announce| -> Result<(), Error> {
         if let Some(signer) = &a.signer {
             trusted_as(signer, &trust)?;
         }
-        caller.map_or(Ok(()), |check| check(a))
+        early.map_or(Ok(()), |check| check(a))
     };
-    let mut staged = stage_stream(stream, stage, progress, Some(&early))?;
+    let mut staged = stage_stream(stream, stage, progress, Some(&at_start))?;
     let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
     check_announced(staged.announced.signer.as_ref(), &signer)?;
     let sizes = staged
@@ -301,8 +293,8 @@ pub(crate) struct Streamed {
     pub signed: Option<SignedManifest>,
     pub manifest_end: u64,
     pub consumed: u64,
-    /// What the stream named on its first entry (`writer::SIGNER_PAX`).
-    pub announced: Announced,
+    /// What the stream named on its first entry (`writer::Announce`).
+    pub announced: Announce,
 }
 
 impl Streamed {
@@ -333,11 +325,7 @@ pub(crate) fn complete(
 }
 
 /// Given what a stream names at its start, there and then ([`stage_stream`]).
-pub type EarlyCheck<'a> = dyn Fn(&Announced) -> Result<(), Error> + 'a;
-
-/// What an archive names on its first entry, ahead of its manifest
-/// (`ArchiveWriter::announce`): nothing in an archive from before ferry did.
-pub use crate::archive::writer::Announce as Announced;
+pub type EarlyCheck<'a> = dyn Fn(&Announce) -> Result<(), Error> + 'a;
 
 /// Stages every entry of `stream` (entries admitted as [`Admission`] says), hashing each
 /// on other threads as it is written. `early` is given what the stream names on its first
@@ -363,7 +351,7 @@ pub(crate) fn stage_stream(
     let mut hashers = Hashers::new(None);
     let mut admission = Admission::default();
     let mut signed: Option<SignedManifest> = None;
-    let mut announced = Announced::default();
+    let mut announced = Announce::default();
     let mut first = true;
     let entries = tar.entries().map_err(|e| Error::Corrupt(e.to_string()))?;
     for entry in entries {
@@ -633,43 +621,28 @@ fn trusted_as(signer: &Fingerprint, trust: &Trust) -> Result<Option<String>, Err
     })
 }
 
-/// What an archive names on its first entry (`writer::Announce`).
-fn announced_on<R: Read>(entry: &mut tar::Entry<R>) -> Result<Announced, Error> {
-    use crate::archive::writer::{ID_PAX, IMAGE_PAX, SIGNER_PAX, TERMINAL_PAX};
-    let mut announced = Announced::default();
+/// What an archive names on its first entry (`writer::Announce`); nothing in an archive
+/// from before ferry did.
+fn announced_on<R: Read>(entry: &mut tar::Entry<R>) -> Result<Announce, Error> {
     let Some(pax) = entry
         .pax_extensions()
         .map_err(|e| Error::Corrupt(e.to_string()))?
     else {
-        return Ok(announced);
-    };
-    let bad = |why: &str| Error::BadEntry {
-        entry: "(what the archive names at its start)".into(),
-        why: why.into(),
+        return Ok(Announce::default());
     };
     for ext in pax {
         let ext = ext.map_err(|e| Error::Corrupt(e.to_string()))?;
         let value = std::str::from_utf8(ext.value_bytes()).unwrap_or_default();
-        if ext.key_bytes() != b"comment" || !value.starts_with(SIGNER_PAX) {
-            continue;
-        }
-        for field in value.split_whitespace() {
-            if let Some(fp) = field.strip_prefix(SIGNER_PAX) {
-                let fp = Fingerprint::parse(fp).map_err(|_| bad("not a signer's fingerprint"))?;
-                announced.signer = Some(fp);
-            } else if let Some(image) = field.strip_prefix(IMAGE_PAX) {
-                let (name, digest) = image
-                    .rsplit_once('@')
-                    .ok_or_else(|| bad("an image not named NAME@DIGEST"))?;
-                announced.image = Some((name.to_string(), digest.to_string()));
-            } else if let Some(id) = field.strip_prefix(ID_PAX) {
-                announced.id = Some(id.to_string());
-            } else if field == TERMINAL_PAX {
-                announced.terminal = true;
-            }
+        if ext.key_bytes() == b"comment"
+            && let Some(parsed) = Announce::parse(value)
+        {
+            return parsed.map_err(|why| Error::BadEntry {
+                entry: "(what the archive names at its start)".into(),
+                why: why.into(),
+            });
         }
     }
-    Ok(announced)
+    Ok(Announce::default())
 }
 
 /// The signer a stream named at its start must be the one whose signature closes it.
@@ -932,7 +905,7 @@ pub(crate) mod tests {
             own: other.fingerprint(),
         };
         let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
-        w.announce(&Announced {
+        w.announce(&Announce {
             signer: Some(id.fingerprint()),
             ..Default::default()
         })
@@ -949,7 +922,7 @@ pub(crate) mod tests {
 
         // Named as one signer, signed by another: refused even where any signer may do.
         let mut w = ArchiveWriter::new(Vec::new(), Compression::Zstd).unwrap();
-        w.announce(&Announced {
+        w.announce(&Announce {
             signer: Some(other.fingerprint()),
             ..Default::default()
         })

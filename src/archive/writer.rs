@@ -9,49 +9,70 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc::SyncSender;
 
-/// How an archive names its signer ahead of the manifest
-/// ([`ArchiveWriter::announce`]): a pax `comment` record on its first entry, whose
-/// value starts with this. POSIX has readers ignore `comment`, so GNU tar lists the archive
-/// without the warning a keyword of our own would draw.
-pub const SIGNER_PAX: &str = "ferry.signer=";
-
-/// In the same comment, after the signer: the image the container was made from, as
-/// `NAME@DIGEST`, so that a reader of a stream can say at once that it lacks it.
-pub const IMAGE_PAX: &str = "ferry.image=";
-
-/// In the same comment: the container's id, and `ferry.terminal` when it has a terminal
-/// (its restore needs a console socket), for the same early refusals.
-pub const ID_PAX: &str = "ferry.id=";
-pub const TERMINAL_PAX: &str = "ferry.terminal";
-
-/// What [`ArchiveWriter::announce`] names ahead of the entries.
+/// What [`ArchiveWriter::announce`] names ahead of the entries, in a pax `comment` record
+/// on the first one: POSIX has readers ignore `comment`, so GNU tar lists the archive
+/// without the warning a keyword of our own would draw. Its value is space-separated
+/// fields (none can hold a space: fingerprints, digests, image names, container ids):
+/// `ferry.signer=FINGERPRINT`, `ferry.image=NAME@DIGEST`, `ferry.id=ID`, `ferry.terminal`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Announce {
     pub signer: Option<crate::identity::Fingerprint>,
     /// The image (name, digest) the container needs.
     pub image: Option<(String, String)>,
     pub id: Option<String>,
+    /// The container has a terminal: its restore needs a console socket.
     pub terminal: bool,
 }
 
+const SIGNER: &str = "ferry.signer=";
+const IMAGE: &str = "ferry.image=";
+const ID: &str = "ferry.id=";
+const TERMINAL: &str = "ferry.terminal";
+
 impl Announce {
-    /// The pax comment's value: fields apart by spaces (none holds one: fingerprints,
-    /// digests, image names and container ids cannot).
+    /// The pax comment's value.
     fn comment(&self) -> String {
         let mut fields = vec![];
         if let Some(s) = &self.signer {
-            fields.push(format!("{SIGNER_PAX}{}", s.0));
+            fields.push(format!("{SIGNER}{}", s.0));
         }
         if let Some((name, digest)) = &self.image {
-            fields.push(format!("{IMAGE_PAX}{name}@{digest}"));
+            fields.push(format!("{IMAGE}{name}@{digest}"));
         }
         if let Some(id) = &self.id {
-            fields.push(format!("{ID_PAX}{id}"));
+            fields.push(format!("{ID}{id}"));
         }
         if self.terminal {
-            fields.push(TERMINAL_PAX.to_string());
+            fields.push(TERMINAL.to_string());
         }
         fields.join(" ")
+    }
+
+    /// What a pax `comment` value names, or None when it is not one ferry wrote; Err says
+    /// which field does not read.
+    pub fn parse(comment: &str) -> Option<Result<Announce, &'static str>> {
+        if !comment.starts_with("ferry.") {
+            return None;
+        }
+        let mut a = Announce::default();
+        for field in comment.split_whitespace() {
+            if let Some(fp) = field.strip_prefix(SIGNER) {
+                match crate::identity::Fingerprint::parse(fp) {
+                    Ok(fp) => a.signer = Some(fp),
+                    Err(_) => return Some(Err("not a signer's fingerprint")),
+                }
+            } else if let Some(image) = field.strip_prefix(IMAGE) {
+                let Some((name, digest)) = image.rsplit_once('@') else {
+                    return Some(Err("an image not named NAME@DIGEST"));
+                };
+                a.image = Some((name.to_string(), digest.to_string()));
+            } else if let Some(id) = field.strip_prefix(ID) {
+                a.id = Some(id.to_string());
+            } else if field == TERMINAL {
+                a.terminal = true;
+            }
+        }
+        Some(Ok(a))
     }
 }
 
@@ -413,7 +434,7 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Names the key that will sign the manifest, the image the container needs, its id and
     /// whether it has a terminal, ahead of every entry (a pax comment on the first one, see
-    /// [`SIGNER_PAX`]), so that the reader of a stream can refuse a signer it does not
+    /// [`Announce`]), so that the reader of a stream can refuse a signer it does not
     /// trust, an image it lacks, an id in use or a terminal it has no socket for at once:
     /// the writer of a pipe then sees it go and fails, and the container runs on, where a
     /// refusal after the whole stream came would be too late for it. Only the manifest's

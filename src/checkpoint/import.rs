@@ -191,12 +191,12 @@ impl Runtime {
                 // a terminal without a console socket) is refused there, before the rest of
                 // a pipe is read: its writer then keeps the container. All of it is checked
                 // again below, from the verified archive.
-                let early = |a: &reader::Announced| -> Result<(), reader::Error> {
+                let early = |a: &reader::Announce| -> Result<(), reader::Error> {
                     self.refuse_early(a, &opts)
                         .map_err(|e| reader::Error::Refused(e.to_string()))
                 };
                 // 'static reader for the decompressor.
-                let u = reader::unpack_checking_early(
+                let u = reader::unpack_with_progress(
                     ReadBox(input),
                     stage,
                     trust,
@@ -529,9 +529,9 @@ enum Source {
 
 impl Runtime {
     /// What a stream named at its start that this restore could not take, said before the
-    /// rest is read (`reader::unpack_checking_early`); the same checks run again later on
+    /// rest is read (`reader::unpack_with_progress`); the same checks run again later on
     /// what the archive verifiably holds.
-    fn refuse_early(&self, a: &reader::Announced, opts: &ImportOptions) -> Result<()> {
+    fn refuse_early(&self, a: &reader::Announce, opts: &ImportOptions) -> Result<()> {
         if let Some(id) = opts.name.as_ref().or(a.id.as_ref()) {
             crate::runtime::container::validate_id(id)?;
             if self.container_dir(id).exists() {
