@@ -5,7 +5,7 @@
 
 use crate::archive::manifest::{FORMAT_VERSION, ImageRef, Manifest, SourceHost};
 use crate::archive::pages;
-use crate::archive::writer::{ArchiveWriter, Compression};
+use crate::archive::writer::{Announce, ArchiveWriter, Compression};
 use crate::checkpoint::CheckpointOptions;
 use crate::checkpoint::guard::FreezeGuard;
 use crate::checkpoint::output::Output;
@@ -133,6 +133,8 @@ struct Prepared<'a> {
     spec: Vec<u8>,
     config: Vec<u8>,
     image: Option<ImageRef>,
+    /// What the archive names ahead of its entries (`ArchiveWriter::announce`).
+    announce: Announce,
 }
 
 /// Refuses an output that discards what is written to it (`/dev/null`, `/dev/zero`, also
@@ -366,6 +368,12 @@ impl Container {
         let storage = &self.runtime.storage;
         let identity =
             Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
+        let announce = Announce {
+            signer: Some(identity.fingerprint()),
+            image: image.as_ref().map(|i| (i.name.clone(), i.digest.clone())),
+            id: Some(self.id.clone()),
+            terminal: crate::runtime::bundle::has_terminal(&self.record.spec),
+        };
         crate::archive::stage::sweep_stale(&storage.join("work"));
         let work =
             storage
@@ -418,6 +426,7 @@ impl Container {
             spec,
             config,
             image,
+            announce,
         };
         // With --leave-running the container is thawed in the end anyway: killed at any
         // point, the guard thaws it. Otherwise, once the archive may be whole, it must not.
@@ -491,6 +500,7 @@ impl Container {
             spec,
             config,
             image,
+            announce,
         } = ready;
         let target = if opts.output == std::path::Path::new("-") {
             "standard output".to_string()
@@ -514,20 +524,7 @@ impl Container {
             opts.compression,
         )
         .map_err(werr)?;
-        let terminal = self
-            .record
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        w.announce(&crate::archive::writer::Announce {
-            signer: Some(identity.fingerprint()),
-            image: (self.record.image.as_ref()).map(|i| (i.image.clone(), i.digest.clone())),
-            id: Some(self.id.clone()),
-            terminal,
-        })
-        .map_err(werr)?;
+        w.announce(&announce).map_err(werr)?;
         w.progress = crate::progress::Progress::bytes("checkpoint", None);
 
         let t = Instant::now();

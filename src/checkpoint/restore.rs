@@ -116,12 +116,7 @@ impl Runtime {
                     .into(),
             ));
         }
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        if terminal && opts.console_socket.is_none() {
+        if crate::runtime::bundle::has_terminal(spec) && opts.console_socket.is_none() {
             return Err(Error::Other(
                 "the container has a terminal: give --console-socket to receive its pty master"
                     .into(),

@@ -53,6 +53,14 @@ impl Bundle {
     }
 }
 
+/// Whether the spec's process has a terminal (`process.terminal`).
+pub fn has_terminal(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
 /// Parses config.json text; a failure names the field by its JSON path (`process.args`).
 pub fn parse_spec(text: &str) -> std::result::Result<Spec, String> {
     let de = &mut serde_json::Deserializer::from_str(text);

@@ -32,12 +32,8 @@ impl Runtime {
         }
         let prepared = (|| {
             let signals = wait::become_supervisor()?;
-            let terminal = Bundle::load(&opts.create.bundle)?
-                .spec
-                .process()
-                .as_ref()
-                .and_then(|p| p.terminal())
-                .unwrap_or(false);
+            let terminal =
+                crate::runtime::bundle::has_terminal(&Bundle::load(&opts.create.bundle)?.spec);
             // With a terminal and nobody to take it, ferry takes the pty master itself.
             let (console, ours) = console::ends(opts.create.console_socket.as_deref(), terminal)?;
             Ok((signals, console, ours))
