@@ -215,10 +215,7 @@ impl Runtime {
         check_host(&unpacked)?;
 
         let id = opts.name.clone().unwrap_or_else(|| config.id.clone());
-        crate::runtime::container::validate_id(&id)?;
-        if self.container_dir(&id).exists() {
-            return Err(self.taken_error(&id));
-        }
+        self.check_id_free(&id)?;
         let t = Instant::now();
         let image = match &config.image {
             None => {
@@ -232,13 +229,9 @@ impl Runtime {
             Some(i) => i,
         };
         let store = Store::open(&self.storage).map_err(|e| Error::Other(e.to_string()))?;
-        let img = store.get(&image.digest).map_err(|_| {
-            Error::Other(format!(
-                "the archive needs image {} ({}), which is not in this host's store; import \
-                 it first: `ferry image import <layout> --name {}`",
-                image.name, image.digest, image.name
-            ))
-        })?;
+        let img = store
+            .get(&image.digest)
+            .map_err(|_| image_missing(&image.name, &image.digest))?;
         // Taken before its rootfs is made: of two restores of one id at once, the second is
         // told the id exists (the check above only spares a doomed restore the work).
         self.take_id(
@@ -533,28 +526,34 @@ impl Runtime {
     /// what the archive verifiably holds.
     fn refuse_early(&self, a: &reader::Announce, opts: &ImportOptions) -> Result<()> {
         if let Some(id) = opts.name.as_ref().or(a.id.as_ref()) {
-            crate::runtime::container::validate_id(id)?;
-            if self.container_dir(id).exists() {
-                return Err(self.taken_error(id));
-            }
+            self.check_id_free(id)?;
         }
         if let Some((name, digest)) = &a.image {
             let store = Store::open(&self.storage).map_err(|e| Error::Other(e.to_string()))?;
-            if store.get(digest).is_err() {
-                return Err(Error::Other(format!(
-                    "the archive needs image {name} ({digest}), which is not in this host's \
-                     store; import it first: `ferry image import <layout> --name {name}`"
-                )));
-            }
+            store.get(digest).map_err(|_| image_missing(name, digest))?;
         }
-        if a.terminal && opts.restore.console_socket.is_none() {
-            return Err(Error::Other(
-                "the container has a terminal: give --console-socket to receive its pty master"
-                    .into(),
-            ));
+        crate::checkpoint::restore::check_console_socket(
+            a.terminal,
+            opts.restore.console_socket.as_deref(),
+        )
+    }
+
+    /// `id` is a valid container id that no container (or a killed maker's remains) holds.
+    fn check_id_free(&self, id: &str) -> Result<()> {
+        crate::runtime::container::validate_id(id)?;
+        if self.container_dir(id).exists() {
+            return Err(self.taken_error(id));
         }
         Ok(())
     }
+}
+
+/// The archive's image is not in this host's store.
+fn image_missing(name: &str, digest: &str) -> Error {
+    Error::Other(format!(
+        "the archive needs image {name} ({digest}), which is not in this host's store; import \
+         it first: `ferry image import <layout> --name {name}`"
+    ))
 }
 
 fn read_dumps(u: &Unpacked) -> Result<(Spec, ContainerConfig)> {

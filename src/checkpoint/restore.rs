@@ -116,12 +116,10 @@ impl Runtime {
                     .into(),
             ));
         }
-        if crate::runtime::bundle::has_terminal(spec) && opts.console_socket.is_none() {
-            return Err(Error::Other(
-                "the container has a terminal: give --console-socket to receive its pty master"
-                    .into(),
-            ));
-        }
+        check_console_socket(
+            crate::runtime::bundle::has_terminal(spec),
+            opts.console_socket.as_deref(),
+        )?;
         let dir = match opts.id_taken {
             true => self.container_dir(&opts.id),
             false => self.take_id(&opts.id, &bundle.dir)?,
@@ -521,4 +519,15 @@ impl Notify for RestoreNotify {
         }
         Ok(())
     }
+}
+
+/// A container with a terminal is restored only with a console socket to hand its pty
+/// master to.
+pub(crate) fn check_console_socket(terminal: bool, socket: Option<&Path>) -> Result<()> {
+    if terminal && socket.is_none() {
+        return Err(Error::Other(
+            "the container has a terminal: give --console-socket to receive its pty master".into(),
+        ));
+    }
+    Ok(())
 }
