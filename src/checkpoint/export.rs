@@ -137,47 +137,6 @@ struct Prepared<'a> {
     announce: Announce,
 }
 
-/// Refuses an output that discards what is written to it (`/dev/null`, `/dev/zero`, also
-/// as standard output for `-`): the checkpoint would succeed and release the container with
-/// its only copy thrown away.
-fn check_output_keeps_what_it_is_given(output: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::fs::MetadataExt;
-    let (meta, name) = if output == Path::new("-") {
-        (
-            std::fs::metadata("/proc/self/fd/1"),
-            "standard output".to_string(),
-        )
-    } else {
-        (std::fs::metadata(output), output.display().to_string())
-    };
-    let Ok(meta) = meta else {
-        return Ok(());
-    };
-    let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
-    if meta.file_type().is_char_device() && major == 1 && (minor == 3 || minor == 5) {
-        return Err(Error::Other(format!(
-            "{name} discards what is written to it: the archive would be thrown away and the \
-             container it replaces with it. Give a file or a pipe, or add --leave-running \
-             (to time a checkpoint, say)"
-        )));
-    }
-    Ok(())
-}
-
-/// `-e -` onto a terminal: the archive would scroll past as binary and be gone.
-fn check_stdout_is_not_a_terminal(output: &Path) -> Result<()> {
-    if output == Path::new("-") && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        return Err(Error::Other(
-            "standard output is a terminal: `-e -` writes the archive there as binary, where \
-             it would be lost. Redirect it to a file or pipe it to `ferry restore -i -`, or \
-             give a file name to -e"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
 /// A directory tree (`upper` over `lowers`, see archive::diff) as the tar entry `name`. A tar
 /// entry needs its size before its bytes, so the tree is walked twice: once for the size
 /// (metadata only, no file read), once for real through a pipe from a thread. The container
@@ -271,21 +230,12 @@ impl Container {
         }
     }
 
-    /// Refuses an archive path inside what the container's release removes: its state
-    /// directory and, for a container made from an image, its bundle in ferry's storage
-    /// (config.json, the rootfs mount, the overlay's upper and work directories). The
-    /// archive would be deleted with the source it replaces, and written into the upper
-    /// directory it would change the rootfs diff being taken.
-    fn check_output_outlives_the_container(&self, output: &Path) -> Result<()> {
-        if output == Path::new("-") {
-            return Ok(());
-        }
-        self.check_outlives(output, "the archive")
-    }
-
     /// Refuses `path` (what `written` names) when it is inside what the container's release
-    /// removes (above). A path that does not exist yet is judged by its nearest ancestor
-    /// that does.
+    /// removes: its state directory and, for a container made from an image, its bundle in
+    /// ferry's storage (config.json, the rootfs mount, the overlay's upper and work
+    /// directories). An archive there would be deleted with the source it replaces (and in
+    /// the upper directory it would change the rootfs diff being taken). A path that does
+    /// not exist yet is judged by its nearest ancestor that does.
     pub(crate) fn check_outlives(&self, path: &Path, written: &str) -> Result<()> {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         // A path that cannot be resolved at all is for whoever opens it to report.
@@ -331,10 +281,8 @@ impl Container {
                 self.id, self.id, self.id
             )));
         }
-        self.check_output_outlives_the_container(&opts.output)?;
-        check_stdout_is_not_a_terminal(&opts.output)?;
-        if !opts.checkpoint.leave_running {
-            check_output_keeps_what_it_is_given(&opts.output)?;
+        if opts.output != Path::new("-") {
+            self.check_outlives(&opts.output, "the archive")?;
         }
         let layers = if opts.ignore_rootfs {
             None
@@ -391,7 +339,7 @@ impl Container {
         let mut stats = ExportStats::default();
         // The output opens before anything is frozen: a path that cannot be written is an
         // error with the container untouched.
-        let out = match Output::open(&opts.output, &self.id) {
+        let out = match Output::open(&opts.output, &self.id, !opts.checkpoint.leave_running) {
             Ok(out) => out,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&work);

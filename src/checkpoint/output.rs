@@ -9,7 +9,8 @@
 //!   path as it was. A new archive is 0600: it holds the container's memory. One that
 //!   replaces an earlier archive keeps that file's mode and owner.
 //! - `-`, a FIFO or a character device is a stream: written as it comes, never synced,
-//!   never removed.
+//!   never removed. A terminal as standard output is refused, and so is an output that
+//!   keeps nothing (`/dev/null`, `/dev/zero`) when the container is to be released.
 
 use crate::runtime::error::{Context, Error, Result};
 use std::ffi::{CString, OsString};
@@ -20,6 +21,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+/// `/dev/null` or `/dev/zero`: takes what is written and keeps none of it.
+fn discards(m: &std::fs::Metadata) -> bool {
+    let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+    m.file_type().is_char_device() && major == 1 && (minor == 3 || minor == 5)
+}
+
+fn discarded(what: &str) -> Error {
+    Error::Other(format!(
+        "{what} discards what is written to it: the archive would be thrown away and the \
+         container it replaces with it. Give a file or a pipe, or add --leave-running (to \
+         time a checkpoint, say)"
+    ))
+}
+
 /// The archive's destination, opened before the container is frozen.
 pub enum Output {
     Stream(std::io::BufWriter<Box<dyn Write + Send>>),
@@ -28,9 +43,21 @@ pub enum Output {
 
 impl Output {
     /// Opens `path` ("-" is standard output) for an archive of `container`, or says why it
-    /// cannot be.
-    pub fn open(path: &Path, container: &str) -> Result<Output> {
+    /// cannot be. `releases`: the container is released once the archive is written, so
+    /// an output that keeps nothing of it (`/dev/null`) would lose the container.
+    pub fn open(path: &Path, container: &str, releases: bool) -> Result<Output> {
         if path == Path::new("-") {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(Error::Other(
+                    "standard output is a terminal: `-e -` writes the archive there as \
+                     binary, where it would be lost. Redirect it to a file or pipe it to \
+                     `ferry restore -i -`, or give a file name to -e"
+                        .into(),
+                ));
+            }
+            if releases && std::fs::metadata("/proc/self/fd/1").is_ok_and(|m| discards(&m)) {
+                return Err(discarded("standard output"));
+            }
             return Ok(Output::Stream(std::io::BufWriter::with_capacity(
                 1 << 20,
                 Box::new(std::io::stdout()),
@@ -42,6 +69,7 @@ impl Output {
                 "{shown} is a directory; give the archive's file name (or `-` for standard \
                  output)"
             ))),
+            Ok(m) if releases && discards(&m) => Err(discarded(&shown.to_string())),
             Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
                 // Opened as a shell's `>` would, without truncating or creating anything;
                 // a FIFO's open waits for its reader, still before anything is frozen.
@@ -550,13 +578,13 @@ mod tests {
         p.file.write_all(b"one's memory").unwrap();
         p.commit().unwrap();
         assert!(
-            Output::open(&path, "one").is_ok(),
+            Output::open(&path, "one", true).is_ok(),
             "its own container's archive"
         );
         match tag(&path) {
             Some(t) => {
                 assert_eq!(t, "one");
-                let e = Output::open(&path, "two")
+                let e = Output::open(&path, "two", true)
                     .err()
                     .expect("replaced another's archive");
                 assert!(
@@ -566,7 +594,7 @@ mod tests {
                 );
             }
             // A filesystem without user xattrs: nothing to go by, replaced as before.
-            None => assert!(Output::open(&path, "two").is_ok()),
+            None => assert!(Output::open(&path, "two", true).is_ok()),
         }
         assert_eq!(std::fs::read(&path).unwrap(), b"one's memory");
     }
@@ -574,7 +602,7 @@ mod tests {
     #[test]
     fn what_cannot_hold_an_archive_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let err = |p: &Path| match Output::open(p, "c") {
+        let err = |p: &Path| match Output::open(p, "c", true) {
             Ok(_) => panic!("{} was accepted", p.display()),
             Err(e) => e.to_string(),
         };
