@@ -217,14 +217,7 @@ fn check_tar_start(head: &[u8], compressed: Option<&str>) -> Result<(), Error> {
 /// under their archive names on success; on error it may hold a part, for the caller to
 /// remove.
 pub fn unpack(input: impl Read + 'static, dest: &Path, trust: Trust) -> Result<Unpacked, Error> {
-    let mut stage = Stage::disk(dest, "unpacked for reading")?;
-    unpack_with_progress(
-        input,
-        &mut stage,
-        trust,
-        &crate::progress::Progress::hidden(),
-        None,
-    )
+    unpack_quietly(input, Stage::disk(dest, "unpacked for reading")?, trust)
 }
 
 /// [`unpack`] for `inspect`: verified all the same, but the memory pages are staged as
@@ -235,15 +228,18 @@ pub fn unpack_without_page_data(
     dest: &Path,
     trust: Trust,
 ) -> Result<Unpacked, Error> {
-    let mut stage =
-        Stage::disk(dest, "unpacked for inspect, without the page data")?.without_page_data();
-    unpack_with_progress(
-        input,
-        &mut stage,
-        trust,
-        &crate::progress::Progress::hidden(),
-        None,
-    )
+    let stage = Stage::disk(dest, "unpacked for inspect, without the page data")?;
+    unpack_quietly(input, stage.without_page_data(), trust)
+}
+
+/// [`unpack_with_progress`] into `stage` with no progress shown and no early check.
+fn unpack_quietly(
+    input: impl Read + 'static,
+    mut stage: Stage,
+    trust: Trust,
+) -> Result<Unpacked, Error> {
+    let hidden = crate::progress::Progress::hidden();
+    unpack_with_progress(input, &mut stage, trust, &hidden, None)
 }
 
 /// [`unpack`] into `stage` (fresh and empty), advancing `progress` by every byte of entry
