@@ -1004,6 +1004,28 @@ fn a_flipped_byte_in_the_last_page_part_stops_a_fed_restore() {
     assert_fed_where_the_kernel_can(&host, &err);
 }
 
+/// A flipped byte in a part of the heap, which CRIU leaves to ferry to copy straight into
+/// the task (archive::uffd): the part is refused before a byte of it is copied, CRIU is let
+/// on to its pre-resume, where the tasks are killed still stopped, and nothing is left.
+#[test]
+fn a_flipped_byte_in_a_part_copied_straight_in_stops_the_restore() {
+    let (host, id, _) = host_with_memory("uffdflip", "64");
+    let archive = export(&host, &id, "none", false);
+    let parts: Vec<_> = entry_offsets(&archive)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with("checkpoint/pages-") && n.contains(".img.part"))
+        .collect();
+    let (part, pos, size) = parts[parts.len() / 2].clone();
+    let bad = flipped(&host, &archive, pos + size / 2, "uffdflip.tar");
+    let err = refused(&host, &bad, &["--debug"], &[part.as_str(), "altered"]);
+    if assert_fed_where_the_kernel_can(&host, &err) && ferry::archive::uffd::supported() {
+        assert!(
+            err.contains("handed over a task's userfaultfd"),
+            "the heap should have been copied in:\n{err}"
+        );
+    }
+}
+
 /// A copy of `archive` named `name` with the byte at `at` flipped.
 fn flipped(host: &Host, archive: &Path, at: u64, name: &str) -> PathBuf {
     let mut bytes = fs::read(archive).unwrap();

@@ -22,6 +22,7 @@ use crate::archive::reader::{
 };
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
+use crate::archive::uffd::{FeedDone, Item, Plan, Running, Share, Sources};
 use crate::image::layer::Compression;
 use crate::progress::Progress;
 use std::collections::BTreeMap;
@@ -340,29 +341,90 @@ fn unpack_plain(
         let [sha, _] = copy_hashed(&file, [Some(whole), None], &mut bufs)?;
         check_digest(name, &sha, &listed[name.as_str()].sha256)?;
     }
-    let (outs, gate) = gated_files(stage, &files)?;
-    let feed = Feed::start(gate.clone(), move |stop| {
+    let (outs, gate, plan) = gated_files(stage, &files, true)?;
+    let file = Arc::new(file);
+    let Some(plan) = plan else {
+        let feed = Feed::start(gate.clone(), move |stop| {
+            let to = Target {
+                outs: &outs,
+                gate: &gate,
+                progress: &progress,
+            };
+            fill(&file, &parts, &[], files.len(), to, stop)
+        });
+        return Ok(((manifest, signer, trusted_as), feed));
+    };
+    // The parts copied straight in, and those with lazy bytes the feed stages too.
+    let shares: Vec<Share> = parts
+        .iter()
+        .map(|(_, p)| plan.classify(p.file, p.offset, p.size))
+        .collect();
+    let items: Vec<Item> = parts
+        .iter()
+        .zip(&shares)
+        .filter(|(_, s)| **s != Share::Read)
+        .map(|((at, p), s)| Item {
+            at: *at,
+            name: p.name.clone(),
+            file: p.file,
+            offset: p.offset,
+            size: p.size,
+            sha256: p.sha256.clone(),
+            staged: *s == Share::Both,
+        })
+        .collect();
+    let lazy: Vec<bool> = shares.iter().map(|s| *s == Share::Lazy).collect();
+    let listener = crate::archive::uffd::listen(stage.dir()).map_err(|e| Error::Write {
+        path: stage.dir().join(crate::archive::uffd::SOCKET),
+        source: e,
+    })?;
+    let done = Arc::new(FeedDone::default());
+    let mut sources = Sources {
+        archive: file.clone(),
+        staged: vec![],
+        feed: done.clone(),
+        progress: progress.clone(),
+    };
+    for (path, f) in &outs {
+        let f = f.try_clone().map_err(|e| Error::Write {
+            path: path.clone(),
+            source: e,
+        })?;
+        sources.staged.push((path.clone(), f));
+    }
+    let mut feed = Feed::start(gate.clone(), move |stop| {
         let to = Target {
             outs: &outs,
             gate: &gate,
             progress: &progress,
         };
-        fill(&file, &parts, files.len(), to, stop)
+        let r = fill(&file, &parts, &lazy, files.len(), to, stop);
+        done.set(r.is_ok());
+        r
     });
+    feed.copy_in = Some(Running::start(listener, plan, items, sources));
     Ok(((manifest, signer, trusted_as), feed))
 }
 
 /// Staged files open for writing, with their paths (for errors).
 type Outs = Vec<(PathBuf, File)>;
 
-/// Makes the pages files empty on the stage, opened for writing before the gate marks them
-/// (reads and writes through a file opened earlier are never held), and gates them.
-fn gated_files(stage: &Stage, files: &[(String, u64)]) -> Result<(Outs, Arc<Gate>), Error> {
+/// Makes the pages files empty on the stage, opened for writing (and reading back, for the
+/// copy-in) before the gate marks them (reads and writes through a file opened earlier are
+/// never held), and gates them. With `copy_in`, plans which pages are copied straight into
+/// the restored tasks (archive::uffd) when the kernel and the images allow it; CRIU then
+/// reads only the others, and nothing is prefaulted.
+fn gated_files(
+    stage: &Stage,
+    files: &[(String, u64)],
+    copy_in: bool,
+) -> Result<(Outs, Arc<Gate>, Option<Plan>), Error> {
     let mut outs = vec![];
     let mut gated = vec![];
     for (staged, size) in files {
         let path = stage.dir().join(staged);
         let out = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
@@ -376,14 +438,24 @@ fn gated_files(stage: &Stage, files: &[(String, u64)]) -> Result<(Outs, Arc<Gate
     // The small images are staged and verified by now: the restored tasks' mappings and
     // pagemaps say where each read of the pages will land.
     let paths: Vec<PathBuf> = gated.iter().map(|(p, _)| p.clone()).collect();
-    let prefault =
-        crate::archive::prefault::Prefault::plan(&stage.dir().join("checkpoint"), &paths)
-            .map(Arc::new);
+    let images = stage.dir().join("checkpoint");
+    let plan = if copy_in {
+        Plan::make(&images, &paths)
+    } else {
+        None
+    };
+    let prefault = match plan {
+        Some(_) => None,
+        None => crate::archive::prefault::Prefault::plan(&images, &paths).map(Arc::new),
+    };
     let gate = Gate::with_prefault(&gated, prefault).map_err(|e| Error::Write {
         path: stage.dir().to_path_buf(),
         source: e,
     })?;
-    Ok((outs, Arc::new(gate)))
+    // Without a gate to hold CRIU's reads everything is in place before CRIU starts, and a
+    // copy-in could not begin before CRIU does.
+    let plan = plan.filter(|_| gate.holds());
+    Ok((outs, Arc::new(gate), plan))
 }
 
 /// The pages being verified and written while CRIU restores. Dropping it stops the feed
@@ -395,6 +467,8 @@ pub struct Feed {
     gate: Option<Arc<Gate>>,
     started: Instant,
     took: Option<std::time::Duration>,
+    /// The pages copied straight into the restored tasks (archive::uffd), when planned.
+    copy_in: Option<Running>,
 }
 
 impl Feed {
@@ -422,6 +496,7 @@ impl Feed {
             gate: Some(gate),
             started: Instant::now(),
             took: None,
+            copy_in: None,
         }
     }
 
@@ -431,21 +506,39 @@ impl Feed {
         self.gate.as_ref().map(|g| g.prefaulted()).unwrap_or(0)
     }
 
+    /// Bytes copied straight into the restored tasks (archive::uffd).
+    pub fn copied_in(&self) -> u64 {
+        self.copy_in.as_ref().map(|c| c.copied()).unwrap_or(0)
+    }
+
+    /// Whether some pages are copied straight into the restored tasks, CRIU restoring with
+    /// `lazy_pages` and ferry its lazy-pages server (archive::uffd).
+    pub fn copies_in(&self) -> bool {
+        self.copy_in.is_some()
+    }
+
     /// Whether the pages are still being fed, CRIU's reads held until they are ready
     /// (false when no gate could hold them, and they were all verified in unpack).
     pub fn fed_while_restoring(&self) -> bool {
         self.gate.as_ref().is_some_and(|g| g.holds())
     }
 
-    /// Waits until every part is verified and written; the first part that failed, as a
-    /// message (for CRIU's pre-resume notification, which then aborts the restore).
+    /// Waits until every part is verified and written (or copied in); the first part that
+    /// failed, as a message (for CRIU's post-restore notification, which then aborts the
+    /// restore and kills what it restored).
     pub fn wait(&mut self) -> Result<(), String> {
         if let Some(w) = self.worker.take() {
             let r = w
                 .join()
                 .unwrap_or_else(|_| Err(Error::Corrupt("the pages feed panicked".into())));
+            // The copy-in ends with the feed (it copies staged parts once the feed has
+            // written them) or fails on its own.
+            let copied = match &mut self.copy_in {
+                Some(c) => c.wait_copied(),
+                None => Ok(()),
+            };
             self.took = Some(self.started.elapsed());
-            self.outcome = Some(r);
+            self.outcome = Some(r.and(copied));
         }
         match &self.outcome {
             Some(Err(e)) => Err(e.to_string()),
@@ -459,9 +552,27 @@ impl Feed {
         }
     }
 
+    /// For CRIU's pre-resume notification: [`wait`](Self::wait), then, with a copy-in,
+    /// until CRIU has finished handing over and every userfaultfd is closed.
+    pub fn ready_to_resume(&mut self) -> Result<(), String> {
+        self.wait()?;
+        match &mut self.copy_in {
+            Some(c) => c.wait(),
+            None => Ok(()),
+        }
+    }
+
     /// [`wait`](Self::wait), then ungates the files; how long the feed took.
     pub fn finish(&mut self) -> Result<std::time::Duration, Error> {
-        let _ = self.wait();
+        // CRIU has ended by now, and a copy-in still waiting for it never will.
+        if let Some(c) = &mut self.copy_in {
+            c.abandon();
+        }
+        if let Err(e) = self.ready_to_resume()
+            && !matches!(self.outcome, Some(Err(_)))
+        {
+            self.outcome = Some(Err(Error::Corrupt(e)));
+        }
         self.gate = None;
         match self.outcome.take() {
             Some(Err(e)) => Err(e),
@@ -519,17 +630,30 @@ fn copy_parts(
 }
 
 /// Verifies and writes the parts (each with the offset of its data in `archive`) on every
-/// core, and opens the gate over each file's prefix of matched parts.
+/// core, but those `copied_in` (archive::uffd), and opens the gate over each file's prefix
+/// of matched parts.
 fn fill(
     archive: &File,
-    parts: &[(u64, Part)],
+    all: &[(u64, Part)],
+    copied_in: &[bool],
     files: usize,
     to: Target,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let matched = Mutex::new(Matched::new(files, parts.iter().map(|(_, p)| p)));
+    let mut matched = Matched::new(files, all.iter().map(|(_, p)| p));
+    // A part copied straight in is never read by CRIU: its range of the staged file stays
+    // a hole the gate may let CRIU past.
+    let mut parts = vec![];
+    for (i, part) in all.iter().enumerate() {
+        if copied_in.get(i).copied().unwrap_or(false) {
+            matched.matched(&part.1, to.gate);
+        } else {
+            parts.push(part);
+        }
+    }
+    let matched = Mutex::new(matched);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -550,7 +674,7 @@ fn fill(
             let Some(first) = parts.get(i) else {
                 return Ok(());
             };
-            let pair = [Some(first), parts.get(i + 1)];
+            let pair = [Some(*first), parts.get(i + 1).copied()];
             if let Err(e) = copy_parts(archive, pair, to.outs, &mut bufs) {
                 failed.store(true, Ordering::Relaxed);
                 to.gate.fail();
@@ -656,7 +780,7 @@ fn unpack_zstd(
         }
         files.push((f, offset));
     }
-    let (outs, gate) = gated_files(stage, &files)?;
+    let (outs, gate, _) = gated_files(stage, &files, false)?;
     let head = Region {
         file,
         pos: 0,

@@ -16,6 +16,7 @@ pub mod reader;
 pub mod safe_path;
 pub mod sha256x2;
 pub mod stage;
+pub mod uffd;
 pub mod writer;
 
 pub use diff::{Change, ChangeKind, DiffSummary, apply_diff, changes, print_changes, write_diff};

@@ -65,6 +65,9 @@ pub struct ImportStats {
     /// Bytes of the restored memory ferry faulted in ahead of CRIU's reads
     /// (archive::prefault).
     pub prefaulted_bytes: u64,
+    /// Bytes of the restored memory ferry copied straight into the tasks, CRIU leaving
+    /// them to it as lazy pages (archive::uffd).
+    pub copied_in_bytes: u64,
     pub criu: Option<crate::criu::stats::RestoreStats>,
 }
 
@@ -277,9 +280,21 @@ impl Runtime {
         ro.auto_dedup |= !opts.keep;
         stats.dedup = ro.auto_dedup;
         ro.devshm = devshm.as_ref().map(|d| d.dir.clone());
-        ro.before_resume = feed.clone().map(|f| {
+        // Pages copied straight into the tasks (archive::uffd): CRIU leaves them to ferry
+        // as a lazy-pages server, and pre-resume waits until every one is in.
+        ro.lazy_pages |= feed
+            .as_ref()
+            .is_some_and(|f| f.lock().unwrap_or_else(|e| e.into_inner()).copies_in());
+        ro.after_restore = feed.clone().map(|f| {
             BeforeResume(Box::new(move || {
                 f.lock().unwrap_or_else(|e| e.into_inner()).wait()
+            }))
+        });
+        ro.before_resume = feed.clone().map(|f| {
+            BeforeResume(Box::new(move || {
+                f.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ready_to_resume()
             }))
         });
         let t = Instant::now();
@@ -288,10 +303,11 @@ impl Runtime {
         let restored = self.restore_container(ro);
         drop(devshm);
         if let Some(f) = feed {
-            // pre-resume waited for the feed and fails the restore on a bad part, so a feed
+            // post-restore waited for the feed and fails the restore on a bad part, so a feed
             // that failed means CRIU failed, and the feed says why better.
             let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
             stats.prefaulted_bytes = f.prefaulted();
+            stats.copied_in_bytes = f.copied_in();
             let took = f.finish().map_err(|e| {
                 Error::Other(format!(
                     "{e} (CRIU was refused those bytes and stopped; nothing restored ran)"

@@ -48,12 +48,17 @@ pub struct RestoreOptions {
     /// `devshm-checkpoint.tar`), bound at /dev/shm for the external mount
     /// [`externals::DEVSHM_KEY`].
     pub devshm: Option<PathBuf>,
-    /// Asked at CRIU's pre-resume notification, before anything restored runs; an error
-    /// aborts the restore (restore -i: every page fed to CRIU has been verified).
+    /// Asked at CRIU's post-restore notification, before anything restored runs or is
+    /// traced; an error makes CRIU abort the restore and kill what it restored (restore -i:
+    /// every page fed or copied in has been verified).
+    pub after_restore: Option<BeforeResume>,
+    /// Asked at CRIU's pre-resume notification, just before the tasks resume (restore -i:
+    /// the copy-in's userfaultfds are closed). CRIU only logs a refusal here and resumes the
+    /// tasks anyway; the restore then fails and removes them.
     pub before_resume: Option<BeforeResume>,
 }
 
-/// A check run before the restored tasks resume (see [`RestoreOptions::before_resume`]).
+/// A check run before the restored tasks resume (see [`RestoreOptions::after_restore`]).
 pub struct BeforeResume(pub Box<dyn FnMut() -> std::result::Result<(), String> + Send>);
 
 impl std::fmt::Debug for BeforeResume {
@@ -328,6 +333,7 @@ impl Runtime {
                 None => None,
             },
             pid: None,
+            after_restore: opts.after_restore.take(),
             before_resume: opts.before_resume.take(),
             fresh_net,
         };
@@ -480,6 +486,7 @@ struct RestoreNotify {
     state: OciState,
     console: Option<OwnedFd>,
     pid: Option<i32>,
+    after_restore: Option<BeforeResume>,
     before_resume: Option<BeforeResume>,
     /// The network namespace to rebuild in the empty one CRIU makes.
     fresh_net: Option<super::freshnet::NetState>,
@@ -501,7 +508,15 @@ impl Notify for RestoreNotify {
                     &self.state,
                 )?;
             }
-            "post-restore" => self.pid = Some(pid),
+            "post-restore" => {
+                self.pid = Some(pid);
+                // The last point where a refusal makes CRIU itself kill what it restored
+                // (it only logs a refused pre-resume, then resumes the tasks).
+                if let Some(check) = &mut self.after_restore {
+                    (check.0)()?;
+                }
+                crate::sys::interrupt::check().map_err(|e| e.to_string())?;
+            }
             "pre-resume" => {
                 if let Some(check) = &mut self.before_resume {
                     (check.0)()?;

@@ -178,6 +178,7 @@ impl RestoreArgs {
             image: None,
             id_taken: false,
             devshm: None,
+            after_restore: None,
             before_resume: None,
         }
     }

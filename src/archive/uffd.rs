@@ -1,0 +1,1085 @@
+//! The restored tasks' private anonymous memory copied straight in with userfaultfd
+//! (`restore -i` of an uncompressed archive; docs/checkpoint.md, "Pages copied in").
+//!
+//! CRIU marks every page it could leave to a lazy-pages server `PE_LAZY` in the pagemap
+//! (private anonymous memory but the page under the stack pointer), in every dump. Asked to
+//! restore with `lazy_pages`, it reads only the other pages from `pages-<id>.img`, and each
+//! task's restorer registers the lazy ranges with a userfaultfd it hands to the server on
+//! `lazy-pages.socket` in the work directory: the pid (in the images) as an `i32`, then the
+//! fd (SCM_RIGHTS, with one byte); a negative pid for a zombie, without an fd; and
+//! `LAZY_PAGES_RESTORE_FINISHED` once every task is restored, before the `pre-resume`
+//! notification (criu/uffd.c).
+//!
+//! ferry is that server, for its own restore only. A lazy-only part of the archive is read,
+//! its digest matched and only then copied into the task (`UFFDIO_COPY`, on every core); the
+//! lazy bytes of a part that also holds pages CRIU reads are copied from the stage once the
+//! feed has verified and written that part. Nothing is served after the restore: CRIU's
+//! `post-restore` notification (every task restored, none traced yet, and a refusal makes
+//! CRIU kill them all) waits until every lazy byte is in ([`Running::wait_copied`]), and
+//! `pre-resume` until every userfaultfd is closed ([`Running::wait`]), so the tasks resume
+//! with all their memory in place and verified, exactly as with CRIU's own reads. Against
+//! those reads this saves the stage's copy of the memory, CRIU's read of it and the page
+//! faults of that read (docs/benchmarks.md, item 27).
+//!
+//! Anything that does not go as planned fails the restore before anything restored runs:
+//! a digest that does not match, a range the restorer did not register, a task that sent no
+//! userfaultfd, or an event (fork, remap, unmap, remove) that moves the memory being filled.
+
+use crate::archive::criu_images;
+use crate::archive::reader::{Error, check_digest, read_error};
+use crate::archive::sha256x2::{Lane, update_pair};
+use crate::progress::Progress;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Set to 0, restore leaves every page to CRIU's reads of the stage.
+pub const ENV: &str = "FERRY_RESTORE_UFFD";
+/// The socket CRIU connects to, in its work directory (criu/uffd.c).
+pub const SOCKET: &str = "lazy-pages.socket";
+/// What CRIU sends once every task is restored (`LAZY_PAGES_RESTORE_FINISHED`).
+const FINISHED: u32 = 0x5253_5446;
+const PE_LAZY: u32 = 1 << 1;
+const PAGE: u64 = 4096;
+/// How much of a part is copied at once: a whole part (the checkpoint cuts them at 1 MiB).
+const CHUNK: usize = 1 << 20;
+
+/// The userfaultfd ABI (linux/userfaultfd.h).
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+/// The events CRIU asks for on the descriptors it hands over (`NEED_UFFD_API_FEATURES`):
+/// fork, remap, remove, unmap.
+const NEEDED_FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
+const EVENT_PAGEFAULT: u8 = 0x12;
+const EVENT_FORK: u8 = 0x13;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// Whether this kernel gives root a userfaultfd with the events CRIU needs for a lazy
+/// restore.
+pub fn supported() -> bool {
+    // SAFETY: plain syscall; the fd is owned right after.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a new fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: NEEDED_FEATURES,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API with a struct of its size.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) };
+    r == 0 && api.features & NEEDED_FEATURES == NEEDED_FEATURES
+}
+
+/// A run of a pages file's bytes that CRIU leaves to the lazy-pages server: its offset in
+/// the file, its address in the task, its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    file_off: u64,
+    vaddr: u64,
+    len: u64,
+}
+
+/// A task with lazy memory: its pid in the images, its pages file (index into the gated
+/// files) and its lazy runs, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Task {
+    pid: i32,
+    file: usize,
+    runs: Vec<Run>,
+}
+
+impl Task {
+    /// The lazy pieces of bytes `[offset, offset + size)` of the task's pages file.
+    fn pieces(&self, offset: u64, size: u64) -> Vec<Piece> {
+        let end = offset + size;
+        let first = self.runs.partition_point(|r| r.file_off + r.len <= offset);
+        self.runs[first..]
+            .iter()
+            .take_while(|r| r.file_off < end)
+            .map(|r| {
+                let (a, b) = (offset.max(r.file_off), end.min(r.file_off + r.len));
+                Piece {
+                    vaddr: r.vaddr + (a - r.file_off),
+                    at: a - offset,
+                    len: b - a,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Which bytes of which pages files are copied in, and into which task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    tasks: Vec<Task>,
+}
+
+/// A piece of a part to copy in: where it goes and where it is in the part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    vaddr: u64,
+    at: u64,
+    len: u64,
+}
+
+/// What [`Plan::classify`] says of a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// CRIU reads all of it: the feed's.
+    Read,
+    /// All of it is copied in: the feed leaves it alone.
+    Lazy,
+    /// Both: the feed stages it, and its lazy bytes are copied from the stage.
+    Both,
+}
+
+impl Plan {
+    /// Reads every `pagemap-<pid>.img` in `images` (verified already) and maps its lazy runs
+    /// onto `gated`, the pages files in gate order. None when turned off by [`ENV`], when
+    /// the kernel cannot, or when no page is lazy (images without flags included).
+    pub fn make(images: &Path, gated: &[PathBuf]) -> Option<Plan> {
+        if std::env::var(ENV).as_deref() == Ok("0") || !supported() {
+            return None;
+        }
+        let mut tasks: Vec<Task> = vec![];
+        for e in std::fs::read_dir(images).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("pagemap-")
+                .and_then(|n| n.strip_suffix(".img"))
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let bytes = std::fs::read(e.path()).ok()?;
+            let pm = criu_images::decode_pagemap(&bytes).ok()?;
+            let file = gated.iter().position(|p| {
+                p.file_name().and_then(|n| n.to_str())
+                    == Some(format!("pages-{}.img", pm.pages_id).as_str())
+            });
+            let runs = lazy_runs(&pm.entries);
+            match file {
+                Some(file) if !runs.is_empty() => {
+                    // One task per pages file; anything else is not what this plans for.
+                    if tasks.iter().any(|t| t.file == file) {
+                        return None;
+                    }
+                    tasks.push(Task { pid, file, runs });
+                }
+                _ => {}
+            }
+        }
+        (!tasks.is_empty()).then_some(Plan { tasks })
+    }
+
+    fn task_of(&self, file: usize) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.file == file)
+    }
+
+    /// The lazy pieces of bytes `[offset, offset + size)` of pages file `file`.
+    fn pieces(&self, file: usize, offset: u64, size: u64) -> Vec<Piece> {
+        self.task_of(file)
+            .map(|t| t.pieces(offset, size))
+            .unwrap_or_default()
+    }
+
+    /// Who has the bytes `[offset, offset + size)` of pages file `file`.
+    pub fn classify(&self, file: usize, offset: u64, size: u64) -> Share {
+        let lazy: u64 = self.pieces(file, offset, size).iter().map(|p| p.len).sum();
+        match lazy {
+            0 => Share::Read,
+            n if n == size => Share::Lazy,
+            _ => Share::Both,
+        }
+    }
+}
+
+/// The lazy runs of a pagemap (in pagemap order, which is the file's), with their offsets
+/// in the pages file.
+fn lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
+    let mut out: Vec<Run> = vec![];
+    let mut file_off = 0u64;
+    for e in entries.iter().filter(|e| e.present()) {
+        let len = e.nr_pages as u64 * PAGE;
+        if e.flags.is_some_and(|f| f & PE_LAZY != 0) {
+            match out.last_mut() {
+                Some(r) if r.file_off + r.len == file_off && r.vaddr + r.len == e.vaddr => {
+                    r.len += len
+                }
+                _ => out.push(Run {
+                    file_off,
+                    vaddr: e.vaddr,
+                    len,
+                }),
+            }
+        }
+        file_off += len;
+    }
+    out
+}
+
+/// One part with lazy bytes: where its data is in the archive, its place in its pages file,
+/// its digest, and whether the feed stages it (`Share::Both`: copied from the stage).
+pub struct Item {
+    pub at: u64,
+    pub name: String,
+    pub file: usize,
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: String,
+    pub staged: bool,
+}
+
+/// Binds [`SOCKET`] in `dir`, CRIU's work directory, before CRIU starts.
+pub fn listen(dir: &Path) -> std::io::Result<UnixListener> {
+    UnixListener::bind(dir.join(SOCKET))
+}
+
+/// Whether the feed has verified and written every part it stages (`Some(true)`), failed
+/// (`Some(false)`), or still runs.
+#[derive(Default)]
+pub struct FeedDone {
+    state: Mutex<Option<bool>>,
+    changed: Condvar,
+}
+
+impl FeedDone {
+    pub fn set(&self, ok: bool) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(ok);
+        self.changed.notify_all();
+    }
+
+    fn wait(&self, stop: &AtomicBool) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(ok) = *s {
+                return ok;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// What the copy-in reads from: the archive, the staged pages files (open for reading
+/// before the gate marked them), the feed's progress.
+pub struct Sources {
+    pub archive: Arc<File>,
+    pub staged: Vec<(PathBuf, File)>,
+    pub feed: Arc<FeedDone>,
+    pub progress: Arc<Progress>,
+}
+
+/// The userfaultfds CRIU has handed over, and how the conversation stands.
+#[derive(Default)]
+struct Conversation {
+    uffds: HashMap<i32, OwnedFd>,
+    /// `LAZY_PAGES_RESTORE_FINISHED` arrived: every task has sent its descriptor.
+    finished: bool,
+    /// CRIU hung up (or never connected) before finishing.
+    gone: bool,
+    /// Every task has sent its descriptor and all of them have been read: CRIU is at its
+    /// `post-restore` notification ([`Running::wait_copied`]) and the socket was empty.
+    all_sent: bool,
+}
+
+struct Shared {
+    talk: Mutex<Conversation>,
+    changed: Condvar,
+    failure: Mutex<Option<Error>>,
+    failed: AtomicBool,
+    stop: Arc<AtomicBool>,
+    copied: AtomicU64,
+    /// Set by [`Running::wait_copied`]: CRIU has sent every descriptor.
+    sent: AtomicBool,
+    /// Every copy thread has ended.
+    copying_done: AtomicBool,
+}
+
+impl Shared {
+    fn new(stop: Arc<AtomicBool>) -> Shared {
+        Shared {
+            talk: Mutex::new(Conversation::default()),
+            changed: Condvar::new(),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            stop,
+            copied: AtomicU64::new(0),
+            sent: AtomicBool::new(false),
+            copying_done: AtomicBool::new(false),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|e| e.to_string())
+    }
+
+    fn fail(&self, e: Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.failed.store(true, Ordering::Relaxed);
+        self.changed.notify_all();
+    }
+
+    fn quit(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The copy-in, running beside CRIU's restore.
+pub struct Running {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+    outcome: Option<Result<(), String>>,
+}
+
+impl Running {
+    /// Starts serving `listener` for `plan`: `items` (in archive order) are copied in as
+    /// their tasks' descriptors arrive.
+    pub fn start(
+        listener: UnixListener,
+        plan: Plan,
+        items: Vec<Item>,
+        sources: Sources,
+    ) -> Running {
+        let shared = Arc::new(Shared::new(Arc::new(AtomicBool::new(false))));
+        let worker = {
+            let shared = shared.clone();
+            std::thread::spawn(move || serve(listener, &plan, &items, &sources, &shared))
+        };
+        Running {
+            shared,
+            worker: Some(worker),
+            outcome: None,
+        }
+    }
+
+    /// Bytes copied into the restored tasks so far.
+    pub fn copied(&self) -> u64 {
+        self.shared.copied.load(Ordering::Relaxed)
+    }
+
+    /// At CRIU's `post-restore` (every task restored and its ranges registered, none
+    /// traced yet, and a refusal makes CRIU kill them all): waits until every lazy byte is
+    /// verified and in; the first failure, as a message.
+    pub fn wait_copied(&mut self) -> Result<(), Error> {
+        self.shared.sent.store(true, Ordering::Relaxed);
+        let mut t = self.shared.talk.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.shared.copying_done.load(Ordering::Relaxed) && self.worker.is_some() {
+            t = self
+                .shared
+                .changed
+                .wait_timeout(t, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if self.worker.as_ref().is_some_and(|w| w.is_finished()) {
+                break;
+            }
+        }
+        drop(t);
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match failure {
+            Some(e) => {
+                self.outcome = Some(Err(e.to_string()));
+                Err(e)
+            }
+            None if self.shared.copying_done.load(Ordering::Relaxed) => Ok(()),
+            None if self.shared.stop.load(Ordering::Relaxed) => Ok(()),
+            None => Err(Error::Corrupt(
+                "ferry's copy-in ended before every page was in".into(),
+            )),
+        }
+    }
+
+    /// At CRIU's `pre-resume`: waits until CRIU has said the restore is finished and every
+    /// descriptor it sent is closed, so the tasks resume with nothing registered; the first
+    /// failure, as a message.
+    pub fn wait(&mut self) -> Result<(), String> {
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+            if self.outcome.is_none() {
+                self.outcome = Some(self.shared.failure().map_or(Ok(()), Err));
+            }
+        }
+        self.outcome.clone().unwrap_or(Ok(()))
+    }
+}
+
+impl Running {
+    /// Once CRIU has ended: a copy-in still waiting for it never will. It stops without a
+    /// verdict of its own (CRIU's error says what went wrong); a part it found altered
+    /// before that is still reported.
+    pub fn abandon(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.changed.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+            if self.outcome.is_none() {
+                self.outcome = Some(self.shared.failure().map_or(Ok(()), Err));
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// The server: accepts CRIU, takes its descriptors and watches them for events while the
+/// copy threads fill the tasks. It closes every descriptor when it ends, failed or not: a
+/// restorer waiting on a page never filled then goes on (with zeros) to CRIU's pre-resume,
+/// where the failed restore kills the tasks before they resume (checkpoint::restore).
+fn serve(listener: UnixListener, plan: &Plan, items: &[Item], src: &Sources, shared: &Shared) {
+    let Some(conn) = accept(&listener, shared) else {
+        if !shared.stop.load(Ordering::Relaxed) {
+            shared.fail(Error::Corrupt(
+                "CRIU never connected to ferry's lazy-pages socket".into(),
+            ));
+        }
+        shared.copying_done.store(true, Ordering::Relaxed);
+        return;
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4);
+    let queues = Mutex::new(Queues::new(plan, items));
+    let running = AtomicUsize::new(threads);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                copy_items(plan, items, src, shared, &queues);
+                if running.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    shared.copying_done.store(true, Ordering::Relaxed);
+                }
+                shared.changed.notify_all();
+            });
+        }
+        let mut reader = Reader::default();
+        loop {
+            let done = running.load(Ordering::Relaxed) == 0;
+            let talk = shared.talk.lock().unwrap_or_else(|e| e.into_inner());
+            let (finished, gone) = (talk.finished, talk.gone);
+            let fds: Vec<RawFd> = talk.uffds.values().map(|f| f.as_raw_fd()).collect();
+            drop(talk);
+            // After a failure CRIU is still heard out to the end: a descriptor left unread
+            // in the socket would keep its task's ranges registered with nobody to serve them.
+            if done && (finished || gone || shared.stop.load(Ordering::Relaxed)) {
+                break;
+            }
+            if shared.quit() {
+                // Wake whoever waits on a page that will never come, so the copy threads'
+                // tasks and CRIU get on to fail.
+                shared
+                    .talk
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .uffds
+                    .clear();
+            }
+            let mut polled: Vec<libc::pollfd> = std::iter::once(conn.as_raw_fd())
+                .filter(|_| !finished && !gone)
+                .chain(fds)
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let sent = shared.sent.load(Ordering::Relaxed);
+            // SAFETY: poll over our own array.
+            let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as _, 20) };
+            let socket_empty = polled
+                .first()
+                .is_none_or(|p| p.fd != conn.as_raw_fd() || p.revents == 0);
+            if sent && socket_empty {
+                // Everything CRIU sent before its post-restore has been read.
+                let mut t = shared.talk.lock().unwrap_or_else(|e| e.into_inner());
+                if !t.all_sent {
+                    t.all_sent = true;
+                    shared.changed.notify_all();
+                }
+            }
+            if n <= 0 {
+                continue;
+            }
+            for p in &polled {
+                if p.revents == 0 {
+                    continue;
+                }
+                if p.fd == conn.as_raw_fd() {
+                    if let Err(e) = reader.read(&conn, shared) {
+                        shared.talk.lock().unwrap_or_else(|e| e.into_inner()).gone = true;
+                        shared.fail(Error::Corrupt(format!(
+                            "CRIU's lazy-pages socket: {e} before every task was restored"
+                        )));
+                    }
+                    shared.changed.notify_all();
+                } else {
+                    events(p.fd, shared);
+                }
+            }
+        }
+    });
+    let mut t = shared.talk.lock().unwrap_or_else(|e| e.into_inner());
+    if !t.finished && !shared.quit() {
+        shared.fail(Error::Corrupt(
+            "CRIU hung up its lazy-pages socket before every task was restored".into(),
+        ));
+    }
+    t.uffds.clear();
+}
+
+/// Waits for CRIU to connect (or for the restore to be stopped).
+fn accept(listener: &UnixListener, shared: &Shared) -> Option<UnixStream> {
+    listener.set_nonblocking(true).ok()?;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).ok()?;
+                return Some(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if shared.quit() {
+                    return None;
+                }
+                let mut p = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll of one fd of ours.
+                unsafe { libc::poll(&mut p, 1, 20) };
+            }
+            Err(e) => {
+                shared.fail(Error::Corrupt(format!("lazy-pages socket: {e}")));
+                return None;
+            }
+        }
+    }
+}
+
+/// CRIU's byte stream on the socket, with the descriptors that came along.
+#[derive(Default)]
+struct Reader {
+    bytes: Vec<u8>,
+    fds: std::collections::VecDeque<OwnedFd>,
+}
+
+impl Reader {
+    /// Reads what is there and takes every complete message out of it.
+    fn read(&mut self, conn: &UnixStream, shared: &Shared) -> std::io::Result<()> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let mut buf = [0u8; 256];
+        let mut space = nix::cmsg_space!([RawFd; 16]);
+        let (n, fds) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut fds = vec![];
+            for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    // SAFETY: descriptors just received, ours to own.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            (msg.bytes, fds)
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "CRIU hung up",
+            ));
+        }
+        self.bytes.extend_from_slice(&buf[..n]);
+        self.fds.extend(fds);
+        loop {
+            let Some(head) = self.bytes.get(..4) else {
+                return Ok(());
+            };
+            let word = u32::from_ne_bytes(head.try_into().unwrap_or_default());
+            let mut t = shared.talk.lock().unwrap_or_else(|e| e.into_inner());
+            if word == FINISHED {
+                self.bytes.drain(..4);
+                t.finished = true;
+                continue;
+            }
+            let pid = word as i32;
+            if pid < 0 {
+                // A zombie: no memory, no descriptor.
+                self.bytes.drain(..4);
+                continue;
+            }
+            // The pid, then one byte carrying the descriptor.
+            if self.bytes.len() < 5 || self.fds.is_empty() {
+                return Ok(());
+            }
+            self.bytes.drain(..5);
+            let fd = self.fds.pop_front().expect("checked above");
+            tracing::debug!(pid, "criu handed over a task's userfaultfd");
+            t.uffds.insert(pid, fd);
+        }
+    }
+}
+
+/// Reads the events waiting on a task's userfaultfd: page faults are left to the copy
+/// (whoever faulted waits until its page is in), anything else changes the memory being
+/// filled and fails the restore.
+fn events(fd: RawFd, shared: &Shared) {
+    let mut msg = [0u8; 32];
+    loop {
+        // SAFETY: read into our own buffer.
+        let n = unsafe { libc::read(fd, msg.as_mut_ptr().cast(), msg.len()) };
+        if n != msg.len() as isize {
+            return;
+        }
+        match msg[0] {
+            EVENT_PAGEFAULT => {}
+            event => {
+                if event == EVENT_FORK {
+                    // The child's new descriptor, installed in our table.
+                    let child = u32::from_ne_bytes(msg[8..12].try_into().unwrap_or_default());
+                    // SAFETY: the kernel gave us this fd.
+                    drop(unsafe { OwnedFd::from_raw_fd(child as RawFd) });
+                }
+                shared.fail(Error::Corrupt(format!(
+                    "a restored task's memory changed while ferry copied it in (userfaultfd \
+                     event {event:#x}); restore with {ENV}=0"
+                )));
+            }
+        }
+    }
+}
+
+/// What a copy thread takes next: up to two items of one task, or nothing yet.
+enum Next {
+    Pair(usize, [Option<usize>; 2]),
+    Wait,
+    Done,
+}
+
+/// The items not yet copied, per task (in archive order), and when each task may be tried
+/// again after its ranges were found not yet registered.
+struct Queues {
+    items: Vec<std::collections::VecDeque<usize>>,
+    not_before: Vec<Instant>,
+    turn: usize,
+}
+
+impl Queues {
+    fn new(plan: &Plan, items: &[Item]) -> Queues {
+        let mut q = vec![std::collections::VecDeque::new(); plan.tasks.len()];
+        for (i, item) in items.iter().enumerate() {
+            if let Some(t) = plan.tasks.iter().position(|t| t.file == item.file) {
+                q[t].push_back(i);
+            }
+        }
+        Queues {
+            not_before: vec![Instant::now(); q.len()],
+            items: q,
+            turn: 0,
+        }
+    }
+
+    /// Up to two items of the next task (in turn) whose descriptor has arrived.
+    fn next(&mut self, plan: &Plan, shared: &Shared) -> Result<Next, Error> {
+        if self.items.iter().all(|q| q.is_empty()) {
+            return Ok(Next::Done);
+        }
+        let talk = shared.talk.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for k in 0..self.items.len() {
+            let t = (self.turn + k) % self.items.len();
+            if self.items[t].is_empty() || self.not_before[t] > now {
+                continue;
+            }
+            let pid = plan.tasks[t].pid;
+            if !talk.uffds.contains_key(&pid) {
+                if talk.finished || talk.gone || talk.all_sent {
+                    return Err(Error::Corrupt(format!(
+                        "CRIU restored task {pid} without handing its memory over to ferry's \
+                         copy-in (lazy pages); restore with {ENV}=0"
+                    )));
+                }
+                continue;
+            }
+            self.turn = t + 1;
+            let q = &mut self.items[t];
+            return Ok(Next::Pair(t, [q.pop_front(), q.pop_front()]));
+        }
+        Ok(Next::Wait)
+    }
+
+    /// Puts a pair back, its task's ranges not yet registered.
+    fn again(&mut self, t: usize, pair: [Option<usize>; 2]) {
+        for i in pair.into_iter().rev().flatten() {
+            self.items[t].push_front(i);
+        }
+        self.not_before[t] = Instant::now() + Duration::from_micros(200);
+    }
+}
+
+/// How a pair's copy ended short.
+enum Short {
+    /// Its task's ranges are not registered yet: nothing was copied, try later.
+    NotYet,
+    /// Stopped, or failed elsewhere.
+    Stopped,
+    Failed(Error),
+}
+
+/// The copy threads: each task's items in archive order, two at a time (two lazy-only parts'
+/// digests computed side by side), each verified before a byte of it is copied in. A task
+/// whose restorer has not registered its ranges yet is left for another's: a restorer may
+/// fault on a lazy page (the kernel writing its rseq area, say) and wait for it before the
+/// others get as far as registering theirs.
+fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queues: &Mutex<Queues>) {
+    let mut bufs = [vec![0u8; CHUNK], vec![0u8; CHUNK]];
+    loop {
+        if shared.quit() {
+            return;
+        }
+        let next = queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next(plan, shared);
+        let (t, pair) = match next {
+            Ok(Next::Pair(t, pair)) => (t, pair),
+            Ok(Next::Wait) => {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            Ok(Next::Done) => return,
+            Err(e) => return shared.fail(e),
+        };
+        let task = &plan.tasks[t];
+        match copy_pair(
+            task,
+            pair.map(|i| i.map(|i| &items[i])),
+            src,
+            shared,
+            &mut bufs,
+        ) {
+            Ok(()) => {}
+            Err(Short::NotYet) => queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .again(t, pair),
+            Err(Short::Stopped) => return,
+            Err(Short::Failed(e)) => return shared.fail(e),
+        }
+    }
+}
+
+/// One or two items of `task`: read, verified (a staged one was, by the feed) and copied in.
+fn copy_pair(
+    task: &Task,
+    pair: [Option<&Item>; 2],
+    src: &Sources,
+    shared: &Shared,
+    bufs: &mut [Vec<u8>; 2],
+) -> Result<(), Short> {
+    let mut lanes = [Lane::new(), Lane::new()];
+    let mut n = [0usize; 2];
+    for (k, item) in pair.iter().enumerate() {
+        let Some(item) = item else { continue };
+        let size = item.size as usize;
+        if size > bufs[k].len() {
+            bufs[k].resize(size, 0);
+        }
+        n[k] = size;
+        let piece = &mut bufs[k][..size];
+        if item.staged {
+            if !src.feed.wait(&shared.stop) {
+                // The feed failed or was stopped, and says why itself.
+                return Err(Short::Stopped);
+            }
+            let (path, f) = &src.staged[item.file];
+            f.read_exact_at(piece, item.offset).map_err(|e| {
+                Short::Failed(Error::Corrupt(format!(
+                    "reading back {}: {e}",
+                    path.display()
+                )))
+            })?;
+        } else {
+            src.archive
+                .read_exact_at(piece, item.at)
+                .map_err(|e| Short::Failed(read_error(e, &item.name)))?;
+        }
+    }
+    let hashed = pair.map(|i| i.is_some_and(|i| !i.staged));
+    let empty: &[u8] = &[];
+    let [a, b] = &mut lanes;
+    update_pair(
+        a,
+        if hashed[0] { &bufs[0][..n[0]] } else { empty },
+        b,
+        if hashed[1] { &bufs[1][..n[1]] } else { empty },
+    );
+    for (k, lane) in lanes.into_iter().enumerate() {
+        if let (Some(item), true) = (pair[k], hashed[k]) {
+            check_digest(&item.name, &hex::encode(lane.finalize()), &item.sha256)
+                .map_err(Short::Failed)?;
+        }
+    }
+    let uffd = shared
+        .talk
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .uffds
+        .get(&task.pid)
+        .map(|f| f.as_raw_fd())
+        .ok_or(Short::Stopped)?;
+    let mut first = true;
+    for (k, item) in pair.iter().enumerate() {
+        let Some(item) = item else { continue };
+        for p in task.pieces(item.offset, item.size) {
+            let bytes = &bufs[k][p.at as usize..(p.at + p.len) as usize];
+            match copy_in(uffd, p.vaddr, bytes, shared) {
+                Ok(()) => {}
+                Err(Copy::NotRegistered) if first => return Err(Short::NotYet),
+                Err(Copy::NotRegistered) => {
+                    return Err(Short::Failed(Error::Corrupt(format!(
+                        "task {}: {:#x}-{:#x} is not registered for ferry's copy-in; restore \
+                         with {ENV}=0",
+                        task.pid,
+                        p.vaddr,
+                        p.vaddr + p.len
+                    ))));
+                }
+                Err(Copy::Stopped) => return Err(Short::Stopped),
+                Err(Copy::Failed(e)) => {
+                    return Err(Short::Failed(Error::Corrupt(format!(
+                        "task {}: {e}",
+                        task.pid
+                    ))));
+                }
+            }
+            first = false;
+            shared.copied.fetch_add(p.len, Ordering::Relaxed);
+        }
+        if !item.staged {
+            src.progress.inc(item.size);
+        }
+    }
+    Ok(())
+}
+
+/// How a copy ended short.
+enum Copy {
+    /// Nothing copied: the range is not registered (yet).
+    NotRegistered,
+    Stopped,
+    Failed(String),
+}
+
+/// `UFFDIO_COPY` of `bytes` to `vaddr`. A range not registered at its start is said so at
+/// once; one registered in part is waited for (the restorer registers a task's ranges one
+/// after another) for up to a second.
+fn copy_in(uffd: RawFd, vaddr: u64, bytes: &[u8], shared: &Shared) -> Result<(), Copy> {
+    let mut done = 0usize;
+    let started = Instant::now();
+    while done < bytes.len() {
+        let mut c = UffdioCopy {
+            dst: vaddr + done as u64,
+            src: bytes[done..].as_ptr() as u64,
+            len: (bytes.len() - done) as u64,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY from our own buffer into the task the descriptor belongs to.
+        let r = unsafe { libc::ioctl(uffd, UFFDIO_COPY, &mut c) };
+        if r == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if c.copy > 0 {
+            done += c.copy as usize;
+            continue;
+        }
+        if shared.quit() {
+            return Err(Copy::Stopped);
+        }
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+            Some(libc::ENOENT) if done == 0 => return Err(Copy::NotRegistered),
+            Some(libc::ENOENT) if started.elapsed() < Duration::from_secs(1) => {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            _ => {
+                return Err(Copy::Failed(format!(
+                    "copying {} bytes in at {:#x}: {err}",
+                    bytes.len() - done,
+                    vaddr + done as u64
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use criu_images::PagemapEntry;
+
+    fn entry(vaddr: u64, nr_pages: u32, flags: u32) -> PagemapEntry {
+        PagemapEntry {
+            vaddr,
+            nr_pages,
+            in_parent: false,
+            flags: Some(flags),
+        }
+    }
+
+    #[test]
+    fn lazy_runs_follow_the_file_and_skip_what_criu_reads() {
+        let e = [
+            entry(0x1000, 1, 4), // file-backed: read by CRIU, file 0..4096
+            entry(0x5000, 2, 6), // lazy, file 4096..12288
+            entry(0x7000, 1, 6), // lazy and adjacent: merged
+            entry(0x9000, 1, 1), // in a parent: not in the file
+            entry(0xa000, 2, 6), // lazy, file 16384..24576
+            entry(0xf000, 1, 4), // the stack page: read
+        ];
+        assert_eq!(
+            lazy_runs(&e),
+            vec![
+                Run {
+                    file_off: 4096,
+                    vaddr: 0x5000,
+                    len: 3 * 4096
+                },
+                Run {
+                    file_off: 16384,
+                    vaddr: 0xa000,
+                    len: 2 * 4096
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn parts_are_classified_by_who_reads_their_bytes() {
+        let plan = Plan {
+            tasks: vec![Task {
+                pid: 1,
+                file: 0,
+                runs: vec![
+                    Run {
+                        file_off: 4096,
+                        vaddr: 0x5000,
+                        len: 3 * 4096,
+                    },
+                    Run {
+                        file_off: 16384,
+                        vaddr: 0xa000,
+                        len: 2 * 4096,
+                    },
+                ],
+            }],
+        };
+        assert_eq!(plan.classify(0, 0, 4096), Share::Read);
+        assert_eq!(plan.classify(0, 4096, 3 * 4096), Share::Lazy);
+        assert_eq!(plan.classify(0, 0, 8192), Share::Both);
+        assert_eq!(plan.classify(0, 16384, 8192), Share::Lazy);
+        assert_eq!(plan.classify(0, 12288, 12288), Share::Lazy);
+        assert_eq!(plan.classify(0, 12288, 16384), Share::Both);
+        assert_eq!(plan.classify(1, 4096, 4096), Share::Read);
+        assert_eq!(
+            plan.pieces(0, 8192, 12288),
+            vec![
+                Piece {
+                    vaddr: 0x6000,
+                    at: 0,
+                    len: 8192
+                },
+                Piece {
+                    vaddr: 0xa000,
+                    at: 8192,
+                    len: 4096
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn criu_messages_are_taken_apart_however_they_arrive() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let shared = Shared::new(Arc::new(AtomicBool::new(false)));
+        let mut r = Reader::default();
+        let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
+        use std::io::Write;
+        // A zombie, then a task's pid in two pieces, its descriptor, and the end.
+        (&a).write_all(&(-7i32).to_ne_bytes()).unwrap();
+        (&a).write_all(&42i32.to_ne_bytes()[..2]).unwrap();
+        r.read(&b, &shared).unwrap();
+        assert!(shared.talk.lock().unwrap().uffds.is_empty());
+        (&a).write_all(&42i32.to_ne_bytes()[2..]).unwrap();
+        r.read(&b, &shared).unwrap();
+        crate::runtime::console::send_fd(a.as_raw_fd(), pipe_r.as_raw_fd(), b"x").unwrap();
+        (&a).write_all(&FINISHED.to_ne_bytes()).unwrap();
+        while !shared.talk.lock().unwrap().finished {
+            r.read(&b, &shared).unwrap();
+        }
+        let t = shared.talk.lock().unwrap();
+        assert_eq!(t.uffds.keys().collect::<Vec<_>>(), vec![&42]);
+        drop(t);
+        drop(a);
+        assert!(r.read(&b, &shared).is_err());
+    }
+}
