@@ -674,6 +674,43 @@ fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
     assert_deleted(&host, &id);
 }
 
+/// A shell that forked two subshells after filling its heap: the three share those pages
+/// copy-on-write. ferry leaves such a tree to CRIU's reads, which restore the pages shared
+/// again, rather than copying each task its own (archive::uffd); and it restores.
+#[test]
+fn a_forked_tree_gets_its_copy_on_write_memory_back_shared() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("cowtree");
+    let script = "a=$(/bin/busybox dd if=/dev/urandom bs=1k count=3000 2>/dev/null \
+                  | /bin/busybox od -x | /bin/busybox head -c 8000000); \
+                  (while :; do /bin/busybox sleep 1; done) & \
+                  (while :; do /bin/busybox sleep 1; done) & \
+                  /bin/busybox touch /filled; while :; do /bin/busybox sleep 1; done";
+    host.run_image("bb", &id, &["/bin/sh", "-c", script]);
+    let root = host.rootfs(&id);
+    let t = std::time::Instant::now();
+    while !root.join("filled").exists() {
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "the shell never filled its heap"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let archive = host.ferry.scratch().join("cow.tar");
+    let ar = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", ar, "--compress", "none"])
+        .ok();
+    wait_no_tagged(&host.ferry);
+    let (_, st) = restore_archive(&host, ar, "cow", &[], &[]);
+    host.ferry.wait_status(&id, "running");
+    assert_eq!(st["copied_in_bytes"], 0, "{st}");
+    let cow = st["criu"]["pages_skipped_cow"].as_u64().unwrap_or(0);
+    assert!(cow > 2048, "the heap restored shared: {st}");
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+}
+
 /// The ways the fed restore falls back to: CRIU reading every page from the stage, with
 /// each read faulted in ahead (archive::prefault) and without; the memory comes back the same.
 #[test]

@@ -47,6 +47,8 @@ pub const SOCKET: &str = "lazy-pages.socket";
 /// What CRIU sends once every task is restored (`LAZY_PAGES_RESTORE_FINISHED`).
 const FINISHED: u32 = 0x5253_5446;
 const PE_LAZY: u32 = 1 << 1;
+/// CRIU's `VMA_ANON_PRIVATE` status bit (criu/include/image.h).
+const VMA_ANON_PRIVATE: u32 = 1 << 9;
 const PAGE: u64 = 4096;
 /// How much of a part is copied at once: a whole part (the checkpoint cuts them at 1 MiB).
 const CHUNK: usize = 1 << 20;
@@ -169,6 +171,9 @@ impl Plan {
             return None;
         }
         let mut tasks: Vec<Task> = vec![];
+        // Every task's private anonymous mappings and lazy runs, to tell a forked tree
+        // (below).
+        let mut mappings: Vec<Mappings> = vec![];
         for e in std::fs::read_dir(images).ok()?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(pid) = name
@@ -180,11 +185,19 @@ impl Plan {
             };
             let bytes = std::fs::read(e.path()).ok()?;
             let pm = criu_images::decode_pagemap(&bytes).ok()?;
+            let mm = std::fs::read(images.join(format!("mm-{pid}.img"))).ok()?;
+            let vmas = criu_images::decode_vmas(&mm).ok()?;
+            let anon = vmas
+                .iter()
+                .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
+                .map(|v| (v.start, v.end))
+                .collect();
             let file = gated.iter().position(|p| {
                 p.file_name().and_then(|n| n.to_str())
                     == Some(format!("pages-{}.img", pm.pages_id).as_str())
             });
             let runs = lazy_runs(&pm.entries);
+            mappings.push((anon, runs.clone()));
             match file {
                 Some(file) if !runs.is_empty() => {
                     // One task per pages file; anything else is not what this plans for.
@@ -195,6 +208,12 @@ impl Plan {
                 }
                 _ => {}
             }
+        }
+        if shared_lazy_bytes(&mappings) > SHARED_LIMIT {
+            tracing::debug!(
+                "the tasks share memory copy-on-write (a forked tree): CRIU reads every page"
+            );
+            return None;
         }
         (!tasks.is_empty()).then_some(Plan { tasks })
     }
@@ -219,6 +238,41 @@ impl Plan {
             _ => Share::Both,
         }
     }
+}
+
+/// A task's private anonymous mappings (bounds) and its lazy runs.
+type Mappings = (std::collections::HashSet<(u64, u64)>, Vec<Run>);
+
+/// At most this much lazy memory in mappings that tasks share is copied in (below).
+const SHARED_LIMIT: u64 = 16 << 20;
+
+/// The lazy bytes that lie in a private anonymous mapping another task has at the same
+/// bounds: most likely a parent and a child it forked, sharing those pages copy-on-write.
+/// CRIU restores such pages shared (it compares the child's with the parent's); copied in,
+/// every task gets its own copy, and a pre-forked server of many workers could need many
+/// times its memory. Over [`SHARED_LIMIT`], the restore is left to CRIU's reads. (Two
+/// processes of one static binary share its bss bounds without sharing pages: a few pages.)
+fn shared_lazy_bytes(tasks: &[Mappings]) -> u64 {
+    let mut total = 0;
+    for (i, (vmas, runs)) in tasks.iter().enumerate() {
+        for &(start, end) in vmas {
+            let shared = tasks
+                .iter()
+                .enumerate()
+                .any(|(j, (other, _))| j != i && other.contains(&(start, end)));
+            if !shared {
+                continue;
+            }
+            total += runs
+                .iter()
+                .map(|r| {
+                    let (a, b) = (r.vaddr.max(start), (r.vaddr + r.len).min(end));
+                    b.saturating_sub(a)
+                })
+                .sum::<u64>();
+        }
+    }
+    total
 }
 
 /// The lazy runs of a pagemap (in pagemap order, which is the file's), with their offsets
@@ -1011,6 +1065,27 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn memory_shared_by_a_forked_tree_is_counted_and_a_lone_mapping_is_not() {
+        let run = |vaddr, len| Run {
+            file_off: 0,
+            vaddr,
+            len,
+        };
+        let parent = (
+            [(0x1000, 0x9000), (0x10000, 0x20000)].into_iter().collect(),
+            vec![run(0x1000, 0x2000), run(0x10000, 0x4000)],
+        );
+        // The child shares the first mapping's bounds (and 0x3000 lazy bytes in it); the
+        // second is its own.
+        let child = (
+            [(0x1000, 0x9000), (0x30000, 0x40000)].into_iter().collect(),
+            vec![run(0x2000, 0x3000), run(0x30000, 0x10000)],
+        );
+        assert_eq!(shared_lazy_bytes(&[parent.clone(), child]), 0x2000 + 0x3000);
+        assert_eq!(shared_lazy_bytes(&[parent]), 0);
     }
 
     #[test]
