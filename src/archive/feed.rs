@@ -22,7 +22,7 @@ use crate::archive::reader::{
 };
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
-use crate::archive::uffd::{FeedDone, Item, Plan, Running, Share, Sources};
+use crate::archive::uffd::{Item, Plan, Ready, Running, Share, Sources};
 use crate::image::layer::Compression;
 use crate::progress::Progress;
 use std::collections::BTreeMap;
@@ -131,6 +131,8 @@ struct Matched {
     prefix: Vec<usize>,
     /// Where each part ends in its file.
     ends: Vec<Vec<u64>>,
+    /// Told of each part as it matches, for the copy-in (archive::uffd).
+    ready: Option<Arc<Ready>>,
 }
 
 impl Matched {
@@ -147,10 +149,14 @@ impl Matched {
             parts: ends.iter().map(|e| vec![false; e.len()]).collect(),
             prefix: vec![0; files],
             ends,
+            ready: None,
         }
     }
 
     fn matched(&mut self, p: &Part, gate: &Gate) {
+        if let Some(r) = &self.ready {
+            r.part(p.file, p.n);
+        }
         let done = &mut self.parts[p.file];
         done[p.n] = true;
         let prefix = &mut self.prefix[p.file];
@@ -343,67 +349,98 @@ fn unpack_plain(
     }
     let (outs, gate, plan) = gated_files(stage, &files, true)?;
     let file = Arc::new(file);
-    let Some(plan) = plan else {
-        let feed = Feed::start(gate.clone(), move |stop| {
-            let to = Target {
-                outs: &outs,
-                gate: &gate,
-                progress: &progress,
-            };
-            fill(&file, &parts, &[], files.len(), to, stop)
-        });
-        return Ok(((manifest, signer, trusted_as), feed));
+    // The parts copied straight in (archive::uffd), and those with lazy bytes the feed
+    // stages too.
+    let mut lazy = vec![];
+    let copy_in = match plan {
+        Some(plan) => {
+            let shares: Vec<Share> = parts
+                .iter()
+                .map(|(_, p)| plan.classify(p.file, p.offset, p.size))
+                .collect();
+            lazy = shares.iter().map(|s| *s == Share::Lazy).collect();
+            let items = parts
+                .iter()
+                .zip(&shares)
+                .filter(|(_, s)| **s != Share::Read)
+                .map(|((at, p), s)| item(*at, p, *s == Share::Both))
+                .collect();
+            let all = parts.iter().map(|(_, p)| p);
+            Some(start_copy_in(
+                stage, plan, items, all, &file, &outs, &progress,
+            )?)
+        }
+        None => None,
     };
-    // The parts copied straight in, and those with lazy bytes the feed stages too.
-    let shares: Vec<Share> = parts
-        .iter()
-        .map(|(_, p)| plan.classify(p.file, p.offset, p.size))
-        .collect();
-    let items: Vec<Item> = parts
-        .iter()
-        .zip(&shares)
-        .filter(|(_, s)| **s != Share::Read)
-        .map(|((at, p), s)| Item {
-            at: *at,
-            name: p.name.clone(),
-            file: p.file,
-            offset: p.offset,
-            size: p.size,
-            sha256: p.sha256.clone(),
-            staged: *s == Share::Both,
-        })
-        .collect();
-    let lazy: Vec<bool> = shares.iter().map(|s| *s == Share::Lazy).collect();
+    let ready = copy_in.as_ref().map(|c| c.1.clone());
+    let mut feed = Feed::start(gate.clone(), move |stop| {
+        let to = Target {
+            outs: &outs,
+            gate: &gate,
+            progress: &progress,
+            ready: ready.clone(),
+        };
+        let r = fill(&file, &parts, &lazy, files.len(), to, stop);
+        if r.is_err()
+            && let Some(ready) = &ready
+        {
+            ready.fail();
+        }
+        r
+    });
+    feed.copy_in = copy_in.map(|c| c.0);
+    Ok(((manifest, signer, trusted_as), feed))
+}
+
+/// A part the copy-in fills its task from: read from the archive at `at` and verified, or,
+/// `staged`, read back from the stage once the feed has verified and written it.
+fn item(at: u64, p: &Part, staged: bool) -> Item {
+    Item {
+        at,
+        name: p.name.clone(),
+        file: p.file,
+        n: p.n,
+        offset: p.offset,
+        size: p.size,
+        sha256: p.sha256.clone(),
+        staged,
+    }
+}
+
+/// Starts the copy-in (archive::uffd) of `items` for `plan`, listening in the stage (CRIU's
+/// work directory); and the [`Ready`] the feed tells of each part of `all` as it matches.
+fn start_copy_in<'a>(
+    stage: &Stage,
+    plan: Plan,
+    items: Vec<Item>,
+    all: impl Iterator<Item = &'a Part>,
+    archive: &Arc<File>,
+    outs: &Outs,
+    progress: &Arc<Progress>,
+) -> Result<(Running, Arc<Ready>), Error> {
+    let mut shape = vec![0usize; outs.len()];
+    for p in all {
+        shape[p.file] = shape[p.file].max(p.n + 1);
+    }
+    let ready = Arc::new(Ready::new(&shape));
     let listener = crate::archive::uffd::listen(stage.dir()).map_err(|e| Error::Write {
         path: stage.dir().join(crate::archive::uffd::SOCKET),
         source: e,
     })?;
-    let done = Arc::new(FeedDone::default());
     let mut sources = Sources {
-        archive: file.clone(),
+        archive: archive.clone(),
         staged: vec![],
-        feed: done.clone(),
+        feed: ready.clone(),
         progress: progress.clone(),
     };
-    for (path, f) in &outs {
+    for (path, f) in outs {
         let f = f.try_clone().map_err(|e| Error::Write {
             path: path.clone(),
             source: e,
         })?;
         sources.staged.push((path.clone(), f));
     }
-    let mut feed = Feed::start(gate.clone(), move |stop| {
-        let to = Target {
-            outs: &outs,
-            gate: &gate,
-            progress: &progress,
-        };
-        let r = fill(&file, &parts, &lazy, files.len(), to, stop);
-        done.set(r.is_ok());
-        r
-    });
-    feed.copy_in = Some(Running::start(listener, plan, items, sources));
-    Ok(((manifest, signer, trusted_as), feed))
+    Ok((Running::start(listener, plan, items, sources), ready))
 }
 
 /// Staged files open for writing, with their paths (for errors).
@@ -595,6 +632,8 @@ struct Target<'a> {
     outs: &'a [(PathBuf, File)],
     gate: &'a Gate,
     progress: &'a Progress,
+    /// The copy-in's view of the matched parts (archive::uffd), when there is one.
+    ready: Option<Arc<Ready>>,
 }
 
 /// Copies one or two parts (each with the offset of its data in `archive`) to their staged
@@ -643,6 +682,7 @@ fn fill(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let mut matched = Matched::new(files, all.iter().map(|(_, p)| p));
+    matched.ready = to.ready.clone();
     // A part copied straight in is never read by CRIU: its range of the staged file stays
     // a hole the gate may let CRIU past.
     let mut parts = vec![];
@@ -780,6 +820,9 @@ fn unpack_zstd(
         }
         files.push((f, offset));
     }
+    // Read in order, every part goes through the stage, and CRIU reads it from there with
+    // the prefault: copying the lazy parts in from the stage as the feed verifies them was
+    // no faster (docs/benchmarks.md, "Tried").
     let (outs, gate, _) = gated_files(stage, &files, false)?;
     let head = Region {
         file,
@@ -793,6 +836,7 @@ fn unpack_zstd(
             outs: &outs,
             gate: &gate,
             progress: &progress,
+            ready: None,
         };
         let matched = Matched::new(files.len(), expected.values());
         fill_stream(head, mark.tar_offset, &expected, matched, to, stop)
@@ -823,6 +867,7 @@ fn fill_stream(
         outs,
         gate,
         progress,
+        ..
     } = to;
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tar = tar::Archive::new(crate::archive::reader::Counted {

@@ -304,7 +304,9 @@ fn lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
 pub struct Item {
     pub at: u64,
     pub name: String,
+    /// The pages file (index into the staged files) and the part's number in it.
     pub file: usize,
+    pub n: usize,
     pub offset: u64,
     pub size: u64,
     pub sha256: String,
@@ -316,27 +318,52 @@ pub fn listen(dir: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(dir.join(SOCKET))
 }
 
-/// Whether the feed has verified and written every part it stages (`Some(true)`), failed
-/// (`Some(false)`), or still runs.
-#[derive(Default)]
-pub struct FeedDone {
-    state: Mutex<Option<bool>>,
+/// Which parts the feed has verified and written to the stage (by pages file and number),
+/// and whether it failed or was stopped: what the copy-in waits for before it copies a
+/// staged part's lazy bytes.
+pub struct Ready {
+    state: Mutex<(Vec<Vec<bool>>, bool)>,
     changed: Condvar,
 }
 
-impl FeedDone {
-    pub fn set(&self, ok: bool) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(ok);
+impl Ready {
+    /// For pages files of `parts[i]` parts each.
+    pub fn new(parts: &[usize]) -> Ready {
+        Ready {
+            state: Mutex::new((parts.iter().map(|n| vec![false; *n]).collect(), false)),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Part `n` of pages file `file` is verified and on the stage.
+    pub fn part(&self, file: usize, n: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(done) = s.0.get_mut(file).and_then(|f| f.get_mut(n)) {
+            *done = true;
+        }
+        drop(s);
         self.changed.notify_all();
     }
 
-    fn wait(&self, stop: &AtomicBool) -> bool {
+    /// The feed failed or stopped: no other part will be.
+    pub fn fail(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits for part `n` of `file`; false when it will never be ready.
+    fn wait(&self, file: usize, n: usize, stop: &AtomicBool) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(ok) = *s {
-                return ok;
+            if s.0
+                .get(file)
+                .and_then(|f| f.get(n))
+                .copied()
+                .unwrap_or(false)
+            {
+                return true;
             }
-            if stop.load(Ordering::Relaxed) {
+            if s.1 || stop.load(Ordering::Relaxed) {
                 return false;
             }
             s = self
@@ -353,7 +380,7 @@ impl FeedDone {
 pub struct Sources {
     pub archive: Arc<File>,
     pub staged: Vec<(PathBuf, File)>,
-    pub feed: Arc<FeedDone>,
+    pub feed: Arc<Ready>,
     pub progress: Arc<Progress>,
 }
 
@@ -381,6 +408,9 @@ struct Shared {
     sent: AtomicBool,
     /// Every copy thread has ended.
     copying_done: AtomicBool,
+    /// A copy thread stopped with pages left unfilled, for a reason reported elsewhere (the
+    /// feed's failure, the restore stopping).
+    incomplete: AtomicBool,
 }
 
 impl Shared {
@@ -394,6 +424,7 @@ impl Shared {
             copied: AtomicU64::new(0),
             sent: AtomicBool::new(false),
             copying_done: AtomicBool::new(false),
+            incomplete: AtomicBool::new(false),
         }
     }
 
@@ -415,7 +446,9 @@ impl Shared {
     }
 
     fn quit(&self) -> bool {
-        self.failed.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed)
+        self.failed.load(Ordering::Relaxed)
+            || self.stop.load(Ordering::Relaxed)
+            || self.incomplete.load(Ordering::Relaxed)
     }
 }
 
@@ -481,6 +514,9 @@ impl Running {
                 self.outcome = Some(Err(e.to_string()));
                 Err(e)
             }
+            None if self.shared.incomplete.load(Ordering::Relaxed) => Err(Error::Corrupt(
+                "ferry's copy-in stopped before every page was in".into(),
+            )),
             None if self.shared.copying_done.load(Ordering::Relaxed) => Ok(()),
             None if self.shared.stop.load(Ordering::Relaxed) => Ok(()),
             None => Err(Error::Corrupt(
@@ -847,6 +883,9 @@ fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queue
         if shared.quit() {
             return;
         }
+        if let Err(e) = Error::if_interrupted() {
+            return shared.fail(e);
+        }
         let next = queues
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -873,7 +912,13 @@ fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queue
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .again(t, pair),
-            Err(Short::Stopped) => return,
+            Err(Short::Stopped) => {
+                // Pages are left unfilled (the feed failed, or the restore is stopping):
+                // whoever waits on one must be let go, and nothing may say all is in.
+                shared.incomplete.store(true, Ordering::Relaxed);
+                shared.changed.notify_all();
+                return;
+            }
             Err(Short::Failed(e)) => return shared.fail(e),
         }
     }
@@ -898,7 +943,7 @@ fn copy_pair(
         n[k] = size;
         let piece = &mut bufs[k][..size];
         if item.staged {
-            if !src.feed.wait(&shared.stop) {
+            if !src.feed.wait(item.file, item.n, &shared.stop) {
                 // The feed failed or was stopped, and says why itself.
                 return Err(Short::Stopped);
             }
@@ -966,11 +1011,32 @@ fn copy_pair(
             first = false;
             shared.copied.fetch_add(p.len, Ordering::Relaxed);
         }
-        if !item.staged {
+        if item.staged {
+            // Nobody reads those bytes of the stage again: give their memory back to the
+            // tasks that now hold them (CRIU punches what it reads the same way).
+            let (_, f) = &src.staged[item.file];
+            for p in task.pieces(item.offset, item.size) {
+                punch(f, item.offset + p.at, p.len);
+            }
+        } else {
             src.progress.inc(item.size);
         }
     }
     Ok(())
+}
+
+/// Punches `len` bytes at `offset` out of a staged file; a failure only leaves them there
+/// until the stage goes.
+fn punch(f: &File, offset: u64, len: u64) {
+    // SAFETY: fallocate on our own file.
+    unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
 }
 
 /// How a copy ended short.
@@ -1130,6 +1196,111 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A userfaultfd over one fresh page of our own memory, registered for missing pages:
+    /// a stand-in for a restored task's lazy range.
+    fn registered_page() -> (OwnedFd, u64) {
+        // SAFETY: plain syscall; owned right after.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+        // SAFETY: a new fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: 0,
+            ioctls: 0,
+        };
+        // SAFETY: ioctls with structs of their sizes; a fresh private mapping of our own.
+        unsafe {
+            assert_eq!(libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api), 0);
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(page, libc::MAP_FAILED);
+            // struct uffdio_register: range (start, len), mode, ioctls.
+            let mut reg = [page as u64, 4096, 1, 0];
+            assert_eq!(
+                libc::ioctl(fd.as_raw_fd(), 0xc020_aa00, reg.as_mut_ptr()),
+                0
+            );
+            (fd, page as u64)
+        }
+    }
+
+    /// The feed fails while a restorer waits on a lazy page whose part it never verified:
+    /// the copy-in lets go of the descriptors, so the waiter goes on (to CRIU's post-restore,
+    /// where the restore fails) instead of hanging CRIU and ferry with it (seen with SIGTERM
+    /// during a restore), and says not every page is in.
+    #[test]
+    fn a_failed_feed_lets_a_task_waiting_on_a_page_go() {
+        if !supported() {
+            eprintln!("no userfaultfd with CRIU's events on this kernel");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (uffd, page) = registered_page();
+        let plan = Plan {
+            tasks: vec![Task {
+                pid: 7,
+                file: 0,
+                runs: vec![Run {
+                    file_off: 0,
+                    vaddr: page,
+                    len: 4096,
+                }],
+            }],
+        };
+        let stage = dir.path().join("pages-1.img");
+        let items = vec![Item {
+            at: 0,
+            name: "checkpoint/pages-1.img.part0".into(),
+            file: 0,
+            n: 0,
+            offset: 0,
+            size: 4096,
+            sha256: String::new(),
+            staged: true,
+        }];
+        let ready = Arc::new(Ready::new(&[1]));
+        let sources = Sources {
+            archive: Arc::new(File::create(dir.path().join("archive")).unwrap()),
+            staged: vec![(stage.clone(), File::create(&stage).unwrap())],
+            feed: ready.clone(),
+            progress: Arc::new(Progress::hidden()),
+        };
+        let listener = listen(dir.path()).unwrap();
+        let mut running = Running::start(listener, plan, items, sources);
+        // CRIU's part: the task's pid, then its descriptor.
+        let criu = UnixStream::connect(dir.path().join(SOCKET)).unwrap();
+        use std::io::Write;
+        (&criu).write_all(&7i32.to_ne_bytes()).unwrap();
+        crate::runtime::console::send_fd(criu.as_raw_fd(), uffd.as_raw_fd(), b"x").unwrap();
+        drop(uffd);
+        // SAFETY: reads our own mapping; the read waits until the page is filled or the
+        // descriptor is gone.
+        let waiter =
+            std::thread::spawn(move || unsafe { std::ptr::read_volatile(page as *const u8) });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "the page should be waited for");
+        ready.fail();
+        let t = Instant::now();
+        while !waiter.is_finished() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the waiter was never let go"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(waiter.join().unwrap(), 0);
+        let err = running.wait_copied().unwrap_err().to_string();
+        assert!(err.contains("before every page was in"), "{err}");
     }
 
     #[test]
