@@ -990,7 +990,18 @@ fn copy_pair(
             let bytes = &bufs[k][p.at as usize..(p.at + p.len) as usize];
             match copy_in(uffd, p.vaddr, bytes, shared) {
                 Ok(()) => {}
-                Err(Copy::NotRegistered) if first => return Err(Short::NotYet),
+                // Until CRIU's post-restore every restorer may still be registering; after
+                // it, a range not registered never will be.
+                Err(Copy::NotRegistered)
+                    if first
+                        && !shared
+                            .talk
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .all_sent =>
+                {
+                    return Err(Short::NotYet);
+                }
                 Err(Copy::NotRegistered) => {
                     return Err(Short::Failed(Error::Corrupt(format!(
                         "task {}: {:#x}-{:#x} is not registered for ferry's copy-in; restore \
