@@ -795,9 +795,12 @@ fn events(fd: RawFd, shared: &Shared) {
     }
 }
 
+/// An item to copy and the first of its pieces not yet in (a pair put back part way).
+type Work = (usize, usize);
+
 /// What a copy thread takes next: up to two items of one task, or nothing yet.
 enum Next {
-    Pair(usize, [Option<usize>; 2]),
+    Pair(usize, [Option<Work>; 2]),
     Wait,
     Done,
 }
@@ -805,7 +808,7 @@ enum Next {
 /// The items not yet copied, per task (in archive order), and when each task may be tried
 /// again after its ranges were found not yet registered.
 struct Queues {
-    items: Vec<std::collections::VecDeque<usize>>,
+    items: Vec<std::collections::VecDeque<Work>>,
     not_before: Vec<Instant>,
     turn: usize,
 }
@@ -815,7 +818,7 @@ impl Queues {
         let mut q = vec![std::collections::VecDeque::new(); plan.tasks.len()];
         for (i, item) in items.iter().enumerate() {
             if let Some(t) = plan.tasks.iter().position(|t| t.file == item.file) {
-                q[t].push_back(i);
+                q[t].push_back((i, 0));
             }
         }
         Queues {
@@ -854,10 +857,10 @@ impl Queues {
         Ok(Next::Wait)
     }
 
-    /// Puts a pair back, its task's ranges not yet registered.
-    fn again(&mut self, t: usize, pair: [Option<usize>; 2]) {
-        for i in pair.into_iter().rev().flatten() {
-            self.items[t].push_front(i);
+    /// Puts back what is left of a pair, its task's ranges not all registered yet.
+    fn again(&mut self, t: usize, left: Vec<Work>) {
+        for w in left.into_iter().rev() {
+            self.items[t].push_front(w);
         }
         self.not_before[t] = Instant::now() + Duration::from_micros(200);
     }
@@ -865,8 +868,8 @@ impl Queues {
 
 /// How a pair's copy ended short.
 enum Short {
-    /// Its task's ranges are not registered yet: nothing was copied, try later.
-    NotYet,
+    /// A range is not registered yet: what is left of the pair, to try later.
+    NotYet(Vec<Work>),
     /// Stopped, or failed elsewhere.
     Stopped,
     Failed(Error),
@@ -874,9 +877,10 @@ enum Short {
 
 /// The copy threads: each task's items in archive order, two at a time (two lazy-only parts'
 /// digests computed side by side), each verified before a byte of it is copied in. A task
-/// whose restorer has not registered its ranges yet is left for another's: a restorer may
-/// fault on a lazy page (the kernel writing its rseq area, say) and wait for it before the
-/// others get as far as registering theirs.
+/// whose restorer has not registered all its ranges yet is left for another's: a restorer
+/// may fault on a lazy page (the kernel writing its rseq area, say) and wait for it before
+/// the others get as far as registering theirs, and a restorer registers its ranges one
+/// mapping after another.
 fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queues: &Mutex<Queues>) {
     let mut bufs = [vec![0u8; CHUNK], vec![0u8; CHUNK]];
     loop {
@@ -899,19 +903,12 @@ fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queue
             Ok(Next::Done) => return,
             Err(e) => return shared.fail(e),
         };
-        let task = &plan.tasks[t];
-        match copy_pair(
-            task,
-            pair.map(|i| i.map(|i| &items[i])),
-            src,
-            shared,
-            &mut bufs,
-        ) {
+        match copy_pair(&plan.tasks[t], pair, items, src, shared, &mut bufs) {
             Ok(()) => {}
-            Err(Short::NotYet) => queues
+            Err(Short::NotYet(left)) => queues
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .again(t, pair),
+                .again(t, left),
             Err(Short::Stopped) => {
                 // Pages are left unfilled (the feed failed, or the restore is stopping):
                 // whoever waits on one must be let go, and nothing may say all is in.
@@ -924,18 +921,21 @@ fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queue
     }
 }
 
-/// One or two items of `task`: read, verified (a staged one was, by the feed) and copied in.
+/// One or two items of `task`, each from its first piece not yet in: read, verified (a
+/// staged one was, by the feed) and copied in.
 fn copy_pair(
     task: &Task,
-    pair: [Option<&Item>; 2],
+    pair: [Option<Work>; 2],
+    items: &[Item],
     src: &Sources,
     shared: &Shared,
     bufs: &mut [Vec<u8>; 2],
 ) -> Result<(), Short> {
     let mut lanes = [Lane::new(), Lane::new()];
     let mut n = [0usize; 2];
-    for (k, item) in pair.iter().enumerate() {
-        let Some(item) = item else { continue };
+    let work = pair.map(|w| w.map(|(i, from)| (&items[i], from)));
+    for (k, w) in work.iter().enumerate() {
+        let Some((item, _)) = w else { continue };
         let size = item.size as usize;
         if size > bufs[k].len() {
             bufs[k].resize(size, 0);
@@ -960,7 +960,7 @@ fn copy_pair(
                 .map_err(|e| Short::Failed(read_error(e, &item.name)))?;
         }
     }
-    let hashed = pair.map(|i| i.is_some_and(|i| !i.staged));
+    let hashed = work.map(|w| w.is_some_and(|(i, _)| !i.staged));
     let empty: &[u8] = &[];
     let [a, b] = &mut lanes;
     update_pair(
@@ -970,7 +970,7 @@ fn copy_pair(
         if hashed[1] { &bufs[1][..n[1]] } else { empty },
     );
     for (k, lane) in lanes.into_iter().enumerate() {
-        if let (Some(item), true) = (pair[k], hashed[k]) {
+        if let (Some((item, _)), true) = (work[k], hashed[k]) {
             check_digest(&item.name, &hex::encode(lane.finalize()), &item.sha256)
                 .map_err(Short::Failed)?;
         }
@@ -983,24 +983,30 @@ fn copy_pair(
         .get(&task.pid)
         .map(|f| f.as_raw_fd())
         .ok_or(Short::Stopped)?;
-    let mut first = true;
-    for (k, item) in pair.iter().enumerate() {
-        let Some(item) = item else { continue };
-        for p in task.pieces(item.offset, item.size) {
+    for (k, w) in work.iter().enumerate() {
+        let Some((item, from)) = *w else { continue };
+        let pieces = task.pieces(item.offset, item.size);
+        for (j, p) in pieces.iter().enumerate().skip(from) {
             let bytes = &bufs[k][p.at as usize..(p.at + p.len) as usize];
             match copy_in(uffd, p.vaddr, bytes, shared) {
                 Ok(()) => {}
-                // Until CRIU's post-restore every restorer may still be registering; after
-                // it, a range not registered never will be.
+                // Until CRIU's post-restore a restorer may still be registering its ranges
+                // (one mapping after another); after it, a range not registered never
+                // will be.
                 Err(Copy::NotRegistered)
-                    if first
-                        && !shared
-                            .talk
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .all_sent =>
+                    if !shared
+                        .talk
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .all_sent =>
                 {
-                    return Err(Short::NotYet);
+                    let mut left = vec![(pair[k].map_or(0, |w| w.0), j)];
+                    if k == 0
+                        && let Some(w) = pair[1]
+                    {
+                        left.push(w);
+                    }
+                    return Err(Short::NotYet(left));
                 }
                 Err(Copy::NotRegistered) => {
                     return Err(Short::Failed(Error::Corrupt(format!(
@@ -1019,14 +1025,13 @@ fn copy_pair(
                     ))));
                 }
             }
-            first = false;
             shared.copied.fetch_add(p.len, Ordering::Relaxed);
         }
         if item.staged {
             // Nobody reads those bytes of the stage again: give their memory back to the
             // tasks that now hold them (CRIU punches what it reads the same way).
             let (_, f) = &src.staged[item.file];
-            for p in task.pieces(item.offset, item.size) {
+            for p in &pieces {
                 punch(f, item.offset + p.at, p.len);
             }
         } else {
@@ -1059,11 +1064,9 @@ enum Copy {
 }
 
 /// `UFFDIO_COPY` of `bytes` to `vaddr`. A range not registered at its start is said so at
-/// once; one registered in part is waited for (the restorer registers a task's ranges one
-/// after another) for up to a second.
+/// once; one registered in part is waited for until CRIU's post-restore.
 fn copy_in(uffd: RawFd, vaddr: u64, bytes: &[u8], shared: &Shared) -> Result<(), Copy> {
     let mut done = 0usize;
-    let started = Instant::now();
     while done < bytes.len() {
         let mut c = UffdioCopy {
             dst: vaddr + done as u64,
@@ -1088,7 +1091,15 @@ fn copy_in(uffd: RawFd, vaddr: u64, bytes: &[u8], shared: &Shared) -> Result<(),
         match err.raw_os_error() {
             Some(libc::EAGAIN) | Some(libc::EINTR) => {}
             Some(libc::ENOENT) if done == 0 => return Err(Copy::NotRegistered),
-            Some(libc::ENOENT) if started.elapsed() < Duration::from_secs(1) => {
+            // Into a mapping the restorer has not registered yet, past one it has: it
+            // registers them in one loop, without waiting on anything, before post-restore.
+            Some(libc::ENOENT)
+                if !shared
+                    .talk
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .all_sent =>
+            {
                 std::thread::sleep(Duration::from_micros(100));
             }
             _ => {
