@@ -783,13 +783,19 @@ impl ConsoleSocket {
         let mut buf = [0u8; 4096];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-        let msg = nix::sys::socket::recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            nix::sys::socket::MsgFlags::empty(),
-        )
-        .expect("recvmsg on the console socket");
+        // A signal to this test process (a child of another test exiting) interrupts the
+        // wait: wait again.
+        let msg = loop {
+            match nix::sys::socket::recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.expect("recvmsg on the console socket"),
+            }
+        };
         for c in msg.cmsgs().expect("control messages") {
             if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
                 && let Some(&fd) = fds.first()
