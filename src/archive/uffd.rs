@@ -24,6 +24,8 @@
 //! Anything that does not go as planned fails the restore before anything restored runs:
 //! a digest that does not match, a range the restorer did not register, a task that sent no
 //! userfaultfd, or an event (fork, remap, unmap, remove) that moves the memory being filled.
+//! A forked tree that shares its memory copy-on-write is left to CRIU's reads, which keep
+//! it shared ([`Plan::make`]).
 
 use crate::archive::criu_images;
 use crate::archive::reader::{Error, check_digest, read_error};
@@ -443,6 +445,11 @@ impl Shared {
         }
         self.failed.store(true, Ordering::Relaxed);
         self.changed.notify_all();
+    }
+
+    /// CRIU is past its post-restore: every restorer has registered its ranges.
+    fn all_sent(&self) -> bool {
+        self.talk.lock().unwrap_or_else(|e| e.into_inner()).all_sent
     }
 
     fn quit(&self) -> bool {
@@ -993,13 +1000,7 @@ fn copy_pair(
                 // Until CRIU's post-restore a restorer may still be registering its ranges
                 // (one mapping after another); after it, a range not registered never
                 // will be.
-                Err(Copy::NotRegistered)
-                    if !shared
-                        .talk
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .all_sent =>
-                {
+                Err(Copy::NotRegistered) if !shared.all_sent() => {
                     let mut left = vec![(pair[k].map_or(0, |w| w.0), j)];
                     if k == 0
                         && let Some(w) = pair[1]
@@ -1093,13 +1094,7 @@ fn copy_in(uffd: RawFd, vaddr: u64, bytes: &[u8], shared: &Shared) -> Result<(),
             Some(libc::ENOENT) if done == 0 => return Err(Copy::NotRegistered),
             // Into a mapping the restorer has not registered yet, past one it has: it
             // registers them in one loop, without waiting on anything, before post-restore.
-            Some(libc::ENOENT)
-                if !shared
-                    .talk
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .all_sent =>
-            {
+            Some(libc::ENOENT) if !shared.all_sent() => {
                 std::thread::sleep(Duration::from_micros(100));
             }
             _ => {
