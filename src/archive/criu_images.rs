@@ -652,6 +652,52 @@ pub fn ip_proto_name(p: u32) -> &'static str {
     }
 }
 
+/// CRIU's `VMA_ANON_PRIVATE` status bit (criu/include/image.h): private anonymous memory.
+pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+
+/// One task's memory as its images describe it: its pid, `pagemap-<pid>.img` and the
+/// mappings of `mm-<pid>.img`.
+pub struct TaskMemory {
+    pub pid: i32,
+    pub pagemap: Pagemap,
+    pub vmas: Vec<Vma>,
+}
+
+impl Pagemap {
+    /// Which of `files` is this pagemap's `pages-<pages_id>.img`.
+    pub fn pages_file(&self, files: &[std::path::PathBuf]) -> Option<usize> {
+        let name = format!("pages-{}.img", self.pages_id);
+        files
+            .iter()
+            .position(|p| p.file_name().and_then(|n| n.to_str()) == Some(name.as_str()))
+    }
+}
+
+/// Every task's memory in the image directory `dir` (one per `pagemap-<pid>.img`), each an
+/// error when its pagemap or mm image does not read; an error when `dir` does not.
+pub fn task_memory(dir: &std::path::Path) -> Result<Vec<Result<TaskMemory>>> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("pagemap-")
+            .and_then(|n| n.strip_suffix(".img"))
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let read = |path: std::path::PathBuf| std::fs::read(path).map_err(|e| e.to_string());
+        out.push((|| {
+            Ok(TaskMemory {
+                pid,
+                pagemap: decode_pagemap(&read(e.path())?)?,
+                vmas: decode_vmas(&read(dir.join(format!("mm-{pid}.img")))?)?,
+            })
+        })());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

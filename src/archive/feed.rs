@@ -22,7 +22,7 @@ use crate::archive::reader::{
 };
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
-use crate::archive::uffd::{Item, Plan, Ready, Running, Share, Sources};
+use crate::archive::uffd::{FeedDone, Item, Plan, Running, Share, Sources};
 use crate::image::layer::Compression;
 use crate::progress::Progress;
 use std::collections::BTreeMap;
@@ -131,8 +131,6 @@ struct Matched {
     prefix: Vec<usize>,
     /// Where each part ends in its file.
     ends: Vec<Vec<u64>>,
-    /// Told of each part as it matches, for the copy-in (archive::uffd).
-    ready: Option<Arc<Ready>>,
 }
 
 impl Matched {
@@ -149,14 +147,10 @@ impl Matched {
             parts: ends.iter().map(|e| vec![false; e.len()]).collect(),
             prefix: vec![0; files],
             ends,
-            ready: None,
         }
     }
 
     fn matched(&mut self, p: &Part, gate: &Gate) {
-        if let Some(r) = &self.ready {
-            r.part(p.file, p.n);
-        }
         let done = &mut self.parts[p.file];
         done[p.n] = true;
         let prefix = &mut self.prefix[p.file];
@@ -352,6 +346,7 @@ fn unpack_plain(
     // The parts copied straight in (archive::uffd), and those with lazy bytes the feed
     // stages too.
     let mut lazy = vec![];
+    let done = Arc::new(FeedDone::default());
     let copy_in = match plan {
         Some(plan) => {
             let shares: Vec<Share> = parts
@@ -363,66 +358,47 @@ fn unpack_plain(
                 .iter()
                 .zip(&shares)
                 .filter(|(_, s)| **s != Share::Read)
-                .map(|((at, p), s)| item(*at, p, *s == Share::Both))
+                .map(|((at, p), s)| Item {
+                    at: *at,
+                    name: p.name.clone(),
+                    file: p.file,
+                    offset: p.offset,
+                    size: p.size,
+                    sha256: p.sha256.clone(),
+                    staged: *s == Share::Both,
+                })
                 .collect();
-            let all = parts.iter().map(|(_, p)| p);
             Some(start_copy_in(
-                stage, plan, items, all, &file, &outs, &progress,
+                stage, plan, items, &file, &outs, &progress, &done,
             )?)
         }
         None => None,
     };
-    let ready = copy_in.as_ref().map(|c| c.1.clone());
     let mut feed = Feed::start(gate.clone(), move |stop| {
         let to = Target {
             outs: &outs,
             gate: &gate,
             progress: &progress,
-            ready: ready.clone(),
         };
         let r = fill(&file, &parts, &lazy, files.len(), to, stop);
-        if r.is_err()
-            && let Some(ready) = &ready
-        {
-            ready.fail();
-        }
+        done.set(r.is_ok());
         r
     });
-    feed.copy_in = copy_in.map(|c| c.0);
+    feed.copy_in = copy_in;
     Ok(((manifest, signer, trusted_as), feed))
 }
 
-/// A part the copy-in fills its task from: read from the archive at `at` and verified, or,
-/// `staged`, read back from the stage once the feed has verified and written it.
-fn item(at: u64, p: &Part, staged: bool) -> Item {
-    Item {
-        at,
-        name: p.name.clone(),
-        file: p.file,
-        n: p.n,
-        offset: p.offset,
-        size: p.size,
-        sha256: p.sha256.clone(),
-        staged,
-    }
-}
-
 /// Starts the copy-in (archive::uffd) of `items` for `plan`, listening in the stage (CRIU's
-/// work directory); and the [`Ready`] the feed tells of each part of `all` as it matches.
-fn start_copy_in<'a>(
+/// work directory); it copies a staged item once the feed says `done`.
+fn start_copy_in(
     stage: &Stage,
     plan: Plan,
     items: Vec<Item>,
-    all: impl Iterator<Item = &'a Part>,
     archive: &Arc<File>,
     outs: &Outs,
     progress: &Arc<Progress>,
-) -> Result<(Running, Arc<Ready>), Error> {
-    let mut shape = vec![0usize; outs.len()];
-    for p in all {
-        shape[p.file] = shape[p.file].max(p.n + 1);
-    }
-    let ready = Arc::new(Ready::new(&shape));
+    done: &Arc<FeedDone>,
+) -> Result<Running, Error> {
     let listener = crate::archive::uffd::listen(stage.dir()).map_err(|e| Error::Write {
         path: stage.dir().join(crate::archive::uffd::SOCKET),
         source: e,
@@ -430,7 +406,7 @@ fn start_copy_in<'a>(
     let mut sources = Sources {
         archive: archive.clone(),
         staged: vec![],
-        feed: ready.clone(),
+        feed: done.clone(),
         progress: progress.clone(),
     };
     for (path, f) in outs {
@@ -440,7 +416,7 @@ fn start_copy_in<'a>(
         })?;
         sources.staged.push((path.clone(), f));
     }
-    Ok((Running::start(listener, plan, items, sources), ready))
+    Ok(Running::start(listener, plan, items, sources))
 }
 
 /// Staged files open for writing, with their paths (for errors).
@@ -632,8 +608,6 @@ struct Target<'a> {
     outs: &'a [(PathBuf, File)],
     gate: &'a Gate,
     progress: &'a Progress,
-    /// The copy-in's view of the matched parts (archive::uffd), when there is one.
-    ready: Option<Arc<Ready>>,
 }
 
 /// Copies one or two parts (each with the offset of its data in `archive`) to their staged
@@ -682,7 +656,6 @@ fn fill(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let mut matched = Matched::new(files, all.iter().map(|(_, p)| p));
-    matched.ready = to.ready.clone();
     // A part copied straight in is never read by CRIU: its range of the staged file stays
     // a hole the gate may let CRIU past.
     let mut parts = vec![];
@@ -836,7 +809,6 @@ fn unpack_zstd(
             outs: &outs,
             gate: &gate,
             progress: &progress,
-            ready: None,
         };
         let matched = Matched::new(files.len(), expected.values());
         fill_stream(head, mark.tar_offset, &expected, matched, to, stop)
@@ -867,7 +839,6 @@ fn fill_stream(
         outs,
         gate,
         progress,
-        ..
     } = to;
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tar = tar::Archive::new(crate::archive::reader::Counted {

@@ -20,7 +20,7 @@
 //!   (into premapped areas, before the restorer runs) land elsewhere, while CRIU's own
 //!   mappings are in place. Anything else, the restorer faults in itself as before.
 
-use crate::archive::criu_images;
+use crate::archive::criu_images::{self, VMA_ANON_PRIVATE};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +29,6 @@ const PAGE: u64 = 4096;
 /// `VMA_AREA_REGULAR | VMA_ANON_PRIVATE` (maybe `VMA_AREA_HEAP`) and none of the others.
 const VMA_AREA_REGULAR: u32 = 1 << 0;
 const VMA_AREA_HEAP: u32 = 1 << 5;
-const VMA_ANON_PRIVATE: u32 = 1 << 9;
 /// Bits ignored when telling a plain one: none of them changes where or how it is mapped.
 const VMA_IGNORED: u32 = (1 << 28) | (1 << 29);
 
@@ -77,39 +76,18 @@ impl Prefault {
             return None;
         }
         let mut files = vec![Plan::default(); gated.len()];
-        for e in std::fs::read_dir(images).ok()?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix("pagemap-")
-                .and_then(|n| n.strip_suffix(".img"))
-            else {
+        for task in criu_images::task_memory(images).ok()?.into_iter().flatten() {
+            let Some(i) = task.pagemap.pages_file(gated) else {
                 continue;
             };
-            let Ok(pm) = std::fs::read(e.path())
-                .map_err(|_| ())
-                .and_then(|b| criu_images::decode_pagemap(&b).map_err(|_| ()))
-            else {
-                continue;
-            };
-            let Some(i) = gated.iter().position(|p| {
-                p.file_name().and_then(|n| n.to_str())
-                    == Some(format!("pages-{}.img", pm.pages_id).as_str())
-            }) else {
-                continue;
-            };
-            let Ok(vmas) = std::fs::read(images.join(format!("mm-{pid}.img")))
-                .map_err(|_| ())
-                .and_then(|b| criu_images::decode_vmas(&b).map_err(|_| ()))
-            else {
-                continue;
-            };
-            let private: Vec<(u64, u64)> = vmas
+            let private: Vec<(u64, u64)> = task
+                .vmas
                 .iter()
                 .filter(|v| plain_private(v.status))
                 .map(|v| (v.start, v.end))
                 .collect();
             files[i] = Plan {
-                runs: runs(&pm.entries, &private),
+                runs: runs(&task.pagemap.entries, &private),
                 vmas: private,
             };
         }

@@ -27,7 +27,7 @@
 //! A forked tree that shares its memory copy-on-write is left to CRIU's reads, which keep
 //! it shared ([`Plan::make`]).
 
-use crate::archive::criu_images;
+use crate::archive::criu_images::{self, VMA_ANON_PRIVATE};
 use crate::archive::reader::{Error, check_digest, read_error};
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::progress::Progress;
@@ -49,8 +49,6 @@ pub const SOCKET: &str = "lazy-pages.socket";
 /// What CRIU sends once every task is restored (`LAZY_PAGES_RESTORE_FINISHED`).
 const FINISHED: u32 = 0x5253_5446;
 const PE_LAZY: u32 = 1 << 1;
-/// CRIU's `VMA_ANON_PRIVATE` status bit (criu/include/image.h).
-const VMA_ANON_PRIVATE: u32 = 1 << 9;
 const PAGE: u64 = 4096;
 /// How much of a part is copied at once: a whole part (the checkpoint cuts them at 1 MiB).
 const CHUNK: usize = 1 << 20;
@@ -176,37 +174,28 @@ impl Plan {
         // Every task's private anonymous mappings and lazy runs, to tell a forked tree
         // (below).
         let mut mappings: Vec<Mappings> = vec![];
-        for e in std::fs::read_dir(images).ok()?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix("pagemap-")
-                .and_then(|n| n.strip_suffix(".img"))
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let bytes = std::fs::read(e.path()).ok()?;
-            let pm = criu_images::decode_pagemap(&bytes).ok()?;
-            let mm = std::fs::read(images.join(format!("mm-{pid}.img"))).ok()?;
-            let vmas = criu_images::decode_vmas(&mm).ok()?;
-            let anon = vmas
+        // A task whose images do not read is not planned for: nothing is.
+        for task in criu_images::task_memory(images).ok()? {
+            let task = task.ok()?;
+            let anon = task
+                .vmas
                 .iter()
                 .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
                 .map(|v| (v.start, v.end))
                 .collect();
-            let file = gated.iter().position(|p| {
-                p.file_name().and_then(|n| n.to_str())
-                    == Some(format!("pages-{}.img", pm.pages_id).as_str())
-            });
-            let runs = lazy_runs(&pm.entries);
+            let runs = lazy_runs(&task.pagemap.entries);
             mappings.push((anon, runs.clone()));
-            match file {
+            match task.pagemap.pages_file(gated) {
                 Some(file) if !runs.is_empty() => {
                     // One task per pages file; anything else is not what this plans for.
                     if tasks.iter().any(|t| t.file == file) {
                         return None;
                     }
-                    tasks.push(Task { pid, file, runs });
+                    tasks.push(Task {
+                        pid: task.pid,
+                        file,
+                        runs,
+                    });
                 }
                 _ => {}
             }
@@ -306,9 +295,8 @@ fn lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
 pub struct Item {
     pub at: u64,
     pub name: String,
-    /// The pages file (index into the staged files) and the part's number in it.
+    /// The pages file (index into the staged files).
     pub file: usize,
-    pub n: usize,
     pub offset: u64,
     pub size: u64,
     pub sha256: String,
@@ -320,52 +308,29 @@ pub fn listen(dir: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(dir.join(SOCKET))
 }
 
-/// Which parts the feed has verified and written to the stage (by pages file and number),
-/// and whether it failed or was stopped: what the copy-in waits for before it copies a
-/// staged part's lazy bytes.
-pub struct Ready {
-    state: Mutex<(Vec<Vec<bool>>, bool)>,
+/// Whether the feed has verified and written every part it stages (`Some(true)`), failed
+/// or was stopped (`Some(false)`), or still runs: what the copy-in waits for before it
+/// copies a staged part's lazy bytes.
+#[derive(Default)]
+pub struct FeedDone {
+    state: Mutex<Option<bool>>,
     changed: Condvar,
 }
 
-impl Ready {
-    /// For pages files of `parts[i]` parts each.
-    pub fn new(parts: &[usize]) -> Ready {
-        Ready {
-            state: Mutex::new((parts.iter().map(|n| vec![false; *n]).collect(), false)),
-            changed: Condvar::new(),
-        }
-    }
-
-    /// Part `n` of pages file `file` is verified and on the stage.
-    pub fn part(&self, file: usize, n: usize) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(done) = s.0.get_mut(file).and_then(|f| f.get_mut(n)) {
-            *done = true;
-        }
-        drop(s);
+impl FeedDone {
+    pub fn set(&self, ok: bool) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(ok);
         self.changed.notify_all();
     }
 
-    /// The feed failed or stopped: no other part will be.
-    pub fn fail(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
-        self.changed.notify_all();
-    }
-
-    /// Waits for part `n` of `file`; false when it will never be ready.
-    fn wait(&self, file: usize, n: usize, stop: &AtomicBool) -> bool {
+    /// Waits for the feed; false when it failed or `stop` is set.
+    fn wait(&self, stop: &AtomicBool) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if s.0
-                .get(file)
-                .and_then(|f| f.get(n))
-                .copied()
-                .unwrap_or(false)
-            {
-                return true;
+            if let Some(ok) = *s {
+                return ok;
             }
-            if s.1 || stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 return false;
             }
             s = self
@@ -382,7 +347,7 @@ impl Ready {
 pub struct Sources {
     pub archive: Arc<File>,
     pub staged: Vec<(PathBuf, File)>,
-    pub feed: Arc<Ready>,
+    pub feed: Arc<FeedDone>,
     pub progress: Arc<Progress>,
 }
 
@@ -950,7 +915,7 @@ fn copy_pair(
         n[k] = size;
         let piece = &mut bufs[k][..size];
         if item.staged {
-            if !src.feed.wait(item.file, item.n, &shared.stop) {
+            if !src.feed.wait(&shared.stop) {
                 // The feed failed or was stopped, and says why itself.
                 return Err(Short::Stopped);
             }
@@ -1279,17 +1244,16 @@ mod tests {
             at: 0,
             name: "checkpoint/pages-1.img.part0".into(),
             file: 0,
-            n: 0,
             offset: 0,
             size: 4096,
             sha256: String::new(),
             staged: true,
         }];
-        let ready = Arc::new(Ready::new(&[1]));
+        let done = Arc::new(FeedDone::default());
         let sources = Sources {
             archive: Arc::new(File::create(dir.path().join("archive")).unwrap()),
             staged: vec![(stage.clone(), File::create(&stage).unwrap())],
-            feed: ready.clone(),
+            feed: done.clone(),
             progress: Arc::new(Progress::hidden()),
         };
         let listener = listen(dir.path()).unwrap();
@@ -1306,7 +1270,7 @@ mod tests {
             std::thread::spawn(move || unsafe { std::ptr::read_volatile(page as *const u8) });
         std::thread::sleep(Duration::from_millis(100));
         assert!(!waiter.is_finished(), "the page should be waited for");
-        ready.fail();
+        done.set(false);
         let t = Instant::now();
         while !waiter.is_finished() {
             assert!(
