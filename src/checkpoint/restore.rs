@@ -125,13 +125,14 @@ impl Runtime {
             crate::runtime::bundle::has_terminal(spec),
             opts.console_socket.as_deref(),
         )?;
+        // Before the id is taken: a refusal here must leave nothing behind.
+        let cgroup = cgroup_of(spec, &opts.id)?;
+        cgroups::check_unused(cgroup.as_ref(), &opts.id)?;
         let dir = match opts.id_taken {
             true => self.container_dir(&opts.id),
             false => self.take_id(&opts.id, &bundle.dir)?,
         };
         let criu_root = dir.join("criu-root");
-        let cgroup = cgroup_of(spec, &opts.id)?;
-        cgroups::check_unused(cgroup.as_ref(), &opts.id)?;
         let result = self.restore_into(&mut opts, &bundle, &dir, &criu_root, cgroup.as_ref());
         // The bind mount for CRIU's root is only needed while it restores.
         let _ = nix::mount::umount2(&criu_root, MntFlags::MNT_DETACH);
