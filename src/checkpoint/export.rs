@@ -122,7 +122,14 @@ impl<W: Write> Write for Counting<W> {
 /// What `checkpoint -e` makes ready before it freezes the container, so that the frozen
 /// time is the dump's and the archive's only: nothing here depends on the frozen state.
 struct Prepared<'a> {
-    out: Output,
+    /// The archive, open and announced (`ArchiveWriter::announce`); `written` counts the
+    /// time spent in its writes.
+    w: ArchiveWriter<Counting<Output>>,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The output is a stream (whole for its reader once its tail is out), not a file.
+    stream: bool,
+    /// The output as errors name it.
+    target: String,
     work: &'a std::path::Path,
     /// The overlay's upper dir and lower layers, unless --ignore-rootfs.
     layers: Option<(PathBuf, Vec<PathBuf>)>,
@@ -133,8 +140,35 @@ struct Prepared<'a> {
     spec: Vec<u8>,
     config: Vec<u8>,
     image: Option<ImageRef>,
-    /// What the archive names ahead of its entries (`ArchiveWriter::announce`).
-    announce: Announce,
+}
+
+/// The archive on `out`, its writes timed into `written`, with its announcement (what a
+/// reader can refuse at once) written: all before the container is frozen.
+fn open_archive(
+    mut out: Output,
+    opts: &ExportOptions,
+    announce: &Announce,
+    written: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    target: &str,
+) -> Result<ArchiveWriter<Counting<Output>>> {
+    let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
+    // --leave-running: the container is thawed before the last sync (`export`).
+    if opts.checkpoint.leave_running {
+        out.defer_sync();
+    }
+    let mut w = ArchiveWriter::new(
+        Counting {
+            inner: out,
+            n: 0,
+            spent: written.clone(),
+            flushing: Duration::ZERO,
+        },
+        opts.compression,
+    )
+    .map_err(werr)?;
+    w.announce(announce).map_err(werr)?;
+    w.progress = crate::progress::Progress::bytes("checkpoint", None);
+    Ok(w)
 }
 
 /// A directory tree (`upper` over `lowers`, see archive::diff) as the tar entry `name`. A tar
@@ -339,8 +373,19 @@ impl Container {
         let mut stats = ExportStats::default();
         // The output opens before anything is frozen: a path that cannot be written is an
         // error with the container untouched.
-        let out = match Output::open(&opts.output, &self.id, !opts.checkpoint.leave_running) {
-            Ok(out) => out,
+        let target = if opts.output == Path::new("-") {
+            "standard output".to_string()
+        } else {
+            opts.output.display().to_string()
+        };
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let opened =
+            Output::open(&opts.output, &self.id, !opts.checkpoint.leave_running).and_then(|out| {
+                let stream = matches!(out, Output::Stream(_));
+                open_archive(out, opts, &announce, &written, &target).map(|w| (w, stream))
+            });
+        let (w, stream) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&work);
                 return Err(e);
@@ -366,7 +411,10 @@ impl Container {
         }
         stats.freeze_ms = ms(t.elapsed());
         let ready = Prepared {
-            out,
+            w,
+            written,
+            stream,
+            target,
             work: &work,
             layers,
             identity: &identity,
@@ -374,7 +422,6 @@ impl Container {
             spec,
             config,
             image,
-            announce,
         };
         // With --leave-running the container is thawed in the end anyway: killed at any
         // point, the guard thaws it. Otherwise, once the archive may be whole, it must not.
@@ -440,7 +487,10 @@ impl Container {
         mut committing: Option<&mut FreezeGuard>,
     ) -> Result<Option<Output>> {
         let Prepared {
-            mut out,
+            w,
+            written,
+            stream,
+            target,
             work,
             layers,
             identity,
@@ -448,32 +498,8 @@ impl Container {
             spec,
             config,
             image,
-            announce,
         } = ready;
-        let target = if opts.output == std::path::Path::new("-") {
-            "standard output".to_string()
-        } else {
-            opts.output.display().to_string()
-        };
         let werr = |e: crate::archive::writer::Error| Error::Other(format!("{target}: {e}"));
-        let stream = matches!(out, Output::Stream(_));
-        // --leave-running: the container is thawed before the last sync (`export`).
-        if opts.checkpoint.leave_running {
-            out.defer_sync();
-        }
-        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut w = ArchiveWriter::new(
-            Counting {
-                inner: out,
-                n: 0,
-                spent: written.clone(),
-                flushing: Duration::ZERO,
-            },
-            opts.compression,
-        )
-        .map_err(werr)?;
-        w.announce(&announce).map_err(werr)?;
-        w.progress = crate::progress::Progress::bytes("checkpoint", None);
 
         let t = Instant::now();
         let images = work.join("checkpoint");
