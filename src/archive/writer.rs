@@ -17,8 +17,8 @@ use std::sync::mpsc::SyncSender;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Announce {
     pub signer: Option<crate::identity::Fingerprint>,
-    /// The image (name, digest) the container needs.
-    pub image: Option<(String, String)>,
+    /// The image the container needs.
+    pub image: Option<crate::archive::manifest::ImageRef>,
     pub id: Option<String>,
     /// The container has a terminal: its restore needs a console socket.
     pub terminal: bool,
@@ -36,8 +36,8 @@ impl Announce {
         if let Some(s) = &self.signer {
             fields.push(format!("{SIGNER}{}", s.0));
         }
-        if let Some((name, digest)) = &self.image {
-            fields.push(format!("{IMAGE}{name}@{digest}"));
+        if let Some(i) = &self.image {
+            fields.push(format!("{IMAGE}{}@{}", i.name, i.digest));
         }
         if let Some(id) = &self.id {
             fields.push(format!("{ID}{id}"));
@@ -65,7 +65,10 @@ impl Announce {
                 let Some((name, digest)) = image.rsplit_once('@') else {
                     return Some(Err("an image not named NAME@DIGEST"));
                 };
-                a.image = Some((name.to_string(), digest.to_string()));
+                a.image = Some(crate::archive::manifest::ImageRef {
+                    name: name.to_string(),
+                    digest: digest.to_string(),
+                });
             } else if let Some(id) = field.strip_prefix(ID) {
                 a.id = Some(id.to_string());
             } else if field == TERMINAL {

@@ -352,7 +352,7 @@ impl Container {
             Identity::load_or_create(storage).map_err(|e| Error::Other(e.to_string()))?;
         let announce = Announce {
             signer: Some(identity.fingerprint()),
-            image: image.as_ref().map(|i| (i.name.clone(), i.digest.clone())),
+            image: image.clone(),
             id: Some(self.id.clone()),
             terminal: crate::runtime::bundle::has_terminal(&self.record.spec),
         };

@@ -544,9 +544,11 @@ impl Runtime {
         if let Some(id) = opts.name.as_ref().or(a.id.as_ref()) {
             self.check_id_free(id)?;
         }
-        if let Some((name, digest)) = &a.image {
+        if let Some(i) = &a.image {
             let store = Store::open(&self.storage).map_err(|e| Error::Other(e.to_string()))?;
-            store.get(digest).map_err(|_| image_missing(name, digest))?;
+            store
+                .get(&i.digest)
+                .map_err(|_| image_missing(&i.name, &i.digest))?;
         }
         crate::checkpoint::restore::check_console_socket(
             a.terminal,
