@@ -197,8 +197,9 @@ impl Container {
 
     pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         self.check_checkpointable(opts.shell_job)?;
-        self.check_runc_style_keeps_the_rootfs(opts)?;
+        // The container ends with this checkpoint: what it leaves must be enough.
         if !opts.leave_running && !opts.pre_dump {
+            self.check_runc_style_keeps_the_rootfs()?;
             self.check_outlives(&opts.image_path, "the checkpoint's images")?;
         }
         self.dump(opts)
@@ -208,14 +209,11 @@ impl Container {
     /// directory) and its bundle in ferry's storage, and both go with the container. A
     /// runc-style checkpoint carries neither and ends the container: the images would be
     /// all that is left, with nothing to restore them into. Refused before anything is
-    /// frozen, unless the container stays (`--leave-running`, `--pre-dump`).
-    fn check_runc_style_keeps_the_rootfs(&self, opts: &CheckpointOptions) -> Result<()> {
+    /// frozen (the caller asks only when the container does not stay).
+    fn check_runc_style_keeps_the_rootfs(&self) -> Result<()> {
         let Some(img) = &self.record.image else {
             return Ok(());
         };
-        if opts.leave_running || opts.pre_dump {
-            return Ok(());
-        }
         Err(Error::Other(format!(
             "container {:?} was made from the image {}: its root filesystem changes and its \
              bundle live in ferry's storage and go with the container, and a runc-style \
