@@ -1222,10 +1222,10 @@ mod tests {
     /// during a restore), and says not every page is in.
     #[test]
     fn a_failed_feed_lets_a_task_waiting_on_a_page_go() {
-        if !supported() {
-            eprintln!("no userfaultfd with CRIU's events on this kernel");
-            return;
-        }
+        assert!(
+            supported(),
+            "this kernel gives root no userfaultfd with the events CRIU needs"
+        );
         let dir = tempfile::tempdir().unwrap();
         let (uffd, page) = registered_page();
         let plan = Plan {
