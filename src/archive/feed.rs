@@ -16,9 +16,11 @@
 use crate::archive::frames::{TAIL_MARK_LEN, TailMark};
 use crate::archive::gate::Gate;
 use crate::archive::hashing::Hashers;
+use crate::archive::pages::{PartRecord, Records};
 use crate::archive::reader::{
-    Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_signer,
-    complete, entry_name, read_error, read_manifest, stage_stream,
+    Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_part,
+    check_signer, complete, entry_name, part_missing, part_unlisted, read_error, read_manifest,
+    signed_parts, signed_records, stage_stream,
 };
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
@@ -30,7 +32,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -111,60 +113,224 @@ impl Read for Region {
     }
 }
 
-/// One part of a pages image: where it goes in its staged file, and the digest the
-/// manifest gives it.
+/// One part of a pages image: where it is in the archive, where it goes in its staged
+/// file, and the digest its index gives it.
+#[derive(Clone)]
 struct Part {
-    name: String,
+    /// The pages image's name in the archive (`checkpoint/pages-<id>.img`).
+    image: Arc<str>,
     /// The pages file (index into the staged files) and the part's number in it.
     file: usize,
     n: usize,
+    /// Offset of its data in the archive.
+    at: u64,
     /// Offset in the staged file.
     offset: u64,
     size: u64,
-    sha256: String,
+    sha256: [u8; 32],
 }
 
-/// Which parts of each pages file have matched their digests; the gate opens over each
-/// file's prefix of matched parts, since CRIU reads a file from its start.
+impl Part {
+    /// The part's name in the archive, for errors.
+    fn name(&self) -> String {
+        crate::archive::pages::part_name(&self.image, self.n as u32)
+    }
+
+    fn record(&self) -> PartRecord {
+        PartRecord {
+            size: self.size,
+            sha256: self.sha256,
+        }
+    }
+
+    fn item(&self, staged: bool) -> Item {
+        Item {
+            at: self.at,
+            image: self.image.clone(),
+            n: self.n as u32,
+            file: self.file,
+            offset: self.offset,
+            size: self.size,
+            sha256: self.sha256,
+            staged,
+        }
+    }
+}
+
+/// The parts of one pages image in an uncompressed archive, as the scan of its headers
+/// found them: together, each header right after the data before it.
+struct Image {
+    name: Arc<str>,
+    /// Its index among the staged files.
+    file: usize,
+    /// Where part 0's data starts, and where the last part's (padded) data ends.
+    first_at: u64,
+    end: u64,
+    count: u64,
+    /// The bytes of all its parts.
+    total: u64,
+}
+
+/// The parts of one image in order, made from its index as they are wanted, each found
+/// where the one before it ends (the scan checked that the headers lie so).
+struct Parts {
+    image: Arc<str>,
+    file: usize,
+    records: Records<File>,
+    n: usize,
+    at: u64,
+    offset: u64,
+}
+
+impl Parts {
+    fn of(img: &Image, stage: &Path) -> Result<Parts, Error> {
+        Ok(Parts {
+            image: img.name.clone(),
+            file: img.file,
+            records: signed_records(stage, &img.name)?,
+            n: 0,
+            at: img.first_at,
+            offset: 0,
+        })
+    }
+}
+
+impl Iterator for Parts {
+    type Item = Result<Part, Error>;
+
+    fn next(&mut self) -> Option<Result<Part, Error>> {
+        let r = match self.records.next()? {
+            Ok(r) => r,
+            Err(e) => {
+                return Some(Err(Error::Corrupt(format!(
+                    "reading the index of {}: {e}",
+                    self.image
+                ))));
+            }
+        };
+        let part = Part {
+            image: self.image.clone(),
+            file: self.file,
+            n: self.n,
+            at: self.at,
+            offset: self.offset,
+            size: r.size,
+            sha256: r.sha256,
+        };
+        self.n += 1;
+        self.at += r.size.div_ceil(512) * 512 + 512;
+        self.offset += r.size;
+        Some(Ok(part))
+    }
+}
+
+/// How far each pages file's parts have matched their digests; the gate opens over each
+/// file's prefix of matched parts, since CRIU reads a file from its start. It holds only
+/// the parts matched ahead of one still being checked (a few, one per thread).
 struct Matched {
-    parts: Vec<Vec<bool>>,
-    prefix: Vec<usize>,
-    /// Where each part ends in its file.
-    ends: Vec<Vec<u64>>,
+    files: Vec<Matching>,
+}
+
+struct Matching {
+    /// Parts in the file, the first not matched, and where the matched prefix ends.
+    count: usize,
+    next: usize,
+    end: u64,
+    /// Parts matched out of order: their ends, by number.
+    ahead: BTreeMap<usize, u64>,
 }
 
 impl Matched {
-    fn new<'a>(files: usize, parts: impl Iterator<Item = &'a Part>) -> Matched {
-        let mut ends: Vec<Vec<u64>> = vec![vec![]; files];
-        for p in parts {
-            let e = &mut ends[p.file];
-            if e.len() <= p.n {
-                e.resize(p.n + 1, 0);
-            }
-            e[p.n] = p.offset + p.size;
-        }
+    /// For files of these many parts.
+    fn new(counts: impl Iterator<Item = usize>) -> Matched {
         Matched {
-            parts: ends.iter().map(|e| vec![false; e.len()]).collect(),
-            prefix: vec![0; files],
-            ends,
+            files: counts
+                .map(|count| Matching {
+                    count,
+                    next: 0,
+                    end: 0,
+                    ahead: BTreeMap::new(),
+                })
+                .collect(),
         }
     }
 
-    fn matched(&mut self, p: &Part, gate: &Gate) {
-        let done = &mut self.parts[p.file];
-        done[p.n] = true;
-        let prefix = &mut self.prefix[p.file];
-        while *prefix < done.len() && done[*prefix] {
-            *prefix += 1;
+    /// Part `n` of `file`, which ends at `end` in it, matched.
+    fn matched(&mut self, file: usize, n: usize, end: u64, gate: &Gate) {
+        let m = &mut self.files[file];
+        if n != m.next {
+            m.ahead.insert(n, end);
+            return;
         }
-        if *prefix > 0 {
-            gate.advance(p.file, self.ends[p.file][*prefix - 1]);
+        (m.next, m.end) = (n + 1, end);
+        while let Some(e) = m.ahead.remove(&m.next) {
+            (m.next, m.end) = (m.next + 1, e);
         }
+        gate.advance(file, m.end);
     }
 
-    fn is_matched(&self, p: &Part) -> bool {
-        self.parts[p.file][p.n]
+    /// The first part not matched: (file, n).
+    fn first_unmatched(&self) -> Option<(usize, usize)> {
+        self.files
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.next < m.count)
+            .map(|(f, m)| (f, m.next))
     }
+}
+
+/// The images of `signed` (each with its index staged) are those the scan found, with the
+/// same parts: as many, each the size its index says, its header where the one before it
+/// ends. Reads each index once and each part's header; holds nothing per part.
+fn check_images(
+    archive: &File,
+    images: &[Image],
+    signed: &std::collections::BTreeSet<String>,
+    stage: &Path,
+) -> Result<(), Error> {
+    for file in signed {
+        let Some(img) = images.iter().find(|i| *i.name == **file) else {
+            let records = signed_records(stage, file)?;
+            return match records.left() {
+                0 => Ok(()),
+                _ => Err(part_missing(file, 0)),
+            };
+        };
+        let mut parts = Parts::of(img, stage)?;
+        let count = parts.records.left();
+        if count < img.count {
+            return Err(part_unlisted(file, count as usize));
+        }
+        if count > img.count {
+            return Err(part_missing(file, img.count as usize));
+        }
+        let mut header = [0u8; 512];
+        for p in parts.by_ref() {
+            let p = p?;
+            archive
+                .read_exact_at(&mut header, p.at - 512)
+                .map_err(|e| read_error(e, &p.name()))?;
+            let size = tar::Header::from_byte_slice(&header)
+                .entry_size()
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", p.name())))?;
+            if size != p.size {
+                return Err(Error::Tampered {
+                    entry: p.name(),
+                    why: format!("size {size}, its index says {}", p.size),
+                });
+            }
+        }
+        if parts.offset != img.total {
+            return Err(Error::Corrupt(format!(
+                "the parts of {file} add up to {} bytes, their headers to {}",
+                parts.offset, img.total
+            )));
+        }
+    }
+    if let Some(img) = images.iter().find(|i| !signed.contains(&*i.name)) {
+        return Err(part_unlisted(&img.name, 0));
+    }
+    Ok(())
 }
 
 /// A range of the archive to copy out and hash: `size` bytes at `at`, named `name` in
@@ -172,7 +338,7 @@ impl Matched {
 struct Copy<'a> {
     at: u64,
     size: u64,
-    name: &'a str,
+    name: String,
     put: Put<'a>,
 }
 
@@ -180,13 +346,13 @@ struct Copy<'a> {
 type Put<'a> = Box<dyn FnMut(&[u8], u64) -> Result<(), Error> + 'a>;
 
 /// Copies one or two ranges of `archive` (see [`Copy`]), a piece of each at a time through
-/// `bufs`, hashing them side by side (archive::sha256x2); their sha256s (hex, that of no
-/// bytes for a None).
+/// `bufs`, hashing them side by side (archive::sha256x2); their sha256s (that of no bytes
+/// for a None).
 fn copy_hashed(
     archive: &File,
     mut copies: [Option<Copy<'_>>; 2],
     bufs: &mut [Vec<u8>; 2],
-) -> Result<[String; 2], Error> {
+) -> Result<[[u8; 32]; 2], Error> {
     let mut lanes = [Lane::new(), Lane::new()];
     let mut done = [0u64; 2];
     loop {
@@ -197,7 +363,7 @@ fn copy_hashed(
             let piece = &mut bufs[k][..n[k]];
             archive
                 .read_exact_at(piece, c.at + done[k])
-                .map_err(|e| read_error(e, c.name))?;
+                .map_err(|e| read_error(e, &c.name))?;
             (c.put)(piece, done[k])?;
             done[k] += n[k] as u64;
         }
@@ -207,7 +373,7 @@ fn copy_hashed(
         let [a, b] = &mut lanes;
         update_pair(a, &bufs[0][..n[0]], b, &bufs[1][..n[1]]);
     }
-    Ok(lanes.map(|l| hex::encode(l.finalize())))
+    Ok(lanes.map(|l| l.finalize()))
 }
 
 /// Two buffers of CHUNK for [`copy_hashed`].
@@ -269,10 +435,8 @@ fn unpack_plain(
     let mut admission = Admission::default();
     // Whole entries: name, staged file, data offset, size.
     let mut wholes: Vec<(String, String, u64, u64)> = vec![];
-    // Pages parts, each with the offset of its data in the archive.
-    let mut parts: Vec<(u64, Part)> = vec![];
-    // Staged pages files and the bytes their parts add up to.
-    let mut files: Vec<(String, u64)> = vec![];
+    // The pages images, in archive order.
+    let mut images: Vec<Image> = vec![];
     let mut signed = None;
     let mut manifest_end = 0;
     let mut tar = tar::Archive::new(&file);
@@ -290,27 +454,31 @@ fn unpack_plain(
                 manifest_end = at + size.div_ceil(512) * 512;
             }
             Admitted::File { file, part: None } => wholes.push((name, file, at, size)),
+            // Admission keeps an image's parts together and in order.
             Admitted::File {
                 file,
-                part: Some(n),
-            } => {
-                let i = match files.iter().position(|f| f.0 == file) {
-                    Some(i) => i,
-                    None => {
-                        files.push((file, 0));
-                        files.len() - 1
-                    }
-                };
-                let part = Part {
-                    name,
-                    file: i,
-                    n: n as usize,
-                    offset: files[i].1,
-                    size,
-                    sha256: String::new(),
-                };
-                parts.push((at, part));
-                files[i].1 += size;
+                part: Some(0),
+            } => images.push(Image {
+                name: Arc::from(file.as_str()),
+                file: images.len(),
+                first_at: at,
+                end: at + size.div_ceil(512) * 512,
+                count: 1,
+                total: size,
+            }),
+            Admitted::File { part: Some(_), .. } => {
+                let img = images.last_mut().expect("part 0 came first");
+                // Found by its index later, each part must be where the one before ends:
+                // one 512-byte header after its data. ferry writes them so.
+                if entry.raw_header_position() != img.end || at != img.end + 512 {
+                    return Err(Error::BadEntry {
+                        entry: name,
+                        why: "not right after the part before it, where ferry writes it".into(),
+                    });
+                }
+                img.end = at + size.div_ceil(512) * 512;
+                img.count += 1;
+                img.total += size;
             }
         }
     }
@@ -320,56 +488,60 @@ fn unpack_plain(
         .len();
     let signed = complete(signed, manifest_end, len)?;
     let (manifest, signer, trusted_as) = check_signer(signed, trust)?;
-    let sizes: BTreeMap<String, u64> = wholes
-        .iter()
-        .map(|w| (w.0.clone(), w.3))
-        .chain(parts.iter().map(|(_, p)| (p.name.clone(), p.size)))
-        .collect();
+    let sizes: BTreeMap<String, u64> = wholes.iter().map(|w| (w.0.clone(), w.3)).collect();
     let listed = check_listing(&manifest, &sizes)?;
-    for (_, p) in &mut parts {
-        p.sha256 = listed[p.name.as_str()].sha256.clone();
-    }
     let mut bufs = copy_buffers();
     for (name, staged, at, size) in &wholes {
         stage.create(staged)?;
         let whole = Copy {
             at: *at,
             size: *size,
-            name,
+            name: name.clone(),
             put: Box::new(|b, _| Ok(stage.write(b)?)),
         };
         let [sha, _] = copy_hashed(&file, [Some(whole), None], &mut bufs)?;
         check_digest(name, &sha, &listed[name.as_str()].sha256)?;
     }
+    // The indexes are staged and verified by now.
+    let names: Vec<String> = images.iter().map(|i| i.name.to_string()).collect();
+    let signed = signed_parts(&manifest, stage.dir(), names.iter())?;
+    check_images(&file, &images, &signed, stage.dir())?;
+    let files: Vec<(String, u64)> = images
+        .iter()
+        .map(|i| (i.name.to_string(), i.total))
+        .collect();
     let (outs, gate, plan) = gated_files(stage, &files, true)?;
+    let plan = plan.map(Arc::new);
     let file = Arc::new(file);
-    // The parts copied straight in (archive::uffd), and those with lazy bytes the feed
-    // stages too.
-    let mut lazy = vec![];
     let done = Arc::new(FeedDone::default());
-    let copy_in = match plan {
+    let dir = stage.dir().to_path_buf();
+    let copy_in = match &plan {
         Some(plan) => {
-            let shares: Vec<Share> = parts
-                .iter()
-                .map(|(_, p)| plan.classify(p.file, p.offset, p.size))
-                .collect();
-            lazy = shares.iter().map(|s| *s == Share::Lazy).collect();
-            let items = parts
-                .iter()
-                .zip(&shares)
-                .filter(|(_, s)| **s != Share::Read)
-                .map(|((at, p), s)| Item {
-                    at: *at,
-                    name: p.name.clone(),
-                    file: p.file,
-                    offset: p.offset,
-                    size: p.size,
-                    sha256: p.sha256.clone(),
-                    staged: *s == Share::Both,
-                })
-                .collect();
+            // Each file's parts with lazy bytes, copied straight in (archive::uffd); the
+            // feed stages those that have other bytes too.
+            let mut items = vec![];
+            for img in &images {
+                let plan = plan.clone();
+                let parts = Parts::of(img, &dir)?.filter_map(move |p| {
+                    let p = match p {
+                        Ok(p) => p,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    match plan.classify(p.file, p.offset, p.size) {
+                        Share::Read => None,
+                        s => Some(Ok(p.item(s == Share::Both))),
+                    }
+                });
+                items.push((img.file, Box::new(parts) as crate::archive::uffd::Items));
+            }
             Some(start_copy_in(
-                stage, plan, items, &file, &outs, &progress, &done,
+                stage,
+                plan.clone(),
+                items,
+                &file,
+                &outs,
+                &progress,
+                &done,
             )?)
         }
         None => None,
@@ -380,7 +552,7 @@ fn unpack_plain(
             gate: &gate,
             progress: &progress,
         };
-        let r = fill(&file, &parts, &lazy, files.len(), to, stop);
+        let r = fill(&file, &images, &dir, plan.as_deref(), to, stop);
         done.set(r.is_ok());
         r
     });
@@ -392,8 +564,8 @@ fn unpack_plain(
 /// work directory); it copies a staged item once the feed says `done`.
 fn start_copy_in(
     stage: &Stage,
-    plan: Plan,
-    items: Vec<Item>,
+    plan: Arc<Plan>,
+    items: Vec<(usize, crate::archive::uffd::Items)>,
     archive: &Arc<File>,
     outs: &Outs,
     progress: &Arc<Progress>,
@@ -610,21 +782,20 @@ struct Target<'a> {
     progress: &'a Progress,
 }
 
-/// Copies one or two parts (each with the offset of its data in `archive`) to their staged
-/// files and checks their digests.
+/// Copies one or two parts to their staged files and checks their digests.
 fn copy_parts(
     archive: &File,
-    pair: [Option<&(u64, Part)>; 2],
+    pair: [Option<&Part>; 2],
     outs: &[(PathBuf, File)],
     bufs: &mut [Vec<u8>; 2],
 ) -> Result<(), Error> {
     let copies = pair.map(|q| {
-        q.map(|(at, p)| {
+        q.map(|p| {
             let out = &outs[p.file];
             Copy {
-                at: *at,
+                at: p.at,
                 size: p.size,
-                name: &p.name,
+                name: p.name(),
                 put: Box::new(move |b, off| {
                     out.1
                         .write_all_at(b, p.offset + off)
@@ -634,69 +805,112 @@ fn copy_parts(
         })
     });
     let shas = copy_hashed(archive, copies, bufs)?;
-    for (sha, q) in shas.into_iter().zip(pair) {
-        if let Some((_, p)) = q {
-            check_digest(&p.name, &sha, &p.sha256)?;
+    for (sha256, q) in shas.into_iter().zip(pair) {
+        if let Some(p) = q {
+            let got = PartRecord {
+                size: p.size,
+                sha256,
+            };
+            check_part(&p.image, p.n, &got, &p.record())?;
         }
     }
     Ok(())
 }
 
-/// Verifies and writes the parts (each with the offset of its data in `archive`) on every
-/// core, but those `copied_in` (archive::uffd), and opens the gate over each file's prefix
-/// of matched parts.
+/// The parts of every image in archive order, made as the feed's threads take them, with
+/// how far each file has matched.
+struct Queue {
+    images: std::vec::IntoIter<Parts>,
+    current: Option<Parts>,
+    matched: Matched,
+}
+
+impl Queue {
+    fn next(&mut self) -> Result<Option<Part>, Error> {
+        loop {
+            if let Some(parts) = &mut self.current
+                && let Some(p) = parts.next()
+            {
+                return p.map(Some);
+            }
+            match self.images.next() {
+                Some(parts) => self.current = Some(parts),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Verifies and writes the parts of `images` (their indexes staged in `dir`) on every
+/// core, but those copied straight in (archive::uffd, by `plan`), and opens the gate over
+/// each file's prefix of matched parts.
 fn fill(
     archive: &File,
-    all: &[(u64, Part)],
-    copied_in: &[bool],
-    files: usize,
+    images: &[Image],
+    dir: &Path,
+    plan: Option<&Plan>,
     to: Target,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
-    let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let mut matched = Matched::new(files, all.iter().map(|(_, p)| p));
-    // A part copied straight in is never read by CRIU: its range of the staged file stays
-    // a hole the gate may let CRIU past.
     let mut parts = vec![];
-    for (i, part) in all.iter().enumerate() {
-        if copied_in.get(i).copied().unwrap_or(false) {
-            matched.matched(&part.1, to.gate);
-        } else {
-            parts.push(part);
-        }
+    for img in images {
+        parts.push(Parts::of(img, dir)?);
     }
-    let matched = Mutex::new(matched);
+    let queue = Mutex::new(Queue {
+        images: parts.into_iter(),
+        current: None,
+        matched: Matched::new(images.iter().map(|i| i.count as usize)),
+    });
+    // The next two parts the feed writes. A part copied straight in is never read by
+    // CRIU: its range of the staged file stays a hole the gate may let CRIU past.
+    let take = || -> Result<[Option<Part>; 2], Error> {
+        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pair = [None, None];
+        let mut k = 0;
+        while k < 2 {
+            let Some(p) = q.next()? else { break };
+            if plan.is_some_and(|plan| plan.classify(p.file, p.offset, p.size) == Share::Lazy) {
+                q.matched.matched(p.file, p.n, p.offset + p.size, to.gate);
+                continue;
+            }
+            pair[k] = Some(p);
+            k += 1;
+        }
+        Ok(pair)
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(1, 4);
     let work = || -> Result<(), Error> {
         let mut bufs = copy_buffers();
+        let fail = |e: Error| {
+            failed.store(true, Ordering::Relaxed);
+            to.gate.fail();
+            Err(e)
+        };
         loop {
             if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return Ok(());
             }
             if let Err(e) = Error::if_interrupted() {
-                failed.store(true, Ordering::Relaxed);
-                to.gate.fail();
-                return Err(e);
+                return fail(e);
             }
             // Two parts at a time: their digests are computed side by side (sha256x2).
-            let i = next.fetch_add(2, Ordering::Relaxed);
-            let Some(first) = parts.get(i) else {
-                return Ok(());
+            let pair = match take() {
+                Ok([None, _]) => return Ok(()),
+                Ok(pair) => pair,
+                Err(e) => return fail(e),
             };
-            let pair = [Some(*first), parts.get(i + 1).copied()];
-            if let Err(e) = copy_parts(archive, pair, to.outs, &mut bufs) {
-                failed.store(true, Ordering::Relaxed);
-                to.gate.fail();
-                return Err(e);
+            let refs = [pair[0].as_ref(), pair[1].as_ref()];
+            if let Err(e) = copy_parts(archive, refs, to.outs, &mut bufs) {
+                return fail(e);
             }
-            let mut m = matched.lock().unwrap_or_else(|e| e.into_inner());
-            for (_, p) in pair.into_iter().flatten() {
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            for p in pair.iter().flatten() {
                 to.progress.inc(p.size);
-                m.matched(p, to.gate);
+                q.matched.matched(p.file, p.n, p.offset + p.size, to.gate);
             }
         }
     };
@@ -738,9 +952,9 @@ fn unpack_zstd(
     };
     let tail = zstd::stream::read::Decoder::new(tail).map_err(|e| Error::Corrupt(e.to_string()))?;
     let mut staged = stage_stream(tail, stage, &crate::progress::Progress::hidden(), None)?;
-    if let Some(p) = staged.entries.keys().find(|n| part_of(n).is_some()) {
+    if let Some(p) = staged.parts.keys().next() {
         return Err(Error::BadEntry {
-            entry: p.clone(),
+            entry: crate::archive::pages::part_name(p, 0),
             why: "a pages part after the archive's tail mark (the mark at the end of the \
                   file may be damaged: --verify-first reads the archive in order)"
                 .into(),
@@ -748,50 +962,35 @@ fn unpack_zstd(
     }
     let (manifest, signer, trusted_as) = check_signer(staged.take_manifest()?, trust)?;
     // Every entry the tail does not hold must be a pages part, which the feed brings.
-    let mut sizes: BTreeMap<String, u64> = staged
+    let sizes: BTreeMap<String, u64> = staged
         .entries
         .iter()
         .map(|(k, v)| (k.clone(), v.1))
         .collect();
-    let mut by_file: BTreeMap<String, Vec<(u32, &crate::archive::manifest::Entry)>> =
-        BTreeMap::new();
-    for e in &manifest.entries {
-        if sizes.contains_key(&e.name) {
-            continue;
-        }
-        if let Some((f, n)) = part_of(&e.name) {
-            by_file.entry(f).or_default().push((n, e));
-            sizes.insert(e.name.clone(), e.size);
-        }
-    }
     let listed = check_listing(&manifest, &sizes)?;
     for (name, (sha, _)) in &staged.entries {
         check_digest(name, sha, &listed[name.as_str()].sha256)?;
     }
+    // The parts each index lists (each index is staged and verified by now), read as they
+    // come; and the size each file adds up to.
+    let mut expected = vec![];
     let mut files = vec![];
-    let mut expected = BTreeMap::new();
-    for (f, mut parts) in by_file {
-        parts.sort_by_key(|p| p.0);
-        let mut offset = 0;
-        for (i, (n, e)) in parts.iter().enumerate() {
-            if *n as usize != i {
-                return Err(Error::Tampered {
-                    entry: format!("{f}.part{i}"),
-                    why: "listed in the manifest but missing from the archive".into(),
-                });
-            }
-            let part = Part {
-                name: e.name.clone(),
-                file: files.len(),
-                n: i,
-                offset,
-                size: e.size,
-                sha256: e.sha256.clone(),
-            };
-            expected.insert(e.name.clone(), part);
-            offset += e.size;
+    for f in signed_parts(&manifest, stage.dir(), std::iter::empty())? {
+        let mut total = 0;
+        for r in signed_records(stage.dir(), &f)? {
+            total += r
+                .map_err(|e| Error::Corrupt(format!("reading the index of {f}: {e}")))?
+                .size;
         }
-        files.push((f, offset));
+        expected.push(Expected {
+            image: Arc::from(f.as_str()),
+            records: signed_records(stage.dir(), &f)?,
+            count: 0,
+        });
+        files.push((f, total));
+    }
+    for e in &mut expected {
+        e.count = e.records.left() as usize;
     }
     // Read in order, every part goes through the stage, and CRIU reads it from there with
     // the prefault: copying the lazy parts in from the stage as the feed verifies them was
@@ -810,27 +1009,27 @@ fn unpack_zstd(
             gate: &gate,
             progress: &progress,
         };
-        let matched = Matched::new(files.len(), expected.values());
-        fill_stream(head, mark.tar_offset, &expected, matched, to, stop)
+        let matched = Matched::new(expected.iter().map(|e| e.count));
+        fill_stream(head, mark.tar_offset, expected, matched, to, stop)
     });
     Ok(((manifest, signer, trusted_as), feed))
 }
 
-/// `checkpoint/<file>.part<N>` → (`checkpoint/<file>`, N).
-fn part_of(name: &str) -> Option<(String, u32)> {
-    let (f, n) = name
-        .strip_prefix("checkpoint/")
-        .and_then(crate::archive::pages::split_part)?;
-    Some((format!("checkpoint/{f}"), n))
+/// A pages image's parts as its index lists them, read as they come.
+struct Expected {
+    image: Arc<str>,
+    records: Records<File>,
+    count: usize,
 }
 
 /// Feeds the parts of a zstd archive's head, decompressed in order on this thread and
 /// hashed on others; each file's gate opens over its prefix of matched parts. The head must
-/// hold exactly the `expected` parts (by name) and end at the tail mark's `tar_len`.
+/// hold exactly the `expected` parts (each image's, as its index lists them) and end at
+/// the tail mark's `tar_len`.
 fn fill_stream(
     head: impl Read,
     tar_len: u64,
-    expected: &BTreeMap<String, Part>,
+    mut expected: Vec<Expected>,
     mut matched: Matched,
     to: Target,
     stop: &AtomicBool,
@@ -847,13 +1046,21 @@ fn fill_stream(
     });
     let mut admission = Admission::default();
     let mut hashers = Hashers::new(None);
-    // Each hashing job's part.
-    let mut jobs: Vec<&Part> = vec![];
-    let mut settle = |done: Vec<(usize, String, u64)>, jobs: &[&Part]| -> Result<(), Error> {
-        for (job, sha, _) in done {
-            let p = jobs[job];
-            check_digest(&p.name, &sha, &p.sha256)?;
-            matched.matched(p, gate);
+    // Each hashing job not yet done: its part's file, number, record and end in its file.
+    type Job = (usize, usize, PartRecord, u64);
+    let mut jobs: std::collections::HashMap<usize, Job> = Default::default();
+    // Where each file's next part goes in it.
+    let mut offsets = vec![0u64; expected.len()];
+    let images: Vec<Arc<str>> = expected.iter().map(|e| e.image.clone()).collect();
+    let mut settle = |done: Vec<crate::archive::hashing::Done>,
+                      jobs: &mut std::collections::HashMap<usize, Job>|
+     -> Result<(), Error> {
+        for (job, sha256, size) in done {
+            let Some((f, n, want, end)) = jobs.remove(&job) else {
+                continue;
+            };
+            check_part(&images[f], n, &PartRecord { size, sha256 }, &want)?;
+            matched.matched(f, n, end, gate);
         }
         Ok(())
     };
@@ -865,38 +1072,50 @@ fn fill_stream(
         Error::if_interrupted()?;
         let mut entry = entry.map_err(|e| read_error(e, "reading the next entry"))?;
         let name = entry_name(&entry)?;
-        match admission.admit(&name, entry.header().entry_type())? {
+        let (file, n) = match admission.admit(&name, entry.header().entry_type())? {
             Admitted::Skip => continue,
-            Admitted::File { part: Some(_), .. } => {}
+            Admitted::File {
+                file,
+                part: Some(n),
+            } => (file, n as usize),
             _ => {
                 return Err(Error::BadEntry {
                     entry: name,
                     why: "only pages parts come before the archive's tail mark".into(),
                 });
             }
-        }
-        let e = expected.get(&name).ok_or_else(|| Error::Tampered {
-            entry: name.clone(),
-            why: "present in the archive but not in the manifest".into(),
-        })?;
-        if entry.size() != e.size {
+        };
+        let Some(f) = expected.iter().position(|e| *e.image == *file) else {
             return Err(Error::Tampered {
                 entry: name,
-                why: format!("size {}, the manifest says {}", entry.size(), e.size),
+                why: "a part of a pages image that has no index".into(),
+            });
+        };
+        // Admission keeps an image's parts in order: part n is its index's next record.
+        let want = match expected[f].records.next() {
+            Some(r) => {
+                r.map_err(|e| Error::Corrupt(format!("reading the index of {file}: {e}")))?
+            }
+            None => return Err(part_unlisted(&file, n)),
+        };
+        if entry.size() != want.size {
+            return Err(Error::Tampered {
+                entry: name,
+                why: format!("size {}, its index says {}", entry.size(), want.size),
             });
         }
-        hashers.begin();
-        jobs.push(e);
+        let job = hashers.begin();
+        jobs.insert(job, (f, n, want, offsets[f] + want.size));
+        let out = &outs[f];
         let mut done = 0u64;
-        while done < e.size {
+        while done < want.size {
             let mut buf = hashers.buffer();
-            buf.resize(CHUNK.min(e.size - done) as usize, 0);
+            buf.resize(CHUNK.min(want.size - done) as usize, 0);
             entry
                 .read_exact(&mut buf)
                 .map_err(|err| read_error(err, &name))?;
-            let out = &outs[e.file];
             out.1
-                .write_all_at(&buf, e.offset + done)
+                .write_all_at(&buf, offsets[f] + done)
                 .map_err(write_error(out))?;
             done += buf.len() as u64;
             progress.inc(buf.len() as u64);
@@ -904,20 +1123,18 @@ fn fill_stream(
                 .update_owned(buf)
                 .map_err(|err| Error::Corrupt(err.to_string()))?;
         }
+        offsets[f] += want.size;
         hashers
             .end()
             .map_err(|err| Error::Corrupt(err.to_string()))?;
-        settle(hashers.take_done(), &jobs)?;
+        settle(hashers.take_done(), &mut jobs)?;
     }
     let rest = hashers
         .close()
         .map_err(|err| Error::Corrupt(err.to_string()))?;
-    settle(rest, &jobs)?;
-    if let Some(p) = expected.values().find(|p| !matched.is_matched(p)) {
-        return Err(Error::Tampered {
-            entry: p.name.clone(),
-            why: "listed in the manifest but missing from the archive".into(),
-        });
+    settle(rest, &mut jobs)?;
+    if let Some((f, n)) = matched.first_unmatched() {
+        return Err(part_missing(&images[f], n));
     }
     if consumed.load(Ordering::Relaxed) != tar_len {
         return Err(Error::Corrupt(
@@ -945,7 +1162,7 @@ mod tests {
         let path = dir.join(format!("a-{c:?}.tar"));
         let mut w = ArchiveWriter::new(File::create(&path).unwrap(), c).unwrap();
         for (i, p) in parts.iter().enumerate() {
-            w.add_chunks(&format!("checkpoint/pages-1.img.part{i}"), vec![p.clone()])
+            w.add_part("checkpoint/pages-1.img", i as u32, vec![p.clone()])
                 .unwrap();
         }
         w.mark_tail().unwrap();
@@ -1003,6 +1220,99 @@ mod tests {
             .unwrap();
         assert!(
             matches!(e, Error::Tampered { ref entry, .. } if entry == "checkpoint/pages-1.img.part1"),
+            "{e}"
+        );
+    }
+
+    /// The cases of reader::tests::index_cases, read by seeking (an uncompressed file):
+    /// the parts found from their index, each checked against it, every disagreement
+    /// refused naming the part, and a format 2 archive still read.
+    #[test]
+    fn pages_parts_found_and_checked_by_their_index() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let (parts, cases) = crate::archive::reader::tests::index_cases(&id);
+        for (i, (what, bytes, want)) in cases.into_iter().enumerate() {
+            let path = d.path().join(format!("case{i}.tar"));
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(layout(&path), Some(Layout::Plain));
+            let mut stage = Stage::disk(&d.path().join(format!("stage{i}")), "test").unwrap();
+            let got = unpack(&path, Layout::Plain, &mut stage, Trust::AnySigner, hidden())
+                .and_then(|(u, mut feed)| feed.finish().map(|_| u));
+            match (got, want) {
+                (Ok(u), Ok(())) => assert_eq!(
+                    std::fs::read(u.dir.join("checkpoint/pages-5.img")).unwrap(),
+                    parts.concat(),
+                    "{what}"
+                ),
+                (Err(e), Err((entry, says))) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(entry) && text.contains(says),
+                        "{what}: {text}"
+                    );
+                }
+                (Ok(_), Err(w)) => panic!("{what}: restored, but should say {w:?}"),
+                (Err(e), Ok(())) => panic!("{what}: {e}"),
+            }
+        }
+    }
+
+    /// A part whose header is not right after the part before it (here, after a pax
+    /// record of its own) is refused by the scan: the feed finds each part from where the
+    /// one before it ends.
+    #[test]
+    fn a_part_out_of_its_place_is_refused() {
+        use crate::archive::manifest::SignedManifest;
+        use crate::archive::pages::{encode_index, index_name};
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let parts = [noise(3000, 1), noise(3000, 2)];
+        let index = encode_index(
+            &parts
+                .each_ref()
+                .map(|p| crate::archive::reader::tests::record(p)),
+        );
+        let mut b = tar::Builder::new(Vec::new());
+        let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add(&mut b, "checkpoint/pages-5.img.part0", &parts[0]);
+        b.append_pax_extensions([("comment", &b"between"[..])])
+            .unwrap();
+        add(&mut b, "checkpoint/pages-5.img.part1", &parts[1]);
+        let index_entry = format!("checkpoint/{}", index_name("pages-5.img"));
+        add(&mut b, &index_entry, &index);
+        let mut m = manifest();
+        m.entries.push(crate::archive::manifest::Entry {
+            name: index_entry,
+            sha256: hex::encode(crate::archive::reader::tests::record(&index).sha256),
+            size: index.len() as u64,
+        });
+        let signed = serde_json::to_vec(&SignedManifest::sign(&m, &id)).unwrap();
+        add(&mut b, "ferry.manifest", &signed);
+        let path = d.path().join("a.tar");
+        std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+        // Read in order, the same archive is whole.
+        let mut stage = Stage::disk(&d.path().join("stream"), "test").unwrap();
+        let f = File::open(&path).unwrap();
+        crate::archive::reader::unpack_with_progress(
+            f,
+            &mut stage,
+            Trust::AnySigner,
+            &Progress::hidden(),
+            None,
+        )
+        .unwrap();
+        let mut stage = Stage::disk(&d.path().join("stage"), "test").unwrap();
+        let e = unpack(&path, Layout::Plain, &mut stage, Trust::AnySigner, hidden())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, Error::BadEntry { ref entry, ref why } if entry == "checkpoint/pages-5.img.part1" && why.contains("right after")),
             "{e}"
         );
     }

@@ -33,10 +33,12 @@ pub struct Hashers {
 enum Msg {
     Data(Arc<Recycled>),
     End(usize),
+    /// Hash everything held back now ([`Hashers::flush`]).
+    Flush,
 }
 
 /// A digest for the caller: (job, sha256, byte count).
-type Done = (usize, [u8; 32], u64);
+pub type Done = (usize, [u8; 32], u64);
 
 /// A hashing thread. It hashes two entries at once (archive::sha256x2), nearly twice as fast
 /// as one: the entry being sent, beside an earlier one it still holds, or two earlier ones.
@@ -93,6 +95,12 @@ impl Worker {
 
     fn run(mut self, rx: Receiver<Msg>, done: std::sync::mpsc::Sender<Done>) {
         for msg in rx {
+            if matches!(msg, Msg::Flush) {
+                if self.hash(true, &done).is_err() {
+                    return;
+                }
+                continue;
+            }
             let lane = match self.current {
                 Some(l) => l,
                 None => {
@@ -124,6 +132,7 @@ impl Worker {
                     open.job = Some(job);
                     self.current = None;
                 }
+                Msg::Flush => unreachable!("handled above"),
             }
             if self.hash(false, &done).is_err() {
                 return;
@@ -289,33 +298,45 @@ impl Hashers {
             .map_err(|_| std::io::Error::other("a hashing thread stopped"))
     }
 
-    /// The entries hashed since the last call, as (number, hex digest, byte count), without
+    /// The entries hashed since the last call, as (number, digest, byte count), without
     /// waiting: for a caller that acts on each digest as soon as it is known.
-    pub fn take_done(&self) -> Vec<(usize, String, u64)> {
+    pub fn take_done(&self) -> Vec<Done> {
+        self.results.try_iter().collect()
+    }
+
+    /// Has every thread hash what it holds back to pair it with a later entry, so that
+    /// every entry ended so far comes out of [`next_done`](Self::next_done) without more
+    /// entries. Call between entries.
+    pub fn flush(&self) -> std::io::Result<()> {
+        for w in &self.workers {
+            w.send(Msg::Flush)
+                .map_err(|_| std::io::Error::other("a hashing thread stopped"))?;
+        }
+        Ok(())
+    }
+
+    /// The next digest, waiting for it (after [`flush`](Self::flush), for an entry that
+    /// has ended).
+    pub fn next_done(&self) -> std::io::Result<Done> {
         self.results
-            .try_iter()
-            .map(|(job, d, n)| (job, hex::encode(d), n))
-            .collect()
+            .recv()
+            .map_err(|_| std::io::Error::other("the hashing threads stopped"))
     }
 
     /// Waits for every entry; those not yet taken by [`take_done`](Self::take_done).
-    pub fn close(self) -> std::io::Result<Vec<(usize, String, u64)>> {
+    pub fn close(self) -> std::io::Result<Vec<Done>> {
         drop(self.workers);
         for h in self.handles {
             h.join()
                 .map_err(|_| std::io::Error::other("a hashing thread panicked"))?;
         }
-        Ok(self
-            .results
-            .try_iter()
-            .map(|(job, d, n)| (job, hex::encode(d), n))
-            .collect())
+        Ok(self.results.try_iter().collect())
     }
 
-    /// The hex digest and byte count of every entry, by number.
-    pub fn finish(self) -> std::io::Result<Vec<(String, u64)>> {
+    /// The digest and byte count of every entry, by number.
+    pub fn finish(self) -> std::io::Result<Vec<([u8; 32], u64)>> {
         let jobs = self.jobs;
-        let mut out = vec![(String::new(), 0); jobs];
+        let mut out = vec![([0; 32], 0); jobs];
         let mut got = 0;
         for (job, digest, n) in self.close()? {
             out[job] = (digest, n);
@@ -350,15 +371,35 @@ mod tests {
             h.end().unwrap();
         }
         let out = h.finish().unwrap();
-        for (d, (hex_digest, n)) in datas.iter().zip(out) {
+        for (d, (digest, n)) in datas.iter().zip(out) {
             assert_eq!(n, d.len() as u64);
             assert_eq!(
-                hex_digest,
-                hex::encode(Sha256::digest(d)),
+                digest,
+                <[u8; 32]>::from(Sha256::digest(d)),
                 "{} bytes",
                 d.len()
             );
         }
+    }
+
+    /// An entry a thread holds back to pair with the next comes out on a flush, with no
+    /// next entry (what the archive writer waits for before it writes an index).
+    #[test]
+    fn a_flush_brings_out_what_is_held_back() {
+        let mut h = Hashers::new(None);
+        let data = crate::archive::frames::tests::random(CHUNK, 5);
+        h.begin();
+        let mut b = h.buffer();
+        b.clear();
+        b.extend_from_slice(&data);
+        h.update_owned(b).unwrap();
+        h.end().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(h.take_done().is_empty(), "held back to be paired");
+        h.flush().unwrap();
+        let (job, digest, n) = h.next_done().unwrap();
+        assert_eq!((job, n), (0, CHUNK as u64));
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
     }
 
     #[test]

@@ -243,6 +243,7 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
         _ => "none",
     };
     let m = &unpacked.manifest;
+    let totals = unpacked.totals();
     let mut warnings = Vec::new();
     let config: Option<ContainerConfig> = std::fs::read(unpacked.dir.join("config.dump"))
         .ok()
@@ -291,8 +292,8 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
         },
         integrity: Integrity {
             verified: true,
-            entries: m.entries.len(),
-            bytes: m.entries.iter().map(|e| e.size).sum(),
+            entries: totals.0,
+            bytes: totals.1,
             compression: compression.into(),
             archive_bytes,
         },

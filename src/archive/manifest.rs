@@ -9,14 +9,19 @@ use std::collections::BTreeMap;
 
 /// 2: memory pages come as `pages-<id>.img.part<N>` entries (archive::pages); a ferry that
 /// reads only format 1 must refuse them rather than hand CRIU a split image.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the parts are listed in their image's index (`pages-<id>.img.index`, archive::pages)
+/// and only the index here; a ferry that reads only format 2 would find the parts unlisted.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The first format whose pages parts are listed by their image's index.
+pub const INDEXED_PARTS: u32 = 3;
 pub const MANIFEST_NAME: &str = "ferry.manifest";
 
 /// The largest `ferry.manifest` a restore reads (it is read whole, before its signature
 /// can be checked). A checkpoint whose manifest would be larger fails before it releases
-/// anything: an archive no restore would read must not replace the container. Each 1 MiB
-/// page part costs the manifest about 190 bytes, so this holds the parts of about 1.3 TiB
-/// of memory.
+/// anything: an archive no restore would read must not replace the container. Since
+/// format 3 the manifest lists one index per pages image, not every 1 MiB part, so its
+/// size no longer grows with the container's memory.
 pub const MAX_SIGNED_SIZE: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -3,13 +3,23 @@
 //! 1 MiB buffers; the archive thread ([`write_events`]) writes them out as they come. A
 //! pages image's size is known only when it ends, and a tar entry needs its size before its
 //! bytes, so each pages image goes in as parts of at most [`PART`] bytes named
-//! `checkpoint/pages-<id>.img.part<N>`, each with its own digest in the manifest; restore
-//! joins them back into `pages-<id>.img`.
+//! `checkpoint/pages-<id>.img.part<N>`; restore joins them back into `pages-<id>.img`.
+//!
+//! The parts are not listed in the manifest one by one (format 3): each pages image has an
+//! index, `checkpoint/pages-<id>.img.index`, written in the archive's tail after all the
+//! pages, which gives every part's size and sha256 ([`PartRecord`], 40 bytes a part), and the
+//! manifest lists the index. A manifest of one record per 1 MiB part had every reader and
+//! the writer hold a record per part, growing with the container's memory
+//! (docs/checkpoint.md, "Pages indexes"). Format 2 archives list every part instead, and
+//! still read.
 
 use crate::archive::hashing::CHUNK;
 use crate::archive::writer::{ArchiveWriter, Error};
 use crate::criu::page_server::PageSink;
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender};
 
 /// The largest part of a pages image: what the archive thread holds before writing it.
@@ -31,6 +41,187 @@ pub fn split_part(name: &str) -> Option<(&str, u32)> {
         return None;
     }
     Some((file, n.parse().ok()?))
+}
+
+/// `<file>.index`: the index of `file`'s parts.
+pub fn index_name(file: &str) -> String {
+    format!("{file}{INDEX_SUFFIX}")
+}
+
+const INDEX_SUFFIX: &str = ".index";
+
+/// The pages file an index's name is for (`pages-65537.img.index` -> `pages-65537.img`).
+pub fn index_of(name: &str) -> Option<&str> {
+    name.strip_suffix(INDEX_SUFFIX).filter(|f| !f.is_empty())
+}
+
+/// A part as its index gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartRecord {
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+/// What an index starts with: its kind and version.
+const INDEX_MAGIC: &[u8; 8] = b"FERRYPX1";
+/// Bytes a part takes in an index: its size (u64, little-endian), then its sha256.
+pub const RECORD_LEN: usize = 40;
+
+/// An index of `records`, in part order.
+pub fn encode_index(records: &[PartRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INDEX_MAGIC.len() + RECORD_LEN * records.len());
+    out.extend_from_slice(INDEX_MAGIC);
+    for r in records {
+        out.extend_from_slice(&r.size.to_le_bytes());
+        out.extend_from_slice(&r.sha256);
+    }
+    out
+}
+
+/// Parts' records kept on disk while an archive is written or read, each at its slot
+/// (the writer's or reader's running count of parts), so that neither holds a record per
+/// part in memory. An unnamed file: nothing to remove.
+pub struct RecordFile {
+    file: File,
+}
+
+impl RecordFile {
+    pub fn new_in(dir: &Path) -> io::Result<RecordFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |path: &Path, flags| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let file = match open(dir, libc::O_TMPFILE) {
+            Ok(f) => f,
+            // A filesystem without O_TMPFILE: a name, removed at once.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let path = dir.join(format!(".ferry-records-{}-{nanos}", std::process::id()));
+                let f = open(&path, libc::O_CREAT | libc::O_EXCL)?;
+                std::fs::remove_file(&path)?;
+                f
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(RecordFile { file })
+    }
+
+    pub fn put(&self, slot: u64, r: &PartRecord) -> io::Result<()> {
+        let mut b = [0u8; RECORD_LEN];
+        b[..8].copy_from_slice(&r.size.to_le_bytes());
+        b[8..].copy_from_slice(&r.sha256);
+        self.file.write_all_at(&b, slot * RECORD_LEN as u64)
+    }
+
+    /// The raw records of slots `first..first + count`, as an index holds them.
+    pub fn raw(&self, first: u64, count: u64) -> impl Read + '_ {
+        At {
+            file: &self.file,
+            pos: first * RECORD_LEN as u64,
+            end: (first + count) * RECORD_LEN as u64,
+        }
+    }
+
+    /// The records of slots `first..first + count`, in order.
+    pub fn records(&self, first: u64, count: u64) -> Records<impl Read + '_> {
+        Records::new(self.raw(first, count), count)
+    }
+}
+
+/// A byte range of a file, read with pread.
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.end.saturating_sub(self.pos)) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Part records read in order from raw records (an index after its magic, or a
+/// [`RecordFile`]), a buffer's worth at a time.
+pub struct Records<R> {
+    r: BufReader<R>,
+    left: u64,
+}
+
+impl<R: Read> Records<R> {
+    fn new(r: R, count: u64) -> Records<R> {
+        Records {
+            r: BufReader::with_capacity(64 << 10, r),
+            left: count,
+        }
+    }
+
+    /// How many records are left.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+}
+
+impl<R: Read> Iterator for Records<R> {
+    type Item = io::Result<PartRecord>;
+
+    fn next(&mut self) -> Option<io::Result<PartRecord>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut b = [0u8; RECORD_LEN];
+        Some(self.r.read_exact(&mut b).map(|()| PartRecord {
+            size: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            sha256: b[8..].try_into().expect("32 bytes"),
+        }))
+    }
+}
+
+/// The records of the index file at `path` (staged), once its start and length are those of
+/// an index; Err says what is wrong with it.
+pub fn open_index(path: &Path) -> io::Result<Result<Records<File>, String>> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut magic = [0u8; 8];
+    if len < magic.len() as u64 {
+        return Ok(Err("it does not start as a ferry pages index".into()));
+    }
+    f.read_exact(&mut magic)?;
+    if &magic != INDEX_MAGIC {
+        return Ok(Err("it does not start as a ferry pages index".into()));
+    }
+    let body = len - magic.len() as u64;
+    if !body.is_multiple_of(RECORD_LEN as u64) {
+        return Ok(Err(format!(
+            "{body} bytes of records, not a whole number of {RECORD_LEN}-byte records"
+        )));
+    }
+    Ok(Ok(Records::new(f, body / RECORD_LEN as u64)))
+}
+
+/// What an index of `count` records starts with, and its size.
+pub fn index_head(count: u64) -> (&'static [u8], u64) {
+    (
+        INDEX_MAGIC,
+        INDEX_MAGIC.len() as u64 + count * RECORD_LEN as u64,
+    )
 }
 
 pub enum Event {
@@ -105,9 +296,8 @@ pub fn write_events<W: Write>(
     // The images the page server rebuilt (pagemaps): small, kept for after the pages.
     let mut images = vec![];
     let flush = |w: &mut ArchiveWriter<W>, file: &str, next: &mut u32, part: &mut Vec<_>| {
-        let name = format!("{prefix}/{}", part_name(file, *next));
         *next += 1;
-        w.add_chunks(&name, std::mem::take(part))
+        w.add_part(&format!("{prefix}/{file}"), *next - 1, std::mem::take(part))
     };
     for ev in events {
         match ev {
@@ -137,6 +327,7 @@ pub fn write_events<W: Write>(
             Event::Image { file, bytes } => images.push((file, bytes)),
         }
     }
+    // The indexes of the pages images come first in the tail.
     w.mark_tail()?;
     for (file, bytes) in images {
         w.add_bytes(&format!("{prefix}/{file}"), &bytes)?;
@@ -147,6 +338,52 @@ pub fn write_events<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_round_trips_and_refuses_what_is_not_one() {
+        let records = vec![
+            PartRecord {
+                size: 1 << 20,
+                sha256: [7; 32],
+            },
+            PartRecord {
+                size: 0,
+                sha256: [0xa5; 32],
+            },
+        ];
+        let d = tempfile::tempdir().unwrap();
+        let read = |bytes: &[u8]| {
+            let path = d.path().join("index");
+            std::fs::write(&path, bytes).unwrap();
+            open_index(&path)
+                .unwrap()
+                .map(|r| r.map(Result::unwrap).collect::<Vec<_>>())
+        };
+        let bytes = encode_index(&records);
+        assert_eq!(bytes.len(), 8 + 2 * RECORD_LEN);
+        assert_eq!(read(&bytes).unwrap(), records);
+        assert_eq!(read(&encode_index(&[])).unwrap(), vec![]);
+        let e = read(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(e.contains("not a whole number"), "{e}");
+        let e = read(b"something else").unwrap_err();
+        assert!(e.contains("does not start as a ferry pages index"), "{e}");
+        let e = read(b"FERRY").unwrap_err();
+        assert!(e.contains("does not start as a ferry pages index"), "{e}");
+        // Records kept on disk come back in order, whatever order they were put in.
+        let kept = RecordFile::new_in(d.path()).unwrap();
+        kept.put(1, &records[1]).unwrap();
+        kept.put(0, &records[0]).unwrap();
+        let back: Vec<_> = kept.records(0, 2).map(Result::unwrap).collect();
+        assert_eq!(back, records);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "the records' file has no name"
+        );
+        assert_eq!(index_of(&index_name("pages-3.img")), Some("pages-3.img"));
+        assert_eq!(index_of(".index"), None);
+        assert_eq!(index_of("pages-3.img"), None);
+    }
 
     #[test]
     fn part_names_round_trip() {

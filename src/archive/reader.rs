@@ -6,6 +6,10 @@
 
 use crate::archive::hashing::Hashers;
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
+use crate::archive::pages::{
+    PartRecord, RecordFile, Records, encode_index, index_name, index_of, open_index, part_name,
+    split_part,
+};
 use crate::archive::stage::{self, Stage};
 pub use crate::archive::writer::Announce;
 use crate::identity::{Fingerprint, TrustStore};
@@ -99,6 +103,27 @@ pub struct Unpacked {
     pub signer: Fingerprint,
     /// The trusted signer's name ("this host" for our own key), None when allowed untrusted.
     pub trusted_as: Option<String>,
+}
+
+impl Unpacked {
+    /// How many entries the archive holds and their bytes: those the manifest lists and,
+    /// since format 3, the pages parts their indexes list.
+    pub fn totals(&self) -> (usize, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        for e in &self.manifest.entries {
+            n += 1;
+            bytes += e.size;
+            if let Some(f) = e.name.strip_prefix("checkpoint/").and_then(index_of)
+                && let Ok(records) = signed_records(&self.dir, &format!("checkpoint/{f}"))
+            {
+                for r in records.flatten() {
+                    n += 1;
+                    bytes += r.size;
+                }
+            }
+        }
+        (n, bytes)
+    }
 }
 
 fn is_allowed(name: &str) -> Result<(), String> {
@@ -272,6 +297,14 @@ pub fn unpack_with_progress(
     for (name, (sha, _)) in &staged.entries {
         check_digest(name, sha, &listed[name.as_str()].sha256)?;
     }
+    for file in signed_parts(&manifest, stage.dir(), staged.parts.keys())? {
+        let (first, count) = staged.parts.get(&file).copied().unwrap_or((0, 0));
+        let want = signed_records(stage.dir(), &file)?;
+        match &staged.records {
+            Some(r) => compare_parts(&file, r.records(first, count), want)?,
+            None => compare_parts(&file, std::iter::empty(), want)?,
+        }
+    }
     Ok(Unpacked {
         dir: stage.dir().to_path_buf(),
         manifest,
@@ -285,7 +318,13 @@ pub fn unpack_with_progress(
 /// the stream there were (a complete stream has the two zero blocks of the end-of-archive
 /// marker after the manifest). Nothing is checked against the manifest yet.
 pub(crate) struct Streamed {
-    pub entries: BTreeMap<String, (String, u64)>,
+    /// Every entry but the pages parts: its sha256 and size.
+    pub entries: BTreeMap<String, ([u8; 32], u64)>,
+    /// The pages parts, by their image's name (`checkpoint/pages-<id>.img`): the slot of
+    /// the first one's record in `records`, and how many there are.
+    pub parts: BTreeMap<String, (u64, u64)>,
+    /// Every part's size and sha256, kept on disk (in the stage) rather than in memory.
+    pub records: Option<RecordFile>,
     pub signed: Option<SignedManifest>,
     pub manifest_end: u64,
     pub consumed: u64,
@@ -342,8 +381,34 @@ pub(crate) fn stage_stream(
     // Where the manifest's data (padded to a block) ends: a complete stream has the two
     // zero blocks of the end-of-archive marker after it.
     let mut manifest_end = 0u64;
-    // Each entry's job in `hashers`, and its size as read.
+    // Each entry's job in `hashers` (a part's is its image's and number), and its size as
+    // read.
     let mut jobs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    // The parts' hashing jobs not yet done, each with its record's slot.
+    let mut part_jobs: std::collections::HashMap<usize, u64> = Default::default();
+    let mut parts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut records: Option<RecordFile> = None;
+    let mut slots = 0u64;
+    let settle = |done: Vec<crate::archive::hashing::Done>,
+                  part_jobs: &mut std::collections::HashMap<usize, u64>,
+                  records: &Option<RecordFile>,
+                  whole: &mut std::collections::HashMap<usize, [u8; 32]>|
+     -> Result<(), Error> {
+        for (job, sha256, size) in done {
+            match part_jobs.remove(&job) {
+                Some(slot) => records
+                    .as_ref()
+                    .expect("made at the first part")
+                    .put(slot, &PartRecord { size, sha256 })
+                    .map_err(|e| Error::Corrupt(format!("keeping the parts' records: {e}")))?,
+                None => {
+                    whole.insert(job, sha256);
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut whole = std::collections::HashMap::new();
     let mut hashers = Hashers::new(None);
     let mut admission = Admission::default();
     let mut signed: Option<SignedManifest> = None;
@@ -359,7 +424,7 @@ pub(crate) fn stage_stream(
             }
         }
         let name = entry_name(&entry)?;
-        let (file, append) = match admission.admit(&name, entry.header().entry_type())? {
+        let (file, part) = match admission.admit(&name, entry.header().entry_type())? {
             Admitted::Skip => continue,
             Admitted::Manifest => {
                 let size = entry.size();
@@ -367,8 +432,9 @@ pub(crate) fn stage_stream(
                 manifest_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
                 continue;
             }
-            Admitted::File { file, part } => (file, part.is_some_and(|n| n > 0)),
+            Admitted::File { file, part } => (file, part),
         };
+        let append = part.is_some_and(|n| n > 0);
         let opened = if append {
             stage.append(&file)
         } else {
@@ -420,19 +486,48 @@ pub(crate) fn stage_stream(
             )));
         }
         hashers.end().map_err(|e| Error::Corrupt(e.to_string()))?;
-        jobs.insert(name, (job, n));
+        match part {
+            Some(_) => {
+                if records.is_none() {
+                    records = Some(RecordFile::new_in(stage.dir()).map_err(|e| Error::Write {
+                        path: stage.dir().to_path_buf(),
+                        source: e,
+                    })?);
+                }
+                // Admission keeps an image's parts together and in order.
+                let (_, count) = parts.entry(file).or_insert((slots, 0));
+                *count += 1;
+                part_jobs.insert(job, slots);
+                slots += 1;
+            }
+            None => {
+                jobs.insert(name, (job, n));
+            }
+        }
+        settle(hashers.take_done(), &mut part_jobs, &records, &mut whole)?;
     }
-    let digests = hashers
-        .finish()
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let rest = hashers.close().map_err(|e| Error::Corrupt(e.to_string()))?;
+    settle(rest, &mut part_jobs, &records, &mut whole)?;
+    if !part_jobs.is_empty() {
+        return Err(Error::Corrupt(format!(
+            "{} parts were never hashed",
+            part_jobs.len()
+        )));
+    }
     // What follows the end-of-archive marker must read to its end too: a zstd stream cut
     // short there (its tail mark, archive::frames) is a truncated archive.
     entries_done(tar).map_err(|e| read_error(e, "after the end-of-archive marker"))?;
+    let mut entries = BTreeMap::new();
+    for (name, (job, n)) in jobs {
+        let sha = whole
+            .get(&job)
+            .ok_or_else(|| Error::Corrupt(format!("{name} was never hashed")))?;
+        entries.insert(name, (*sha, n));
+    }
     Ok(Streamed {
-        entries: jobs
-            .into_iter()
-            .map(|(name, (job, n))| (name, (digests[job].0.clone(), n)))
-            .collect(),
+        entries,
+        parts,
+        records,
         signed,
         manifest_end,
         consumed: consumed.load(std::sync::atomic::Ordering::Relaxed),
@@ -463,12 +558,15 @@ pub(crate) enum Admitted {
 
 /// The checks every entry of an archive passes, in order, before anything is written for
 /// it: only regular files under the names a ferry archive holds, each once, the parts of a
-/// file strictly in order, and nothing after the manifest.
+/// file strictly in order and before its index, and nothing after the manifest. It holds
+/// a name per file, not per part.
 #[derive(Default)]
 pub(crate) struct Admission {
     names: std::collections::BTreeSet<String>,
     files: std::collections::BTreeSet<String>,
     parts: BTreeMap<String, u32>,
+    /// The image of the last part: an image's parts come together.
+    last_parts: Option<String>,
     manifest: bool,
 }
 
@@ -528,14 +626,9 @@ impl Admission {
             return Ok(Admitted::Manifest);
         }
         is_allowed(name).map_err(&bad)?;
-        if !self.names.insert(name.to_string()) {
-            return Err(bad("it appears twice".into()));
-        }
-        // Parts of one file (see archive::pages) are joined back, strictly in order.
-        let (file, part) = match name
-            .strip_prefix("checkpoint/")
-            .and_then(crate::archive::pages::split_part)
-        {
+        // Parts of one file (see archive::pages) are joined back, strictly in order (which
+        // also keeps each part to once), and all of them before the file's index.
+        let (file, part) = match name.strip_prefix("checkpoint/").and_then(split_part) {
             Some((file, n)) => {
                 let expected = self.parts.get(file).copied().unwrap_or(0);
                 if n != expected {
@@ -543,10 +636,29 @@ impl Admission {
                         "out of order: part {expected} of {file} comes first"
                     )));
                 }
+                if self
+                    .names
+                    .contains(&format!("checkpoint/{}", index_name(file)))
+                {
+                    return Err(bad(format!("it follows the index of {file}")));
+                }
+                if n > 0 && self.last_parts.as_deref() != Some(file) {
+                    return Err(bad(format!(
+                        "the parts of {file} are not together: another entry comes between"
+                    )));
+                }
+                self.last_parts = Some(file.to_string());
                 self.parts.insert(file.to_string(), n + 1);
                 (format!("checkpoint/{file}"), Some(n))
             }
-            None => (name.to_string(), None),
+            None => {
+                if !self.names.insert(name.to_string()) {
+                    return Err(bad("it appears twice".into()));
+                }
+                // Whatever image had parts before this entry has them all.
+                self.last_parts = None;
+                (name.to_string(), None)
+            }
         };
         if part.unwrap_or(0) == 0 && !self.files.insert(file.clone()) {
             return Err(bad(format!("{file} appears twice")));
@@ -658,14 +770,22 @@ pub(crate) fn check_announced(
     }
 }
 
-/// The archive holds exactly the entries the manifest lists, each of the listed size; the
-/// manifest's entries by name.
+/// Whether an entry's name is a pages part's (`checkpoint/pages-<id>.img.part<N>`).
+pub(crate) fn is_part(name: &str) -> bool {
+    name.strip_prefix("checkpoint/")
+        .and_then(split_part)
+        .is_some()
+}
+
+/// The archive holds exactly the entries the manifest lists, each of the listed size, but
+/// the pages parts ([`signed_parts`]); the manifest's entries by name. `sizes` has every
+/// entry but the parts.
 pub(crate) fn check_listing<'m>(
     manifest: &'m Manifest,
     sizes: &BTreeMap<String, u64>,
 ) -> Result<BTreeMap<&'m str, &'m manifest::Entry>, Error> {
     let mut listed = BTreeMap::new();
-    for e in &manifest.entries {
+    for e in manifest.entries.iter().filter(|e| !is_part(&e.name)) {
         match sizes.get(&e.name) {
             None => {
                 return Err(Error::Tampered {
@@ -692,8 +812,9 @@ pub(crate) fn check_listing<'m>(
     Ok(listed)
 }
 
-/// The entry `name`'s sha256 (hex) is the one the manifest lists.
-pub(crate) fn check_digest(name: &str, sha: &str, want: &str) -> Result<(), Error> {
+/// The entry `name`'s sha256 is the one (hex) the manifest lists.
+pub(crate) fn check_digest(name: &str, sha: &[u8; 32], want: &str) -> Result<(), Error> {
+    let sha = hex::encode(sha);
     if sha == want {
         return Ok(());
     }
@@ -701,10 +822,159 @@ pub(crate) fn check_digest(name: &str, sha: &str, want: &str) -> Result<(), Erro
         entry: name.to_string(),
         why: format!(
             "sha256 {}…, the manifest says sha256 {}…",
-            &sha[..12.min(sha.len())],
+            &sha[..12],
             &want[..12.min(want.len())]
         ),
     })
+}
+
+/// The pages images whose parts the signer listed, by name (`checkpoint/pages-<id>.img`),
+/// each with its index staged in `dir` beside it (`<image>.index`) and found to be one: for
+/// format 3 the index from the archive, already verified against the manifest; for format
+/// 2 one written here from the manifest, which lists every part. `with_parts` names the
+/// images the archive holds parts of: each needs its index. Read each with
+/// [`signed_records`].
+pub(crate) fn signed_parts<'a>(
+    manifest: &Manifest,
+    dir: &Path,
+    with_parts: impl Iterator<Item = &'a String>,
+) -> Result<std::collections::BTreeSet<String>, Error> {
+    let mut files: std::collections::BTreeSet<String> = with_parts.cloned().collect();
+    if manifest.format < manifest::INDEXED_PARTS {
+        let mut listed: BTreeMap<String, Vec<PartRecord>> = BTreeMap::new();
+        for e in &manifest.entries {
+            if let Some(f) = e.name.strip_prefix("checkpoint/").and_then(index_of) {
+                return Err(Error::Tampered {
+                    entry: e.name.clone(),
+                    why: format!("an index of {f} in a format {} archive", manifest.format),
+                });
+            }
+            let Some((f, n)) = e.name.strip_prefix("checkpoint/").and_then(split_part) else {
+                continue;
+            };
+            let image = format!("checkpoint/{f}");
+            let records = listed.entry(image.clone()).or_default();
+            if n as usize != records.len() {
+                return Err(part_missing(&image, records.len()));
+            }
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(&e.sha256, &mut sha256).map_err(|_| {
+                manifest::Error::Malformed(format!("{}: sha256 {:?}", e.name, e.sha256))
+            })?;
+            records.push(PartRecord {
+                size: e.size,
+                sha256,
+            });
+        }
+        files.extend(listed.keys().cloned());
+        for file in &files {
+            let path = dir.join(index_name(file));
+            let records = listed.get(file).map(Vec::as_slice).unwrap_or(&[]);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &encode_index(records)))
+                .map_err(|source| Error::Write { path, source })?;
+        }
+        return Ok(files);
+    }
+    if let Some(e) = manifest.entries.iter().find(|e| is_part(&e.name)) {
+        return Err(Error::Tampered {
+            entry: e.name.clone(),
+            why: format!(
+                "listed in a format {} manifest, where only its image's index is",
+                manifest.format
+            ),
+        });
+    }
+    files.extend(manifest.entries.iter().filter_map(|e| {
+        let f = e.name.strip_prefix("checkpoint/").and_then(index_of)?;
+        Some(format!("checkpoint/{f}"))
+    }));
+    for file in &files {
+        if !dir.join(index_name(file)).exists() {
+            return Err(Error::Tampered {
+                entry: part_name(file, 0),
+                why: "its image has no index, which lists the parts".into(),
+            });
+        }
+        signed_records(dir, file)?;
+    }
+    Ok(files)
+}
+
+/// The records of `file`'s index, staged in `dir` ([`signed_parts`]).
+pub(crate) fn signed_records(dir: &Path, file: &str) -> Result<Records<std::fs::File>, Error> {
+    let index = index_name(file);
+    match open_index(&dir.join(&index)) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(why)) => Err(Error::BadEntry { entry: index, why }),
+        Err(e) => Err(Error::Corrupt(format!("reading {index}: {e}"))),
+    }
+}
+
+/// The parts of `file` the archive holds (`got`, in order) are those its index lists
+/// (`want`): each of the same size and sha256, none missing, none more.
+pub(crate) fn compare_parts(
+    file: &str,
+    got: impl Iterator<Item = std::io::Result<PartRecord>>,
+    mut want: impl Iterator<Item = std::io::Result<PartRecord>>,
+) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Corrupt(format!("reading the records of {file}: {e}"));
+    let mut n = 0;
+    for g in got {
+        let g = g.map_err(io)?;
+        let Some(w) = want.next() else {
+            return Err(part_unlisted(file, n));
+        };
+        check_part(file, n, &g, &w.map_err(io)?)?;
+        n += 1;
+    }
+    if want.next().is_some() {
+        return Err(part_missing(file, n));
+    }
+    Ok(())
+}
+
+/// Part `n` of `file` is the one its index (or a format 2 manifest) gives.
+pub(crate) fn check_part(
+    file: &str,
+    n: usize,
+    got: &PartRecord,
+    want: &PartRecord,
+) -> Result<(), Error> {
+    let why = if got.size != want.size {
+        format!("size {}, its index says {}", got.size, want.size)
+    } else if got.sha256 != want.sha256 {
+        format!(
+            "sha256 {}…, its index says sha256 {}…",
+            &hex::encode(got.sha256)[..12],
+            &hex::encode(want.sha256)[..12]
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Tampered {
+        entry: part_name(file, n as u32),
+        why,
+    })
+}
+
+/// Part `n` of `file`, which its index lists, is not in the archive.
+pub(crate) fn part_missing(file: &str, n: usize) -> Error {
+    Error::Tampered {
+        entry: part_name(file, n as u32),
+        why: "listed by its image's index but missing from the archive".into(),
+    }
+}
+
+/// Part `n` of `file` is in the archive but not in its index.
+pub(crate) fn part_unlisted(file: &str, n: usize) -> Error {
+    Error::Tampered {
+        entry: part_name(file, n as u32),
+        why: "present in the archive but not in its image's index".into(),
+    }
 }
 
 /// Reads what is left of the stream, so the count covers the end-of-archive blocks.
@@ -775,6 +1045,163 @@ pub(crate) mod tests {
                 own: id.fingerprint(),
             },
         )
+    }
+
+    /// An uncompressed archive of `entries` (in order) and a manifest of format `format`
+    /// listing those `listed` says, signed by `id`: whatever a hostile or older writer
+    /// could make.
+    pub(crate) fn crafted(
+        id: &Identity,
+        entries: &[(String, Vec<u8>)],
+        format: u32,
+        listed: impl Fn(&str) -> bool,
+    ) -> Vec<u8> {
+        use sha2::Digest;
+        let mut m = manifest();
+        m.format = format;
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+            if listed(name) {
+                m.entries.push(manifest::Entry {
+                    name: name.clone(),
+                    sha256: hex::encode(sha2::Sha256::digest(data)),
+                    size: data.len() as u64,
+                });
+            }
+        }
+        let signed = serde_json::to_vec(&SignedManifest::sign(&m, id)).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(signed.len() as u64);
+        h.set_mode(0o600);
+        b.append_data(&mut h, MANIFEST_NAME, signed.as_slice())
+            .unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// The record an index gives `data`.
+    pub(crate) fn record(data: &[u8]) -> PartRecord {
+        use sha2::Digest;
+        PartRecord {
+            size: data.len() as u64,
+            sha256: sha2::Sha256::digest(data).into(),
+        }
+    }
+
+    /// Three parts of `checkpoint/pages-5.img` and an image, then each case's index of the
+    /// parts (or none), with what a restore must say of it: `Ok(())` for the good one.
+    /// Every case but the last is format 3 (the parts listed by their index); the last is
+    /// format 2, every part listed in the manifest, as ferry wrote until 2026-11-29.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn index_cases(
+        id: &Identity,
+    ) -> (
+        Vec<Vec<u8>>,
+        Vec<(
+            &'static str,
+            Vec<u8>,
+            Result<(), (&'static str, &'static str)>,
+        )>,
+    ) {
+        let parts: Vec<Vec<u8>> = (0..3u64)
+            .map(|i| crate::archive::frames::tests::random(5000 + 700 * i as usize, i + 3))
+            .collect();
+        let records: Vec<PartRecord> = parts.iter().map(|p| record(p)).collect();
+        let index = "checkpoint/pages-5.img.index";
+        let with = |index_bytes: Option<Vec<u8>>, format: u32, list_parts: bool| {
+            let mut entries: Vec<(String, Vec<u8>)> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("checkpoint/pages-5.img.part{i}"), p.clone()))
+                .collect();
+            if let Some(b) = index_bytes {
+                entries.push((index.to_string(), b));
+            }
+            entries.push(("checkpoint/inventory.img".into(), b"inv".to_vec()));
+            crafted(id, &entries, format, |n| list_parts || !is_part(n))
+        };
+        let mut flipped = records.clone();
+        flipped[1].sha256[3] ^= 1;
+        let mut resized = records.clone();
+        resized[2].size += 1;
+        let p0 = "checkpoint/pages-5.img.part0";
+        let p1 = "checkpoint/pages-5.img.part1";
+        let p2 = "checkpoint/pages-5.img.part2";
+        let p3 = "checkpoint/pages-5.img.part3";
+        let cases = vec![
+            ("good", with(Some(encode_index(&records)), 3, false), Ok(())),
+            (
+                "a part's digest differs from its record",
+                with(Some(encode_index(&flipped)), 3, false),
+                Err((p1, "its index says sha256")),
+            ),
+            (
+                "a part's size differs from its record",
+                with(Some(encode_index(&resized)), 3, false),
+                Err((p2, "its index says")),
+            ),
+            (
+                "the index lists fewer parts",
+                with(Some(encode_index(&records[..2])), 3, false),
+                Err((p2, "not in its image's index")),
+            ),
+            (
+                "the index lists more parts",
+                with(
+                    Some(encode_index(&[records.clone(), vec![records[0]]].concat())),
+                    3,
+                    false,
+                ),
+                Err((p3, "missing from the archive")),
+            ),
+            ("no index", with(None, 3, false), Err((p0, "has no index"))),
+            (
+                "not an index",
+                with(Some(b"not an index at all".to_vec()), 3, false),
+                Err((index, "does not start as a ferry pages index")),
+            ),
+            (
+                "parts listed in a format 3 manifest",
+                with(Some(encode_index(&records)), 3, true),
+                Err((p0, "only its image's index")),
+            ),
+            ("format 2", with(None, 2, true), Ok(())),
+        ];
+        (parts, cases)
+    }
+
+    /// The parts of a pages image are checked against its index (format 3), or against the
+    /// manifest (format 2, which still reads), and every way they can disagree is refused
+    /// naming the part.
+    #[test]
+    fn pages_parts_are_held_to_their_index() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let (parts, cases) = index_cases(&id);
+        for (i, (what, bytes, want)) in cases.into_iter().enumerate() {
+            let dir = d.path().join(format!("case{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            let got = unpack_bytes(bytes, &id, &dir);
+            match (got, want) {
+                (Ok(u), Ok(())) => assert_eq!(
+                    std::fs::read(u.dir.join("checkpoint/pages-5.img")).unwrap(),
+                    parts.concat(),
+                    "{what}"
+                ),
+                (Err(e), Err((entry, says))) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(entry) && text.contains(says),
+                        "{what}: {text}"
+                    );
+                }
+                (Ok(_), Err(w)) => panic!("{what}: restored, but should say {w:?}"),
+                (Err(e), Ok(())) => panic!("{what}: {e}"),
+            }
+        }
     }
 
     /// A reader that hands over one byte per read, as a pipe may in pieces.
@@ -1040,18 +1467,27 @@ pub(crate) mod tests {
     fn parts_are_joined_in_order_and_only_in_order() {
         let d = tempfile::tempdir().unwrap();
         let id = Identity::load_or_create(d.path()).unwrap();
-        let build = |names: &[(&str, &[u8])]| {
+        // The writer keeps parts in order (add_part): the bad archives are written with
+        // every entry whole, as a careless or hostile writer could.
+        let build = |names: &[(&str, &[u8])], as_parts: bool| {
             let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
             for (n, data) in names {
-                w.add_chunks(n, vec![data.to_vec()]).unwrap();
+                match split_part(n).filter(|_| as_parts) {
+                    Some((file, k)) => w.add_part(file, k, vec![data.to_vec()]).unwrap(),
+                    None => w.add_chunks(n, vec![data.to_vec()]).unwrap(),
+                }
             }
             w.finish(manifest(), &id).unwrap()
         };
-        let good = build(&[
-            ("checkpoint/pages-9.img.part0", b"abc"),
-            ("checkpoint/inventory.img", b"i"),
-            ("checkpoint/pages-9.img.part1", b"def"),
-        ]);
+        let good = build(
+            &[
+                ("checkpoint/pages-9.img.part0", b"abc"),
+                ("checkpoint/pages-9.img.part1", b"def"),
+                ("checkpoint/pages-8.img.part0", b"gh"),
+                ("checkpoint/inventory.img", b"i"),
+            ],
+            true,
+        );
         let out = d.path().join("good");
         std::fs::create_dir(&out).unwrap();
         let u = unpack_bytes(good, &id, &out).unwrap();
@@ -1072,13 +1508,30 @@ pub(crate) mod tests {
                 ("checkpoint/pages-9.img", &b"abc"[..]),
                 ("checkpoint/pages-9.img.part0", b"def"),
             ],
+            // An image's parts come together: nothing between them.
+            vec![
+                ("checkpoint/pages-9.img.part0", &b"abc"[..]),
+                ("checkpoint/inventory.img", b"i"),
+                ("checkpoint/pages-9.img.part1", b"def"),
+            ],
+            vec![
+                ("checkpoint/pages-9.img.part0", &b"abc"[..]),
+                ("checkpoint/pages-8.img.part0", b"gh"),
+                ("checkpoint/pages-9.img.part1", b"def"),
+            ],
+            // And all before their index.
+            vec![
+                ("checkpoint/pages-9.img.part0", &b"abc"[..]),
+                ("checkpoint/pages-9.img.index", b"x"),
+                ("checkpoint/pages-9.img.part1", b"def"),
+            ],
         ]
         .into_iter()
         .enumerate()
         {
             let out = d.path().join(format!("bad{i}"));
             std::fs::create_dir(&out).unwrap();
-            let e = unpack_bytes(build(&bad), &id, &out).err().unwrap();
+            let e = unpack_bytes(build(&bad, false), &id, &out).err().unwrap();
             assert!(matches!(e, Error::BadEntry { .. }), "case {i}: {e}");
         }
     }

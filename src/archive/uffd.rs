@@ -28,7 +28,8 @@
 //! it shared ([`Plan::make`]).
 
 use crate::archive::criu_images::{self, VMA_ANON_PRIVATE};
-use crate::archive::reader::{Error, check_digest, read_error};
+use crate::archive::pages::PartRecord;
+use crate::archive::reader::{Error, check_part, read_error};
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::progress::Progress;
 use std::collections::HashMap;
@@ -292,16 +293,30 @@ fn lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
 
 /// One part with lazy bytes: where its data is in the archive, its place in its pages file,
 /// its digest, and whether the feed stages it (`Share::Both`: copied from the stage).
+#[derive(Clone)]
 pub struct Item {
     pub at: u64,
-    pub name: String,
+    /// The pages image's name in the archive, and the part's number in it.
+    pub image: std::sync::Arc<str>,
+    pub n: u32,
     /// The pages file (index into the staged files).
     pub file: usize,
     pub offset: u64,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: [u8; 32],
     pub staged: bool,
 }
+
+impl Item {
+    /// The part's name in the archive, for errors.
+    fn name(&self) -> String {
+        crate::archive::pages::part_name(&self.image, self.n)
+    }
+}
+
+/// The items of one pages file, in archive order, made as they are wanted: a list of every
+/// part held from the start would grow with the container's memory.
+pub type Items = Box<dyn Iterator<Item = Result<Item, Error>> + Send>;
 
 /// Binds [`SOCKET`] in `dir`, CRIU's work directory, before CRIU starts.
 pub fn listen(dir: &Path) -> std::io::Result<UnixListener> {
@@ -432,18 +447,18 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts serving `listener` for `plan`: `items` (in archive order) are copied in as
-    /// their tasks' descriptors arrive.
+    /// Starts serving `listener` for `plan`: the `items` of each pages file (by its
+    /// index in the staged files) are copied in as their tasks' descriptors arrive.
     pub fn start(
         listener: UnixListener,
-        plan: Plan,
-        items: Vec<Item>,
+        plan: Arc<Plan>,
+        items: Vec<(usize, Items)>,
         sources: Sources,
     ) -> Running {
         let shared = Arc::new(Shared::new(Arc::new(AtomicBool::new(false))));
         let worker = {
             let shared = shared.clone();
-            std::thread::spawn(move || serve(listener, &plan, &items, &sources, &shared))
+            std::thread::spawn(move || serve(listener, &plan, items, &sources, &shared))
         };
         Running {
             shared,
@@ -537,7 +552,13 @@ impl Drop for Running {
 /// copy threads fill the tasks. It closes every descriptor when it ends, failed or not: a
 /// restorer waiting on a page never filled then goes on (with zeros) to CRIU's pre-resume,
 /// where the failed restore kills the tasks before they resume (checkpoint::restore).
-fn serve(listener: UnixListener, plan: &Plan, items: &[Item], src: &Sources, shared: &Shared) {
+fn serve(
+    listener: UnixListener,
+    plan: &Plan,
+    items: Vec<(usize, Items)>,
+    src: &Sources,
+    shared: &Shared,
+) {
     let Some(conn) = accept(&listener, shared) else {
         if !shared.stop.load(Ordering::Relaxed) {
             shared.fail(Error::Corrupt(
@@ -556,7 +577,7 @@ fn serve(listener: UnixListener, plan: &Plan, items: &[Item], src: &Sources, sha
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                copy_items(plan, items, src, shared, &queues);
+                copy_items(plan, src, shared, &queues);
                 if running.fetch_sub(1, Ordering::Relaxed) == 1 {
                     shared.copying_done.store(true, Ordering::Relaxed);
                 }
@@ -768,7 +789,7 @@ fn events(fd: RawFd, shared: &Shared) {
 }
 
 /// An item to copy and the first of its pieces not yet in (a pair put back part way).
-type Work = (usize, usize);
+type Work = (Item, usize);
 
 /// What a copy thread takes next: up to two items of one task, or nothing yet.
 enum Next {
@@ -777,31 +798,51 @@ enum Next {
     Done,
 }
 
-/// The items not yet copied, per task (in archive order), and when each task may be tried
-/// again after its ranges were found not yet registered.
+/// The items not yet copied, per task (in archive order): those put back, then those its
+/// source has not made yet; and when each task may be tried again after its ranges were
+/// found not yet registered.
 struct Queues {
     items: Vec<std::collections::VecDeque<Work>>,
+    sources: Vec<Option<Items>>,
     not_before: Vec<Instant>,
     turn: usize,
 }
 
 impl Queues {
-    fn new(plan: &Plan, items: &[Item]) -> Queues {
-        let mut q = vec![std::collections::VecDeque::new(); plan.tasks.len()];
-        for (i, item) in items.iter().enumerate() {
-            if let Some(t) = plan.tasks.iter().position(|t| t.file == item.file) {
-                q[t].push_back((i, 0));
+    fn new(plan: &Plan, items: Vec<(usize, Items)>) -> Queues {
+        let mut sources: Vec<Option<Items>> = plan.tasks.iter().map(|_| None).collect();
+        for (file, source) in items {
+            if let Some(t) = plan.tasks.iter().position(|t| t.file == file) {
+                sources[t] = Some(source);
             }
         }
         Queues {
-            not_before: vec![Instant::now(); q.len()],
-            items: q,
+            not_before: vec![Instant::now(); sources.len()],
+            items: vec![std::collections::VecDeque::new(); sources.len()],
+            sources,
             turn: 0,
         }
     }
 
+    /// Makes task `t`'s next two items, if it has them.
+    fn refill(&mut self, t: usize) -> Result<(), Error> {
+        while self.items[t].len() < 2 {
+            let Some(source) = &mut self.sources[t] else {
+                return Ok(());
+            };
+            match source.next() {
+                Some(item) => self.items[t].push_back((item?, 0)),
+                None => self.sources[t] = None,
+            }
+        }
+        Ok(())
+    }
+
     /// Up to two items of the next task (in turn) whose descriptor has arrived.
     fn next(&mut self, plan: &Plan, shared: &Shared) -> Result<Next, Error> {
+        for t in 0..self.items.len() {
+            self.refill(t)?;
+        }
         if self.items.iter().all(|q| q.is_empty()) {
             return Ok(Next::Done);
         }
@@ -853,7 +894,7 @@ enum Short {
 /// may fault on a lazy page (the kernel writing its rseq area, say) and wait for it before
 /// the others get as far as registering theirs, and a restorer registers its ranges one
 /// mapping after another.
-fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queues: &Mutex<Queues>) {
+fn copy_items(plan: &Plan, src: &Sources, shared: &Shared, queues: &Mutex<Queues>) {
     let mut bufs = [vec![0u8; CHUNK], vec![0u8; CHUNK]];
     loop {
         if shared.quit() {
@@ -875,7 +916,7 @@ fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queue
             Ok(Next::Done) => return,
             Err(e) => return shared.fail(e),
         };
-        match copy_pair(&plan.tasks[t], pair, items, src, shared, &mut bufs) {
+        match copy_pair(&plan.tasks[t], pair, src, shared, &mut bufs) {
             Ok(()) => {}
             Err(Short::NotYet(left)) => queues
                 .lock()
@@ -898,14 +939,13 @@ fn copy_items(plan: &Plan, items: &[Item], src: &Sources, shared: &Shared, queue
 fn copy_pair(
     task: &Task,
     pair: [Option<Work>; 2],
-    items: &[Item],
     src: &Sources,
     shared: &Shared,
     bufs: &mut [Vec<u8>; 2],
 ) -> Result<(), Short> {
     let mut lanes = [Lane::new(), Lane::new()];
     let mut n = [0usize; 2];
-    let work = pair.map(|w| w.map(|(i, from)| (&items[i], from)));
+    let work = [0, 1].map(|k| pair[k].as_ref().map(|(i, from)| (i, *from)));
     for (k, w) in work.iter().enumerate() {
         let Some((item, _)) = w else { continue };
         let size = item.size as usize;
@@ -929,7 +969,7 @@ fn copy_pair(
         } else {
             src.archive
                 .read_exact_at(piece, item.at)
-                .map_err(|e| Short::Failed(read_error(e, &item.name)))?;
+                .map_err(|e| Short::Failed(read_error(e, &item.name())))?;
         }
     }
     let hashed = work.map(|w| w.is_some_and(|(i, _)| !i.staged));
@@ -943,8 +983,15 @@ fn copy_pair(
     );
     for (k, lane) in lanes.into_iter().enumerate() {
         if let (Some((item, _)), true) = (work[k], hashed[k]) {
-            check_digest(&item.name, &hex::encode(lane.finalize()), &item.sha256)
-                .map_err(Short::Failed)?;
+            let got = PartRecord {
+                size: item.size,
+                sha256: lane.finalize(),
+            };
+            let want = PartRecord {
+                size: item.size,
+                sha256: item.sha256,
+            };
+            check_part(&item.image, item.n as usize, &got, &want).map_err(Short::Failed)?;
         }
     }
     let uffd = shared
@@ -966,11 +1013,11 @@ fn copy_pair(
                 // (one mapping after another); after it, a range not registered never
                 // will be.
                 Err(Copy::NotRegistered) if !shared.all_sent() => {
-                    let mut left = vec![(pair[k].map_or(0, |w| w.0), j)];
+                    let mut left = vec![(item.clone(), j)];
                     if k == 0
-                        && let Some(w) = pair[1]
+                        && let Some(w) = &pair[1]
                     {
-                        left.push(w);
+                        left.push(w.clone());
                     }
                     return Err(Short::NotYet(left));
                 }
@@ -1242,11 +1289,12 @@ mod tests {
         let stage = dir.path().join("pages-1.img");
         let items = vec![Item {
             at: 0,
-            name: "checkpoint/pages-1.img.part0".into(),
+            image: "checkpoint/pages-1.img".into(),
+            n: 0,
             file: 0,
             offset: 0,
             size: 4096,
-            sha256: String::new(),
+            sha256: [0; 32],
             staged: true,
         }];
         let done = Arc::new(FeedDone::default());
@@ -1257,7 +1305,8 @@ mod tests {
             progress: Arc::new(Progress::hidden()),
         };
         let listener = listen(dir.path()).unwrap();
-        let mut running = Running::start(listener, plan, items, sources);
+        let items: Items = Box::new(items.into_iter().map(Ok));
+        let mut running = Running::start(listener, Arc::new(plan), vec![(0, items)], sources);
         // CRIU's part: the task's pid, then its descriptor.
         let criu = UnixStream::connect(dir.path().join(SOCKET)).unwrap();
         use std::io::Write;

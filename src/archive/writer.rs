@@ -2,9 +2,11 @@
 //! entry is hashed while it is written and listed in the signed `ferry.manifest` that closes
 //! the stream. Nothing is staged: the output may be a pipe or a socket.
 
-use crate::archive::hashing::Hashers;
+use crate::archive::hashing::{Done, Hashers};
 use crate::archive::manifest::{Entry, MANIFEST_NAME, Manifest, SignedManifest};
+use crate::archive::pages::{PartRecord, RecordFile, index_head, index_name, part_name};
 use crate::identity::Identity;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc::SyncSender;
@@ -270,10 +272,21 @@ impl<R: Read> Read for Hashing<'_, R> {
 
 pub struct ArchiveWriter<W: Write> {
     tar: tar::Builder<Timed<Encoder<W>>>,
+    /// What the manifest lists; each digest is filled in when its hashing job is done.
     entries: Vec<Entry>,
+    /// The pages images written in parts ([`add_part`](Self::add_part)), in order.
+    pages: Vec<Paged>,
+    /// Their parts' records until their indexes are written, on disk (made in `spill_dir`
+    /// at the first part): a record per 1 MiB part held in memory would grow with the
+    /// container.
+    records: Option<RecordFile>,
+    spill_dir: std::path::PathBuf,
+    /// Parts so far: the next part's slot in `records`.
+    slots: u64,
+    /// Where the digest of each hashing job not yet done goes.
+    waiting: HashMap<usize, Dest>,
     /// Hashes every entry, several at once; made at the first entry, so that
-    /// [`recycle_into`](Self::recycle_into) can come first. Entry n is its job n: the
-    /// digests are filled in at `finish`.
+    /// [`recycle_into`](Self::recycle_into) can come first.
     hashers: Option<Hashers>,
     /// Where hashed buffers go back to whoever fills them ([`recycle_into`](Self::recycle_into)).
     recycle: Option<SyncSender<Vec<u8>>>,
@@ -283,6 +296,23 @@ pub struct ArchiveWriter<W: Write> {
     pub progress: crate::progress::Progress,
     /// The largest signed manifest `finish` writes (lowered by tests).
     max_manifest: u64,
+}
+
+/// A pages image written in parts: its name in the archive, the slot of its first part's
+/// record and how many parts it has.
+struct Paged {
+    name: String,
+    first: u64,
+    count: u64,
+    indexed: bool,
+}
+
+/// What a hashing job was for.
+enum Dest {
+    /// The manifest entry at this position.
+    Entry(usize),
+    /// Part n of the pages image at this position of `pages`.
+    Part(usize, usize),
 }
 
 impl<W: Write + Send + 'static> ArchiveWriter<W> {
@@ -300,6 +330,11 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         Ok(ArchiveWriter {
             tar,
             entries: vec![],
+            pages: vec![],
+            records: None,
+            spill_dir: std::env::temp_dir(),
+            slots: 0,
+            waiting: HashMap::new(),
             hashers: None,
             recycle: None,
             content_bytes: 0,
@@ -363,7 +398,7 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_entry_type(tar::EntryType::Regular);
         let recycle = self.recycle.clone();
         let hashers = self.hashers.get_or_insert_with(|| Hashers::new(recycle));
-        hashers.begin();
+        let job = hashers.begin();
         let mut h = Hashing {
             inner: data.take(size),
             hashers,
@@ -380,19 +415,31 @@ impl<W: Write> ArchiveWriter<W> {
                 format!("expected {size} bytes, got {n}"),
             )));
         }
-        self.push_entry(name, size);
+        self.push_entry(job, name, size);
         Ok(())
     }
 
     /// Writes the header of the regular file `name` of `size` bytes, then the buffers
     /// `next` gives until it gives None (they must add up to `size`), each written out and
-    /// handed to the hashing threads, then the padding.
+    /// handed to the hashing threads, then the padding; lists it in the manifest.
     fn add_entry(
         &mut self,
         name: &str,
         size: u64,
-        mut next: impl FnMut(&mut Hashers) -> std::io::Result<Option<Vec<u8>>>,
+        next: impl FnMut(&mut Hashers) -> std::io::Result<Option<Vec<u8>>>,
     ) -> std::io::Result<()> {
+        let job = self.write_entry(name, size, next)?;
+        self.push_entry(job, name, size);
+        Ok(())
+    }
+
+    /// [`add_entry`](Self::add_entry) without the listing; the entry's hashing job.
+    fn write_entry(
+        &mut self,
+        name: &str,
+        size: u64,
+        mut next: impl FnMut(&mut Hashers) -> std::io::Result<Option<Vec<u8>>>,
+    ) -> std::io::Result<usize> {
         let mut header = tar::Header::new_gnu();
         header.set_size(size);
         header.set_mode(0o600);
@@ -402,7 +449,7 @@ impl<W: Write> ArchiveWriter<W> {
         header.set_cksum();
         let recycle = self.recycle.clone();
         let hashers = self.hashers.get_or_insert_with(|| Hashers::new(recycle));
-        hashers.begin();
+        let job = hashers.begin();
         let out = self.tar.get_mut();
         out.write_all(header.as_bytes())?;
         while let Some(buf) = next(hashers)? {
@@ -415,18 +462,48 @@ impl<W: Write> ArchiveWriter<W> {
         hashers.end()?;
         let pad = (512 - (size % 512) as usize) % 512;
         out.write_all(&[0u8; 512][..pad])?;
-        self.push_entry(name, size);
-        Ok(())
+        self.content_bytes += size;
+        Ok(job)
     }
 
-    /// Lists an entry whose bytes went to the hashers as their latest job.
-    fn push_entry(&mut self, name: &str, size: u64) {
-        self.content_bytes += size;
+    /// Lists an entry whose bytes went to the hashers as `job`.
+    fn push_entry(&mut self, job: usize, name: &str, size: u64) {
+        self.waiting.insert(job, Dest::Entry(self.entries.len()));
         self.entries.push(Entry {
             name: name.to_string(),
             sha256: String::new(),
             size,
         });
+    }
+
+    /// Puts the digests the hashers have ready where they belong.
+    fn settle_done(&mut self) -> std::io::Result<()> {
+        let done = match &self.hashers {
+            Some(h) => h.take_done(),
+            None => return Ok(()),
+        };
+        for d in done {
+            self.settle(d)?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, (job, sha256, size): Done) -> std::io::Result<()> {
+        match self.waiting.remove(&job) {
+            Some(Dest::Entry(i)) => self.entries[i].sha256 = hex::encode(sha256),
+            Some(Dest::Part(f, n)) => {
+                let records = self.records.as_ref().expect("made at the first part");
+                records.put(self.pages[f].first + n as u64, &PartRecord { size, sha256 })?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Where the parts' records are kept until the indexes are written (by default the
+    /// system's temporary directory): 40 bytes per MiB of pages.
+    pub fn spill_in(&mut self, dir: &Path) {
+        self.spill_dir = dir.to_path_buf();
     }
 
     /// Time spent so far handing the tar stream to the compressor and the output below it
@@ -463,6 +540,91 @@ impl<W: Write> ArchiveWriter<W> {
     /// are written and hashed, to be filled again (fresh memory is slow to touch here).
     pub fn recycle_into(&mut self, pool: SyncSender<Vec<u8>>) {
         self.recycle = Some(pool);
+    }
+
+    /// Adds part `n` of the pages image `file` (archive::pages), made of `chunks`, without
+    /// copying them. An image's parts come together and in order, all of them before
+    /// [`mark_tail`](Self::mark_tail), which writes each image's index.
+    pub fn add_part(&mut self, file: &str, n: u32, chunks: Vec<Vec<u8>>) -> Result<(), Error> {
+        let name = part_name(file, n);
+        let werr = |source| Error::Write {
+            entry: name.clone(),
+            source,
+        };
+        let misplaced = |why: &str| werr(std::io::Error::other(why.to_string()));
+        let f = match self.pages.iter().position(|p| p.name == file) {
+            Some(f) if self.pages[f].indexed => {
+                return Err(misplaced("a part after its image's index was written"));
+            }
+            Some(f) if f + 1 != self.pages.len() => {
+                return Err(misplaced("a part after another image's parts"));
+            }
+            Some(f) => f,
+            None => {
+                self.pages.push(Paged {
+                    name: file.to_string(),
+                    first: self.slots,
+                    count: 0,
+                    indexed: false,
+                });
+                self.pages.len() - 1
+            }
+        };
+        if u64::from(n) != self.pages[f].count {
+            return Err(misplaced("parts out of order"));
+        }
+        if self.records.is_none() {
+            self.records = Some(
+                RecordFile::new_in(&self.spill_dir).map_err(|e| Error::Write {
+                    entry: format!("(the pages' records, in {})", self.spill_dir.display()),
+                    source: e,
+                })?,
+            );
+        }
+        let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let mut chunks = chunks.into_iter();
+        let job = self
+            .write_entry(&name, size, |_| Ok(chunks.next()))
+            .map_err(werr)?;
+        self.pages[f].count += 1;
+        self.slots += 1;
+        self.waiting.insert(job, Dest::Part(f, n as usize));
+        self.settle_done().map_err(werr)
+    }
+
+    /// Writes the index of every pages image that has none yet, once all its parts'
+    /// digests are known.
+    fn write_indexes(&mut self) -> Result<(), Error> {
+        if self.pages.iter().all(|p| p.indexed) {
+            return Ok(());
+        }
+        let herr = |source| Error::Write {
+            entry: "(the pages' records)".into(),
+            source,
+        };
+        if let Some(h) = &self.hashers {
+            h.flush().map_err(herr)?;
+        }
+        while self.waiting.values().any(|d| matches!(d, Dest::Part(..))) {
+            let h = self.hashers.as_ref().expect("parts were hashed");
+            let done = h.next_done().map_err(herr)?;
+            self.settle(done).map_err(herr)?;
+        }
+        let records = self.records.take().expect("made at the first part");
+        for f in 0..self.pages.len() {
+            if self.pages[f].indexed {
+                continue;
+            }
+            self.pages[f].indexed = true;
+            let Paged {
+                name, first, count, ..
+            } = &self.pages[f];
+            let (head, size) = index_head(*count);
+            let index = index_name(name);
+            self.add_reader(&index, size, head.chain(records.raw(*first, *count)))?;
+        }
+        self.records = Some(records);
+        Ok(())
     }
 
     /// Adds the regular file `name` made of `chunks`, without copying them.
@@ -550,37 +712,35 @@ impl<W: Write> ArchiveWriter<W> {
     /// Marks where the archive's tail (what follows the memory pages) begins, for a restore
     /// that reads it first (archive::frames::TailMark; zstd only: an uncompressed archive
     /// is found out by seeking, a gzip one cannot be).
+    /// The pages images' indexes are the tail's first entries.
     pub fn mark_tail(&mut self) -> Result<(), Error> {
         let t = self.tar.get_mut();
         let at = t.written;
-        match &mut t.inner {
-            Encoder::Zstd(z) => z.mark_tail(at).map_err(|source| Error::Write {
+        if let Encoder::Zstd(z) = &mut t.inner {
+            z.mark_tail(at).map_err(|source| Error::Write {
                 entry: "(tail mark)".into(),
                 source,
-            }),
-            _ => Ok(()),
+            })?;
         }
+        self.write_indexes()
     }
 
     /// Closes the archive with the signed manifest of everything written.
     pub fn finish(mut self, mut manifest: Manifest, id: &Identity) -> Result<W, Error> {
+        self.write_indexes()?;
         if let Some(h) = self.hashers.take() {
-            let digests = h.finish().map_err(|source| Error::Write {
+            let herr = |source| Error::Write {
                 entry: "(hashing)".into(),
                 source,
-            })?;
-            if digests.len() != self.entries.len() {
-                return Err(Error::Write {
-                    entry: "(hashing)".into(),
-                    source: std::io::Error::other(format!(
-                        "{} digests for {} entries",
-                        digests.len(),
-                        self.entries.len()
-                    )),
-                });
+            };
+            for done in h.close().map_err(herr)? {
+                self.settle(done).map_err(herr)?;
             }
-            for (e, (sha256, _)) in self.entries.iter_mut().zip(digests) {
-                e.sha256 = sha256;
+            if !self.waiting.is_empty() {
+                return Err(herr(std::io::Error::other(format!(
+                    "{} entries were never hashed",
+                    self.waiting.len()
+                ))));
             }
         }
         manifest.entries = std::mem::take(&mut self.entries);

@@ -384,13 +384,15 @@ impl Container {
                 let stream = matches!(out, Output::Stream(_));
                 open_archive(out, opts, &announce, &written, &target).map(|w| (w, stream))
             });
-        let (w, stream) = match opened {
+        let (mut w, stream) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&work);
                 return Err(e);
             }
         };
+        // The pages' records wait for their indexes beside CRIU's images, not in /tmp.
+        w.spill_in(&work);
 
         // Decided before the freeze: the first answer about criu's nftables costs a criu run.
         let mut opts = opts.clone();
