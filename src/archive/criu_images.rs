@@ -147,31 +147,57 @@ fn message(v: Value<'_>) -> &[u8] {
 /// followed by the image's own, or the image's own alone, as CRIU's `crit` reads them), then
 /// splits the rest into messages, each a little-endian u32 size and that many bytes.
 pub fn entries(bytes: &[u8], magic: u32) -> Result<Vec<&[u8]>> {
-    let word = |at: usize| {
-        bytes
+    EntryIter::new(bytes, magic)?.collect()
+}
+
+/// The entries of an image one at a time ([`entries`] without the list).
+struct EntryIter<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> EntryIter<'a> {
+    fn new(bytes: &'a [u8], magic: u32) -> Result<EntryIter<'a>> {
+        let mut it = EntryIter { bytes, at: 4 };
+        let mut found = it.word(0)?;
+        if found == IMG_COMMON_MAGIC || found == IMG_SERVICE_MAGIC {
+            found = it.word(4)?;
+            it.at = 8;
+        }
+        if found != magic {
+            return Err(format!("magic {found:#010x}, expected {magic:#010x}"));
+        }
+        Ok(it)
+    }
+
+    fn word(&self, at: usize) -> Result<u32> {
+        self.bytes
             .get(at..at + 4)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-            .ok_or_else(|| format!("truncated: {} bytes", bytes.len()))
-    };
-    let mut at = 4;
-    let mut found = word(0)?;
-    if found == IMG_COMMON_MAGIC || found == IMG_SERVICE_MAGIC {
-        found = word(4)?;
-        at = 8;
+            .ok_or_else(|| format!("truncated: {} bytes", self.bytes.len()))
     }
-    if found != magic {
-        return Err(format!("magic {found:#010x}, expected {magic:#010x}"));
+}
+
+impl<'a> Iterator for EntryIter<'a> {
+    type Item = Result<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Result<&'a [u8]>> {
+        if self.at >= self.bytes.len() {
+            return None;
+        }
+        let at = self.at;
+        let entry = self.word(at).and_then(|len| {
+            let len = len as usize;
+            self.at = at + 4 + len;
+            self.bytes
+                .get(at + 4..at + 4 + len)
+                .ok_or_else(|| format!("an entry of {len} bytes at offset {at} is truncated"))
+        });
+        if entry.is_err() {
+            self.at = self.bytes.len();
+        }
+        Some(entry)
     }
-    let mut out = Vec::new();
-    while at < bytes.len() {
-        let len = word(at)? as usize;
-        let entry = bytes
-            .get(at + 4..at + 4 + len)
-            .ok_or_else(|| format!("an entry of {len} bytes at offset {at} is truncated"))?;
-        out.push(entry);
-        at += 4 + len;
-    }
-    Ok(out)
 }
 
 /// The links of a network namespace (`netdev-<ns id>.img`): each `net_device_entry`'s
@@ -368,18 +394,60 @@ pub struct Pagemap {
     pub entries: Vec<PagemapEntry>,
 }
 
+/// A pagemap, each run of entries that continue one another (the next page, the same
+/// flags) made one: CRIU sends a run per pipe buffer, about one per MiB of contiguous
+/// memory, and a restore that kept them all would grow with the container. The pages'
+/// order in `pages-<id>.img` is the entries' order, which merging keeps.
 pub fn decode_pagemap(bytes: &[u8]) -> Result<Pagemap> {
-    let all = entries(bytes, PAGEMAP_MAGIC)?;
-    let (head, rest) = all.split_first().ok_or("no pagemap head")?;
+    read_pagemap(bytes)
+}
+
+/// [`decode_pagemap`] of an image read one entry at a time, never whole.
+pub fn read_pagemap(r: impl std::io::Read) -> Result<Pagemap> {
+    let mut r = std::io::BufReader::with_capacity(64 << 10, r);
+    let word = |r: &mut std::io::BufReader<_>| -> Result<Option<u32>> {
+        let mut b = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match std::io::Read::read(r, &mut b[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(format!("truncated: a word cut after {got} bytes")),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(Some(u32::from_le_bytes(b)))
+    };
+    let mut found = word(&mut r)?.ok_or("truncated: 0 bytes")?;
+    if found == IMG_COMMON_MAGIC || found == IMG_SERVICE_MAGIC {
+        found = word(&mut r)?.ok_or("truncated: no magic")?;
+    }
+    if found != PAGEMAP_MAGIC {
+        return Err(format!(
+            "magic {found:#010x}, expected {PAGEMAP_MAGIC:#010x}"
+        ));
+    }
+    let mut buf = vec![];
+    let mut next = |r: &mut std::io::BufReader<_>| -> Result<Option<Vec<u8>>> {
+        let Some(len) = word(r)? else {
+            return Ok(None);
+        };
+        buf.resize(len as usize, 0);
+        std::io::Read::read_exact(r, &mut buf)
+            .map_err(|_| format!("an entry of {len} bytes is truncated"))?;
+        Ok(Some(std::mem::take(&mut buf)))
+    };
+    let head = next(&mut r)?.ok_or("no pagemap head")?;
     let mut pm = Pagemap::default();
-    for f in Fields(head) {
+    for f in Fields(&head) {
         if let (1, v) = f? {
             pm.pages_id = v.u32();
         }
     }
-    for entry in rest {
+    while let Some(entry) = next(&mut r)? {
         let mut e = PagemapEntry::default();
-        for f in Fields(entry) {
+        for f in Fields(&entry) {
             match f? {
                 (1, v) => e.vaddr = v.u64(),
                 (2, v) => e.nr_pages = v.u32(),
@@ -388,10 +456,22 @@ pub fn decode_pagemap(bytes: &[u8]) -> Result<Pagemap> {
                 _ => {}
             }
         }
-        pm.entries.push(e);
+        match pm.entries.last_mut() {
+            Some(last)
+                if last.vaddr + u64::from(last.nr_pages) * PAGE == e.vaddr
+                    && (last.in_parent, last.flags) == (e.in_parent, e.flags)
+                    && last.nr_pages.checked_add(e.nr_pages).is_some() =>
+            {
+                last.nr_pages += e.nr_pages
+            }
+            _ => pm.entries.push(e),
+        }
     }
     Ok(pm)
 }
+
+/// The page size CRIU's pagemaps count in (x86-64, arm64 with 4 KiB pages).
+const PAGE: u64 = 4096;
 
 /// CRIU's `fd_types` (fdinfo.proto).
 pub fn fd_type_name(t: u32) -> &'static str {
@@ -690,7 +770,7 @@ pub fn task_memory(dir: &std::path::Path) -> Result<Vec<Result<TaskMemory>>> {
         out.push((|| {
             Ok(TaskMemory {
                 pid,
-                pagemap: decode_pagemap(&read(e.path())?)?,
+                pagemap: read_pagemap(std::fs::File::open(e.path()).map_err(|e| e.to_string())?)?,
                 vmas: decode_vmas(&read(dir.join(format!("mm-{pid}.img")))?)?,
             })
         })());

@@ -87,30 +87,9 @@ pub struct RecordFile {
 
 impl RecordFile {
     pub fn new_in(dir: &Path) -> io::Result<RecordFile> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let open = |path: &Path, flags| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(flags)
-                .open(path)
-        };
-        let file = match open(dir, libc::O_TMPFILE) {
-            Ok(f) => f,
-            // A filesystem without O_TMPFILE: a name, removed at once.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                let path = dir.join(format!(".ferry-records-{}-{nanos}", std::process::id()));
-                let f = open(&path, libc::O_CREAT | libc::O_EXCL)?;
-                std::fs::remove_file(&path)?;
-                f
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(RecordFile { file })
+        Ok(RecordFile {
+            file: unnamed_file(dir)?,
+        })
     }
 
     pub fn put(&self, slot: u64, r: &PartRecord) -> io::Result<()> {
@@ -122,16 +101,53 @@ impl RecordFile {
 
     /// The raw records of slots `first..first + count`, as an index holds them.
     pub fn raw(&self, first: u64, count: u64) -> impl Read + '_ {
-        At {
-            file: &self.file,
-            pos: first * RECORD_LEN as u64,
-            end: (first + count) * RECORD_LEN as u64,
-        }
+        range(
+            &self.file,
+            first * RECORD_LEN as u64,
+            count * RECORD_LEN as u64,
+        )
     }
 
     /// The records of slots `first..first + count`, in order.
     pub fn records(&self, first: u64, count: u64) -> Records<impl Read + '_> {
         Records::new(self.raw(first, count), count)
+    }
+}
+
+/// A file with no name in `dir`, for the reader and the writer to keep on disk what would
+/// otherwise grow in memory with the container; it goes when it is closed.
+pub fn unnamed_file(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |path: &Path, flags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(flags)
+            .open(path)
+    };
+    match open(dir, libc::O_TMPFILE) {
+        Ok(f) => Ok(f),
+        // A filesystem without O_TMPFILE: a name, removed at once.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let path = dir.join(format!(".ferry-spill-{}-{nanos}", std::process::id()));
+            let f = open(&path, libc::O_CREAT | libc::O_EXCL)?;
+            std::fs::remove_file(&path)?;
+            Ok(f)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `len` bytes of `file` from `at`, read with pread.
+pub fn range(file: &File, at: u64, len: u64) -> impl Read + '_ {
+    At {
+        file,
+        pos: at,
+        end: at + len,
     }
 }
 
@@ -293,8 +309,6 @@ pub fn write_events<W: Write>(
     let mut file = String::new();
     let mut next = 0u32;
     let mut part: Vec<Vec<u8>> = vec![];
-    // The images the page server rebuilt (pagemaps): small, kept for after the pages.
-    let mut images = vec![];
     let flush = |w: &mut ArchiveWriter<W>, file: &str, next: &mut u32, part: &mut Vec<_>| {
         *next += 1;
         w.add_part(&format!("{prefix}/{file}"), *next - 1, std::mem::take(part))
@@ -324,15 +338,11 @@ pub fn write_events<W: Write>(
                 file.clear();
             }
             // After the pages: a restore reads everything but them first (archive::feed).
-            Event::Image { file, bytes } => images.push((file, bytes)),
+            Event::Image { file, bytes } => w.hold(&format!("{prefix}/{file}"), &bytes)?,
         }
     }
-    // The indexes of the pages images come first in the tail.
-    w.mark_tail()?;
-    for (file, bytes) in images {
-        w.add_bytes(&format!("{prefix}/{file}"), &bytes)?;
-    }
-    Ok(())
+    // The indexes of the pages images come first in the tail, then the pagemaps.
+    w.mark_tail()
 }
 
 #[cfg(test)]

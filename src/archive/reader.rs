@@ -1204,6 +1204,50 @@ pub(crate) mod tests {
         }
     }
 
+    /// What is held for the tail (the pagemaps, handed on in pieces while the pages stream)
+    /// comes after the indexes, each entry whole; an entry held apart is refused.
+    #[test]
+    fn held_entries_come_in_the_tail_after_the_indexes() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
+        w.spill_in(d.path());
+        w.hold("checkpoint/pagemap-1.img", b"ab").unwrap();
+        w.add_part("checkpoint/pages-9.img", 0, vec![b"pages".to_vec()])
+            .unwrap();
+        w.hold("checkpoint/pagemap-1.img", b"cd").unwrap();
+        w.hold("checkpoint/pagemap-2.img", b"ef").unwrap();
+        let e = w
+            .hold("checkpoint/pagemap-1.img", b"gh")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("held apart"), "{e}");
+        w.mark_tail().unwrap();
+        let bytes = w.finish(manifest(), &id).unwrap();
+        let names: Vec<String> = tar::Archive::new(bytes.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "checkpoint/pages-9.img.part0",
+                "checkpoint/pages-9.img.index",
+                "checkpoint/pagemap-1.img",
+                "checkpoint/pagemap-2.img",
+                "ferry.manifest"
+            ]
+        );
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let u = unpack_bytes(bytes, &id, &out).unwrap();
+        let read = |f: &str| std::fs::read(u.dir.join(f)).unwrap();
+        assert_eq!(read("checkpoint/pagemap-1.img"), b"abcd");
+        assert_eq!(read("checkpoint/pagemap-2.img"), b"ef");
+        assert_eq!(read("checkpoint/pages-9.img"), b"pages");
+    }
+
     /// A reader that hands over one byte per read, as a pipe may in pieces.
     struct Trickle(std::io::Cursor<Vec<u8>>);
 

@@ -184,7 +184,9 @@ impl Plan {
                 .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
                 .map(|v| (v.start, v.end))
                 .collect();
-            let runs = lazy_runs(&task.pagemap.entries);
+            let mut bounds: Vec<(u64, u64)> = task.vmas.iter().map(|v| (v.start, v.end)).collect();
+            bounds.sort_unstable();
+            let runs = lazy_runs(&task.pagemap.entries, &bounds);
             mappings.push((anon, runs.clone()));
             match task.pagemap.pages_file(gated) {
                 Some(file) if !runs.is_empty() => {
@@ -268,8 +270,33 @@ fn shared_lazy_bytes(tasks: &[Mappings]) -> u64 {
 }
 
 /// The lazy runs of a pagemap (in pagemap order, which is the file's), with their offsets
-/// in the pages file.
-fn lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
+/// in the pages file, each within one of `vmas` (the task's mappings, sorted): one
+/// `UFFDIO_COPY` cannot fill two mappings, and CRIU's entries (and the merged ones of
+/// criu_images::decode_pagemap) may run from one mapping into the next.
+fn lazy_runs(entries: &[criu_images::PagemapEntry], vmas: &[(u64, u64)]) -> Vec<Run> {
+    let mut out = vec![];
+    for r in merged_lazy_runs(entries) {
+        let (mut vaddr, end) = (r.vaddr, r.vaddr + r.len);
+        while vaddr < end {
+            // The next mapping boundary after vaddr, if inside the run.
+            let i = vmas.partition_point(|v| v.1 <= vaddr);
+            let cut = match vmas.get(i) {
+                Some(&(s, e)) if s <= vaddr => e.min(end),
+                Some(&(s, _)) => s.min(end),
+                None => end,
+            };
+            out.push(Run {
+                file_off: r.file_off + (vaddr - r.vaddr),
+                vaddr,
+                len: cut - vaddr,
+            });
+            vaddr = cut;
+        }
+    }
+    out
+}
+
+fn merged_lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
     let mut out: Vec<Run> = vec![];
     let mut file_off = 0u64;
     for e in entries.iter().filter(|e| e.present()) {
@@ -1145,13 +1172,47 @@ mod tests {
             entry(0xa000, 2, 6), // lazy, file 16384..24576
             entry(0xf000, 1, 4), // the stack page: read
         ];
+        let vmas = [
+            (0x1000, 0x2000),
+            (0x5000, 0x8000),
+            (0xa000, 0xc000),
+            (0xf000, 0x10000),
+        ];
         assert_eq!(
-            lazy_runs(&e),
+            lazy_runs(&e, &vmas),
             vec![
                 Run {
                     file_off: 4096,
                     vaddr: 0x5000,
                     len: 3 * 4096
+                },
+                Run {
+                    file_off: 16384,
+                    vaddr: 0xa000,
+                    len: 2 * 4096
+                },
+            ]
+        );
+        // A run that goes on into the next mapping is cut where the mapping ends: one
+        // UFFDIO_COPY fills one mapping.
+        let vmas = [
+            (0x1000, 0x2000),
+            (0x5000, 0x6000),
+            (0x6000, 0x8000),
+            (0xa000, 0xc000),
+        ];
+        assert_eq!(
+            lazy_runs(&e, &vmas),
+            vec![
+                Run {
+                    file_off: 4096,
+                    vaddr: 0x5000,
+                    len: 4096
+                },
+                Run {
+                    file_off: 8192,
+                    vaddr: 0x6000,
+                    len: 2 * 4096
                 },
                 Run {
                     file_off: 16384,

@@ -283,6 +283,11 @@ pub struct ArchiveWriter<W: Write> {
     spill_dir: std::path::PathBuf,
     /// Parts so far: the next part's slot in `records`.
     slots: u64,
+    /// Entries held back for the tail ([`hold`](Self::hold)): each name with its bytes'
+    /// place in `held_file`, on disk in `spill_dir`.
+    held: Vec<(String, u64, u64)>,
+    held_file: Option<std::fs::File>,
+    held_end: u64,
     /// Where the digest of each hashing job not yet done goes.
     waiting: HashMap<usize, Dest>,
     /// Hashes every entry, several at once; made at the first entry, so that
@@ -334,6 +339,9 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             records: None,
             spill_dir: std::env::temp_dir(),
             slots: 0,
+            held: vec![],
+            held_file: None,
+            held_end: 0,
             waiting: HashMap::new(),
             hashers: None,
             recycle: None,
@@ -592,6 +600,49 @@ impl<W: Write> ArchiveWriter<W> {
         self.settle_done().map_err(werr)
     }
 
+    /// Appends `bytes` to the entry `name`, written in the tail
+    /// ([`mark_tail`](Self::mark_tail), or `finish`) after the indexes; held on disk until
+    /// then. An entry's bytes come together: holding another name ends it.
+    pub fn hold(&mut self, name: &str, bytes: &[u8]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        let herr = |source| Error::Write {
+            entry: format!("{name} (held for the tail in {})", self.spill_dir.display()),
+            source,
+        };
+        if self.held_file.is_none() {
+            self.held_file =
+                Some(crate::archive::pages::unnamed_file(&self.spill_dir).map_err(herr)?);
+        }
+        let f = self.held_file.as_ref().expect("made above");
+        f.write_all_at(bytes, self.held_end).map_err(herr)?;
+        match self.held.last_mut() {
+            Some((n, _, len)) if n == name => *len += bytes.len() as u64,
+            _ => {
+                if self.held.iter().any(|(n, _, _)| n == name) {
+                    return Err(herr(std::io::Error::other(
+                        "its bytes were held apart, another entry's between them",
+                    )));
+                }
+                self.held
+                    .push((name.to_string(), self.held_end, bytes.len() as u64))
+            }
+        }
+        self.held_end += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes what is held for the tail ([`hold`](Self::hold)).
+    fn write_held(&mut self) -> Result<(), Error> {
+        let Some(f) = self.held_file.take() else {
+            return Ok(());
+        };
+        for (name, at, len) in std::mem::take(&mut self.held) {
+            self.add_reader(&name, len, crate::archive::pages::range(&f, at, len))?;
+        }
+        self.held_end = 0;
+        Ok(())
+    }
+
     /// Writes the index of every pages image that has none yet, once all its parts'
     /// digests are known.
     fn write_indexes(&mut self) -> Result<(), Error> {
@@ -712,7 +763,7 @@ impl<W: Write> ArchiveWriter<W> {
     /// Marks where the archive's tail (what follows the memory pages) begins, for a restore
     /// that reads it first (archive::frames::TailMark; zstd only: an uncompressed archive
     /// is found out by seeking, a gzip one cannot be).
-    /// The pages images' indexes are the tail's first entries.
+    /// The pages images' indexes are the tail's first entries, then what was held for it.
     pub fn mark_tail(&mut self) -> Result<(), Error> {
         let t = self.tar.get_mut();
         let at = t.written;
@@ -722,12 +773,14 @@ impl<W: Write> ArchiveWriter<W> {
                 source,
             })?;
         }
-        self.write_indexes()
+        self.write_indexes()?;
+        self.write_held()
     }
 
     /// Closes the archive with the signed manifest of everything written.
     pub fn finish(mut self, mut manifest: Manifest, id: &Identity) -> Result<W, Error> {
         self.write_indexes()?;
+        self.write_held()?;
         if let Some(h) = self.hashers.take() {
             let herr = |source| Error::Write {
                 entry: "(hashing)".into(),

@@ -31,6 +31,9 @@ pub const PE_PRESENT: u32 = 1 << 2;
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 
+/// How much of a pagemap the page server holds before handing it on.
+const PAGEMAP_CHUNK: usize = 64 << 10;
+
 /// CRIU's page server numbers its pages images from here, clear of any the dumping side
 /// may have made itself; ferry does the same.
 pub const PAGES_ID_BASE: u32 = 0x10001;
@@ -42,7 +45,9 @@ pub trait PageSink {
     fn pages(&mut self, file: &str, src: &mut dyn Read, len: u64) -> io::Result<()>;
     /// `file` is complete. Called once for every pages image, also one that got no data.
     fn pages_done(&mut self, file: &str) -> io::Result<()>;
-    /// A complete small image: a pagemap.
+    /// The next bytes of a small image (a pagemap), which may come in several calls: it
+    /// grows with the memory dumped (an entry per run of pages CRIU sends), so it is not
+    /// held whole.
     fn image(&mut self, file: &str, bytes: Vec<u8>) -> io::Result<()>;
 }
 
@@ -160,7 +165,9 @@ pub fn serve<S: Read + Write>(sock: &mut S, sink: &mut dyn PageSink) -> Result<S
     let finish = |cur: Option<Pagemap>, sink: &mut dyn PageSink| -> Result<(), Error> {
         if let Some(pm) = cur {
             sink.pages_done(&pm.pages).map_err(Error::Sink)?;
-            sink.image(&pm.name, pm.bytes).map_err(Error::Sink)?;
+            if !pm.bytes.is_empty() {
+                sink.image(&pm.name, pm.bytes).map_err(Error::Sink)?;
+            }
         }
         Ok(())
     };
@@ -208,6 +215,10 @@ pub fn serve<S: Read + Write>(sock: &mut S, sink: &mut dyn PageSink) -> Result<S
                     Error::Protocol("pages sent before any pagemap was opened".into())
                 })?;
                 pm.add(vaddr, nr_pages, flags);
+                if pm.bytes.len() >= PAGEMAP_CHUNK {
+                    sink.image(&pm.name, std::mem::take(&mut pm.bytes))
+                        .map_err(Error::Sink)?;
+                }
                 if flags & PE_PRESENT != 0 {
                     let len = u64::from(nr_pages) * page;
                     let mut src = Tracked {
@@ -285,7 +296,12 @@ impl PageSink for DirSink {
     }
 
     fn image(&mut self, file: &str, bytes: Vec<u8>) -> io::Result<()> {
-        std::fs::write(self.dir.join(file), bytes)
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(file))?
+            .write_all(&bytes)
     }
 }
 
@@ -355,6 +371,118 @@ mod tests {
                 .unwrap()
                 .len(),
             0
+        );
+    }
+
+    /// Keeps each call's image bytes apart, to see how a pagemap is handed on.
+    #[derive(Default)]
+    struct Calls {
+        images: Vec<(String, Vec<u8>)>,
+    }
+
+    impl PageSink for Calls {
+        fn pages(&mut self, _: &str, src: &mut dyn Read, _: u64) -> io::Result<()> {
+            io::copy(src, &mut io::sink()).map(drop)
+        }
+        fn pages_done(&mut self, _: &str) -> io::Result<()> {
+            Ok(())
+        }
+        fn image(&mut self, file: &str, bytes: Vec<u8>) -> io::Result<()> {
+            self.images.push((file.to_string(), bytes));
+            Ok(())
+        }
+    }
+
+    /// A pagemap grows with the memory dumped (an entry per run CRIU sends): it is handed
+    /// on in pieces of about 64 KiB, which together are the whole image.
+    #[test]
+    fn a_large_pagemap_is_handed_on_in_pieces() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut calls = Calls::default();
+            serve(&mut b, &mut calls).map(|_| calls)
+        });
+        a.write_all(&cmd(PS_IOV_OPEN2, 0, 0, 0, 5 << 8 | PS_TYPE_PID))
+            .unwrap();
+        let mut has_parent = [9u8];
+        a.read_exact(&mut has_parent).unwrap();
+        let runs = 20_000u64;
+        let mut all = vec![];
+        for i in 0..runs {
+            all.extend(cmd(
+                PS_IOV_ADD_F,
+                PE_LAZY,
+                1,
+                0x1000_0000 + i * 0x2000,
+                5 << 8 | 1,
+            ));
+        }
+        a.write_all(&all).unwrap();
+        a.write_all(&cmd(PS_IOV_CLOSE, 0, 0, 0, 0)).unwrap();
+        let mut status = [9u8; 4];
+        a.read_exact(&mut status).unwrap();
+        let calls = server.join().unwrap().unwrap();
+        assert!(calls.images.len() > 2, "{} pieces", calls.images.len());
+        assert!(calls.images.iter().all(|(f, _)| f == "pagemap-5.img"));
+        assert!(
+            calls
+                .images
+                .iter()
+                .all(|(_, b)| b.len() < PAGEMAP_CHUNK + 64),
+            "a piece larger than the chunk"
+        );
+        let whole: Vec<u8> = calls.images.into_iter().flat_map(|(_, b)| b).collect();
+        let pm = decode_pagemap(&whole).unwrap();
+        assert_eq!(pm.entries.len(), runs as usize);
+        assert_eq!(
+            pm.entries[runs as usize - 1].vaddr,
+            0x1000_0000 + (runs - 1) * 0x2000
+        );
+    }
+
+    /// Runs that continue one another with the same flags read back as one entry (a
+    /// restore holds an entry per run, not per MiB); a gap or other flags start another.
+    #[test]
+    fn runs_that_continue_one_another_read_back_as_one() {
+        let page = page_size();
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut calls = Calls::default();
+            serve(&mut b, &mut calls).map(|_| calls)
+        });
+        a.write_all(&cmd(PS_IOV_OPEN2, 0, 0, 0, 5 << 8 | PS_TYPE_PID))
+            .unwrap();
+        let mut has_parent = [9u8];
+        a.read_exact(&mut has_parent).unwrap();
+        let at = |pages: u64| 0x1000_0000 + pages * page;
+        for (cmd_, flags, nr, vaddr) in [
+            (PS_IOV_ADD_F, PE_LAZY, 2, at(0)),
+            (PS_IOV_ADD_F, PE_LAZY, 3, at(2)),
+            (PS_IOV_ADD_F, PE_LAZY, 1, at(5)),
+            (PS_IOV_HOLE, 0, 1, at(6)),
+            (PS_IOV_ADD_F, PE_LAZY, 1, at(9)),
+        ] {
+            a.write_all(&cmd(cmd_, flags, nr, vaddr, 5 << 8 | 1))
+                .unwrap();
+        }
+        a.write_all(&cmd(PS_IOV_CLOSE, 0, 0, 0, 0)).unwrap();
+        let mut status = [9u8; 4];
+        a.read_exact(&mut status).unwrap();
+        let calls = server.join().unwrap().unwrap();
+        let whole: Vec<u8> = calls.images.into_iter().flat_map(|(_, b)| b).collect();
+        let pm = decode_pagemap(&whole).unwrap();
+        let got: Vec<(u64, u32, Option<u32>)> = pm
+            .entries
+            .iter()
+            .map(|e| (e.vaddr, e.nr_pages, e.flags))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (at(0), 6, Some(PE_LAZY)),
+                (at(6), 1, Some(PE_PARENT)),
+                (at(9), 1, Some(PE_LAZY))
+            ]
         );
     }
 
