@@ -2481,3 +2481,97 @@ fn empty_ns_network_restores_a_bare_network_namespace() {
     host.run(&["delete", "--force", &id]).ok();
     assert_no_leftovers(&host.ferry, &bundle, &id);
 }
+
+/// `archive` rewritten as ferry wrote archives until 2026-11-29 (format 2): no pages
+/// index, every part listed in the manifest; signed again with `host`'s own key.
+fn as_format_2(host: &Host, archive: &Path) -> PathBuf {
+    use ferry::archive::manifest::{Entry, MANIFEST_NAME, SignedManifest};
+    use sha2::Digest;
+    let mut entries = vec![];
+    let mut manifest = None;
+    let mut ar = tar::Archive::new(fs::File::open(archive).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = vec![];
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if name == MANIFEST_NAME {
+            let signed: SignedManifest = serde_json::from_slice(&data).unwrap();
+            manifest = Some(signed.verify().unwrap().0);
+        } else if e.header().entry_type().is_file() && !name.ends_with(".img.index") {
+            entries.push((name, data));
+        }
+    }
+    let mut m = manifest.expect("no ferry.manifest");
+    assert_eq!(m.format, 3, "ferry writes format 3");
+    assert!(
+        entries.iter().any(|(n, _)| n.contains(".img.part")),
+        "no pages parts in {}",
+        archive.display()
+    );
+    m.format = 2;
+    m.entries = entries
+        .iter()
+        .map(|(name, data)| Entry {
+            name: name.clone(),
+            sha256: hex::encode(sha2::Sha256::digest(data)),
+            size: data.len() as u64,
+        })
+        .collect();
+    let id = ferry::identity::Identity::load_or_create(&host.storage).unwrap();
+    let signed = serde_json::to_vec(&SignedManifest::sign(&m, &id)).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries.iter().chain([&(MANIFEST_NAME.to_string(), signed)]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    let out = archive.with_extension("format2.tar");
+    fs::write(&out, b.into_inner().unwrap()).unwrap();
+    out
+}
+
+/// An archive of format 2 (pages parts listed one by one, as ferry wrote them until
+/// 2026-11-29) still restores, from a file (its pages found by seeking and copied in) and
+/// through a pipe, with its memory whole.
+#[test]
+fn an_archive_of_format_2_still_restores() {
+    let (host, id, at, sum) = counting_memhold("fmt2", "16");
+    let archive = host.ferry.scratch().join("a.tar");
+    host.run(&[
+        "checkpoint",
+        &id,
+        "-e",
+        archive.to_str().unwrap(),
+        "--compress",
+        "none",
+    ])
+    .ok();
+    let old = as_format_2(&host, &archive);
+    let from_file = host.id("fmt2-file");
+    host.run_quiet(&[
+        "restore",
+        "-i",
+        old.to_str().unwrap(),
+        "--name",
+        &from_file,
+        "-d",
+    ])
+    .ok();
+    goes_on_with_its_memory_then_delete(&host, &from_file, at, &sum, "a format 2 file");
+
+    let piped = host.id("fmt2-pipe");
+    let out = host
+        .command(&["restore", "-i", "-", "--name", &piped, "-d"])
+        .stdin(fs::File::open(&old).unwrap())
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore -i - of a format 2 archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    goes_on_with_its_memory_then_delete(&host, &piped, at, &sum, "a format 2 pipe");
+}
