@@ -16,11 +16,11 @@
 use crate::archive::frames::{TAIL_MARK_LEN, TailMark};
 use crate::archive::gate::Gate;
 use crate::archive::hashing::Hashers;
-use crate::archive::pages::{PartRecord, Records};
+use crate::archive::pages::{IndexCursor, PartRecord};
 use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_part,
     check_signer, complete, entry_name, part_missing, part_unlisted, read_error, read_manifest,
-    signed_parts, signed_records, stage_stream,
+    signed_cursor, signed_parts, signed_records, stage_stream,
 };
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
@@ -176,7 +176,7 @@ struct Image {
 struct Parts {
     image: Arc<str>,
     file: usize,
-    records: Records<File>,
+    records: IndexCursor,
     n: usize,
     at: u64,
     offset: u64,
@@ -187,7 +187,7 @@ impl Parts {
         Ok(Parts {
             image: img.name.clone(),
             file: img.file,
-            records: signed_records(stage, &img.name)?,
+            records: signed_cursor(stage, &img.name)?,
             n: 0,
             at: img.first_at,
             offset: 0,
@@ -984,7 +984,7 @@ fn unpack_zstd(
         }
         expected.push(Expected {
             image: Arc::from(f.as_str()),
-            records: signed_records(stage.dir(), &f)?,
+            records: signed_cursor(stage.dir(), &f)?,
             count: 0,
         });
         files.push((f, total));
@@ -1018,7 +1018,7 @@ fn unpack_zstd(
 /// A pages image's parts as its index lists them, read as they come.
 struct Expected {
     image: Arc<str>,
-    records: Records<File>,
+    records: IndexCursor,
     count: usize,
 }
 

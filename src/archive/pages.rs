@@ -183,7 +183,7 @@ pub struct Records<R> {
 impl<R: Read> Records<R> {
     fn new(r: R, count: u64) -> Records<R> {
         Records {
-            r: BufReader::with_capacity(64 << 10, r),
+            r: BufReader::with_capacity(16 << 10, r),
             left: count,
         }
     }
@@ -207,6 +207,67 @@ impl<R: Read> Iterator for Records<R> {
             size: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
             sha256: b[8..].try_into().expect("32 bytes"),
         }))
+    }
+}
+
+/// An index's records in order, read a batch at a time, the file opened for each batch: a
+/// restore has a cursor per pages image live at once (the copy-in one per task), and none
+/// holds a descriptor or more than a batch (a container of many processes would otherwise
+/// hold a buffer and a descriptor for each).
+pub struct IndexCursor {
+    path: std::path::PathBuf,
+    /// The next record to read into the batch, and how many are left to read.
+    next: u64,
+    left: u64,
+    batch: std::collections::VecDeque<PartRecord>,
+}
+
+impl IndexCursor {
+    const BATCH: u64 = 64;
+
+    /// The `count` records of the index at `path` (checked to be one: [`open_index`]).
+    pub fn new(path: std::path::PathBuf, count: u64) -> IndexCursor {
+        IndexCursor {
+            path,
+            next: 0,
+            left: count,
+            batch: Default::default(),
+        }
+    }
+
+    /// How many records are still to come.
+    pub fn left(&self) -> u64 {
+        self.left + self.batch.len() as u64
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        let n = self.left.min(Self::BATCH);
+        let mut buf = vec![0u8; n as usize * RECORD_LEN];
+        let at = INDEX_MAGIC.len() as u64 + self.next * RECORD_LEN as u64;
+        File::open(&self.path)?.read_exact_at(&mut buf, at)?;
+        self.batch
+            .extend(buf.chunks_exact(RECORD_LEN).map(|b| PartRecord {
+                size: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+                sha256: b[8..].try_into().expect("32 bytes"),
+            }));
+        self.next += n;
+        self.left -= n;
+        Ok(())
+    }
+}
+
+impl Iterator for IndexCursor {
+    type Item = io::Result<PartRecord>;
+
+    fn next(&mut self) -> Option<io::Result<PartRecord>> {
+        if self.batch.is_empty()
+            && self.left > 0
+            && let Err(e) = self.fill()
+        {
+            self.left = 0;
+            return Some(Err(e));
+        }
+        self.batch.pop_front().map(Ok)
     }
 }
 
@@ -379,6 +440,21 @@ mod tests {
         assert!(e.contains("does not start as a ferry pages index"), "{e}");
         let e = read(b"FERRY").unwrap_err();
         assert!(e.contains("does not start as a ferry pages index"), "{e}");
+        // A cursor reads them a batch at a time, with no descriptor held between batches.
+        let many: Vec<PartRecord> = (0..150u64)
+            .map(|i| PartRecord {
+                size: i,
+                sha256: [i as u8; 32],
+            })
+            .collect();
+        let path = d.path().join("many");
+        std::fs::write(&path, encode_index(&many)).unwrap();
+        let mut cursor = IndexCursor::new(path.clone(), 150);
+        assert_eq!(cursor.next().unwrap().unwrap(), many[0]);
+        assert_eq!(cursor.left(), 149);
+        let rest: Vec<_> = cursor.map(Result::unwrap).collect();
+        assert_eq!(rest, many[1..]);
+        std::fs::remove_file(&path).unwrap();
         // Records kept on disk come back in order, whatever order they were put in.
         let kept = RecordFile::new_in(d.path()).unwrap();
         kept.put(1, &records[1]).unwrap();

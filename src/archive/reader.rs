@@ -7,8 +7,8 @@
 use crate::archive::hashing::Hashers;
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::archive::pages::{
-    PartRecord, RecordFile, Records, encode_index, index_name, index_of, open_index, part_name,
-    split_part,
+    IndexCursor, PartRecord, RecordFile, Records, encode_index, index_name, index_of, open_index,
+    part_name, split_part,
 };
 use crate::archive::stage::{self, Stage};
 pub use crate::archive::writer::Announce;
@@ -902,6 +902,12 @@ pub(crate) fn signed_parts<'a>(
         signed_records(dir, file)?;
     }
     Ok(files)
+}
+
+/// `file`'s index, staged in `dir` ([`signed_parts`]), read a batch at a time.
+pub(crate) fn signed_cursor(dir: &Path, file: &str) -> Result<IndexCursor, Error> {
+    let count = signed_records(dir, file)?.left();
+    Ok(IndexCursor::new(dir.join(index_name(file)), count))
 }
 
 /// The records of `file`'s index, staged in `dir` ([`signed_parts`]).
