@@ -1210,6 +1210,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every entry's bytes count, a long name's (written through the tar crate) too.
+    #[test]
+    fn content_bytes_count_every_entry() {
+        let mut w = ArchiveWriter::new(Vec::new(), Compression::None).unwrap();
+        w.add_bytes("spec.dump", b"12345").unwrap();
+        let long = format!("checkpoint/{}.img", "x".repeat(120));
+        w.add_bytes(&long, b"123").unwrap();
+        w.add_part("checkpoint/pages-1.img", 0, vec![b"1234567".to_vec()])
+            .unwrap();
+        assert_eq!(w.content_bytes, 15);
+    }
+
     /// What is held for the tail (the pagemaps, handed on in pieces while the pages stream)
     /// comes after the indexes, each entry whole; an entry held apart is refused.
     #[test]

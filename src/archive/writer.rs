@@ -423,6 +423,7 @@ impl<W: Write> ArchiveWriter<W> {
                 format!("expected {size} bytes, got {n}"),
             )));
         }
+        self.content_bytes += size;
         self.push_entry(job, name, size);
         Ok(())
     }
