@@ -381,8 +381,7 @@ pub(crate) fn stage_stream(
     // Where the manifest's data (padded to a block) ends: a complete stream has the two
     // zero blocks of the end-of-archive marker after it.
     let mut manifest_end = 0u64;
-    // Each entry's job in `hashers` (a part's is its image's and number), and its size as
-    // read.
+    // Each entry's job in `hashers`, and its size as read (the parts apart, below).
     let mut jobs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     // The parts' hashing jobs not yet done, each with its record's slot.
     let mut part_jobs: std::collections::HashMap<usize, u64> = Default::default();
