@@ -153,26 +153,6 @@ fn entry_offsets(archive: &Path) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-/// The entries of an uncompressed ferry archive, in order, with the manifest parsed.
-fn read_entries(archive: &Path) -> (Vec<(String, Vec<u8>)>, Manifest) {
-    let mut ar = tar::Archive::new(fs::File::open(archive).unwrap());
-    let mut entries = vec![];
-    let mut manifest = None;
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().into_owned();
-        let mut data = vec![];
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        if name == MANIFEST_NAME {
-            let signed: SignedManifest = serde_json::from_slice(&data).unwrap();
-            manifest = Some(signed.verify().unwrap().0);
-        } else if e.header().entry_type().is_file() {
-            entries.push((name, data));
-        }
-    }
-    (entries, manifest.expect("no ferry.manifest"))
-}
-
 /// A tar header for a regular file whose name is written byte for byte (the tar crate's
 /// own setters refuse `..`, which is the point of these archives).
 fn raw_header(name: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {

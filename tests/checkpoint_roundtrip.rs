@@ -2487,22 +2487,8 @@ fn empty_ns_network_restores_a_bare_network_namespace() {
 fn as_format_2(host: &Host, archive: &Path) -> PathBuf {
     use ferry::archive::manifest::{Entry, MANIFEST_NAME, SignedManifest};
     use sha2::Digest;
-    let mut entries = vec![];
-    let mut manifest = None;
-    let mut ar = tar::Archive::new(fs::File::open(archive).unwrap());
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().into_owned();
-        let mut data = vec![];
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        if name == MANIFEST_NAME {
-            let signed: SignedManifest = serde_json::from_slice(&data).unwrap();
-            manifest = Some(signed.verify().unwrap().0);
-        } else if e.header().entry_type().is_file() && !name.ends_with(".img.index") {
-            entries.push((name, data));
-        }
-    }
-    let mut m = manifest.expect("no ferry.manifest");
+    let (mut entries, mut m) = read_entries(archive);
+    entries.retain(|(name, _)| !name.ends_with(".img.index"));
     assert_eq!(m.format, 3, "ferry writes format 3");
     assert!(
         entries.iter().any(|(n, _)| n.contains(".img.part")),

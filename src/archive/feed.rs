@@ -1239,22 +1239,7 @@ mod tests {
             let mut stage = Stage::disk(&d.path().join(format!("stage{i}")), "test").unwrap();
             let got = unpack(&path, Layout::Plain, &mut stage, Trust::AnySigner, hidden())
                 .and_then(|(u, mut feed)| feed.finish().map(|_| u));
-            match (got, want) {
-                (Ok(u), Ok(())) => assert_eq!(
-                    std::fs::read(u.dir.join("checkpoint/pages-5.img")).unwrap(),
-                    parts.concat(),
-                    "{what}"
-                ),
-                (Err(e), Err((entry, says))) => {
-                    let text = e.to_string();
-                    assert!(
-                        text.contains(entry) && text.contains(says),
-                        "{what}: {text}"
-                    );
-                }
-                (Ok(_), Err(w)) => panic!("{what}: restored, but should say {w:?}"),
-                (Err(e), Ok(())) => panic!("{what}: {e}"),
-            }
+            crate::archive::reader::tests::check_case(what, got, want, &parts);
         }
     }
 

@@ -1189,23 +1189,32 @@ pub(crate) mod tests {
         for (i, (what, bytes, want)) in cases.into_iter().enumerate() {
             let dir = d.path().join(format!("case{i}"));
             std::fs::create_dir(&dir).unwrap();
-            let got = unpack_bytes(bytes, &id, &dir);
-            match (got, want) {
-                (Ok(u), Ok(())) => assert_eq!(
-                    std::fs::read(u.dir.join("checkpoint/pages-5.img")).unwrap(),
-                    parts.concat(),
-                    "{what}"
-                ),
-                (Err(e), Err((entry, says))) => {
-                    let text = e.to_string();
-                    assert!(
-                        text.contains(entry) && text.contains(says),
-                        "{what}: {text}"
-                    );
-                }
-                (Ok(_), Err(w)) => panic!("{what}: restored, but should say {w:?}"),
-                (Err(e), Ok(())) => panic!("{what}: {e}"),
+            check_case(what, unpack_bytes(bytes, &id, &dir), want, &parts);
+        }
+    }
+
+    /// One of [`index_cases`] read: the good ones whole, the others refused as they say.
+    pub(crate) fn check_case(
+        what: &str,
+        got: Result<Unpacked, Error>,
+        want: Result<(), (&str, &str)>,
+        parts: &[Vec<u8>],
+    ) {
+        match (got, want) {
+            (Ok(u), Ok(())) => assert_eq!(
+                std::fs::read(u.dir.join("checkpoint/pages-5.img")).unwrap(),
+                parts.concat(),
+                "{what}"
+            ),
+            (Err(e), Err((entry, says))) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(entry) && text.contains(says),
+                    "{what}: {text}"
+                );
             }
+            (Ok(_), Err(w)) => panic!("{what}: restored, but should say {w:?}"),
+            (Err(e), Ok(())) => panic!("{what}: {e}"),
         }
     }
 

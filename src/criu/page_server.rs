@@ -393,10 +393,9 @@ mod tests {
         }
     }
 
-    /// A pagemap grows with the memory dumped (an entry per run CRIU sends): it is handed
-    /// on in pieces of about 64 KiB, which together are the whole image.
-    #[test]
-    fn a_large_pagemap_is_handed_on_in_pieces() {
+    /// Serves a dump of one pagemap (of pid 5) into a [`Calls`]: `send` writes the runs
+    /// after the pagemap is open; what the sink got, once CRIU's side closed.
+    fn one_pagemap(send: impl FnOnce(&mut UnixStream)) -> Calls {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
             let mut calls = Calls::default();
@@ -406,22 +405,31 @@ mod tests {
             .unwrap();
         let mut has_parent = [9u8];
         a.read_exact(&mut has_parent).unwrap();
-        let runs = 20_000u64;
-        let mut all = vec![];
-        for i in 0..runs {
-            all.extend(cmd(
-                PS_IOV_ADD_F,
-                PE_LAZY,
-                1,
-                0x1000_0000 + i * 0x2000,
-                5 << 8 | 1,
-            ));
-        }
-        a.write_all(&all).unwrap();
+        send(&mut a);
         a.write_all(&cmd(PS_IOV_CLOSE, 0, 0, 0, 0)).unwrap();
         let mut status = [9u8; 4];
         a.read_exact(&mut status).unwrap();
-        let calls = server.join().unwrap().unwrap();
+        server.join().unwrap().unwrap()
+    }
+
+    /// A pagemap grows with the memory dumped (an entry per run CRIU sends): it is handed
+    /// on in pieces of about 64 KiB, which together are the whole image.
+    #[test]
+    fn a_large_pagemap_is_handed_on_in_pieces() {
+        let runs = 20_000u64;
+        let calls = one_pagemap(|a| {
+            let mut all = vec![];
+            for i in 0..runs {
+                all.extend(cmd(
+                    PS_IOV_ADD_F,
+                    PE_LAZY,
+                    1,
+                    0x1000_0000 + i * 0x2000,
+                    5 << 8 | 1,
+                ));
+            }
+            a.write_all(&all).unwrap();
+        });
         assert!(calls.images.len() > 2, "{} pieces", calls.images.len());
         assert!(calls.images.iter().all(|(f, _)| f == "pagemap-5.img"));
         assert!(
@@ -445,30 +453,19 @@ mod tests {
     #[test]
     fn runs_that_continue_one_another_read_back_as_one() {
         let page = page_size();
-        let (mut a, mut b) = UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || {
-            let mut calls = Calls::default();
-            serve(&mut b, &mut calls).map(|_| calls)
-        });
-        a.write_all(&cmd(PS_IOV_OPEN2, 0, 0, 0, 5 << 8 | PS_TYPE_PID))
-            .unwrap();
-        let mut has_parent = [9u8];
-        a.read_exact(&mut has_parent).unwrap();
         let at = |pages: u64| 0x1000_0000 + pages * page;
-        for (cmd_, flags, nr, vaddr) in [
-            (PS_IOV_ADD_F, PE_LAZY, 2, at(0)),
-            (PS_IOV_ADD_F, PE_LAZY, 3, at(2)),
-            (PS_IOV_ADD_F, PE_LAZY, 1, at(5)),
-            (PS_IOV_HOLE, 0, 1, at(6)),
-            (PS_IOV_ADD_F, PE_LAZY, 1, at(9)),
-        ] {
-            a.write_all(&cmd(cmd_, flags, nr, vaddr, 5 << 8 | 1))
-                .unwrap();
-        }
-        a.write_all(&cmd(PS_IOV_CLOSE, 0, 0, 0, 0)).unwrap();
-        let mut status = [9u8; 4];
-        a.read_exact(&mut status).unwrap();
-        let calls = server.join().unwrap().unwrap();
+        let calls = one_pagemap(|a| {
+            for (cmd_, flags, nr, vaddr) in [
+                (PS_IOV_ADD_F, PE_LAZY, 2, at(0)),
+                (PS_IOV_ADD_F, PE_LAZY, 3, at(2)),
+                (PS_IOV_ADD_F, PE_LAZY, 1, at(5)),
+                (PS_IOV_HOLE, 0, 1, at(6)),
+                (PS_IOV_ADD_F, PE_LAZY, 1, at(9)),
+            ] {
+                a.write_all(&cmd(cmd_, flags, nr, vaddr, 5 << 8 | 1))
+                    .unwrap();
+            }
+        });
         let whole: Vec<u8> = calls.images.into_iter().flat_map(|(_, b)| b).collect();
         let pm = decode_pagemap(&whole).unwrap();
         let got: Vec<(u64, u32, Option<u32>)> = pm

@@ -446,3 +446,26 @@ pub fn unnamed_output_len(pid: u32, dir: &Path) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// The entries of an uncompressed ferry archive, in order, with the manifest parsed.
+pub fn read_entries(
+    archive: &Path,
+) -> (Vec<(String, Vec<u8>)>, ferry::archive::manifest::Manifest) {
+    let mut ar = tar::Archive::new(fs::File::open(archive).unwrap());
+    let mut entries = vec![];
+    let mut manifest = None;
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = vec![];
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if name == ferry::archive::manifest::MANIFEST_NAME {
+            let signed: ferry::archive::manifest::SignedManifest =
+                serde_json::from_slice(&data).unwrap();
+            manifest = Some(signed.verify().unwrap().0);
+        } else if e.header().entry_type().is_file() {
+            entries.push((name, data));
+        }
+    }
+    (entries, manifest.expect("no ferry.manifest"))
+}
