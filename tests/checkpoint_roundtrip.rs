@@ -609,6 +609,74 @@ fn an_uncompressed_archive_feeds_its_pages_while_criu_restores() {
     goes_on_with_its_memory_then_delete(&rt.host, &rt.id, rt.at, &rt.sum, "the feed");
 }
 
+/// Thirteen tasks, each with a pages image and an index of its own, copied in side by side
+/// (the copy-in takes the tasks in turn, each image's parts made from its index as they
+/// are wanted): every task comes back counting, with its own memory.
+#[test]
+fn thirteen_tasks_each_get_their_own_memory_back() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("manytasks");
+    let n = 13;
+    let mut script = String::from("/bin/busybox mkdir -p");
+    for i in 0..n {
+        script += &format!(" /tmp/m{i}");
+    }
+    script += ";";
+    for i in 1..n {
+        script += &format!(" /bin/memhold 3 {SEED} /tmp/m{i} &");
+    }
+    script += &format!(" exec /bin/memhold 3 {SEED} /tmp/m0");
+    host.run_image("bb", &id, &["/bin/sh", "-c", &script]);
+    let root = host.rootfs(&id);
+    let mems: Vec<MemHold> = (0..n)
+        .map(|i| MemHold::at(root.join(format!("tmp/m{i}"))))
+        .collect();
+    let at: Vec<(u64, u64)> = mems.iter().map(|m| m.wait_count_above(2)).collect();
+    let sums: Vec<String> = mems.iter().map(|m| m.checksum().unwrap()).collect();
+    let archive = host.ferry.scratch().join("many.tar");
+    let ar = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", ar, "--compress", "none"])
+        .ok();
+    wait_no_tagged(&host.ferry);
+    let images = tar::Archive::new(fs::File::open(&archive).unwrap())
+        .entries()
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.path().unwrap().to_string_lossy().ends_with(".img.index")
+        })
+        .count();
+    assert!(images >= n, "{images} pages indexes for {n} tasks");
+    let (_, st) = restore_archive(&host, ar, "many", &[], &[]);
+    host.ferry.wait_status(&id, "running");
+    if ferry::archive::gate::supported(&host.storage) && ferry::archive::uffd::supported() {
+        let copied = st["copied_in_bytes"].as_u64().unwrap_or(0);
+        assert!(
+            copied >= n as u64 * (3 << 20),
+            "every task's memory copied in: {st}"
+        );
+    }
+    let root = host.rootfs(&id);
+    let mems: Vec<MemHold> = (0..n)
+        .map(|i| MemHold::at(root.join(format!("tmp/m{i}"))))
+        .collect();
+    for (i, m) in mems.iter().enumerate() {
+        assert_eq!(m.wait_count_above(at[i].1).0, at[i].0, "task {i} restarted");
+    }
+    host.run(&["kill", "--all", &id, "USR1"]).ok();
+    for (i, m) in mems.iter().enumerate() {
+        assert_eq!(
+            m.wait_rehash(1),
+            sums[i],
+            "task {i}'s memory differs after the restore"
+        );
+    }
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+    assert_cgroups_gone(&id);
+}
+
 #[test]
 fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
     // Two memholds (two tasks, two pagemaps, two pages files): each task's memory is copied
