@@ -1243,6 +1243,50 @@ mod tests {
         }
     }
 
+    /// A zstd archive of format 2 (its parts listed in the manifest, no index), as ferry
+    /// wrote them until 2026-11-29: read from its tail mark and fed all the same.
+    #[test]
+    fn a_format_2_zstd_archive_is_fed_from_its_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let parts = [noise(1 << 20, 5), noise(70_000, 6)];
+        let path = d.path().join("old.tar.zst");
+        let mut w = ArchiveWriter::new(File::create(&path).unwrap(), Compression::Zstd).unwrap();
+        // Whole entries, listed one by one: what format 2 was.
+        for (i, p) in parts.iter().enumerate() {
+            w.add_chunks(&format!("checkpoint/pages-1.img.part{i}"), vec![p.clone()])
+                .unwrap();
+        }
+        w.mark_tail().unwrap();
+        w.add_bytes("checkpoint/inventory.img", b"inventory")
+            .unwrap();
+        let mut m = manifest();
+        m.format = 2;
+        w.finish(m, &id).unwrap();
+        let layout = layout(&path).expect("a zstd archive with a tail mark");
+        let mut stage = Stage::disk(&d.path().join("stage"), "test").unwrap();
+        let (u, mut feed) = unpack(&path, layout, &mut stage, Trust::AnySigner, hidden()).unwrap();
+        feed.finish().unwrap();
+        assert_eq!(
+            std::fs::read(u.dir.join("checkpoint/pages-1.img")).unwrap(),
+            parts.concat()
+        );
+        // The same, signed as format 3: its parts would need an index.
+        let mut w = ArchiveWriter::new(File::create(&path).unwrap(), Compression::Zstd).unwrap();
+        for (i, p) in parts.iter().enumerate() {
+            w.add_chunks(&format!("checkpoint/pages-1.img.part{i}"), vec![p.clone()])
+                .unwrap();
+        }
+        w.mark_tail().unwrap();
+        w.finish(manifest(), &id).unwrap();
+        let layout3 = super::layout(&path).expect("a zstd archive with a tail mark");
+        let mut stage = Stage::disk(&d.path().join("stage3"), "test").unwrap();
+        let e = unpack(&path, layout3, &mut stage, Trust::AnySigner, hidden())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("only its image's index"), "{e}");
+    }
+
     /// A part whose header is not right after the part before it (here, after a pax
     /// record of its own) is refused by the scan: the feed finds each part from where the
     /// one before it ends.
