@@ -595,18 +595,24 @@ fn foreign(name: &str) -> Option<&'static str> {
 }
 
 impl Admission {
+    /// What `name` is, or why it is refused. An entry only another tool's archive holds
+    /// (none is one ferry admits) is said to be that tool's.
     pub(crate) fn admit(&mut self, name: &str, kind: tar::EntryType) -> Result<Admitted, Error> {
+        self.judge(name, kind).map_err(|e| match foreign(name) {
+            Some(tool) => Error::NotAnArchive(format!(
+                "this is a checkpoint archive made by {tool} (it holds {name:?}), not by \
+                 ferry: it has no signed manifest for ferry to verify. Restore it with {tool}; \
+                 `ferry restore -i` takes archives of `ferry checkpoint -e`"
+            )),
+            None => e,
+        })
+    }
+
+    fn judge(&mut self, name: &str, kind: tar::EntryType) -> Result<Admitted, Error> {
         let bad = |why: String| Error::BadEntry {
             entry: name.to_string(),
             why,
         };
-        if let Some(tool) = foreign(name) {
-            return Err(Error::NotAnArchive(format!(
-                "this is a checkpoint archive made by {tool} (it holds {name:?}), not by \
-                 ferry: it has no signed manifest for ferry to verify. Restore it with {tool}; \
-                 `ferry restore -i` takes archives of `ferry checkpoint -e`"
-            )));
-        }
         if self.manifest {
             return Err(bad(
                 "it follows ferry.manifest, which must be the last entry".into(),
