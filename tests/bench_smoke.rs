@@ -59,6 +59,13 @@ fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
             "{row}"
         );
         assert!(row["peak_rss_kib"].as_i64().unwrap_or(0) > 0, "{row}");
+        // Each side's own, the restore's no longer hidden behind the checkpoint's.
+        let (ck, rst) = (
+            row["checkpoint_rss_kib"].as_i64().unwrap_or(0),
+            row["restore_rss_kib"].as_i64().unwrap_or(0),
+        );
+        assert!(ck > 0 && rst > 0, "{row}");
+        assert_eq!(row["peak_rss_kib"].as_i64(), Some(ck.max(rst)), "{row}");
         let phases = &row["restore_phases"];
         if fed {
             assert_eq!(phases["pages_verified"], "while restoring", "{row}");

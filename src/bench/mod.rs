@@ -27,7 +27,11 @@ pub struct Row {
     pub ratio: f64,
     pub archive_bytes: u64,
     pub images_bytes: u64,
+    /// ferry's peak RSS: the larger of its checkpoint's and its restore's, each the worst
+    /// of the row's runs.
     pub peak_rss_kib: i64,
+    pub checkpoint_rss_kib: i64,
+    pub restore_rss_kib: i64,
     /// Pairs of (floor, ferry) runs this row is the best of.
     pub runs: u32,
     /// ferry's own phases, from its --stats-file output.
@@ -265,10 +269,10 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
                 .unwrap_or_default()
         };
         let (p1, p2) = (read(&st1), read(&st2));
-        let rss = p1["peak_rss_kib"]
-            .as_i64()
-            .unwrap_or(0)
-            .max(p2["peak_rss_kib"].as_i64().unwrap_or(0));
+        let (ck_rss, rst_rss) = (
+            p1["peak_rss_kib"].as_i64().unwrap_or(0),
+            p2["peak_rss_kib"].as_i64().unwrap_or(0),
+        );
         Ok(Row {
             size_mib: mib,
             compress: compress.to_string(),
@@ -282,7 +286,9 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
             ratio: 0.0,
             archive_bytes,
             images_bytes: p1["images_bytes"].as_u64().unwrap_or(0),
-            peak_rss_kib: rss,
+            peak_rss_kib: ck_rss.max(rst_rss),
+            checkpoint_rss_kib: ck_rss,
+            restore_rss_kib: rst_rss,
             runs: 1,
             checkpoint_phases: p1,
             restore_phases: p2,
@@ -307,11 +313,11 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
             // compressions take turns within each repeat, so none of them gets all its runs
             // in a slow stretch of the VM (single runs drift up to 2x over minutes). Of the
             // `repeat` pairs of each, the best of each side counts (noise on these VMs only
-            // ever adds time), and the worst peak RSS.
+            // ever adds time), and the worst peak RSS of each of ferry's two sides.
             struct Best {
                 floor: Option<(Duration, Duration, Duration)>,
                 ferry: Option<Row>,
-                rss: i64,
+                rss: (i64, i64),
             }
             let mut best: Vec<Best> = o
                 .compressions
@@ -319,7 +325,7 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
                 .map(|_| Best {
                     floor: None,
                     ferry: None,
-                    rss: 0,
+                    rss: (0, 0),
                 })
                 .collect();
             for _ in 0..o.repeat.max(1) {
@@ -329,7 +335,10 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
                         b.floor = Some((d, sync, r));
                     }
                     let row = ferry_round(o, mib, c)?;
-                    b.rss = b.rss.max(row.peak_rss_kib);
+                    b.rss = (
+                        b.rss.0.max(row.checkpoint_rss_kib),
+                        b.rss.1.max(row.restore_rss_kib),
+                    );
                     if b.ferry.as_ref().is_none_or(|f| row.ferry_ms < f.ferry_ms) {
                         b.ferry = Some(row);
                     }
@@ -340,7 +349,8 @@ pub fn checkpoint(o: &Options, mut report: impl FnMut(&Row)) -> Result<Vec<Row>>
                     continue;
                 };
                 row.runs = o.repeat.max(1);
-                row.peak_rss_kib = b.rss;
+                (row.checkpoint_rss_kib, row.restore_rss_kib) = b.rss;
+                row.peak_rss_kib = b.rss.0.max(b.rss.1);
                 row.floor_dump_ms = ms(d);
                 row.floor_restore_ms = ms(r);
                 row.floor_ms = ms(d + r);

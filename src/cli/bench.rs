@@ -59,7 +59,7 @@ impl BenchArgs {
         };
         if !json {
             println!(
-                "{:>6} {:>8} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>6} | {:>10} {:>9} | {:>9} {:>9} {:>9}",
+                "{:>6} {:>8} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>6} | {:>10} {:>7} {:>7} | {:>9} {:>9} {:>9}",
                 "size",
                 "compress",
                 "criu dump",
@@ -70,7 +70,8 @@ impl BenchArgs {
                 "ferry",
                 "ratio",
                 "archive",
-                "peak RSS",
+                "ck RSS",
+                "rst RSS",
                 "criu sync",
                 "ck writes",
                 "ck sync"
@@ -81,10 +82,11 @@ impl BenchArgs {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());
             } else {
                 println!(
-                    "{:>5}M {:>8} | {:>7.0}ms {:>7.0}ms {:>7.0}ms | {:>7.0}ms {:>7.0}ms {:>7.0}ms | {:>5.2}x | {:>8.1}MB {:>6}MiB | {:>7.0}ms {:>7.0}ms {:>7.0}ms",
+                    "{:>5}M {:>8} | {:>7.0}ms {:>7.0}ms {:>7.0}ms | {:>7.0}ms {:>7.0}ms {:>7.0}ms | {:>5.2}x | {:>8.1}MB {:>4}MiB {:>4}MiB | {:>7.0}ms {:>7.0}ms {:>7.0}ms",
                     r.size_mib, r.compress, r.floor_dump_ms, r.floor_restore_ms, r.floor_ms,
                     r.checkpoint_ms, r.restore_ms, r.ferry_ms, r.ratio,
-                    r.archive_bytes as f64 / 1e6, r.peak_rss_kib / 1024, r.floor_sync_ms,
+                    r.archive_bytes as f64 / 1e6, r.checkpoint_rss_kib / 1024,
+                    r.restore_rss_kib / 1024, r.floor_sync_ms,
                     r.checkpoint_phases["write_ms"].as_f64().unwrap_or(f64::NAN),
                     r.checkpoint_phases["sync_ms"].as_f64().unwrap_or(f64::NAN)
                 );
