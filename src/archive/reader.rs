@@ -388,6 +388,8 @@ pub(crate) fn stage_stream(
     let mut parts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut records: Option<RecordFile> = None;
     let mut slots = 0u64;
+    // The records are kept on the stage: a full one is the stage's disk, said as such.
+    let stage_dir = stage.dir().to_path_buf();
     let settle = |done: Vec<crate::archive::hashing::Done>,
                   part_jobs: &mut std::collections::HashMap<usize, u64>,
                   records: &Option<RecordFile>,
@@ -399,7 +401,10 @@ pub(crate) fn stage_stream(
                     .as_ref()
                     .expect("made at the first part")
                     .put(slot, &PartRecord { size, sha256 })
-                    .map_err(|e| Error::Corrupt(format!("keeping the parts' records: {e}")))?,
+                    .map_err(|source| Error::Write {
+                        path: stage_dir.clone(),
+                        source,
+                    })?,
                 None => {
                     whole.insert(job, sha256);
                 }
@@ -1226,6 +1231,46 @@ pub(crate) mod tests {
             }
             (Ok(_), Err(w)) => panic!("{what}: restored, but should say {w:?}"),
             (Err(e), Ok(())) => panic!("{what}: {e}"),
+        }
+    }
+
+    /// The pages' records kept on a full disk: the error says where and that the storage's
+    /// disk, not the archive's, needs space. The "disk" is a 4 KiB tmpfs (102 records).
+    #[test]
+    fn records_on_a_full_disk_say_which_disk() {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test mounts a tmpfs: run it as root"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk");
+        std::fs::create_dir(&disk).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &disk,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=4k"),
+        )
+        .unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let r = (|| {
+            let mut w = ArchiveWriter::new(Vec::new(), Compression::None)?;
+            w.spill_in(&disk);
+            for n in 0..300 {
+                w.add_part("checkpoint/pages-1.img", n, vec![vec![n as u8]])?;
+            }
+            w.mark_tail()?;
+            w.finish(manifest(), &id)
+        })();
+        let _ = nix::mount::umount2(&disk, nix::mount::MntFlags::MNT_DETACH);
+        let e = r.expect_err("300 records fitted in 4 KiB").to_string();
+        for says in [
+            "the pages' records",
+            disk.to_str().unwrap(),
+            "ferry's storage, not the archive",
+        ] {
+            assert!(e.contains(says), "{says:?} not in: {e}");
         }
     }
 

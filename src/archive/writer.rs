@@ -103,6 +103,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// What the writer keeps on disk until the archive's tail (the pages' records, the
+    /// pagemaps) could not be kept in `dir`.
+    #[error(
+        "keeping {what} in {dir} until the archive's end: {source}{}",
+        spill_hint(source)
+    )]
+    Spill {
+        what: &'static str,
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn spill_hint(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        "; that disk is full (it holds ferry's storage, not the archive): free space there"
+    } else {
+        ""
+    }
 }
 
 fn hint(e: &std::io::Error) -> &'static str {
@@ -486,7 +506,7 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     /// Puts the digests the hashers have ready where they belong.
-    fn settle_done(&mut self) -> std::io::Result<()> {
+    fn settle_done(&mut self) -> Result<(), Error> {
         let done = match &self.hashers {
             Some(h) => h.take_done(),
             None => return Ok(()),
@@ -497,16 +517,26 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    fn settle(&mut self, (job, sha256, size): Done) -> std::io::Result<()> {
+    fn settle(&mut self, (job, sha256, size): Done) -> Result<(), Error> {
         match self.waiting.remove(&job) {
             Some(Dest::Entry(i)) => self.entries[i].sha256 = hex::encode(sha256),
             Some(Dest::Part(f, n)) => {
                 let records = self.records.as_ref().expect("made at the first part");
-                records.put(self.pages[f].first + n as u64, &PartRecord { size, sha256 })?;
+                records
+                    .put(self.pages[f].first + n as u64, &PartRecord { size, sha256 })
+                    .map_err(|e| self.spill_error("the pages' records", e))?;
             }
             None => {}
         }
         Ok(())
+    }
+
+    fn spill_error(&self, what: &'static str, source: std::io::Error) -> Error {
+        Error::Spill {
+            what,
+            dir: self.spill_dir.display().to_string(),
+            source,
+        }
     }
 
     /// Where the parts' records are kept until the indexes are written (by default the
@@ -584,10 +614,8 @@ impl<W: Write> ArchiveWriter<W> {
         }
         if self.records.is_none() {
             self.records = Some(
-                RecordFile::new_in(&self.spill_dir).map_err(|e| Error::Write {
-                    entry: format!("(the pages' records, in {})", self.spill_dir.display()),
-                    source: e,
-                })?,
+                RecordFile::new_in(&self.spill_dir)
+                    .map_err(|e| self.spill_error("the pages' records", e))?,
             );
         }
         let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
@@ -598,7 +626,7 @@ impl<W: Write> ArchiveWriter<W> {
         self.pages[f].count += 1;
         self.slots += 1;
         self.waiting.insert(job, Dest::Part(f, n as usize));
-        self.settle_done().map_err(werr)
+        self.settle_done()
     }
 
     /// Appends `bytes` to the entry `name`, written in the tail
@@ -606,23 +634,26 @@ impl<W: Write> ArchiveWriter<W> {
     /// then. An entry's bytes come together: holding another name ends it.
     pub fn hold(&mut self, name: &str, bytes: &[u8]) -> Result<(), Error> {
         use std::os::unix::fs::FileExt;
-        let herr = |source| Error::Write {
-            entry: format!("{name} (held for the tail in {})", self.spill_dir.display()),
-            source,
-        };
+        let what = "the pagemaps";
         if self.held_file.is_none() {
-            self.held_file =
-                Some(crate::archive::pages::unnamed_file(&self.spill_dir).map_err(herr)?);
+            self.held_file = Some(
+                crate::archive::pages::unnamed_file(&self.spill_dir)
+                    .map_err(|e| self.spill_error(what, e))?,
+            );
         }
         let f = self.held_file.as_ref().expect("made above");
-        f.write_all_at(bytes, self.held_end).map_err(herr)?;
+        f.write_all_at(bytes, self.held_end)
+            .map_err(|e| self.spill_error(what, e))?;
         match self.held.last_mut() {
             Some((n, _, len)) if n == name => *len += bytes.len() as u64,
             _ => {
                 if self.held.iter().any(|(n, _, _)| n == name) {
-                    return Err(herr(std::io::Error::other(
-                        "its bytes were held apart, another entry's between them",
-                    )));
+                    return Err(Error::Write {
+                        entry: name.to_string(),
+                        source: std::io::Error::other(
+                            "its bytes were held apart, another entry's between them",
+                        ),
+                    });
                 }
                 self.held
                     .push((name.to_string(), self.held_end, bytes.len() as u64))
@@ -660,7 +691,7 @@ impl<W: Write> ArchiveWriter<W> {
         while self.waiting.values().any(|d| matches!(d, Dest::Part(..))) {
             let h = self.hashers.as_ref().expect("parts were hashed");
             let done = h.next_done().map_err(herr)?;
-            self.settle(done).map_err(herr)?;
+            self.settle(done)?;
         }
         let records = self.records.take().expect("made at the first part");
         for f in 0..self.pages.len() {
@@ -788,7 +819,7 @@ impl<W: Write> ArchiveWriter<W> {
                 source,
             };
             for done in h.close().map_err(herr)? {
-                self.settle(done).map_err(herr)?;
+                self.settle(done)?;
             }
             if !self.waiting.is_empty() {
                 return Err(herr(std::io::Error::other(format!(
