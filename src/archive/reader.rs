@@ -1238,21 +1238,9 @@ pub(crate) mod tests {
     /// disk, not the archive's, needs space. The "disk" is a 4 KiB tmpfs (102 records).
     #[test]
     fn records_on_a_full_disk_say_which_disk() {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "this test mounts a tmpfs: run it as root"
-        );
         let d = tempfile::tempdir().unwrap();
         let disk = d.path().join("disk");
-        std::fs::create_dir(&disk).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &disk,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=4k"),
-        )
-        .unwrap();
+        crate::archive::stage::tests::small_disk(&disk, "4k");
         let id = Identity::load_or_create(&d.path().join("id")).unwrap();
         let r = (|| {
             let mut w = ArchiveWriter::new(Vec::new(), Compression::None)?;

@@ -512,7 +512,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), WriteError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MEMINFO: &str = "MemTotal:       24683520 kB\nMemFree:        20000000 kB\n\
@@ -655,25 +655,30 @@ mod tests {
         assert!(!is_mounted(&dir));
     }
 
-    /// Once spilled, ENOSPC is the disk's and an error, not another spill. The "disk" here is
-    /// a 256 KiB tmpfs the test mounts under the stage's parent.
-    #[test]
-    fn a_full_disk_after_the_spill_is_an_error() {
+    /// A new directory `at` with a tmpfs of `size` (`"256k"`) on it: a small disk to fill.
+    pub(crate) fn small_disk(at: &Path, size: &str) {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "this test mounts a tmpfs: run it as root"
         );
-        let d = tempfile::tempdir().unwrap();
-        let disk = d.path().join("disk");
-        std::fs::create_dir(&disk).unwrap();
+        std::fs::create_dir(at).unwrap();
         nix::mount::mount(
             Some("tmpfs"),
-            &disk,
+            at,
             Some("tmpfs"),
             MsFlags::empty(),
-            Some("size=256k"),
+            Some(format!("size={size}").as_str()),
         )
         .unwrap();
+    }
+
+    /// Once spilled, ENOSPC is the disk's and an error, not another spill. The "disk" here is
+    /// a 256 KiB tmpfs the test mounts under the stage's parent.
+    #[test]
+    fn a_full_disk_after_the_spill_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk");
+        small_disk(&disk, "256k");
         let dir = disk.join("stage");
         let r = (|| {
             let mut stage = Stage::tmpfs(&dir, 64 << 10, "test")?;
