@@ -216,6 +216,10 @@ fn inspect_shows_the_processes_files_and_changes_of_a_checkpoint() {
     assert_eq!(j["signer"]["trusted_as"], "this host");
     assert_eq!(j["integrity"]["verified"], true);
     assert_eq!(j["integrity"]["compression"], "zstd");
+    assert_eq!(
+        j["integrity"]["format"],
+        ferry::archive::manifest::FORMAT_VERSION
+    );
     assert_eq!(j["warnings"].as_array().unwrap().len(), 0, "{j:#}");
     // The tree: sh is the container's pid 1, the others its children.
     assert_eq!(comm_of(&j, 1), "sh");

@@ -86,6 +86,9 @@ pub struct Integrity {
     pub compression: String,
     /// The archive file's size; None when read from a pipe.
     pub archive_bytes: Option<u64>,
+    /// The archive format (manifest::FORMAT_VERSION when it was written): 3 lists the
+    /// pages parts by an index per image, 2 lists each part in the manifest.
+    pub format: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -296,6 +299,7 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
             bytes: totals.1,
             compression: compression.into(),
             archive_bytes,
+            format: m.format,
         },
         processes,
         memory,
@@ -643,9 +647,17 @@ impl Inspection {
                 self.integrity.archive_bytes,
                 self.integrity.compression.as_str()
             ) {
-                (Some(a), "none") => format!(" (archive {}, uncompressed)", human(a)),
-                (Some(a), c) => format!(" (archive {}, {c})", human(a)),
-                (None, c) => format!(" ({c})"),
+                (Some(a), "none") => format!(
+                    " (archive {}, uncompressed, format {})",
+                    human(a),
+                    self.integrity.format
+                ),
+                (Some(a), c) => format!(
+                    " (archive {}, {c}, format {})",
+                    human(a),
+                    self.integrity.format
+                ),
+                (None, c) => format!(" ({c}, format {})", self.integrity.format),
             }
         );
         let image = match &self.image {
@@ -914,6 +926,9 @@ mod tests {
         assert_eq!(i.signer.trusted_as.as_deref(), Some("this host"));
         assert_eq!(i.integrity.compression, "zstd");
         assert_eq!(i.integrity.entries, FIXTURES.len() + 4);
+        assert_eq!(i.integrity.format, crate::archive::manifest::FORMAT_VERSION);
+        let says = format!("format {}", crate::archive::manifest::FORMAT_VERSION);
+        assert!(i.render_text().contains(&says), "{}", i.render_text());
         let tree: Vec<(u32, &str)> = i
             .processes
             .iter()
