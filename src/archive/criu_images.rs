@@ -146,23 +146,32 @@ fn message(v: Value<'_>) -> &[u8] {
 /// The entries of an image: checks the magic (`IMG_COMMON_MAGIC`/`IMG_SERVICE_MAGIC`
 /// followed by the image's own, or the image's own alone, as CRIU's `crit` reads them), then
 /// splits the rest into messages, each a little-endian u32 size and that many bytes.
-pub fn entries(bytes: &[u8], magic: u32) -> Result<Vec<&[u8]>> {
-    EntryIter::new(bytes, magic)?.collect()
+pub fn entries(bytes: &[u8], magic: u32) -> Result<Vec<Vec<u8>>> {
+    let mut r = ImageReader::new(bytes, magic)?;
+    let mut out = vec![];
+    while let Some(e) = r.next_entry()? {
+        out.push(e);
+    }
+    Ok(out)
 }
 
-/// The entries of an image one at a time ([`entries`] without the list).
-struct EntryIter<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// An image read one entry at a time ([`entries`] without holding it all): for an image
+/// that grows with the container, a pagemap.
+struct ImageReader<R> {
+    r: std::io::BufReader<R>,
+    /// Bytes read so far, for errors.
+    at: u64,
 }
 
-impl<'a> EntryIter<'a> {
-    fn new(bytes: &'a [u8], magic: u32) -> Result<EntryIter<'a>> {
-        let mut it = EntryIter { bytes, at: 4 };
-        let mut found = it.word(0)?;
+impl<R: std::io::Read> ImageReader<R> {
+    fn new(r: R, magic: u32) -> Result<ImageReader<R>> {
+        let mut it = ImageReader {
+            r: std::io::BufReader::with_capacity(64 << 10, r),
+            at: 0,
+        };
+        let mut found = it.word()?.ok_or("truncated: 0 bytes")?;
         if found == IMG_COMMON_MAGIC || found == IMG_SERVICE_MAGIC {
-            found = it.word(4)?;
-            it.at = 8;
+            found = it.word()?.ok_or("truncated: 4 bytes")?;
         }
         if found != magic {
             return Err(format!("magic {found:#010x}, expected {magic:#010x}"));
@@ -170,33 +179,33 @@ impl<'a> EntryIter<'a> {
         Ok(it)
     }
 
-    fn word(&self, at: usize) -> Result<u32> {
-        self.bytes
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-            .ok_or_else(|| format!("truncated: {} bytes", self.bytes.len()))
+    /// The next little-endian u32, None at the end.
+    fn word(&mut self) -> Result<Option<u32>> {
+        let mut b = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match std::io::Read::read(&mut self.r, &mut b[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(format!("truncated: {} bytes", self.at + got as u64)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        self.at += 4;
+        Ok(Some(u32::from_le_bytes(b)))
     }
-}
 
-impl<'a> Iterator for EntryIter<'a> {
-    type Item = Result<&'a [u8]>;
-
-    fn next(&mut self) -> Option<Result<&'a [u8]>> {
-        if self.at >= self.bytes.len() {
-            return None;
-        }
+    fn next_entry(&mut self) -> Result<Option<Vec<u8>>> {
         let at = self.at;
-        let entry = self.word(at).and_then(|len| {
-            let len = len as usize;
-            self.at = at + 4 + len;
-            self.bytes
-                .get(at + 4..at + 4 + len)
-                .ok_or_else(|| format!("an entry of {len} bytes at offset {at} is truncated"))
-        });
-        if entry.is_err() {
-            self.at = self.bytes.len();
-        }
-        Some(entry)
+        let Some(len) = self.word()? else {
+            return Ok(None);
+        };
+        let mut entry = vec![0u8; len as usize];
+        std::io::Read::read_exact(&mut self.r, &mut entry)
+            .map_err(|_| format!("an entry of {len} bytes at offset {at} is truncated"))?;
+        self.at += u64::from(len);
+        Ok(Some(entry))
     }
 }
 
@@ -206,7 +215,7 @@ pub fn decode_netdev(bytes: &[u8]) -> Result<Vec<(u32, String)>> {
     let mut out = Vec::new();
     for entry in entries(bytes, NETDEV_MAGIC)? {
         let (mut typ, mut name) = (0, String::new());
-        for f in Fields(entry) {
+        for f in Fields(&entry) {
             match f? {
                 (1, v) => typ = v.u32(),
                 (5, v) => name = string(v),
@@ -232,7 +241,7 @@ pub fn decode_pstree(bytes: &[u8]) -> Result<Vec<PstreeEntry>> {
     let mut out = Vec::new();
     for entry in entries(bytes, PSTREE_MAGIC)? {
         let mut p = PstreeEntry::default();
-        for f in Fields(entry) {
+        for f in Fields(&entry) {
             match f? {
                 (1, v) => p.pid = v.u32(),
                 (2, v) => p.ppid = v.u32(),
@@ -273,9 +282,12 @@ impl TaskCore {
 }
 
 pub fn decode_core(bytes: &[u8]) -> Result<TaskCore> {
-    let entry = *entries(bytes, CORE_MAGIC)?.first().ok_or("no core entry")?;
+    let entry = entries(bytes, CORE_MAGIC)?
+        .into_iter()
+        .next()
+        .ok_or("no core entry")?;
     let mut core = TaskCore::default();
-    for f in Fields(entry) {
+    for f in Fields(&entry) {
         match f? {
             (3, tc) => {
                 for f in Fields(message(tc)) {
@@ -344,9 +356,12 @@ pub struct Vma {
 
 /// The task's mappings (`mm_entry.vmas`), in the image's order.
 pub fn decode_vmas(bytes: &[u8]) -> Result<Vec<Vma>> {
-    let entry = *entries(bytes, MM_MAGIC)?.first().ok_or("no mm entry")?;
+    let entry = entries(bytes, MM_MAGIC)?
+        .into_iter()
+        .next()
+        .ok_or("no mm entry")?;
     let mut out = vec![];
-    for f in Fields(entry) {
+    for f in Fields(&entry) {
         if let (14, vma) = f? {
             let mut v = Vma::default();
             for f in Fields(message(vma)) {
@@ -404,48 +419,15 @@ pub fn decode_pagemap(bytes: &[u8]) -> Result<Pagemap> {
 
 /// [`decode_pagemap`] of an image read one entry at a time, never whole.
 pub fn read_pagemap(r: impl std::io::Read) -> Result<Pagemap> {
-    let mut r = std::io::BufReader::with_capacity(64 << 10, r);
-    let word = |r: &mut std::io::BufReader<_>| -> Result<Option<u32>> {
-        let mut b = [0u8; 4];
-        let mut got = 0;
-        while got < 4 {
-            match std::io::Read::read(r, &mut b[got..]) {
-                Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(format!("truncated: a word cut after {got} bytes")),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(Some(u32::from_le_bytes(b)))
-    };
-    let mut found = word(&mut r)?.ok_or("truncated: 0 bytes")?;
-    if found == IMG_COMMON_MAGIC || found == IMG_SERVICE_MAGIC {
-        found = word(&mut r)?.ok_or("truncated: no magic")?;
-    }
-    if found != PAGEMAP_MAGIC {
-        return Err(format!(
-            "magic {found:#010x}, expected {PAGEMAP_MAGIC:#010x}"
-        ));
-    }
-    let mut buf = vec![];
-    let mut next = |r: &mut std::io::BufReader<_>| -> Result<Option<Vec<u8>>> {
-        let Some(len) = word(r)? else {
-            return Ok(None);
-        };
-        buf.resize(len as usize, 0);
-        std::io::Read::read_exact(r, &mut buf)
-            .map_err(|_| format!("an entry of {len} bytes is truncated"))?;
-        Ok(Some(std::mem::take(&mut buf)))
-    };
-    let head = next(&mut r)?.ok_or("no pagemap head")?;
+    let mut r = ImageReader::new(r, PAGEMAP_MAGIC)?;
+    let head = r.next_entry()?.ok_or("no pagemap head")?;
     let mut pm = Pagemap::default();
     for f in Fields(&head) {
         if let (1, v) = f? {
             pm.pages_id = v.u32();
         }
     }
-    while let Some(entry) = next(&mut r)? {
+    while let Some(entry) = r.next_entry()? {
         let mut e = PagemapEntry::default();
         for f in Fields(&entry) {
             match f? {
@@ -514,7 +496,7 @@ pub fn decode_fdinfo(bytes: &[u8]) -> Result<Vec<FdinfoEntry>> {
     let mut out = Vec::new();
     for entry in entries(bytes, FDINFO_MAGIC)? {
         let mut e = FdinfoEntry::default();
-        for f in Fields(entry) {
+        for f in Fields(&entry) {
             match f? {
                 (1, v) => e.id = v.u32(),
                 (2, v) => e.flags = v.u32(),
@@ -572,7 +554,7 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<FileEntry>> {
     let mut out = Vec::new();
     for entry in entries(bytes, FILES_MAGIC)? {
         let (mut id, mut fd_type, mut desc) = (0, 0, FileDesc::Other);
-        for f in Fields(entry) {
+        for f in Fields(&entry) {
             match f? {
                 (1, v) => fd_type = v.u32(),
                 (2, v) => id = v.u32(),
