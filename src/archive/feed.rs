@@ -20,7 +20,7 @@ use crate::archive::pages::{IndexCursor, PartRecord};
 use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_part,
     check_signer, complete, entry_name, part_missing, part_unlisted, read_error, read_manifest,
-    signed_cursor, signed_parts, signed_records, stage_stream,
+    signed_parts, signed_records, stage_stream,
 };
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
@@ -187,7 +187,7 @@ impl Parts {
         Ok(Parts {
             image: img.name.clone(),
             file: img.file,
-            records: signed_cursor(stage, &img.name)?,
+            records: signed_records(stage, &img.name)?,
             n: 0,
             at: img.first_at,
             offset: 0,
@@ -984,13 +984,9 @@ fn unpack_zstd(
         }
         expected.push(Expected {
             image: Arc::from(f.as_str()),
-            records: signed_cursor(stage.dir(), &f)?,
-            count: 0,
+            records: signed_records(stage.dir(), &f)?,
         });
         files.push((f, total));
-    }
-    for e in &mut expected {
-        e.count = e.records.left() as usize;
     }
     // Read in order, every part goes through the stage, and CRIU reads it from there with
     // the prefault: copying the lazy parts in from the stage as the feed verifies them was
@@ -1009,7 +1005,8 @@ fn unpack_zstd(
             gate: &gate,
             progress: &progress,
         };
-        let matched = Matched::new(expected.iter().map(|e| e.count));
+        // Nothing read from the indexes yet: what is left is every part.
+        let matched = Matched::new(expected.iter().map(|e| e.records.left() as usize));
         fill_stream(head, mark.tar_offset, expected, matched, to, stop)
     });
     Ok(((manifest, signer, trusted_as), feed))
@@ -1019,7 +1016,6 @@ fn unpack_zstd(
 struct Expected {
     image: Arc<str>,
     records: IndexCursor,
-    count: usize,
 }
 
 /// Feeds the parts of a zstd archive's head, decompressed in order on this thread and

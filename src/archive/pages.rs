@@ -62,6 +62,23 @@ pub struct PartRecord {
     pub sha256: [u8; 32],
 }
 
+impl PartRecord {
+    /// As an index holds it: the size (u64, little-endian), then the sha256.
+    fn to_bytes(self) -> [u8; RECORD_LEN] {
+        let mut b = [0u8; RECORD_LEN];
+        b[..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..].copy_from_slice(&self.sha256);
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> PartRecord {
+        PartRecord {
+            size: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            sha256: b[8..RECORD_LEN].try_into().expect("32 bytes"),
+        }
+    }
+}
+
 /// What an index starts with: its kind and version.
 const INDEX_MAGIC: &[u8; 8] = b"FERRYPX1";
 /// Bytes a part takes in an index: its size (u64, little-endian), then its sha256.
@@ -72,8 +89,7 @@ pub fn encode_index(records: &[PartRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(INDEX_MAGIC.len() + RECORD_LEN * records.len());
     out.extend_from_slice(INDEX_MAGIC);
     for r in records {
-        out.extend_from_slice(&r.size.to_le_bytes());
-        out.extend_from_slice(&r.sha256);
+        out.extend_from_slice(&r.to_bytes());
     }
     out
 }
@@ -93,10 +109,8 @@ impl RecordFile {
     }
 
     pub fn put(&self, slot: u64, r: &PartRecord) -> io::Result<()> {
-        let mut b = [0u8; RECORD_LEN];
-        b[..8].copy_from_slice(&r.size.to_le_bytes());
-        b[8..].copy_from_slice(&r.sha256);
-        self.file.write_all_at(&b, slot * RECORD_LEN as u64)
+        self.file
+            .write_all_at(&r.to_bytes(), slot * RECORD_LEN as u64)
     }
 
     /// The raw records of slots `first..first + count`, as an index holds them.
@@ -173,8 +187,8 @@ impl Read for At<'_> {
     }
 }
 
-/// Part records read in order from raw records (an index after its magic, or a
-/// [`RecordFile`]), a buffer's worth at a time.
+/// The records of a range of a [`RecordFile`] in order, a buffer's worth at a time (an
+/// index is read with an [`IndexCursor`]).
 pub struct Records<R> {
     r: BufReader<R>,
     left: u64,
@@ -187,11 +201,6 @@ impl<R: Read> Records<R> {
             left: count,
         }
     }
-
-    /// How many records are left.
-    pub fn left(&self) -> u64 {
-        self.left
-    }
 }
 
 impl<R: Read> Iterator for Records<R> {
@@ -203,10 +212,11 @@ impl<R: Read> Iterator for Records<R> {
         }
         self.left -= 1;
         let mut b = [0u8; RECORD_LEN];
-        Some(self.r.read_exact(&mut b).map(|()| PartRecord {
-            size: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
-            sha256: b[8..].try_into().expect("32 bytes"),
-        }))
+        Some(
+            self.r
+                .read_exact(&mut b)
+                .map(|()| PartRecord::from_bytes(&b)),
+        )
     }
 }
 
@@ -246,10 +256,7 @@ impl IndexCursor {
         let at = INDEX_MAGIC.len() as u64 + self.next * RECORD_LEN as u64;
         File::open(&self.path)?.read_exact_at(&mut buf, at)?;
         self.batch
-            .extend(buf.chunks_exact(RECORD_LEN).map(|b| PartRecord {
-                size: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
-                sha256: b[8..].try_into().expect("32 bytes"),
-            }));
+            .extend(buf.chunks_exact(RECORD_LEN).map(PartRecord::from_bytes));
         self.next += n;
         self.left -= n;
         Ok(())
@@ -271,9 +278,9 @@ impl Iterator for IndexCursor {
     }
 }
 
-/// The records of the index file at `path` (staged), once its start and length are those of
-/// an index; Err says what is wrong with it.
-pub fn open_index(path: &Path) -> io::Result<Result<Records<File>, String>> {
+/// How many records the index file at `path` (staged) holds, once its start and length
+/// are those of an index; Err says what is wrong with it. Read it with [`IndexCursor`].
+pub fn index_len(path: &Path) -> io::Result<Result<u64, String>> {
     let mut f = File::open(path)?;
     let len = f.metadata()?.len();
     let mut magic = [0u8; 8];
@@ -290,7 +297,7 @@ pub fn open_index(path: &Path) -> io::Result<Result<Records<File>, String>> {
             "{body} bytes of records, not a whole number of {RECORD_LEN}-byte records"
         )));
     }
-    Ok(Ok(Records::new(f, body / RECORD_LEN as u64)))
+    Ok(Ok(body / RECORD_LEN as u64))
 }
 
 /// What an index of `count` records starts with, and its size.
@@ -426,9 +433,11 @@ mod tests {
         let read = |bytes: &[u8]| {
             let path = d.path().join("index");
             std::fs::write(&path, bytes).unwrap();
-            open_index(&path)
-                .unwrap()
-                .map(|r| r.map(Result::unwrap).collect::<Vec<_>>())
+            index_len(&path).unwrap().map(|n| {
+                IndexCursor::new(path.clone(), n)
+                    .map(Result::unwrap)
+                    .collect::<Vec<_>>()
+            })
         };
         let bytes = encode_index(&records);
         assert_eq!(bytes.len(), 8 + 2 * RECORD_LEN);

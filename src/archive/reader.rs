@@ -7,8 +7,8 @@
 use crate::archive::hashing::Hashers;
 use crate::archive::manifest::{self, MANIFEST_NAME, Manifest, SignedManifest};
 use crate::archive::pages::{
-    IndexCursor, PartRecord, RecordFile, Records, encode_index, index_name, index_of, open_index,
-    part_name, split_part,
+    IndexCursor, PartRecord, RecordFile, encode_index, index_len, index_name, index_of, part_name,
+    split_part,
 };
 use crate::archive::stage::{self, Stage};
 pub use crate::archive::writer::Announce;
@@ -914,17 +914,13 @@ pub(crate) fn signed_parts<'a>(
     Ok(files)
 }
 
-/// `file`'s index, staged in `dir` ([`signed_parts`]), read a batch at a time.
-pub(crate) fn signed_cursor(dir: &Path, file: &str) -> Result<IndexCursor, Error> {
-    let count = signed_records(dir, file)?.left();
-    Ok(IndexCursor::new(dir.join(index_name(file)), count))
-}
-
-/// The records of `file`'s index, staged in `dir` ([`signed_parts`]).
-pub(crate) fn signed_records(dir: &Path, file: &str) -> Result<Records<std::fs::File>, Error> {
+/// The records of `file`'s index, staged in `dir` ([`signed_parts`]), read a batch at a
+/// time, once the index is found to be one.
+pub(crate) fn signed_records(dir: &Path, file: &str) -> Result<IndexCursor, Error> {
     let index = index_name(file);
-    match open_index(&dir.join(&index)) {
-        Ok(Ok(r)) => Ok(r),
+    let path = dir.join(&index);
+    match index_len(&path) {
+        Ok(Ok(count)) => Ok(IndexCursor::new(path, count)),
         Ok(Err(why)) => Err(Error::BadEntry { entry: index, why }),
         Err(e) => Err(Error::Corrupt(format!("reading {index}: {e}"))),
     }
