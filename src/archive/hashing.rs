@@ -256,7 +256,8 @@ impl Hashers {
             .unwrap_or_else(|_| Vec::with_capacity(CHUNK))
     }
 
-    /// Starts the next entry; returns its number (0, 1, …) to match the digests [`take_done`](Self::take_done) and [`close`](Self::close) give.
+    /// Starts the next entry; returns its number (0, 1, …), which the digests of
+    /// [`take_done`](Self::take_done) and [`close`](Self::close) carry.
     pub fn begin(&mut self) -> usize {
         let job = self.jobs;
         self.jobs += 1;

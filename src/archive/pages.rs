@@ -235,7 +235,7 @@ pub struct IndexCursor {
 impl IndexCursor {
     const BATCH: u64 = 64;
 
-    /// The `count` records of the index at `path` (checked to be one: [`open_index`]).
+    /// The `count` records of the index at `path` (checked to be one: [`index_len`]).
     pub fn new(path: std::path::PathBuf, count: u64) -> IndexCursor {
         IndexCursor {
             path,
