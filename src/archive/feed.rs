@@ -16,7 +16,7 @@
 use crate::archive::frames::{TAIL_MARK_LEN, TailMark};
 use crate::archive::gate::Gate;
 use crate::archive::hashing::Hashers;
-use crate::archive::pages::{IndexCursor, PartRecord};
+use crate::archive::pages::{IndexCursor, Part, PartRecord};
 use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_part,
     check_signer, complete, entry_name, part_missing, part_unlisted, read_error, read_manifest,
@@ -110,50 +110,6 @@ impl Read for Region {
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         self.pos += n as u64;
         Ok(n)
-    }
-}
-
-/// One part of a pages image: where it is in the archive, where it goes in its staged
-/// file, and the digest its index gives it.
-#[derive(Clone)]
-struct Part {
-    /// The pages image's name in the archive (`checkpoint/pages-<id>.img`).
-    image: Arc<str>,
-    /// The pages file (index into the staged files) and the part's number in it.
-    file: usize,
-    n: usize,
-    /// Offset of its data in the archive.
-    at: u64,
-    /// Offset in the staged file.
-    offset: u64,
-    size: u64,
-    sha256: [u8; 32],
-}
-
-impl Part {
-    /// The part's name in the archive, for errors.
-    fn name(&self) -> String {
-        crate::archive::pages::part_name(&self.image, self.n as u32)
-    }
-
-    fn record(&self) -> PartRecord {
-        PartRecord {
-            size: self.size,
-            sha256: self.sha256,
-        }
-    }
-
-    fn item(&self, staged: bool) -> Item {
-        Item {
-            at: self.at,
-            image: self.image.clone(),
-            n: self.n as u32,
-            file: self.file,
-            offset: self.offset,
-            size: self.size,
-            sha256: self.sha256,
-            staged,
-        }
     }
 }
 
@@ -529,7 +485,10 @@ fn unpack_plain(
                     };
                     match plan.classify(p.file, p.offset, p.size) {
                         Share::Read => None,
-                        s => Some(Ok(p.item(s == Share::Both))),
+                        s => Some(Ok(Item {
+                            part: p,
+                            staged: s == Share::Both,
+                        })),
                     }
                 });
                 items.push((img.file, Box::new(parts) as crate::archive::uffd::Items));

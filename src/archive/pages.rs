@@ -79,6 +79,37 @@ impl PartRecord {
     }
 }
 
+/// One part of a pages image as a restore of an archive file finds it: where its data is
+/// in the archive, where it goes in its staged file, and the record its index gives it.
+#[derive(Clone)]
+pub struct Part {
+    /// The pages image's name in the archive (`checkpoint/pages-<id>.img`).
+    pub image: std::sync::Arc<str>,
+    /// The pages file (index into the staged files) and the part's number in it.
+    pub file: usize,
+    pub n: usize,
+    /// Offset of its data in the archive.
+    pub at: u64,
+    /// Offset in the staged file.
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+impl Part {
+    /// The part's name in the archive, for errors.
+    pub fn name(&self) -> String {
+        part_name(&self.image, self.n as u32)
+    }
+
+    pub fn record(&self) -> PartRecord {
+        PartRecord {
+            size: self.size,
+            sha256: self.sha256,
+        }
+    }
+}
+
 /// What an index starts with: its kind and version.
 const INDEX_MAGIC: &[u8; 8] = b"FERRYPX1";
 /// Bytes a part takes in an index: its size (u64, little-endian), then its sha256.

@@ -318,27 +318,12 @@ fn merged_lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
     out
 }
 
-/// One part with lazy bytes: where its data is in the archive, its place in its pages file,
-/// its digest, and whether the feed stages it (`Share::Both`: copied from the stage).
+/// One part with lazy bytes, and whether the feed stages it (`Share::Both`: copied from
+/// the stage).
 #[derive(Clone)]
 pub struct Item {
-    pub at: u64,
-    /// The pages image's name in the archive, and the part's number in it.
-    pub image: std::sync::Arc<str>,
-    pub n: u32,
-    /// The pages file (index into the staged files).
-    pub file: usize,
-    pub offset: u64,
-    pub size: u64,
-    pub sha256: [u8; 32],
+    pub part: crate::archive::pages::Part,
     pub staged: bool,
-}
-
-impl Item {
-    /// The part's name in the archive, for errors.
-    fn name(&self) -> String {
-        crate::archive::pages::part_name(&self.image, self.n)
-    }
 }
 
 /// The items of one pages file, in archive order, made as they are wanted: a list of every
@@ -820,7 +805,7 @@ type Work = (Item, usize);
 
 /// What a copy thread takes next: up to two items of one task, or nothing yet.
 enum Next {
-    Pair(usize, [Option<Work>; 2]),
+    Pair(usize, Box<[Option<Work>; 2]>),
     Wait,
     Done,
 }
@@ -892,7 +877,7 @@ impl Queues {
             }
             self.turn = t + 1;
             let q = &mut self.items[t];
-            return Ok(Next::Pair(t, [q.pop_front(), q.pop_front()]));
+            return Ok(Next::Pair(t, Box::new([q.pop_front(), q.pop_front()])));
         }
         Ok(Next::Wait)
     }
@@ -935,7 +920,7 @@ fn copy_items(plan: &Plan, src: &Sources, shared: &Shared, queues: &Mutex<Queues
             .unwrap_or_else(|e| e.into_inner())
             .next(plan, shared);
         let (t, pair) = match next {
-            Ok(Next::Pair(t, pair)) => (t, pair),
+            Ok(Next::Pair(t, pair)) => (t, *pair),
             Ok(Next::Wait) => {
                 std::thread::sleep(Duration::from_micros(100));
                 continue;
@@ -975,7 +960,7 @@ fn copy_pair(
     let work = [0, 1].map(|k| pair[k].as_ref().map(|(i, from)| (i, *from)));
     for (k, w) in work.iter().enumerate() {
         let Some((item, _)) = w else { continue };
-        let size = item.size as usize;
+        let size = item.part.size as usize;
         if size > bufs[k].len() {
             bufs[k].resize(size, 0);
         }
@@ -986,8 +971,8 @@ fn copy_pair(
                 // The feed failed or was stopped, and says why itself.
                 return Err(Short::Stopped);
             }
-            let (path, f) = &src.staged[item.file];
-            f.read_exact_at(piece, item.offset).map_err(|e| {
+            let (path, f) = &src.staged[item.part.file];
+            f.read_exact_at(piece, item.part.offset).map_err(|e| {
                 Short::Failed(Error::Corrupt(format!(
                     "reading back {}: {e}",
                     path.display()
@@ -995,8 +980,8 @@ fn copy_pair(
             })?;
         } else {
             src.archive
-                .read_exact_at(piece, item.at)
-                .map_err(|e| Short::Failed(read_error(e, &item.name())))?;
+                .read_exact_at(piece, item.part.at)
+                .map_err(|e| Short::Failed(read_error(e, &item.part.name())))?;
         }
     }
     let hashed = work.map(|w| w.is_some_and(|(i, _)| !i.staged));
@@ -1011,14 +996,11 @@ fn copy_pair(
     for (k, lane) in lanes.into_iter().enumerate() {
         if let (Some((item, _)), true) = (work[k], hashed[k]) {
             let got = PartRecord {
-                size: item.size,
+                size: item.part.size,
                 sha256: lane.finalize(),
             };
-            let want = PartRecord {
-                size: item.size,
-                sha256: item.sha256,
-            };
-            check_part(&item.image, item.n as usize, &got, &want).map_err(Short::Failed)?;
+            check_part(&item.part.image, item.part.n, &got, &item.part.record())
+                .map_err(Short::Failed)?;
         }
     }
     let uffd = shared
@@ -1031,7 +1013,7 @@ fn copy_pair(
         .ok_or(Short::Stopped)?;
     for (k, w) in work.iter().enumerate() {
         let Some((item, from)) = *w else { continue };
-        let pieces = task.pieces(item.offset, item.size);
+        let pieces = task.pieces(item.part.offset, item.part.size);
         for (j, p) in pieces.iter().enumerate().skip(from) {
             let bytes = &bufs[k][p.at as usize..(p.at + p.len) as usize];
             match copy_in(uffd, p.vaddr, bytes, shared) {
@@ -1070,12 +1052,12 @@ fn copy_pair(
         if item.staged {
             // Nobody reads those bytes of the stage again: give their memory back to the
             // tasks that now hold them (CRIU punches what it reads the same way).
-            let (_, f) = &src.staged[item.file];
+            let (_, f) = &src.staged[item.part.file];
             for p in &pieces {
-                punch(f, item.offset + p.at, p.len);
+                punch(f, item.part.offset + p.at, p.len);
             }
         } else {
-            src.progress.inc(item.size);
+            src.progress.inc(item.part.size);
         }
     }
     Ok(())
@@ -1349,13 +1331,15 @@ mod tests {
         };
         let stage = dir.path().join("pages-1.img");
         let items = vec![Item {
-            at: 0,
-            image: "checkpoint/pages-1.img".into(),
-            n: 0,
-            file: 0,
-            offset: 0,
-            size: 4096,
-            sha256: [0; 32],
+            part: crate::archive::pages::Part {
+                at: 0,
+                image: "checkpoint/pages-1.img".into(),
+                n: 0,
+                file: 0,
+                offset: 0,
+                size: 4096,
+                sha256: [0; 32],
+            },
             staged: true,
         }];
         let done = Arc::new(FeedDone::default());
