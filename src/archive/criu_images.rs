@@ -399,6 +399,24 @@ impl PagemapEntry {
             None => !self.in_parent,
         }
     }
+
+    /// The bytes the entry covers.
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.nr_pages) * PAGE
+    }
+}
+
+/// The entries whose pages are in the pages file, each with the offset there of its first
+/// byte: the file holds them one after another, in the pagemap's order.
+pub fn in_pages_file(entries: &[PagemapEntry]) -> impl Iterator<Item = (u64, &PagemapEntry)> {
+    entries
+        .iter()
+        .filter(|e| e.present())
+        .scan(0u64, |file_off, e| {
+            let at = *file_off;
+            *file_off += e.bytes();
+            Some((at, e))
+        })
 }
 
 /// `pagemap-<pid>.img`: a `pagemap_head` naming the `pages-<pages_id>.img` that holds the
@@ -440,7 +458,7 @@ pub fn read_pagemap(r: impl std::io::Read) -> Result<Pagemap> {
         }
         match pm.entries.last_mut() {
             Some(last)
-                if last.vaddr + u64::from(last.nr_pages) * PAGE == e.vaddr
+                if last.vaddr + last.bytes() == e.vaddr
                     && (last.in_parent, last.flags) == (e.in_parent, e.flags)
                     && last.nr_pages.checked_add(e.nr_pages).is_some() =>
             {

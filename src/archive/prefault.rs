@@ -149,9 +149,8 @@ impl Prefault {
 /// anonymous VMAs `private`, with their file offsets.
 fn runs(entries: &[criu_images::PagemapEntry], private: &[(u64, u64)]) -> Vec<Run> {
     let mut out = vec![];
-    let mut file_off = 0u64;
-    for e in entries.iter().filter(|e| e.present()) {
-        let (start, len) = (e.vaddr, e.nr_pages as u64 * PAGE);
+    for (file_off, e) in criu_images::in_pages_file(entries) {
+        let (start, len) = (e.vaddr, e.bytes());
         for &(vs, ve) in private {
             let (a, b) = (start.max(vs), (start + len).min(ve));
             if a < b {
@@ -163,7 +162,6 @@ fn runs(entries: &[criu_images::PagemapEntry], private: &[(u64, u64)]) -> Vec<Ru
                 });
             }
         }
-        file_off += len;
     }
     out
 }

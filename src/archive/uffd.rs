@@ -50,7 +50,6 @@ pub const SOCKET: &str = "lazy-pages.socket";
 /// What CRIU sends once every task is restored (`LAZY_PAGES_RESTORE_FINISHED`).
 const FINISHED: u32 = 0x5253_5446;
 const PE_LAZY: u32 = 1 << 1;
-const PAGE: u64 = 4096;
 /// How much of a part is copied at once: a whole part (the checkpoint cuts them at 1 MiB).
 const CHUNK: usize = 1 << 20;
 
@@ -298,22 +297,19 @@ fn lazy_runs(entries: &[criu_images::PagemapEntry], vmas: &[(u64, u64)]) -> Vec<
 
 fn merged_lazy_runs(entries: &[criu_images::PagemapEntry]) -> Vec<Run> {
     let mut out: Vec<Run> = vec![];
-    let mut file_off = 0u64;
-    for e in entries.iter().filter(|e| e.present()) {
-        let len = e.nr_pages as u64 * PAGE;
-        if e.flags.is_some_and(|f| f & PE_LAZY != 0) {
-            match out.last_mut() {
-                Some(r) if r.file_off + r.len == file_off && r.vaddr + r.len == e.vaddr => {
-                    r.len += len
-                }
-                _ => out.push(Run {
-                    file_off,
-                    vaddr: e.vaddr,
-                    len,
-                }),
+    let lazy = criu_images::in_pages_file(entries)
+        .filter(|(_, e)| e.flags.is_some_and(|f| f & PE_LAZY != 0));
+    for (file_off, e) in lazy {
+        match out.last_mut() {
+            Some(r) if r.file_off + r.len == file_off && r.vaddr + r.len == e.vaddr => {
+                r.len += e.bytes()
             }
+            _ => out.push(Run {
+                file_off,
+                vaddr: e.vaddr,
+                len: e.bytes(),
+            }),
         }
-        file_off += len;
     }
     out
 }
