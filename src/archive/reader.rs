@@ -381,23 +381,29 @@ pub(crate) fn stage_stream(
     // Where the manifest's data (padded to a block) ends: a complete stream has the two
     // zero blocks of the end-of-archive marker after it.
     let mut manifest_end = 0u64;
-    // Each entry's job in `hashers`, and its size as read (the parts apart, below).
-    let mut jobs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    // The parts' hashing jobs not yet done, each with its record's slot.
-    let mut part_jobs: std::collections::HashMap<usize, u64> = Default::default();
+    // Every entry but the parts, with its digest and size; the parts by image (the slot of
+    // the first one's record, and how many), their records kept on the stage.
+    let mut wholes: BTreeMap<String, ([u8; 32], u64)> = BTreeMap::new();
     let mut parts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut records: Option<RecordFile> = None;
     let mut slots = 0u64;
+    // Where the digest of each hashing job not yet done goes: an entry (its name and size)
+    // or a part's record (its slot).
+    enum Dest {
+        Whole(String, u64),
+        Part(u64),
+    }
+    let mut waiting: std::collections::HashMap<usize, Dest> = Default::default();
     // The records are kept on the stage: a full one is the stage's disk, said as such.
     let stage_dir = stage.dir().to_path_buf();
     let settle = |done: Vec<crate::archive::hashing::Done>,
-                  part_jobs: &mut std::collections::HashMap<usize, u64>,
+                  waiting: &mut std::collections::HashMap<usize, Dest>,
                   records: &Option<RecordFile>,
-                  whole: &mut std::collections::HashMap<usize, [u8; 32]>|
+                  wholes: &mut BTreeMap<String, ([u8; 32], u64)>|
      -> Result<(), Error> {
         for (job, sha256, size) in done {
-            match part_jobs.remove(&job) {
-                Some(slot) => records
+            match waiting.remove(&job) {
+                Some(Dest::Part(slot)) => records
                     .as_ref()
                     .expect("made at the first part")
                     .put(slot, &PartRecord { size, sha256 })
@@ -405,14 +411,14 @@ pub(crate) fn stage_stream(
                         path: stage_dir.clone(),
                         source,
                     })?,
-                None => {
-                    whole.insert(job, sha256);
+                Some(Dest::Whole(name, n)) => {
+                    wholes.insert(name, (sha256, n));
                 }
+                None => {}
             }
         }
         Ok(())
     };
-    let mut whole = std::collections::HashMap::new();
     let mut hashers = Hashers::new(None);
     let mut admission = Admission::default();
     let mut signed: Option<SignedManifest> = None;
@@ -501,35 +507,28 @@ pub(crate) fn stage_stream(
                 // Admission keeps an image's parts together and in order.
                 let (_, count) = parts.entry(file).or_insert((slots, 0));
                 *count += 1;
-                part_jobs.insert(job, slots);
+                waiting.insert(job, Dest::Part(slots));
                 slots += 1;
             }
             None => {
-                jobs.insert(name, (job, n));
+                waiting.insert(job, Dest::Whole(name, n));
             }
         }
-        settle(hashers.take_done(), &mut part_jobs, &records, &mut whole)?;
+        settle(hashers.take_done(), &mut waiting, &records, &mut wholes)?;
     }
     let rest = hashers.close().map_err(|e| Error::Corrupt(e.to_string()))?;
-    settle(rest, &mut part_jobs, &records, &mut whole)?;
-    if !part_jobs.is_empty() {
+    settle(rest, &mut waiting, &records, &mut wholes)?;
+    if !waiting.is_empty() {
         return Err(Error::Corrupt(format!(
-            "{} parts were never hashed",
-            part_jobs.len()
+            "{} entries were never hashed",
+            waiting.len()
         )));
     }
     // What follows the end-of-archive marker must read to its end too: a zstd stream cut
     // short there (its tail mark, archive::frames) is a truncated archive.
     entries_done(tar).map_err(|e| read_error(e, "after the end-of-archive marker"))?;
-    let mut entries = BTreeMap::new();
-    for (name, (job, n)) in jobs {
-        let sha = whole
-            .get(&job)
-            .ok_or_else(|| Error::Corrupt(format!("{name} was never hashed")))?;
-        entries.insert(name, (*sha, n));
-    }
     Ok(Streamed {
-        entries,
+        entries: wholes,
         parts,
         records,
         signed,
