@@ -41,27 +41,34 @@ impl Source {
                 },
             );
         }
-        check_tarball(path)?;
-        Ok(if tar_holds_layout(path)? {
-            Source::LayoutTar
-        } else {
-            Source::RootfsTar
-        })
+        tarball_kind(path)
     }
 }
 
-/// Refuses a file that is not a tar archive (plain, gzip or zstd) before it is read as
-/// one: the tar reader's own error quotes the bytes it choked on.
-fn check_tarball(path: &Path) -> Result<()> {
+/// Tells a tarball of an OCI layout from one of a root filesystem, in one pass over its
+/// start. A file that is not a tar archive (plain, gzip or zstd) is refused before it is
+/// read as one: the tar reader's own error quotes the bytes it choked on.
+fn tarball_kind(path: &Path) -> Result<Source> {
     let compression = Compression::sniff_file(path)?;
     let file = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
     let mut head = Vec::with_capacity(512);
-    let read = decompressor(file, compression).and_then(|d| d.take(512).read_to_end(&mut head));
-    if read.is_ok() && crate::archive::reader::starts_a_tar(&head) {
-        return Ok(());
+    let Ok(mut stream) = decompressor(file, compression) else {
+        return Err(not_a_tarball(path, compression, true));
+    };
+    let read = stream.by_ref().take(512).read_to_end(&mut head);
+    if read.is_err() || !crate::archive::reader::starts_a_tar(&head) {
+        return Err(not_a_tarball(path, compression, head.is_empty()));
     }
+    Ok(if holds_layout(io::Cursor::new(head).chain(stream)) {
+        Source::LayoutTar
+    } else {
+        Source::RootfsTar
+    })
+}
+
+fn not_a_tarball(path: &Path, compression: Compression, empty: bool) -> Error {
     let what = match compression {
-        _ if head.is_empty() => "it is empty".to_string(),
+        _ if empty => "it is empty".to_string(),
         Compression::None => "its first bytes are not a tar header".into(),
         Compression::Gzip => {
             "its first bytes (inside its gzip compression) are not a tar header".into()
@@ -70,38 +77,34 @@ fn check_tarball(path: &Path) -> Result<()> {
             "its first bytes (inside its zstd compression) are not a tar header".into()
         }
     };
-    Err(Error::Other(format!(
+    Error::Other(format!(
         "{} is not an image: it is not a directory (a root filesystem or an OCI layout), and \
          {what}; give a directory, or a tar archive (plain, gzip or zstd) of one",
         path.display()
-    )))
+    ))
 }
 
-/// Whether a tarball holds an OCI layout: its entries are only `oci-layout`, `index.json`
-/// and `blobs/…`, and `oci-layout` is among them. Stops at the first other entry.
-fn tar_holds_layout(path: &Path) -> Result<bool> {
-    let compression = Compression::sniff_file(path)?;
-    let file = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
-    let Ok(stream) = decompressor(file, compression) else {
-        return Ok(false);
-    };
+/// Whether a tar stream holds an OCI layout: its entries are only `oci-layout`,
+/// `index.json` and `blobs/…`, and `oci-layout` is among them. Stops at the first other
+/// entry.
+fn holds_layout(stream: impl Read) -> bool {
     let mut archive = tar::Archive::new(stream);
     let Ok(entries) = archive.entries() else {
-        return Ok(false);
+        return false;
     };
     for entry in entries {
-        let Ok(entry) = entry else { return Ok(false) };
+        let Ok(entry) = entry else { return false };
         let Ok(rel) = normalise_entry_path(&entry.path_bytes()) else {
-            return Ok(false);
+            return false;
         };
         match rel.components().next().map(|c| c.as_os_str().to_owned()) {
             None => continue,
-            Some(first) if first == "oci-layout" => return Ok(true),
+            Some(first) if first == "oci-layout" => return true,
             Some(first) if first == "index.json" || first == "blobs" => continue,
-            Some(_) => return Ok(false),
+            Some(_) => return false,
         }
     }
-    Ok(false)
+    false
 }
 
 impl Store {
