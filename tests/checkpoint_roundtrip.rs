@@ -742,6 +742,62 @@ fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
     assert_deleted(&host, &id);
 }
 
+/// A zstd archive file (the default): each part is read where it lies in the archive, on
+/// its own, and copied straight into its task (archive::zhead, archive::uffd), whether
+/// its frame is raw (noise) or compressed (half of one task's memory compresses). Both
+/// tasks come back counting, with their memory.
+#[test]
+fn a_zstd_archive_is_copied_in_part_by_part_from_where_it_lies() {
+    let host = Host::new();
+    host.import_image("bb");
+    let id = host.id("zstdparts");
+    let script = format!(
+        "/bin/busybox mkdir -p /tmp/a /tmp/b; /bin/memhold 24 z{SEED} /tmp/a & \
+         exec /bin/memhold 24 {SEED} /tmp/b"
+    );
+    host.run_image("bb", &id, &["/bin/sh", "-c", &script]);
+    let root = host.rootfs(&id);
+    let (a, b) = (
+        MemHold::at(root.join("tmp/a")),
+        MemHold::at(root.join("tmp/b")),
+    );
+    let at_a = a.wait_count_above(2);
+    let at_b = b.wait_count_above(2);
+    let (sum_a, sum_b) = (a.checksum().unwrap(), b.checksum().unwrap());
+    let archive = host.ferry.scratch().join("parts.tar.zst");
+    let ar = archive.to_str().unwrap();
+    host.run(&["checkpoint", &id, "-e", ar]).ok();
+    wait_no_tagged(&host.ferry);
+    let size = fs::metadata(&archive).unwrap().len();
+    assert!(
+        size < 42 << 20,
+        "half of a's 24 MiB should have compressed: {size} bytes"
+    );
+    let (out, st) = restore_archive(&host, ar, "parts", &[], &[]);
+    host.ferry.wait_status(&id, "running");
+    if ferry::archive::gate::supported(&host.storage) && ferry::archive::uffd::supported() {
+        assert!(
+            !out.stderr.contains("pages in order"),
+            "the head should have been walked:\n{}",
+            out.stderr
+        );
+        let copied = st["copied_in_bytes"].as_u64().unwrap_or(0);
+        assert!(copied >= 40 << 20, "both tasks' memory copied in: {st}");
+    }
+    let root = host.rootfs(&id);
+    let (a, b) = (
+        MemHold::at(root.join("tmp/a")),
+        MemHold::at(root.join("tmp/b")),
+    );
+    assert_eq!(a.wait_count_above(at_a.1).0, at_a.0, "a restarted");
+    assert_eq!(b.wait_count_above(at_b.1).0, at_b.0, "b restarted");
+    host.run(&["kill", "--all", &id, "USR1"]).ok();
+    assert_eq!(a.wait_rehash(1), sum_a, "a's memory differs");
+    assert_eq!(b.wait_rehash(1), sum_b, "b's memory differs");
+    host.run(&["delete", "--force", &id]).ok();
+    assert_deleted(&host, &id);
+}
+
 /// A shell that forked two subshells after filling its heap: the three share those pages
 /// copy-on-write. ferry leaves such a tree to CRIU's reads, which restore the pages shared
 /// again, rather than copying each task its own (archive::uffd); and it restores.

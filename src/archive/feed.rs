@@ -12,11 +12,15 @@
 //! parts) stops it and refuses CRIU's waiting read, so CRIU fails before anything restored
 //! runs, and the restore's pre-resume notification waits for the whole feed
 //! ([`Feed::wait`]).
+//!
+//! A zstd archive's head is walked in place first (archive::zhead, `walk_head`): then
+//! its parts are read one by one where they lie, as an uncompressed archive's are, and the
+//! copy-in serves both. A head that cannot be walked is decompressed in order instead.
 
 use crate::archive::frames::{TAIL_MARK_LEN, TailMark};
 use crate::archive::gate::Gate;
 use crate::archive::hashing::Hashers;
-use crate::archive::pages::{IndexCursor, Part, PartRecord};
+use crate::archive::pages::{IndexCursor, Pages, Part, PartRecord};
 use crate::archive::reader::{
     Admission, Admitted, Error, Trust, Unpacked, check_digest, check_listing, check_part,
     check_signer, complete, entry_name, part_missing, part_unlisted, read_error, read_manifest,
@@ -25,6 +29,7 @@ use crate::archive::reader::{
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::archive::stage::Stage;
 use crate::archive::uffd::{FeedDone, Item, Plan, Running, Share, Sources};
+use crate::archive::zhead::{Place, Unpacker};
 use crate::image::layer::Compression;
 use crate::progress::Progress;
 use std::collections::BTreeMap;
@@ -125,6 +130,8 @@ struct Image {
     count: u64,
     /// The bytes of all its parts.
     total: u64,
+    /// In a zstd archive read in place: where part 0's header is (archive::zhead).
+    head: Option<Place>,
 }
 
 /// The parts of one image in order, made from its index as they are wanted, each found
@@ -134,18 +141,28 @@ struct Parts {
     file: usize,
     records: IndexCursor,
     n: usize,
-    at: u64,
+    walk: Walk,
     offset: u64,
 }
 
+/// Where the next part is: its data's offset in an uncompressed archive; in a zstd one,
+/// its header's place in the head (found as the walk goes, without decompressing parts).
+enum Walk {
+    Plain(u64),
+    Zstd(Arc<File>, Place),
+}
+
 impl Parts {
-    fn of(img: &Image, stage: &Path) -> Result<Parts, Error> {
+    fn of(img: &Image, stage: &Path, pages: &Pages) -> Result<Parts, Error> {
         Ok(Parts {
             image: img.name.clone(),
             file: img.file,
             records: signed_records(stage, &img.name)?,
             n: 0,
-            at: img.first_at,
+            walk: match &img.head {
+                Some(place) => Walk::Zstd(pages.file.clone(), place.clone()),
+                None => Walk::Plain(img.first_at),
+            },
             offset: 0,
         })
     }
@@ -164,17 +181,37 @@ impl Iterator for Parts {
                 ))));
             }
         };
+        let padded = r.size.div_ceil(512) * 512;
+        let (at, skip) = match &mut self.walk {
+            Walk::Plain(at) => {
+                let here = *at;
+                *at += padded + 512;
+                (here, 0)
+            }
+            Walk::Zstd(file, place) => {
+                let moved = place.advance(file, 512).map(|()| (place.at, place.skip));
+                match moved.and_then(|here| place.advance(file, padded).map(|()| here)) {
+                    Ok(here) => here,
+                    Err(why) => {
+                        return Some(Err(Error::Corrupt(format!(
+                            "finding part {} of {}: {why}",
+                            self.n, self.image
+                        ))));
+                    }
+                }
+            }
+        };
         let part = Part {
             image: self.image.clone(),
             file: self.file,
             n: self.n,
-            at: self.at,
+            at,
+            skip,
             offset: self.offset,
             size: r.size,
             sha256: r.sha256,
         };
         self.n += 1;
-        self.at += r.size.div_ceil(512) * 512 + 512;
         self.offset += r.size;
         Some(Ok(part))
     }
@@ -239,7 +276,7 @@ impl Matched {
 /// same parts: as many, each the size its index says, its header where the one before it
 /// ends. Reads each index once and each part's header; holds nothing per part.
 fn check_images(
-    archive: &File,
+    archive: &Pages,
     images: &[Image],
     signed: &std::collections::BTreeSet<String>,
     stage: &Path,
@@ -252,7 +289,7 @@ fn check_images(
             }
             continue;
         };
-        let mut parts = Parts::of(img, stage)?;
+        let mut parts = Parts::of(img, stage, archive)?;
         let count = parts.records.left();
         if count < img.count {
             return Err(part_unlisted(file, count as usize));
@@ -264,6 +301,7 @@ fn check_images(
         for p in parts.by_ref() {
             let p = p?;
             archive
+                .file
                 .read_exact_at(&mut header, p.at - 512)
                 .map_err(|e| read_error(e, &p.name()))?;
             let size = tar::Header::from_byte_slice(&header)
@@ -293,6 +331,7 @@ fn check_images(
 /// errors, each piece handed to `put` with its offset from `at`.
 struct Copy<'a> {
     at: u64,
+    skip: u64,
     size: u64,
     name: String,
     put: Put<'a>,
@@ -305,21 +344,33 @@ type Put<'a> = Box<dyn FnMut(&[u8], u64) -> Result<(), Error> + 'a>;
 /// `bufs`, hashing them side by side (archive::sha256x2); their sha256s (that of no bytes
 /// for a None).
 fn copy_hashed(
-    archive: &File,
+    archive: &Pages,
     mut copies: [Option<Copy<'_>>; 2],
     bufs: &mut [Vec<u8>; 2],
+    un: &mut Option<Unpacker>,
 ) -> Result<[[u8; 32]; 2], Error> {
     let mut lanes = [Lane::new(), Lane::new()];
     let mut done = [0u64; 2];
+    // A zstd archive's part is read whole (archive::zhead bounds its size).
+    if archive.head_end.is_some() {
+        for (k, c) in copies.iter().enumerate() {
+            if let Some(c) = c
+                && (bufs[k].len() as u64) < c.size
+            {
+                bufs[k].resize(c.size as usize, 0);
+            }
+        }
+    }
     loop {
         let mut n = [0usize; 2];
         for (k, c) in copies.iter_mut().enumerate() {
             let Some(c) = c else { continue };
             n[k] = (bufs[k].len() as u64).min(c.size - done[k]) as usize;
+            if n[k] == 0 {
+                continue;
+            }
             let piece = &mut bufs[k][..n[k]];
-            archive
-                .read_exact_at(piece, c.at + done[k])
-                .map_err(|e| read_error(e, &c.name))?;
+            archive.read(c.at, c.skip, done[k], piece, un, &|| c.name.clone())?;
             (c.put)(piece, done[k])?;
             done[k] += n[k] as u64;
         }
@@ -421,6 +472,7 @@ fn unpack_plain(
                 end: at + size.div_ceil(512) * 512,
                 count: 1,
                 total: size,
+                head: None,
             }),
             Admitted::File { part: Some(_), .. } => {
                 let img = images.last_mut().expect("part 0 came first");
@@ -447,28 +499,45 @@ fn unpack_plain(
     let sizes: BTreeMap<String, u64> = wholes.iter().map(|w| (w.0.clone(), w.3)).collect();
     let listed = check_listing(&manifest, &sizes)?;
     let mut bufs = copy_buffers();
+    let pages = Pages {
+        file: Arc::new(file),
+        head_end: None,
+    };
     for (name, staged, at, size) in &wholes {
         stage.create(staged)?;
         let whole = Copy {
             at: *at,
+            skip: 0,
             size: *size,
             name: name.clone(),
             put: Box::new(|b, _| Ok(stage.write(b)?)),
         };
-        let [sha, _] = copy_hashed(&file, [Some(whole), None], &mut bufs)?;
+        let [sha, _] = copy_hashed(&pages, [Some(whole), None], &mut bufs, &mut None)?;
         check_digest(name, &sha, &listed[name.as_str()].sha256)?;
     }
     // The indexes are staged and verified by now.
     let names: Vec<String> = images.iter().map(|i| i.name.to_string()).collect();
     let signed = signed_parts(&manifest, stage.dir(), names.iter())?;
-    check_images(&file, &images, &signed, stage.dir())?;
+    check_images(&pages, &images, &signed, stage.dir())?;
+    let feed = feed_in_place(stage, pages, images, progress)?;
+    Ok(((manifest, signer, trusted_as), feed))
+}
+
+/// Starts feeding the parts of `images`, each read where it is in `pages` (their indexes
+/// staged and checked against them): the feed stages those CRIU reads, the copy-in
+/// (archive::uffd) copies the others straight into the restored tasks where it can.
+fn feed_in_place(
+    stage: &mut Stage,
+    pages: Pages,
+    images: Vec<Image>,
+    progress: Arc<Progress>,
+) -> Result<Feed, Error> {
     let files: Vec<(String, u64)> = images
         .iter()
         .map(|i| (i.name.to_string(), i.total))
         .collect();
     let (outs, gate, plan) = gated_files(stage, &files, true)?;
     let plan = plan.map(Arc::new);
-    let file = Arc::new(file);
     let done = Arc::new(FeedDone::default());
     let dir = stage.dir().to_path_buf();
     let copy_in = match &plan {
@@ -478,7 +547,7 @@ fn unpack_plain(
             let mut items = vec![];
             for img in &images {
                 let plan = plan.clone();
-                let parts = Parts::of(img, &dir)?.filter_map(move |p| {
+                let parts = Parts::of(img, &dir, &pages)?.filter_map(move |p| {
                     let p = match p {
                         Ok(p) => p,
                         Err(e) => return Some(Err(e)),
@@ -497,7 +566,7 @@ fn unpack_plain(
                 stage,
                 plan.clone(),
                 items,
-                &file,
+                &pages,
                 &outs,
                 &progress,
                 &done,
@@ -511,12 +580,12 @@ fn unpack_plain(
             gate: &gate,
             progress: &progress,
         };
-        let r = fill(&file, &images, &dir, plan.as_deref(), to, stop);
+        let r = fill(&pages, &images, &dir, plan.as_deref(), to, stop);
         done.set(r.is_ok());
         r
     });
     feed.copy_in = copy_in;
-    Ok(((manifest, signer, trusted_as), feed))
+    Ok(feed)
 }
 
 /// Starts the copy-in (archive::uffd) of `items` for `plan`, listening in the stage (CRIU's
@@ -525,7 +594,7 @@ fn start_copy_in(
     stage: &Stage,
     plan: Arc<Plan>,
     items: Vec<(usize, crate::archive::uffd::Items)>,
-    archive: &Arc<File>,
+    pages: &Pages,
     outs: &Outs,
     progress: &Arc<Progress>,
     done: &Arc<FeedDone>,
@@ -535,7 +604,7 @@ fn start_copy_in(
         source: e,
     })?;
     let mut sources = Sources {
-        archive: archive.clone(),
+        pages: pages.clone(),
         staged: vec![],
         feed: done.clone(),
         progress: progress.clone(),
@@ -743,16 +812,18 @@ struct Target<'a> {
 
 /// Copies one or two parts to their staged files and checks their digests.
 fn copy_parts(
-    archive: &File,
+    archive: &Pages,
     pair: [Option<&Part>; 2],
     outs: &[(PathBuf, File)],
     bufs: &mut [Vec<u8>; 2],
+    un: &mut Option<Unpacker>,
 ) -> Result<(), Error> {
     let copies = pair.map(|q| {
         q.map(|p| {
             let out = &outs[p.file];
             Copy {
                 at: p.at,
+                skip: p.skip,
                 size: p.size,
                 name: p.name(),
                 put: Box::new(move |b, off| {
@@ -763,7 +834,7 @@ fn copy_parts(
             }
         })
     });
-    let shas = copy_hashed(archive, copies, bufs)?;
+    let shas = copy_hashed(archive, copies, bufs, un)?;
     for (sha256, q) in shas.into_iter().zip(pair) {
         if let Some(p) = q {
             let got = PartRecord {
@@ -804,7 +875,7 @@ impl Queue {
 /// core, but those copied straight in (archive::uffd, by `plan`), and opens the gate over
 /// each file's prefix of matched parts.
 fn fill(
-    archive: &File,
+    archive: &Pages,
     images: &[Image],
     dir: &Path,
     plan: Option<&Plan>,
@@ -814,7 +885,7 @@ fn fill(
     let failed = AtomicBool::new(false);
     let mut parts = vec![];
     for img in images {
-        parts.push(Parts::of(img, dir)?);
+        parts.push(Parts::of(img, dir, archive)?);
     }
     let queue = Mutex::new(Queue {
         images: parts.into_iter(),
@@ -844,6 +915,7 @@ fn fill(
         .clamp(1, 4);
     let work = || -> Result<(), Error> {
         let mut bufs = copy_buffers();
+        let mut un = None;
         let fail = |e: Error| {
             failed.store(true, Ordering::Relaxed);
             to.gate.fail();
@@ -863,7 +935,7 @@ fn fill(
                 Err(e) => return fail(e),
             };
             let refs = [pair[0].as_ref(), pair[1].as_ref()];
-            if let Err(e) = copy_parts(archive, refs, to.outs, &mut bufs) {
+            if let Err(e) = copy_parts(archive, refs, to.outs, &mut bufs, &mut un) {
                 return fail(e);
             }
             let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -947,6 +1019,20 @@ fn unpack_zstd(
         });
         files.push((f, total));
     }
+    // Each part read where it is, as in an uncompressed archive, when the head is laid out
+    // as ferry writes it.
+    let signed: std::collections::BTreeSet<String> = files.iter().map(|f| f.0.clone()).collect();
+    match walk_head(&file, mark, &signed, stage.dir()) {
+        Ok(images) => {
+            let pages = Pages {
+                file,
+                head_end: Some(mark.frame_offset),
+            };
+            let feed = feed_in_place(stage, pages, images, progress)?;
+            return Ok(((manifest, signer, trusted_as), feed));
+        }
+        Err(why) => tracing::debug!("reading the archive's pages in order: {why}"),
+    }
     // Read in order, every part goes through the stage, and CRIU reads it from there with
     // the prefault: copying the lazy parts in from the stage as the feed verifies them was
     // no faster (docs/benchmarks.md, "Tried").
@@ -969,6 +1055,126 @@ fn unpack_zstd(
         fill_stream(head, mark.tar_offset, expected, matched, to, stop)
     });
     Ok(((manifest, signer, trusted_as), feed))
+}
+
+/// The pages images of a zstd archive's head, found in place (archive::zhead): its tar
+/// headers read one by one, each part's frames passed over. The head must hold exactly the
+/// parts of the images in `signed` (each index staged in `stage`), together and in order,
+/// each the size its index gives, and end where the tail mark says. Anything else, and a
+/// head laid out otherwise than ferry writes it, is said in the error: the caller then
+/// reads the head in order, which names what is wrong.
+fn walk_head(
+    file: &File,
+    mark: TailMark,
+    signed: &std::collections::BTreeSet<String>,
+    stage: &Path,
+) -> Result<Vec<Image>, crate::archive::zhead::Why> {
+    let mut place = Place::start(mark.frame_offset);
+    let mut un = Unpacker::new().map_err(|e| e.to_string())?;
+    let mut admission = Admission::default();
+    let mut images: Vec<Image> = vec![];
+    let mut records: Option<IndexCursor> = None;
+    let mut tar_pos = 0u64;
+    // The entry before this one was a pax header.
+    let mut pax = false;
+    let ended = |records: &Option<IndexCursor>, images: &[Image]| match (records, images.last()) {
+        (Some(r), Some(img)) if r.left() > 0 => Err(format!("{} has parts missing", img.name)),
+        _ => Ok(()),
+    };
+    while tar_pos < mark.tar_offset {
+        let header_at = place.clone();
+        let mut h = [0u8; 512];
+        place.read(file, &mut h, &mut un)?;
+        if !crate::archive::reader::starts_a_tar(&h) {
+            return Err(format!("no tar header at {tar_pos}"));
+        }
+        let header = tar::Header::from_byte_slice(&h);
+        let name = std::str::from_utf8(&header.path_bytes())
+            .map_err(|_| "a name that is not UTF-8".to_string())?
+            .to_string();
+        let size = header.entry_size().map_err(|e| e.to_string())?;
+        if size > crate::archive::zhead::MAX_FRAME {
+            return Err(format!("{name} is {size} bytes"));
+        }
+        let padded = size.div_ceil(512) * 512;
+        if header.entry_type() == tar::EntryType::XHeader {
+            // The writer's announcement (a pax comment, archive::writer), on the first entry.
+            // Records that would change the next entry (its name, its size) are not walked.
+            let mut records = vec![0u8; size as usize];
+            place.read(file, &mut records, &mut un)?;
+            for r in tar::PaxExtensions::new(&records) {
+                let r = r.map_err(|e| e.to_string())?;
+                if r.key_bytes() != b"comment" {
+                    return Err("a pax record other than a comment".into());
+                }
+            }
+            place.advance(file, padded - size)?;
+            tar_pos += 512 + padded;
+            pax = true;
+            continue;
+        }
+        match admission.admit(&name, header.entry_type()) {
+            Ok(Admitted::Skip) if size == 0 => {}
+            Ok(Admitted::File {
+                file: image,
+                part: Some(n),
+            }) => {
+                // The parts are found later 512 bytes apart: only part 0 may have a pax
+                // header before it.
+                if n > 0 && pax {
+                    return Err(format!("a pax header before {name}"));
+                }
+                if n == 0 {
+                    ended(&records, &images)?;
+                    if !signed.contains(&image) {
+                        return Err(format!("{image} has no index"));
+                    }
+                    records = Some(signed_records(stage, &image).map_err(|e| e.to_string())?);
+                    images.push(Image {
+                        name: Arc::from(image.as_str()),
+                        file: images.len(),
+                        first_at: 0,
+                        end: 0,
+                        count: 0,
+                        total: 0,
+                        head: Some(header_at),
+                    });
+                }
+                let want = match records.as_mut().and_then(|r| r.next()) {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err(format!("{name} is not in its index")),
+                };
+                if want.size != size {
+                    return Err(format!(
+                        "{name} is {size} bytes, its index says {}",
+                        want.size
+                    ));
+                }
+                let img = images.last_mut().expect("part 0 came first");
+                img.count += 1;
+                img.total += size;
+            }
+            Ok(_) => return Err(format!("{name} is not a pages part")),
+            Err(e) => return Err(e.to_string()),
+        }
+        place.advance(file, padded)?;
+        tar_pos += 512 + padded;
+        pax = false;
+    }
+    ended(&records, &images)?;
+    if tar_pos != mark.tar_offset || !place.at_end() {
+        return Err("the pages end elsewhere than the tail mark says".into());
+    }
+    // Every index with parts has its image.
+    for f in signed {
+        if !images.iter().any(|i| *i.name == **f)
+            && signed_records(stage, f).map_err(|e| e.to_string())?.left() > 0
+        {
+            return Err(format!("{f} has no parts"));
+        }
+    }
+    Ok(images)
 }
 
 /// A pages image's parts as its index lists them, read as they come.
@@ -1299,6 +1505,106 @@ mod tests {
             matches!(e, Error::BadEntry { ref entry, ref why } if entry == "checkpoint/pages-5.img.part1" && why.contains("right after")),
             "{e}"
         );
+    }
+
+    /// A zstd archive's head, as ferry writes it, is walked: each part found where it is
+    /// and read there alone; a head that disagrees with the indexes is not.
+    #[test]
+    fn a_zstd_head_is_found_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let (path, parts) = archive(d.path(), Compression::Zstd, &id);
+        let Some(Layout::Zstd(mark)) = layout(&path) else {
+            panic!("no tail mark")
+        };
+        let mut stage = Stage::disk(&d.path().join("stage"), "test").unwrap();
+        let (_, mut feed) = unpack(
+            &path,
+            Layout::Zstd(mark),
+            &mut stage,
+            Trust::AnySigner,
+            hidden(),
+        )
+        .unwrap();
+        feed.finish().unwrap();
+        let image = "checkpoint/pages-1.img".to_string();
+        let file = File::open(&path).unwrap();
+        let signed = std::collections::BTreeSet::from([image.clone()]);
+        let images = walk_head(&file, mark, &signed, stage.dir()).unwrap();
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        assert_eq!(images.len(), 1);
+        assert_eq!((images[0].count, images[0].total), (3, total as u64));
+        let pages = Pages {
+            file: Arc::new(file),
+            head_end: Some(mark.frame_offset),
+        };
+        let mut un = None;
+        let mut n = 0;
+        for p in Parts::of(&images[0], stage.dir(), &pages).unwrap() {
+            let p = p.unwrap();
+            let mut buf = vec![0u8; p.size as usize];
+            pages
+                .read(p.at, p.skip, 0, &mut buf, &mut un, &|| p.name())
+                .unwrap();
+            assert!(buf == parts[p.n], "part {}", p.n);
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        // Parts of an image without an index, or an index with parts the head lacks.
+        let other = std::collections::BTreeSet::from(["checkpoint/pages-2.img".to_string()]);
+        let e = walk_head(&pages.file, mark, &other, stage.dir())
+            .err()
+            .unwrap();
+        assert!(e.contains("has no index"), "{e}");
+        let short = TailMark {
+            tar_offset: mark.tar_offset - 512,
+            ..mark
+        };
+        assert!(walk_head(&pages.file, short, &signed, stage.dir()).is_err());
+    }
+
+    /// A flipped byte in the zstd framing of a part (its frame's magic, its size, a block
+    /// header) rather than in its data: the walk, the in-place read or the in-order read
+    /// that follows refuses it; no reader gets the pages.
+    #[test]
+    fn a_flipped_byte_in_a_parts_framing_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
+        let (path, parts) = archive(d.path(), Compression::Zstd, &id);
+        let good = std::fs::read(&path).unwrap();
+        // Part 1 is a raw frame of its own: 9 bytes of header, then its first block's.
+        let data = good.windows(64).position(|w| w == &parts[1][..64]).unwrap();
+        let frame = data - 3 - 9;
+        assert_eq!(&good[frame..frame + 4], &0xFD2F_B528u32.to_le_bytes());
+        for (what, at, bit) in [
+            ("the magic", frame, 1),
+            ("the size", frame + 6, 1),
+            ("the block's size", data - 3, 0x08),
+            ("the block's type", data - 3, 0x04),
+            ("the last block flag", data - 3, 0x01),
+        ] {
+            let mut bytes = good.clone();
+            bytes[at] ^= bit;
+            let bad = d.path().join("bad.tar.zst");
+            std::fs::write(&bad, &bytes).unwrap();
+            let mut stage = Stage::disk(&d.path().join(format!("s-{at}-{bit}")), "t").unwrap();
+            let refused = match layout(&bad) {
+                Some(l) => match unpack(&bad, l, &mut stage, Trust::AnySigner, hidden()) {
+                    Ok((_, mut feed)) => {
+                        let read = read_pages(stage.dir(), parts.concat().len()).join();
+                        let fed = feed.finish();
+                        assert!(
+                            read.unwrap().is_err() || fed.is_ok(),
+                            "{what}: a reader got pages the feed refused"
+                        );
+                        fed.is_err()
+                    }
+                    Err(_) => true,
+                },
+                None => true,
+            };
+            assert!(refused, "{what}: a damaged frame was restored");
+        }
     }
 
     #[test]

@@ -18,5 +18,6 @@ pub mod sha256x2;
 pub mod stage;
 pub mod uffd;
 pub mod writer;
+pub mod zhead;
 
 pub use diff::{Change, ChangeKind, DiffSummary, apply_diff, changes, print_changes, write_diff};

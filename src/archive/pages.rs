@@ -88,8 +88,10 @@ pub struct Part {
     /// The pages file (index into the staged files) and the part's number in it.
     pub file: usize,
     pub n: usize,
-    /// Offset of its data in the archive.
+    /// Offset of its data in the archive; in a zstd archive, of the frame its data starts
+    /// in, `skip` bytes into what that frame decompresses to (archive::zhead).
     pub at: u64,
+    pub skip: u64,
     /// Offset in the staged file.
     pub offset: u64,
     pub size: u64,
@@ -107,6 +109,51 @@ impl Part {
             size: self.size,
             sha256: self.sha256,
         }
+    }
+}
+
+/// Where parts are read from: an archive file, uncompressed, or zstd with its head (of
+/// `head_end` bytes) read in place (archive::zhead).
+#[derive(Clone)]
+pub struct Pages {
+    pub file: std::sync::Arc<std::fs::File>,
+    pub head_end: Option<u64>,
+}
+
+impl Pages {
+    /// Reads `buf.len()` bytes of the entry `name` (for errors) whose data is at `at` (and
+    /// `skip`, see [`Part::at`]), `from` bytes into it. In a zstd archive a part is read
+    /// whole: `from` is 0 and `buf` its size. `un` is the caller's, kept between reads.
+    pub fn read(
+        &self,
+        at: u64,
+        skip: u64,
+        from: u64,
+        buf: &mut [u8],
+        un: &mut Option<crate::archive::zhead::Unpacker>,
+        name: &dyn Fn() -> String,
+    ) -> Result<(), crate::archive::reader::Error> {
+        use crate::archive::reader::Error;
+        use std::os::unix::fs::FileExt;
+        let Some(end) = self.head_end else {
+            return self
+                .file
+                .read_exact_at(buf, at + from)
+                .map_err(|e| crate::archive::reader::read_error(e, &name()));
+        };
+        debug_assert_eq!(from, 0, "a zstd part is read whole");
+        let un = match un {
+            Some(u) => u,
+            None => un.insert(
+                crate::archive::zhead::Unpacker::new()
+                    .map_err(|e| Error::Corrupt(format!("zstd: {e}")))?,
+            ),
+        };
+        un.read_part(&self.file, at, skip, end, buf)
+            .map_err(|why| Error::Tampered {
+                entry: name(),
+                why: format!("its zstd frame does not read back: {why}"),
+            })
     }
 }
 

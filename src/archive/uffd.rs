@@ -1,5 +1,6 @@
 //! The restored tasks' private anonymous memory copied straight in with userfaultfd
-//! (`restore -i` of an uncompressed archive; docs/checkpoint.md, "Pages copied in").
+//! (`restore -i` of an archive file, uncompressed or zstd read in place; docs/checkpoint.md,
+//! "Pages copied in").
 //!
 //! CRIU marks every page it could leave to a lazy-pages server `PE_LAZY` in the pagemap
 //! (private anonymous memory but the page under the stack pointer), in every dump. Asked to
@@ -29,7 +30,7 @@
 
 use crate::archive::criu_images::{self, VMA_ANON_PRIVATE};
 use crate::archive::pages::PartRecord;
-use crate::archive::reader::{Error, check_part, read_error};
+use crate::archive::reader::{Error, check_part};
 use crate::archive::sha256x2::{Lane, update_pair};
 use crate::progress::Progress;
 use std::collections::HashMap;
@@ -368,7 +369,7 @@ impl FeedDone {
 /// What the copy-in reads from: the archive, the staged pages files (open for reading
 /// before the gate marked them), the feed's progress.
 pub struct Sources {
-    pub archive: Arc<File>,
+    pub pages: crate::archive::pages::Pages,
     pub staged: Vec<(PathBuf, File)>,
     pub feed: Arc<FeedDone>,
     pub progress: Arc<Progress>,
@@ -904,6 +905,7 @@ enum Short {
 /// mapping after another.
 fn copy_items(plan: &Plan, src: &Sources, shared: &Shared, queues: &Mutex<Queues>) {
     let mut bufs = [vec![0u8; CHUNK], vec![0u8; CHUNK]];
+    let mut un = None;
     loop {
         if shared.quit() {
             return;
@@ -924,7 +926,7 @@ fn copy_items(plan: &Plan, src: &Sources, shared: &Shared, queues: &Mutex<Queues
             Ok(Next::Done) => return,
             Err(e) => return shared.fail(e),
         };
-        match copy_pair(&plan.tasks[t], pair, src, shared, &mut bufs) {
+        match copy_pair(&plan.tasks[t], pair, src, shared, &mut bufs, &mut un) {
             Ok(()) => {}
             Err(Short::NotYet(left)) => queues
                 .lock()
@@ -950,6 +952,7 @@ fn copy_pair(
     src: &Sources,
     shared: &Shared,
     bufs: &mut [Vec<u8>; 2],
+    un: &mut Option<crate::archive::zhead::Unpacker>,
 ) -> Result<(), Short> {
     let mut lanes = [Lane::new(), Lane::new()];
     let mut n = [0usize; 2];
@@ -975,9 +978,10 @@ fn copy_pair(
                 )))
             })?;
         } else {
-            src.archive
-                .read_exact_at(piece, item.part.at)
-                .map_err(|e| Short::Failed(read_error(e, &item.part.name())))?;
+            let p = &item.part;
+            src.pages
+                .read(p.at, p.skip, 0, piece, un, &|| p.name())
+                .map_err(Short::Failed)?;
         }
     }
     let hashed = work.map(|w| w.is_some_and(|(i, _)| !i.staged));
@@ -1329,6 +1333,7 @@ mod tests {
         let items = vec![Item {
             part: crate::archive::pages::Part {
                 at: 0,
+                skip: 0,
                 image: "checkpoint/pages-1.img".into(),
                 n: 0,
                 file: 0,
@@ -1340,7 +1345,10 @@ mod tests {
         }];
         let done = Arc::new(FeedDone::default());
         let sources = Sources {
-            archive: Arc::new(File::create(dir.path().join("archive")).unwrap()),
+            pages: crate::archive::pages::Pages {
+                file: Arc::new(File::create(dir.path().join("archive")).unwrap()),
+                head_end: None,
+            },
             staged: vec![(stage.clone(), File::create(&stage).unwrap())],
             feed: done.clone(),
             progress: Arc::new(Progress::hidden()),

@@ -1,4 +1,5 @@
 /* memhold MIB SEED DIR: holds MIB MiB filled with a pseudo-random pattern from SEED and writes,
+ * (a SEED written zSEED makes every other MiB compressible: a value per 512 bytes)
  * each file replaced atomically (written as a temp file, then renamed):
  *   DIR/checksum  the pattern's checksum, once at start
  *   DIR/count     "RUNID COUNT", every 100 ms; RUNID is fixed at start, so a restarted process
@@ -41,7 +42,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     size_t n = strtoul(argv[1], NULL, 10) * 1024 * 1024 / sizeof(uint64_t);
-    uint64_t x = strtoull(argv[2], NULL, 0) | 1;
+    int mixed = argv[2][0] == 'z';
+    uint64_t x = strtoull(argv[2] + mixed, NULL, 0) | 1;
     const char *dir = argv[3];
 
     struct sigaction sa;
@@ -55,7 +57,7 @@ int main(int argc, char **argv) {
     if (!mem) { perror("malloc"); return 2; }
     for (size_t i = 0; i < n; i++) {
         x ^= x << 13; x ^= x >> 7; x ^= x << 17; /* xorshift64 */
-        mem[i] = x;
+        mem[i] = mixed && !((i >> 17) & 1) ? i >> 6 : x;
     }
     char buf[128];
     snprintf(buf, sizeof buf, "%016llx\n", (unsigned long long)checksum(mem, n));
