@@ -677,17 +677,22 @@ fn thirteen_tasks_each_get_their_own_memory_back() {
     assert_cgroups_gone(&id);
 }
 
-#[test]
-fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
-    // Two memholds (two tasks, two pagemaps, two pages files): each task's memory is copied
-    // into it (or each read of each file prefaulted in its own task), and each memory still
-    // hashes the same. The kernel writes the forked task's rseq area, in its heap, while
-    // its restorer runs: a copy-in that served the tasks strictly in turn would hang there.
+/// Two memholds in one container (two tasks, two pagemaps, two pages files), `a` started
+/// with seed `a_seed`, checkpointed with `checkpoint_args` into `archive` and restored
+/// (`check` sees the archive, the restore's output and its stats): each comes back
+/// counting, with its own memory.
+fn two_memholds_round_trip(
+    tag: &str,
+    a_seed: &str,
+    archive: &str,
+    checkpoint_args: &[&str],
+    check: impl FnOnce(&Host, &Path, &Output, &serde_json::Value),
+) {
     let host = Host::new();
     host.import_image("bb");
-    let id = host.id("twotasks");
+    let id = host.id(tag);
     let script = format!(
-        "/bin/busybox mkdir -p /tmp/a /tmp/b; /bin/memhold 24 {SEED} /tmp/a & \
+        "/bin/busybox mkdir -p /tmp/a /tmp/b; /bin/memhold 24 {a_seed} /tmp/a & \
          exec /bin/memhold 24 {SEED} /tmp/b"
     );
     host.run_image("bb", &id, &["/bin/sh", "-c", &script]);
@@ -696,30 +701,18 @@ fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
         MemHold::at(root.join("tmp/a")),
         MemHold::at(root.join("tmp/b")),
     );
-    fs::create_dir_all(root.join("tmp/a")).ok();
     let at_a = a.wait_count_above(2);
     let at_b = b.wait_count_above(2);
     let (sum_a, sum_b) = (a.checksum().unwrap(), b.checksum().unwrap());
-    let archive = host.ferry.scratch().join("two.tar");
+    let archive = host.ferry.scratch().join(archive);
     let ar = archive.to_str().unwrap();
-    host.run(&["checkpoint", &id, "-e", ar, "--compress", "none"])
-        .ok();
+    let mut args = vec!["checkpoint", &id, "-e", ar];
+    args.extend_from_slice(checkpoint_args);
+    host.run(&args).ok();
     wait_no_tagged(&host.ferry);
-    let (_, st) = restore_archive(&host, ar, "two", &[], &[]);
+    let (out, st) = restore_archive(&host, ar, tag, &[], &[]);
     host.ferry.wait_status(&id, "running");
-    if ferry::archive::gate::supported(&host.storage) {
-        assert_eq!(st["pages_verified"], "while restoring", "{st}");
-        let filled = if ferry::archive::uffd::supported() {
-            st["copied_in_bytes"].as_u64().unwrap_or(0)
-        } else {
-            st["prefaulted_bytes"].as_u64().unwrap_or(0)
-        };
-        assert!(filled >= 32 << 20, "both tasks' memory filled: {st}");
-    } else {
-        // No gate on this kernel: everything verified first, nothing to prefault ahead of.
-        assert_eq!(st["pages_verified"], "before restoring", "{st}");
-        assert_eq!(st["prefaulted_bytes"], 0, "{st}");
-    }
+    check(&host, &archive, &out, &st);
     let root = host.rootfs(&id);
     let (a, b) = (
         MemHold::at(root.join("tmp/a")),
@@ -742,60 +735,63 @@ fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
     assert_deleted(&host, &id);
 }
 
+#[test]
+fn two_tasks_each_get_their_own_memory_back_through_the_fed_restore() {
+    // Each task's memory is copied into it (or each read of each file prefaulted in its own
+    // task). The kernel writes the forked task's rseq area, in its heap, while its restorer
+    // runs: a copy-in that served the tasks strictly in turn would hang there.
+    let seed = SEED.to_string();
+    two_memholds_round_trip(
+        "twotasks",
+        &seed,
+        "two.tar",
+        &["--compress", "none"],
+        |host, _, _, st| {
+            if ferry::archive::gate::supported(&host.storage) {
+                assert_eq!(st["pages_verified"], "while restoring", "{st}");
+                let filled = if ferry::archive::uffd::supported() {
+                    st["copied_in_bytes"].as_u64().unwrap_or(0)
+                } else {
+                    st["prefaulted_bytes"].as_u64().unwrap_or(0)
+                };
+                assert!(filled >= 32 << 20, "both tasks' memory filled: {st}");
+            } else {
+                // No gate on this kernel: everything verified first, nothing to prefault ahead of.
+                assert_eq!(st["pages_verified"], "before restoring", "{st}");
+                assert_eq!(st["prefaulted_bytes"], 0, "{st}");
+            }
+        },
+    );
+}
+
 /// A zstd archive file (the default): each part is read where it lies in the archive, on
 /// its own, and copied straight into its task (archive::zhead, archive::uffd), whether
-/// its frame is raw (noise) or compressed (half of one task's memory compresses). Both
-/// tasks come back counting, with their memory.
+/// its frame is raw (noise) or compressed (half of one task's memory compresses).
 #[test]
 fn a_zstd_archive_is_copied_in_part_by_part_from_where_it_lies() {
-    let host = Host::new();
-    host.import_image("bb");
-    let id = host.id("zstdparts");
-    let script = format!(
-        "/bin/busybox mkdir -p /tmp/a /tmp/b; /bin/memhold 24 z{SEED} /tmp/a & \
-         exec /bin/memhold 24 {SEED} /tmp/b"
+    let seed = format!("z{SEED}");
+    two_memholds_round_trip(
+        "zstdparts",
+        &seed,
+        "parts.tar.zst",
+        &[],
+        |host, archive, out, st| {
+            let size = fs::metadata(archive).unwrap().len();
+            assert!(
+                size < 42 << 20,
+                "half of a's 24 MiB should have compressed: {size} bytes"
+            );
+            if ferry::archive::gate::supported(&host.storage) && ferry::archive::uffd::supported() {
+                assert!(
+                    !out.stderr.contains("pages in order"),
+                    "the head should have been walked:\n{}",
+                    out.stderr
+                );
+                let copied = st["copied_in_bytes"].as_u64().unwrap_or(0);
+                assert!(copied >= 40 << 20, "both tasks' memory copied in: {st}");
+            }
+        },
     );
-    host.run_image("bb", &id, &["/bin/sh", "-c", &script]);
-    let root = host.rootfs(&id);
-    let (a, b) = (
-        MemHold::at(root.join("tmp/a")),
-        MemHold::at(root.join("tmp/b")),
-    );
-    let at_a = a.wait_count_above(2);
-    let at_b = b.wait_count_above(2);
-    let (sum_a, sum_b) = (a.checksum().unwrap(), b.checksum().unwrap());
-    let archive = host.ferry.scratch().join("parts.tar.zst");
-    let ar = archive.to_str().unwrap();
-    host.run(&["checkpoint", &id, "-e", ar]).ok();
-    wait_no_tagged(&host.ferry);
-    let size = fs::metadata(&archive).unwrap().len();
-    assert!(
-        size < 42 << 20,
-        "half of a's 24 MiB should have compressed: {size} bytes"
-    );
-    let (out, st) = restore_archive(&host, ar, "parts", &[], &[]);
-    host.ferry.wait_status(&id, "running");
-    if ferry::archive::gate::supported(&host.storage) && ferry::archive::uffd::supported() {
-        assert!(
-            !out.stderr.contains("pages in order"),
-            "the head should have been walked:\n{}",
-            out.stderr
-        );
-        let copied = st["copied_in_bytes"].as_u64().unwrap_or(0);
-        assert!(copied >= 40 << 20, "both tasks' memory copied in: {st}");
-    }
-    let root = host.rootfs(&id);
-    let (a, b) = (
-        MemHold::at(root.join("tmp/a")),
-        MemHold::at(root.join("tmp/b")),
-    );
-    assert_eq!(a.wait_count_above(at_a.1).0, at_a.0, "a restarted");
-    assert_eq!(b.wait_count_above(at_b.1).0, at_b.0, "b restarted");
-    host.run(&["kill", "--all", &id, "USR1"]).ok();
-    assert_eq!(a.wait_rehash(1), sum_a, "a's memory differs");
-    assert_eq!(b.wait_rehash(1), sum_b, "b's memory differs");
-    host.run(&["delete", "--force", &id]).ok();
-    assert_deleted(&host, &id);
 }
 
 /// A shell that forked two subshells after filling its heap: the three share those pages
