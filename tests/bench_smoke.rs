@@ -42,6 +42,7 @@ fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
     for (row, compress) in rows.iter().zip(["none", "zstd"]) {
         assert_eq!(row["compress"], compress);
         assert_eq!(row["size_mib"], 8);
+        assert_eq!(row["memory"], "random");
         assert_eq!(row["runs"], 2);
         for k in [
             "floor_ms",
@@ -75,6 +76,35 @@ fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
             assert_eq!(phases["stage"], "tmpfs", "{row}");
         }
     }
+    assert!(!dir.exists(), "the bench left {}", dir.display());
+
+    // Half-compressible memory: the rows say so, and zstd's archive is the smaller by far.
+    let out = Command::new(FERRY)
+        .args([
+            "bench",
+            "checkpoint",
+            "--size",
+            "8M",
+            "--compress",
+            "none,zstd",
+        ])
+        .args(["--memory", "mixed", "--repeat", "1", "--json", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run ferry bench --memory mixed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ferry bench --memory mixed failed:\n{stdout}"
+    );
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows.iter().all(|r| r["memory"] == "mixed"), "{stdout}");
+    let size = |r: &serde_json::Value| r["archive_bytes"].as_u64().unwrap_or(0);
+    assert!(size(&rows[1]) < size(&rows[0]) * 3 / 4, "{stdout}");
     assert!(!dir.exists(), "the bench left {}", dir.display());
 
     // The table carries the same row, ending with the checkpoint's time in its writes and,

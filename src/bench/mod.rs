@@ -13,6 +13,8 @@ const WORKLOAD: &str = include_str!("memhold.c");
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub size_mib: u64,
+    /// The workload's memory: `random` (incompressible) or `mixed` (half compresses).
+    pub memory: String,
     pub compress: String,
     pub floor_dump_ms: f64,
     pub floor_restore_ms: f64,
@@ -47,6 +49,8 @@ pub struct Options {
     pub ferry: PathBuf,
     /// Runs of each (size, compression); the best of each side is reported.
     pub repeat: u32,
+    /// The workload's memory: `random` or `mixed` (see memhold.c).
+    pub memory: String,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -142,6 +146,7 @@ fn floor(o: &Options, mib: u64) -> Result<(Duration, Duration, Duration)> {
         Command::new(o.dir.join("rootfs/bin/memhold"))
             .arg(mib.to_string())
             .arg(&dir)
+            .arg(&o.memory)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -200,7 +205,7 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
     // stderr pipe would never reach EOF.
     let status = ferry(o)
         .args(["run", "-d", "--image", "ferry-bench", "--name", &id, "--"])
-        .args(["/bin/memhold", &mib.to_string(), "/tmp"])
+        .args(["/bin/memhold", &mib.to_string(), "/tmp", &o.memory])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -275,6 +280,7 @@ fn ferry_round(o: &Options, mib: u64, compress: &str) -> Result<Row> {
         );
         Ok(Row {
             size_mib: mib,
+            memory: o.memory.clone(),
             compress: compress.to_string(),
             floor_dump_ms: 0.0,
             floor_restore_ms: 0.0,

@@ -33,6 +33,10 @@ pub enum BenchCommand {
         /// time)
         #[arg(long, default_value_t = 3)]
         repeat: u32,
+        /// The workload's memory: random (incompressible, the default) or mixed (every
+        /// other MiB compresses)
+        #[arg(long, default_value = "random", value_parser = ["random", "mixed"])]
+        memory: String,
     },
 }
 
@@ -44,6 +48,7 @@ impl BenchArgs {
             dir,
             json,
             repeat,
+            memory,
         } = self.what;
         let sizes = size
             .iter()
@@ -56,8 +61,12 @@ impl BenchArgs {
             dir,
             ferry: std::env::current_exe().map_err(|e| Error::Other(e.to_string()))?,
             repeat,
+            memory,
         };
         if !json {
+            if opts.memory != "random" {
+                println!("memory: {}", opts.memory);
+            }
             println!(
                 "{:>6} {:>8} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>6} | {:>10} {:>7} {:>7} | {:>9} {:>9} {:>9}",
                 "size",
