@@ -152,6 +152,14 @@ impl Place {
         }
     }
 
+    /// What frame `f` (the one here) holds from here on; an error if the file changed
+    /// under a place found earlier.
+    fn left_in(&self, f: Frame) -> Result<u64, Why> {
+        f.content
+            .checked_sub(self.skip)
+            .ok_or_else(|| format!("the frame at {} is shorter than it was", f.at))
+    }
+
     /// Moves `n` bytes on, over whole frames without decompressing them.
     pub fn advance(&mut self, file: &File, mut n: u64) -> Result<(), Why> {
         loop {
@@ -162,7 +170,7 @@ impl Place {
                 };
             }
             let f = self.frame(file)?;
-            let left = f.content - self.skip;
+            let left = self.left_in(f)?;
             if n < left {
                 self.skip += n;
                 return Ok(());
@@ -182,8 +190,9 @@ impl Place {
                 return Err("past the end of the head".into());
             }
             let f = self.frame(file)?;
+            let left = self.left_in(f)?;
             let plain = un.frame(file, f)?;
-            let take = (out.len() - got).min((f.content - self.skip) as usize);
+            let take = (out.len() - got).min(left as usize);
             let from = self.skip as usize;
             out[got..got + take].copy_from_slice(&plain[from..from + take]);
             got += take;
