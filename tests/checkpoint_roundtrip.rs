@@ -547,6 +547,47 @@ fn none_round_trip(
     }
 }
 
+/// `restore -i --keep` keeps the unpacked archive, and keeps it whole: every pages file
+/// is there at its size with every byte written (no part left to a copy-in, none punched
+/// out behind CRIU's reads), and the restored memory is the same.
+#[test]
+fn a_kept_restore_keeps_every_page_of_the_unpacked_archive() {
+    let rt = none_round_trip("kept", "16", &[], &["--keep"]);
+    let work = rt.host.storage.join("work");
+    let kept: Vec<PathBuf> = fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("restore-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "one kept restore directory: {kept:?}");
+    let images = kept[0].join("checkpoint");
+    let mut pages = 0;
+    for e in fs::read_dir(&images).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("pages-") && name.ends_with(".img")) {
+            continue;
+        }
+        let m = e.metadata().unwrap();
+        assert!(
+            m.blocks() * 512 >= m.len(),
+            "{name}: {} bytes, {} of them written",
+            m.len(),
+            m.blocks() * 512
+        );
+        pages += m.len();
+    }
+    assert!(pages >= 16 << 20, "the kept pages hold the 16 MiB: {pages}");
+    assert_eq!(rt.stats["copied_in_bytes"], 0, "{}", rt.stats);
+    goes_on_with_its_memory_then_delete(&rt.host, &rt.id, rt.at, &rt.sum, "the kept restore");
+    fs::remove_dir_all(&kept[0]).unwrap();
+}
+
 /// An archive bigger than the tmpfs it is unpacked into (capped at 1 MiB by the knob): the
 /// stage spills to disk mid-entry and the restore goes on from there, with every byte.
 #[test]

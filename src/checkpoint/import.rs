@@ -103,8 +103,10 @@ impl Runtime {
         let dir = tmp.join(format!("restore-{}", std::process::id()));
         // The pages go to CRIU as they are verified when the archive can be read out of
         // order (a file, uncompressed or zstd with a tail mark) and the kernel can hold
-        // CRIU's reads of the staged pages (a file on disk: tmpfs has no such hook).
-        let layout = match opts.verify_first || opts.input == Path::new("-") {
+        // CRIU's reads of the staged pages (a file on disk: tmpfs has no such hook). Not
+        // with --keep, which keeps the unpacked archive whole: a fed restore never stages
+        // the parts it copies straight into the tasks.
+        let layout = match opts.verify_first || opts.keep || opts.input == Path::new("-") {
             true => None,
             false => crate::archive::feed::layout(&opts.input)
                 .filter(|_| crate::archive::gate::supported(&tmp))
