@@ -1306,8 +1306,9 @@ fn checkpoint_and_restore_through_a_pipe_with_a_spill() {
 }
 
 fn pipe_round_trip(env: &[(&str, &str)]) {
-    let (host, id, mem) = host_with_container("pipe");
+    let (host, id, mem) = host_with_memory("pipe", "16");
     let (runid, before) = mem.wait_count_above(3);
+    let sum = mem.checksum().unwrap();
     let new = host.id("piped");
     let err_dir = host.ferry.scratch();
     let base = |args: &[&str]| host.command(args);
@@ -1351,10 +1352,26 @@ fn pipe_round_trip(env: &[(&str, &str)]) {
     let st = read_stats(&stats);
     let want = if env.is_empty() { "tmpfs" } else { "spilled" };
     assert_eq!(st["stage"], want, "{st}");
+    // Verified whole before CRIU started, the memory is then copied in from the stage
+    // (archive::feed::copy_in_staged) rather than read by CRIU.
+    if ferry::archive::uffd::supported() {
+        let copied = st["copied_in_bytes"].as_u64().unwrap_or(0);
+        assert!(
+            copied >= 12 << 20,
+            "the memory copied in from the stage: {st}"
+        );
+    }
     assert_work_clean(&host);
     host.ferry.wait_status(&new, "running");
-    let (runid2, _) = MemHold::at(host.rootfs(&new).join("tmp")).wait_count_above(before);
+    let restored = MemHold::at(host.rootfs(&new).join("tmp"));
+    let (runid2, _) = restored.wait_count_above(before);
     assert_eq!(runid2, runid);
+    host.run(&["kill", &new, "USR1"]).ok();
+    assert_eq!(
+        restored.wait_rehash(1),
+        sum,
+        "the memory differs after the pipe"
+    );
     host.run(&["delete", "--force", &new]).ok();
     assert_deleted(&host, &new);
     assert_cgroups_gone(&new);

@@ -604,7 +604,7 @@ fn start_copy_in(
         source: e,
     })?;
     let mut sources = Sources {
-        pages: pages.clone(),
+        pages: Some(pages.clone()),
         staged: vec![],
         feed: done.clone(),
         progress: progress.clone(),
@@ -617,6 +617,94 @@ fn start_copy_in(
         sources.staged.push((path.clone(), f));
     }
     Ok(Running::start(listener, plan, items, sources))
+}
+
+/// For an archive verified whole onto `stage` before CRIU starts (a pipe, gzip,
+/// `--verify-first`): the restored tasks' lazy memory copied in from the stage
+/// (archive::uffd), every part of it verified already, rather than read by CRIU, when the
+/// kernel and the images allow it. Each byte copied is punched out of the stage behind it,
+/// as CRIU's reads do with `auto_dedup`. None: CRIU reads every page.
+pub fn copy_in_staged(stage: &Stage, progress: Arc<Progress>) -> Result<Option<Feed>, Error> {
+    let images = stage.dir().join("checkpoint");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&images)
+        .map_err(|e| Error::Corrupt(format!("reading {}: {e}", images.display())))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img"))
+        })
+        .collect();
+    paths.sort();
+    let Some(plan) = Plan::make(&images, &paths) else {
+        return Ok(None);
+    };
+    let plan = Arc::new(plan);
+    let mut staged = vec![];
+    let mut items = vec![];
+    for (file, path) in paths.into_iter().enumerate() {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::Write {
+                path: path.clone(),
+                source: e,
+            })?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let image: Arc<str> = Arc::from(
+            format!(
+                "checkpoint/{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )
+            .as_str(),
+        );
+        let plan = plan.clone();
+        // The file in pieces the size of a part: the copy-in reads and copies piece by
+        // piece, and a piece CRIU reads all of is left to it.
+        let pieces = (0..len.div_ceil(CHUNK)).filter_map(move |k| {
+            let (offset, size) = (k * CHUNK, CHUNK.min(len - k * CHUNK));
+            (plan.classify(file, offset, size) != Share::Read).then(|| {
+                Ok(Item {
+                    part: Part {
+                        image: image.clone(),
+                        file,
+                        n: k as usize,
+                        at: 0,
+                        skip: 0,
+                        offset,
+                        size,
+                        sha256: [0; 32],
+                    },
+                    staged: true,
+                })
+            })
+        });
+        items.push((file, Box::new(pieces) as crate::archive::uffd::Items));
+        staged.push((path, f));
+    }
+    let listener = crate::archive::uffd::listen(stage.dir()).map_err(|e| Error::Write {
+        path: stage.dir().join(crate::archive::uffd::SOCKET),
+        source: e,
+    })?;
+    let done = Arc::new(FeedDone::default());
+    done.set(true);
+    let sources = Sources {
+        pages: None,
+        staged,
+        feed: done,
+        progress,
+    };
+    Ok(Some(Feed {
+        stop: Arc::new(AtomicBool::new(false)),
+        worker: None,
+        outcome: None,
+        gate: None,
+        started: Instant::now(),
+        took: None,
+        copy_in: Some(Running::start(listener, plan, items, sources)),
+    }))
 }
 
 /// Staged files open for writing, with their paths (for errors).
@@ -740,10 +828,15 @@ impl Feed {
     /// failed, as a message (for CRIU's post-restore notification, which then aborts the
     /// restore and kills what it restored).
     pub fn wait(&mut self) -> Result<(), String> {
-        if let Some(w) = self.worker.take() {
-            let r = w
-                .join()
-                .unwrap_or_else(|_| Err(Error::Corrupt("the pages feed panicked".into())));
+        if self.outcome.is_none() {
+            // No worker: the pages were all verified and staged before CRIU started, and
+            // only a copy-in runs ([`copy_in_staged`]).
+            let r = match self.worker.take() {
+                Some(w) => w
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Corrupt("the pages feed panicked".into()))),
+                None => Ok(()),
+            };
             // The copy-in ends with the feed (it copies staged parts once the feed has
             // written them) or fails on its own.
             let copied = match &mut self.copy_in {

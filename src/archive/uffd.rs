@@ -369,7 +369,8 @@ impl FeedDone {
 /// What the copy-in reads from: the archive, the staged pages files (open for reading
 /// before the gate marked them), the feed's progress.
 pub struct Sources {
-    pub pages: crate::archive::pages::Pages,
+    /// None when every item is staged (an archive verified whole first).
+    pub pages: Option<crate::archive::pages::Pages>,
     pub staged: Vec<(PathBuf, File)>,
     pub feed: Arc<FeedDone>,
     pub progress: Arc<Progress>,
@@ -979,7 +980,13 @@ fn copy_pair(
             })?;
         } else {
             let p = &item.part;
-            src.pages
+            let Some(pages) = &src.pages else {
+                return Err(Short::Failed(Error::Corrupt(format!(
+                    "{}: not staged, and no archive to read it from",
+                    p.name()
+                ))));
+            };
+            pages
                 .read(p.at, p.skip, 0, piece, un, &|| p.name())
                 .map_err(Short::Failed)?;
         }
@@ -1345,10 +1352,10 @@ mod tests {
         }];
         let done = Arc::new(FeedDone::default());
         let sources = Sources {
-            pages: crate::archive::pages::Pages {
+            pages: Some(crate::archive::pages::Pages {
                 file: Arc::new(File::create(dir.path().join("archive")).unwrap()),
                 head_end: None,
-            },
+            }),
             staged: vec![(stage.clone(), File::create(&stage).unwrap())],
             feed: done.clone(),
             progress: Arc::new(Progress::hidden()),

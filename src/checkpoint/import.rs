@@ -211,7 +211,17 @@ impl Runtime {
                 .map_err(|e| Error::Other(e.to_string()))?;
                 progress.finish();
                 stats.pages_verified = "before restoring";
-                (u, None)
+                // The lazy memory copied into the tasks from the stage (not with --keep:
+                // the copy-in punches what it copied out of the stage).
+                let copy_in = match opts.keep {
+                    true => None,
+                    false => crate::archive::feed::copy_in_staged(
+                        stage,
+                        Arc::new(crate::progress::Progress::hidden()),
+                    )
+                    .map_err(|e| Error::Other(e.to_string()))?,
+                };
+                (u, copy_in.map(|f| Arc::new(Mutex::new(f))))
             }
         };
         stats.verify_ms = t.elapsed().as_secs_f64() * 1000.0;
