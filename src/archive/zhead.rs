@@ -285,7 +285,8 @@ fn unpack_into(
 
 /// Reads `out` from a raw frame at `at` laid out as archive::frames writes one (its data in
 /// blocks of 128 KiB), with one vectored read straight into `out`; false if the frame is
-/// not such a frame of exactly `out.len()` bytes (nothing is then taken from `out`).
+/// not such a frame of exactly `out.len()` bytes (what the read put in `out` is then of no
+/// use).
 fn read_raw(file: &File, at: u64, end: u64, out: &mut [u8]) -> Result<bool, Why> {
     let blocks = out.len().div_ceil(RAW_BLOCK).max(1);
     let len = (RAW_HEADER + 3 * blocks + out.len()) as u64;
