@@ -14,30 +14,7 @@ fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
     // where the kernel can hold CRIU's reads (archive::gate); where the kernel cannot, the
     // archive is verified whole first and staged in a tmpfs.
     let fed = ferry::archive::gate::supported(&std::env::temp_dir());
-    let out = Command::new(FERRY)
-        .args([
-            "bench",
-            "checkpoint",
-            "--size",
-            "8M",
-            "--compress",
-            "none,zstd",
-        ])
-        .args(["--repeat", "2", "--json", "--dir"])
-        .arg(&dir)
-        .output()
-        .expect("run ferry bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ferry bench failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let (rows, stdout) = bench_rows(&dir, &["--repeat", "2"]);
     assert_eq!(rows.len(), 2, "{stdout}");
     for (row, compress) in rows.iter().zip(["none", "zstd"]) {
         assert_eq!(row["compress"], compress);
@@ -79,28 +56,7 @@ fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
     assert!(!dir.exists(), "the bench left {}", dir.display());
 
     // Half-compressible memory: the rows say so, and zstd's archive is the smaller by far.
-    let out = Command::new(FERRY)
-        .args([
-            "bench",
-            "checkpoint",
-            "--size",
-            "8M",
-            "--compress",
-            "none,zstd",
-        ])
-        .args(["--memory", "mixed", "--repeat", "1", "--json", "--dir"])
-        .arg(&dir)
-        .output()
-        .expect("run ferry bench --memory mixed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ferry bench --memory mixed failed:\n{stdout}"
-    );
-    let rows: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let (rows, stdout) = bench_rows(&dir, &["--memory", "mixed", "--repeat", "1"]);
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(rows.iter().all(|r| r["memory"] == "mixed"), "{stdout}");
     let size = |r: &serde_json::Value| r["archive_bytes"].as_u64().unwrap_or(0);
@@ -133,4 +89,35 @@ fn the_checkpoint_bench_runs_and_reports_a_row_per_size_and_compression() {
         "no write and sync times in {table}"
     );
     assert!(!dir.exists(), "the bench left {}", dir.display());
+}
+
+/// `ferry bench checkpoint --size 8M --compress none,zstd --json` with `more`, in `dir`:
+/// its rows, and its output for messages.
+fn bench_rows(dir: &std::path::Path, more: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let out = Command::new(FERRY)
+        .args([
+            "bench",
+            "checkpoint",
+            "--size",
+            "8M",
+            "--compress",
+            "none,zstd",
+        ])
+        .args(more)
+        .args(["--json", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run ferry bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ferry bench {more:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (rows, stdout)
 }

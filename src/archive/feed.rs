@@ -1600,17 +1600,15 @@ mod tests {
         );
     }
 
-    /// A zstd archive's head, as ferry writes it, is walked: each part found where it is
-    /// and read there alone; a head that disagrees with the indexes is not.
-    #[test]
-    fn a_zstd_head_is_found_in_place() {
-        let d = tempfile::tempdir().unwrap();
-        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
-        let (path, parts) = archive(d.path(), Compression::Zstd, &id);
+    /// A zstd archive of [`archive`]'s parts, restored once onto a stage (which then holds
+    /// its verified indexes): the archive, its parts, its tail mark and the stage.
+    fn zstd_unpacked(dir: &Path) -> (PathBuf, Vec<Vec<u8>>, TailMark, Stage) {
+        let id = Identity::load_or_create(&dir.join("id")).unwrap();
+        let (path, parts) = archive(dir, Compression::Zstd, &id);
         let Some(Layout::Zstd(mark)) = layout(&path) else {
             panic!("no tail mark")
         };
-        let mut stage = Stage::disk(&d.path().join("stage"), "test").unwrap();
+        let mut stage = Stage::disk(&dir.join("stage"), "test").unwrap();
         let (_, mut feed) = unpack(
             &path,
             Layout::Zstd(mark),
@@ -1620,6 +1618,15 @@ mod tests {
         )
         .unwrap();
         feed.finish().unwrap();
+        (path, parts, mark, stage)
+    }
+
+    /// A zstd archive's head, as ferry writes it, is walked: each part found where it is
+    /// and read there alone; a head that disagrees with the indexes is not.
+    #[test]
+    fn a_zstd_head_is_found_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, parts, mark, stage) = zstd_unpacked(d.path());
         let image = "checkpoint/pages-1.img".to_string();
         let file = File::open(&path).unwrap();
         let signed = std::collections::BTreeSet::from([image.clone()]);
@@ -1662,21 +1669,7 @@ mod tests {
     #[test]
     fn flipped_bytes_anywhere_in_a_zstd_head_are_answered() {
         let d = tempfile::tempdir().unwrap();
-        let id = Identity::load_or_create(&d.path().join("id")).unwrap();
-        let (path, parts) = archive(d.path(), Compression::Zstd, &id);
-        let Some(Layout::Zstd(mark)) = layout(&path) else {
-            panic!("no tail mark")
-        };
-        let mut stage = Stage::disk(&d.path().join("stage"), "test").unwrap();
-        let (_, mut feed) = unpack(
-            &path,
-            Layout::Zstd(mark),
-            &mut stage,
-            Trust::AnySigner,
-            hidden(),
-        )
-        .unwrap();
-        feed.finish().unwrap();
+        let (path, parts, mark, stage) = zstd_unpacked(d.path());
         let good = std::fs::read(&path).unwrap();
         let signed = std::collections::BTreeSet::from(["checkpoint/pages-1.img".to_string()]);
         let starts: Vec<usize> = parts
