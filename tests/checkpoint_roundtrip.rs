@@ -1178,25 +1178,60 @@ fn runc_style_image_path_round_trip_of_a_plain_bundle() {
         "runc removes a checkpointed container"
     );
     wait_no_tagged(&host.ferry);
+    // The images are the caller's: the copy-in reads their pages and leaves them whole.
+    let pages_of = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("pages-"))
+            .map(|n| (n.clone(), fs::read(dir.join(&n)).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let pages_before = pages_of(&images);
 
     let pid_file = host.ferry.scratch().join("pid");
-    host.run_quiet(&[
-        "restore",
-        "--bundle",
-        bundle.path_str(),
-        "--image-path",
-        images.to_str().unwrap(),
-        "--work-path",
-        work.to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "--network-lock",
-        "iptables",
-        "-d",
-        &id,
-    ])
-    .ok();
+    let restored = host
+        .run_quiet(&[
+            "--debug",
+            "restore",
+            "--bundle",
+            bundle.path_str(),
+            "--image-path",
+            images.to_str().unwrap(),
+            "--work-path",
+            work.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--network-lock",
+            "iptables",
+            "-d",
+            &id,
+        ])
+        .ok();
     host.ferry.wait_status(&id, "running");
+    if ferry::archive::uffd::supported() {
+        // Most of the 8 MiB copied in by ferry rather than read by CRIU.
+        let copied: u64 = restored
+            .stderr
+            .lines()
+            .find(|l| l.contains("copied into the restored tasks"))
+            .and_then(|l| l.split("copied_in_bytes=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            copied >= 6 << 20,
+            "copied in: {copied}\n{}",
+            restored.stderr
+        );
+    }
+    assert!(
+        pages_of(&images) == pages_before,
+        "the restore changed the caller's pages files"
+    );
     let pid: i32 = fs::read_to_string(&pid_file)
         .unwrap()
         .trim()

@@ -605,6 +605,7 @@ fn start_copy_in(
     })?;
     let mut sources = Sources {
         pages: Some(pages.clone()),
+        punch: true,
         staged: vec![],
         feed: done.clone(),
         progress: progress.clone(),
@@ -625,8 +626,19 @@ fn start_copy_in(
 /// kernel and the images allow it. Each byte copied is punched out of the stage behind it,
 /// as CRIU's reads do with `auto_dedup`. None: CRIU reads every page.
 pub fn copy_in_staged(stage: &Stage, progress: Arc<Progress>) -> Result<Option<Feed>, Error> {
-    let images = stage.dir().join("checkpoint");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&images)
+    copy_in_from(&stage.dir().join("checkpoint"), stage.dir(), true, progress)
+}
+
+/// The restored tasks' lazy memory copied in from the pages files of the CRIU images in
+/// `images` (archive::uffd), listening in `work` (CRIU's work directory), and punched out
+/// of those files behind it if `punch`. None when the kernel or the images do not allow it.
+pub fn copy_in_from(
+    images: &Path,
+    work: &Path,
+    punch: bool,
+    progress: Arc<Progress>,
+) -> Result<Option<Feed>, Error> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(images)
         .map_err(|e| Error::Corrupt(format!("reading {}: {e}", images.display())))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -637,7 +649,7 @@ pub fn copy_in_staged(stage: &Stage, progress: Arc<Progress>) -> Result<Option<F
         })
         .collect();
     paths.sort();
-    let Some(plan) = Plan::make(&images, &paths) else {
+    let Some(plan) = Plan::make(images, &paths) else {
         return Ok(None);
     };
     let plan = Arc::new(plan);
@@ -684,14 +696,15 @@ pub fn copy_in_staged(stage: &Stage, progress: Arc<Progress>) -> Result<Option<F
         items.push((file, Box::new(pieces) as crate::archive::uffd::Items));
         staged.push((path, f));
     }
-    let listener = crate::archive::uffd::listen(stage.dir()).map_err(|e| Error::Write {
-        path: stage.dir().join(crate::archive::uffd::SOCKET),
+    let listener = crate::archive::uffd::listen(work).map_err(|e| Error::Write {
+        path: work.join(crate::archive::uffd::SOCKET),
         source: e,
     })?;
     let done = Arc::new(FeedDone::default());
     done.set(true);
     let sources = Sources {
         pages: None,
+        punch,
         staged,
         feed: done,
         progress,

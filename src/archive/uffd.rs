@@ -171,6 +171,13 @@ impl Plan {
         if std::env::var(ENV).as_deref() == Ok("0") || !supported() {
             return None;
         }
+        if in_user_namespace(images) && !unprivileged_userfaultfd() {
+            tracing::debug!(
+                "the tasks are in a user namespace, where their restorer cannot make a \
+                 userfaultfd (vm.unprivileged_userfaultfd is 0): CRIU reads every page"
+            );
+            return None;
+        }
         let mut tasks: Vec<Task> = vec![];
         // Every task's private anonymous mappings and lazy runs, to tell a forked tree
         // (below).
@@ -327,9 +334,39 @@ pub struct Item {
 /// part held from the start would grow with the container's memory.
 pub type Items = Box<dyn Iterator<Item = Result<Item, Error>> + Send>;
 
-/// Binds [`SOCKET`] in `dir`, CRIU's work directory, before CRIU starts.
+/// Whether CRIU dumped a user namespace with the tasks (`userns-<id>.img`).
+fn in_user_namespace(images: &Path) -> bool {
+    std::fs::read_dir(images).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("userns-"))
+    })
+}
+
+/// Whether a task without CAP_SYS_PTRACE in the host's user namespace may make a
+/// userfaultfd.
+fn unprivileged_userfaultfd() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").is_ok_and(|v| v.trim() == "1")
+}
+
+/// Binds [`SOCKET`] in `dir`, CRIU's work directory, before CRIU starts, replacing one a
+/// killed restore left there. [`unlisten`] removes it.
 pub fn listen(dir: &Path) -> std::io::Result<UnixListener> {
-    UnixListener::bind(dir.join(SOCKET))
+    let path = dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    if path.as_os_str().len() < 100 {
+        return UnixListener::bind(path);
+    }
+    // A socket's path must fit in 108 bytes, and a caller's work directory (podman's is
+    // under its container storage) can be longer. CRIU connects to it relative to its work
+    // directory; ferry binds it through its own descriptor of that directory.
+    let d = File::open(dir)?;
+    UnixListener::bind(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd()))
+}
+
+/// Removes the socket [`listen`] made in `dir`: in a caller's work directory nobody else
+/// would, and the next restore there would find it in the way.
+pub fn unlisten(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(SOCKET));
 }
 
 /// Whether the feed has verified and written every part it stages (`Some(true)`), failed
@@ -371,6 +408,9 @@ impl FeedDone {
 pub struct Sources {
     /// None when every item is staged (an archive verified whole first).
     pub pages: Option<crate::archive::pages::Pages>,
+    /// Whether a staged item's bytes are punched out of its file once copied in (not when
+    /// the files are someone else's: a runc-style restore's images).
+    pub punch: bool,
     pub staged: Vec<(PathBuf, File)>,
     pub feed: Arc<FeedDone>,
     pub progress: Arc<Progress>,
@@ -1056,14 +1096,14 @@ fn copy_pair(
             }
             shared.copied.fetch_add(p.len, Ordering::Relaxed);
         }
-        if item.staged {
+        if item.staged && src.punch {
             // Nobody reads those bytes of the stage again: give their memory back to the
             // tasks that now hold them (CRIU punches what it reads the same way).
             let (_, f) = &src.staged[item.part.file];
             for p in &pieces {
                 punch(f, item.part.offset + p.at, p.len);
             }
-        } else {
+        } else if !item.staged {
             src.progress.inc(item.part.size);
         }
     }
@@ -1356,6 +1396,7 @@ mod tests {
                 file: Arc::new(File::create(dir.path().join("archive")).unwrap()),
                 head_end: None,
             }),
+            punch: true,
             staged: vec![(stage.clone(), File::create(&stage).unwrap())],
             feed: done.clone(),
             progress: Arc::new(Progress::hidden()),
@@ -1387,6 +1428,25 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), 0);
         let err = running.wait_copied().unwrap_err().to_string();
         assert!(err.contains("before every page was in"), "{err}");
+    }
+
+    /// A work directory whose socket path would not fit a sockaddr (podman's does not):
+    /// the socket is made there all the same, a stale one is replaced, and it is removed.
+    #[test]
+    fn the_socket_is_made_in_a_work_directory_of_any_length() {
+        use std::os::unix::fs::FileTypeExt;
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        assert!(deep.join(SOCKET).as_os_str().len() > 108);
+        let first = listen(&deep).unwrap();
+        drop(first);
+        // Left behind, as by a killed restore: replaced.
+        let _l = listen(&deep).unwrap();
+        let kind = std::fs::metadata(deep.join(SOCKET)).unwrap().file_type();
+        assert!(kind.is_socket());
+        unlisten(&deep);
+        assert!(!deep.join(SOCKET).exists());
     }
 
     #[test]

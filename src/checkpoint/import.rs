@@ -15,7 +15,7 @@ use crate::archive::reader::{self, Trust, Unpacked};
 use crate::archive::stage::{Place, Stage};
 use crate::checkpoint::RestoreOptions;
 use crate::checkpoint::export::ContainerConfig;
-use crate::checkpoint::restore::BeforeResume;
+use crate::checkpoint::restore::{attach_feed, finish_feed};
 use crate::identity::{Identity, TrustStore};
 use crate::image::Store;
 use crate::runtime::error::{Context, Error, Result};
@@ -292,40 +292,19 @@ impl Runtime {
         ro.auto_dedup |= !opts.keep;
         stats.dedup = ro.auto_dedup;
         ro.devshm = devshm.as_ref().map(|d| d.dir.clone());
-        // Pages copied straight into the tasks (archive::uffd): CRIU leaves them to ferry
-        // as a lazy-pages server, and pre-resume waits until every one is in.
-        ro.lazy_pages |= feed
-            .as_ref()
-            .is_some_and(|f| f.lock().unwrap_or_else(|e| e.into_inner()).copies_in());
-        ro.after_restore = feed.clone().map(|f| {
-            BeforeResume(Box::new(move || {
-                f.lock().unwrap_or_else(|e| e.into_inner()).wait()
-            }))
-        });
-        ro.before_resume = feed.clone().map(|f| {
-            BeforeResume(Box::new(move || {
-                f.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .ready_to_resume()
-            }))
-        });
+        if let Some(f) = &feed {
+            attach_feed(&mut ro, f);
+        }
         let t = Instant::now();
         // From here the restore gives the id back if it fails.
         taken.handed_over = true;
         let restored = self.restore_container(ro);
         drop(devshm);
         if let Some(f) = feed {
-            // post-restore waited for the feed and fails the restore on a bad part, so a feed
-            // that failed means CRIU failed, and the feed says why better.
-            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-            stats.prefaulted_bytes = f.prefaulted();
-            stats.copied_in_bytes = f.copied_in();
-            let took = f.finish().map_err(|e| {
-                Error::Other(format!(
-                    "{e} (CRIU was refused those bytes and stopped; nothing restored ran)"
-                ))
-            })?;
-            stats.feed_ms = took.as_secs_f64() * 1000.0;
+            let fed = finish_feed(&f)?;
+            stats.prefaulted_bytes = fed.prefaulted;
+            stats.copied_in_bytes = fed.copied_in;
+            stats.feed_ms = fed.took.as_secs_f64() * 1000.0;
         }
         let restored = restored?;
         stats.restore_ms = t.elapsed().as_secs_f64() * 1000.0;

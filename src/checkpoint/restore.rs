@@ -1,6 +1,7 @@
 //! `ferry restore`: a container brought back by CRIU from an images directory, under a new
 //! state record, with its cgroup made before CRIU restores into it.
 
+use crate::archive::feed::Feed;
 use crate::checkpoint::dump::{cgroup_mode, criu_config_file, ns_flag};
 use crate::checkpoint::{DESCRIPTORS_FILE, externals};
 use crate::criu::notify::{CallbackError, Notify};
@@ -16,6 +17,7 @@ use nix::mount::{MntFlags, MsFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 pub struct RestoreOptions {
@@ -67,6 +69,48 @@ impl std::fmt::Debug for BeforeResume {
     }
 }
 
+/// Hands a restore's memory pages to `feed` (archive::feed): CRIU restores with
+/// `lazy_pages` when the feed copies them straight into the tasks (archive::uffd);
+/// post-restore waits until every page is in place and verified, pre-resume until the
+/// copy-in has let go of the tasks.
+pub(crate) fn attach_feed(ro: &mut RestoreOptions, feed: &Arc<Mutex<Feed>>) {
+    ro.lazy_pages |= feed.lock().unwrap_or_else(|e| e.into_inner()).copies_in();
+    let f = feed.clone();
+    ro.after_restore = Some(BeforeResume(Box::new(move || {
+        f.lock().unwrap_or_else(|e| e.into_inner()).wait()
+    })));
+    let f = feed.clone();
+    ro.before_resume = Some(BeforeResume(Box::new(move || {
+        f.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ready_to_resume()
+    })));
+}
+
+/// What a feed did for a restore.
+pub(crate) struct Fed {
+    pub prefaulted: u64,
+    pub copied_in: u64,
+    pub took: std::time::Duration,
+}
+
+/// Ends `feed` once CRIU is done. post-restore waited for it and failed the restore on a
+/// bad part, so a feed that failed means CRIU failed, and the feed says why better.
+pub(crate) fn finish_feed(feed: &Arc<Mutex<Feed>>) -> Result<Fed> {
+    let mut f = feed.lock().unwrap_or_else(|e| e.into_inner());
+    let (prefaulted, copied_in) = (f.prefaulted(), f.copied_in());
+    let took = f.finish().map_err(|e| {
+        Error::Other(format!(
+            "{e} (CRIU was refused those bytes and stopped; nothing restored ran)"
+        ))
+    })?;
+    Ok(Fed {
+        prefaulted,
+        copied_in,
+        took,
+    })
+}
+
 /// The outcome of a restore: the container, CRIU's report, and the network lock it used.
 pub struct Restored {
     pub container: Container,
@@ -77,9 +121,45 @@ pub struct Restored {
 impl Runtime {
     /// Restores and, unless detached, waits for the container like `run` does; returns the
     /// exit code `ferry restore` should exit with.
-    pub fn restore(&self, opts: RestoreOptions) -> Result<i32> {
+    pub fn restore(&self, mut opts: RestoreOptions) -> Result<i32> {
         let detach = opts.detach;
-        let restored = self.restore_container(opts)?;
+        // The memory copied into the tasks from the images' pages files, rather than read
+        // by CRIU (archive::uffd), unless the caller serves lazy pages itself or the images
+        // have a parent (pre-dump) whose pages this does not look into. The files are the
+        // caller's: nothing is punched out of them.
+        let feed = if opts.lazy_pages || opts.image_path.join("parent").exists() {
+            None
+        } else {
+            let work = opts.work_path.clone().unwrap_or(opts.image_path.clone());
+            crate::archive::feed::copy_in_from(
+                &opts.image_path,
+                &work,
+                false,
+                Arc::new(crate::progress::Progress::hidden()),
+            )
+            .map_err(|e| Error::Other(e.to_string()))?
+            .map(|f| Arc::new(Mutex::new(f)))
+        };
+        if let Some(f) = &feed {
+            attach_feed(&mut opts, f);
+        }
+        let work = opts.work_path.clone().unwrap_or(opts.image_path.clone());
+        let restored = self.restore_container(opts);
+        if let Some(f) = feed {
+            crate::archive::uffd::unlisten(&work);
+            // Nothing here is verified, so a copy-in fails only with CRIU, whose error
+            // says more.
+            let fed = finish_feed(&f);
+            if restored.is_ok() {
+                let fed = fed?;
+                tracing::debug!(
+                    copied_in_bytes = fed.copied_in,
+                    ms = fed.took.as_millis() as u64,
+                    "the memory was copied into the restored tasks"
+                );
+            }
+        }
+        let restored = restored?;
         if detach {
             return Ok(0);
         }
