@@ -348,19 +348,36 @@ fn unprivileged_userfaultfd() -> bool {
     std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").is_ok_and(|v| v.trim() == "1")
 }
 
-/// Binds [`SOCKET`] in `dir`, CRIU's work directory, before CRIU starts, replacing one a
-/// killed restore left there. [`unlisten`] removes it.
-pub fn listen(dir: &Path) -> std::io::Result<UnixListener> {
+/// CRIU's lazy-pages socket, bound, and a lock on its directory, held as long as it is.
+pub struct Listening {
+    listener: UnixListener,
+    _dir: File,
+}
+
+/// Binds [`SOCKET`] in `dir`, CRIU's work directory, before CRIU starts. One restore at a
+/// time listens in a directory (two restores of one images directory at once: the second
+/// is refused with AddrInUse, and its CRIU reads the pages itself); the lock on the
+/// directory tells a socket a killed restore left there, which is replaced, from one in
+/// use. [`unlisten`] removes it.
+pub fn listen(dir: &Path) -> std::io::Result<Listening> {
+    let d = File::open(dir)?;
+    // SAFETY: flock on our own descriptor.
+    if unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another restore listens there",
+        ));
+    }
     let path = dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
-    if path.as_os_str().len() < 100 {
-        return UnixListener::bind(path);
-    }
     // A socket's path must fit in 108 bytes, and a caller's work directory (podman's is
     // under its container storage) can be longer. CRIU connects to it relative to its work
     // directory; ferry binds it through its own descriptor of that directory.
-    let d = File::open(dir)?;
-    UnixListener::bind(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd()))
+    let listener = match path.as_os_str().len() < 100 {
+        true => UnixListener::bind(&path)?,
+        false => UnixListener::bind(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd()))?,
+    };
+    Ok(Listening { listener, _dir: d })
 }
 
 /// Removes the socket [`listen`] made in `dir`: in a caller's work directory nobody else
@@ -494,17 +511,20 @@ pub struct Running {
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
     outcome: Option<Result<(), String>>,
+    /// The lock on the socket's directory ([`listen`]).
+    _dir: File,
 }
 
 impl Running {
     /// Starts serving `listener` for `plan`: the `items` of each pages file (by its
     /// index in the staged files) are copied in as their tasks' descriptors arrive.
     pub fn start(
-        listener: UnixListener,
+        listening: Listening,
         plan: Arc<Plan>,
         items: Vec<(usize, Items)>,
         sources: Sources,
     ) -> Running {
+        let Listening { listener, _dir } = listening;
         let shared = Arc::new(Shared::new(Arc::new(AtomicBool::new(false))));
         let worker = {
             let shared = shared.clone();
@@ -514,6 +534,7 @@ impl Running {
             shared,
             worker: Some(worker),
             outcome: None,
+            _dir,
         }
     }
 
@@ -1445,6 +1466,10 @@ mod tests {
         let _l = listen(&deep).unwrap();
         let kind = std::fs::metadata(deep.join(SOCKET)).unwrap().file_type();
         assert!(kind.is_socket());
+        // Another restore listening there is not taken over, nor its socket touched.
+        let e = listen(&deep).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(deep.join(SOCKET).exists());
         unlisten(&deep);
         assert!(!deep.join(SOCKET).exists());
     }
