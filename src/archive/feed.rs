@@ -1115,11 +1115,25 @@ fn unpack_zstd(
     for (name, (sha, _)) in &staged.entries {
         check_digest(name, sha, &listed[name.as_str()].sha256)?;
     }
-    // The parts each index lists (each index is staged and verified by now), read as they
-    // come; and the size each file adds up to.
+    // Each index is staged and verified by now.
+    let signed = signed_parts(&manifest, stage.dir(), std::iter::empty())?;
+    // Each part read where it is, as in an uncompressed archive, when the head is laid out
+    // as ferry writes it.
+    match walk_head(&file, mark, &signed, stage.dir()) {
+        Ok(images) => {
+            let pages = Pages {
+                file,
+                head_end: Some(mark.frame_offset),
+            };
+            let feed = feed_in_place(stage, pages, images, progress)?;
+            return Ok(((manifest, signer, trusted_as), feed));
+        }
+        Err(why) => tracing::debug!("reading the archive's pages in order: {why}"),
+    }
+    // The parts each index lists, read as they come; and the size each file adds up to.
     let mut expected = vec![];
     let mut files = vec![];
-    for f in signed_parts(&manifest, stage.dir(), std::iter::empty())? {
+    for f in signed {
         let mut total = 0;
         for r in signed_records(stage.dir(), &f)? {
             total += r
@@ -1131,20 +1145,6 @@ fn unpack_zstd(
             records: signed_records(stage.dir(), &f)?,
         });
         files.push((f, total));
-    }
-    // Each part read where it is, as in an uncompressed archive, when the head is laid out
-    // as ferry writes it.
-    let signed: std::collections::BTreeSet<String> = files.iter().map(|f| f.0.clone()).collect();
-    match walk_head(&file, mark, &signed, stage.dir()) {
-        Ok(images) => {
-            let pages = Pages {
-                file,
-                head_end: Some(mark.frame_offset),
-            };
-            let feed = feed_in_place(stage, pages, images, progress)?;
-            return Ok(((manifest, signer, trusted_as), feed));
-        }
-        Err(why) => tracing::debug!("reading the archive's pages in order: {why}"),
     }
     // Read in order, every part goes through the stage, and CRIU reads it from there with
     // the prefault: copying the lazy parts in from the stage as the feed verifies them was
