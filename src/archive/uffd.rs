@@ -348,17 +348,32 @@ fn unprivileged_userfaultfd() -> bool {
     std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").is_ok_and(|v| v.trim() == "1")
 }
 
-/// CRIU's lazy-pages socket, bound, and a lock on its directory, held as long as it is.
+/// CRIU's lazy-pages socket, bound, and what removes it once the copy-in is done.
 pub struct Listening {
     listener: UnixListener,
+    held: Held,
+}
+
+/// The socket's file and a lock on its directory, held until the socket is removed (on
+/// drop): in a caller's work directory nobody else would remove it, and the next restore
+/// there would find it in the way.
+struct Held {
+    path: PathBuf,
     _dir: File,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Binds [`SOCKET`] in `dir`, CRIU's work directory, before CRIU starts. One restore at a
 /// time listens in a directory (two restores of one images directory at once: the second
 /// is refused with AddrInUse, and its CRIU reads the pages itself); the lock on the
 /// directory tells a socket a killed restore left there, which is replaced, from one in
-/// use. [`unlisten`] removes it.
+/// use. It is removed when the [`Running`] copy-in made with it ends, or with the
+/// [`Listening`] if none was.
 pub fn listen(dir: &Path) -> std::io::Result<Listening> {
     let d = File::open(dir)?;
     // SAFETY: flock on our own descriptor.
@@ -377,13 +392,10 @@ pub fn listen(dir: &Path) -> std::io::Result<Listening> {
         true => UnixListener::bind(&path)?,
         false => UnixListener::bind(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd()))?,
     };
-    Ok(Listening { listener, _dir: d })
-}
-
-/// Removes the socket [`listen`] made in `dir`: in a caller's work directory nobody else
-/// would, and the next restore there would find it in the way.
-pub fn unlisten(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join(SOCKET));
+    Ok(Listening {
+        listener,
+        held: Held { path, _dir: d },
+    })
 }
 
 /// Whether the feed has verified and written every part it stages (`Some(true)`), failed
@@ -511,8 +523,8 @@ pub struct Running {
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
     outcome: Option<Result<(), String>>,
-    /// The lock on the socket's directory ([`listen`]).
-    _dir: File,
+    /// The socket and the lock on its directory ([`listen`]).
+    _held: Held,
 }
 
 impl Running {
@@ -524,7 +536,7 @@ impl Running {
         items: Vec<(usize, Items)>,
         sources: Sources,
     ) -> Running {
-        let Listening { listener, _dir } = listening;
+        let Listening { listener, held } = listening;
         let shared = Arc::new(Shared::new(Arc::new(AtomicBool::new(false))));
         let worker = {
             let shared = shared.clone();
@@ -534,7 +546,7 @@ impl Running {
             shared,
             worker: Some(worker),
             outcome: None,
-            _dir,
+            _held: held,
         }
     }
 
@@ -1460,17 +1472,19 @@ mod tests {
         let deep = d.path().join("a".repeat(60)).join("b".repeat(60));
         std::fs::create_dir_all(&deep).unwrap();
         assert!(deep.join(SOCKET).as_os_str().len() > 108);
-        let first = listen(&deep).unwrap();
-        drop(first);
-        // Left behind, as by a killed restore: replaced.
-        let _l = listen(&deep).unwrap();
+        // Left behind, as by a killed restore (a socket bound there by anyone).
+        let held = File::open(&deep).unwrap();
+        drop(UnixListener::bind(format!("/proc/self/fd/{}/{SOCKET}", held.as_raw_fd())).unwrap());
+        assert!(deep.join(SOCKET).exists());
+        // Replaced.
+        let l = listen(&deep).unwrap();
         let kind = std::fs::metadata(deep.join(SOCKET)).unwrap().file_type();
         assert!(kind.is_socket());
         // Another restore listening there is not taken over, nor its socket touched.
         let e = listen(&deep).err().unwrap();
         assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
         assert!(deep.join(SOCKET).exists());
-        unlisten(&deep);
+        drop(l);
         assert!(!deep.join(SOCKET).exists());
     }
 

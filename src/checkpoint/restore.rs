@@ -130,10 +130,10 @@ impl Runtime {
         let feed = if opts.lazy_pages || opts.image_path.join("parent").exists() {
             None
         } else {
-            let work = opts.work_path.clone().unwrap_or(opts.image_path.clone());
+            let work = opts.work_path.as_ref().unwrap_or(&opts.image_path);
             crate::archive::feed::copy_in_from(
                 &opts.image_path,
-                &work,
+                work,
                 false,
                 Arc::new(crate::progress::Progress::hidden()),
             )
@@ -143,10 +143,8 @@ impl Runtime {
         if let Some(f) = &feed {
             attach_feed(&mut opts, f);
         }
-        let work = opts.work_path.clone().unwrap_or(opts.image_path.clone());
         let restored = self.restore_container(opts);
         if let Some(f) = feed {
-            crate::archive::uffd::unlisten(&work);
             // Nothing here is verified, so a copy-in fails only with CRIU, whose error
             // says more.
             let fed = finish_feed(&f);
