@@ -30,7 +30,9 @@ pub const CHUNK: usize = 1 << 20;
 /// time is downtime.
 const LEVEL: i32 = 1;
 /// The largest raw block (RFC 8878 §3.1.1.2: min(window, 128 KiB)).
-const RAW_BLOCK: usize = 128 << 10;
+pub(crate) const RAW_BLOCK: usize = 128 << 10;
+/// A raw frame's header: magic, then one byte of flags and 4 of content size.
+pub(crate) const RAW_HEADER: usize = 9;
 const SAMPLES: usize = 8;
 const SAMPLE: usize = 4 << 10;
 
@@ -438,25 +440,16 @@ fn incompressible(cctx: &mut zstd::bulk::Compressor<'_>, chunk: &[u8]) -> io::Re
 /// size is given in 4 bytes, then blocks of at most 128 KiB, the last one marked. One
 /// vectored write: a buffered output passes it straight to the file, without a copy.
 fn write_raw_frame<W: Write>(out: &mut W, chunk: &[u8]) -> io::Result<()> {
-    let mut header = [0u8; 9];
-    header[..4].copy_from_slice(&zstd::zstd_safe::MAGICNUMBER.to_le_bytes());
-    // Frame_Content_Size_flag 2 (4 bytes), Single_Segment_flag, no checksum, no dictionary.
-    header[4] = (2 << 6) | (1 << 5);
-    header[5..9].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+    let header = raw_frame_header(chunk.len());
     let blocks: Vec<&[u8]> = if chunk.is_empty() {
         vec![&[]]
     } else {
         chunk.chunks(RAW_BLOCK).collect()
     };
-    // Block_Header: Last_Block, Block_Type 0 (raw), Block_Size; 3 bytes little-endian.
     let heads: Vec<[u8; 3]> = blocks
         .iter()
         .enumerate()
-        .map(|(i, b)| {
-            let h = (i + 1 == blocks.len()) as u32 | ((b.len() as u32) << 3);
-            let h = h.to_le_bytes();
-            [h[0], h[1], h[2]]
-        })
+        .map(|(i, b)| raw_block_header(i + 1 == blocks.len(), b.len()))
         .collect();
     let mut slices = vec![io::IoSlice::new(&header)];
     for (h, b) in heads.iter().zip(&blocks) {
@@ -464,6 +457,23 @@ fn write_raw_frame<W: Write>(out: &mut W, chunk: &[u8]) -> io::Result<()> {
         slices.push(io::IoSlice::new(b));
     }
     write_all_vectored(out, &mut slices)
+}
+
+/// The header of a raw frame of `len` bytes as [`write_raw_frame`] writes it:
+/// Frame_Content_Size_flag 2 (4 bytes), Single_Segment_flag, no checksum, no dictionary.
+pub(crate) fn raw_frame_header(len: usize) -> [u8; RAW_HEADER] {
+    let mut header = [0u8; RAW_HEADER];
+    header[..4].copy_from_slice(&zstd::zstd_safe::MAGICNUMBER.to_le_bytes());
+    header[4] = (2 << 6) | (1 << 5);
+    header[5..9].copy_from_slice(&(len as u32).to_le_bytes());
+    header
+}
+
+/// A raw block's header (RFC 8878 §3.1.1.2): Last_Block, Block_Type 0 (raw), Block_Size;
+/// 3 bytes little-endian.
+pub(crate) fn raw_block_header(last: bool, len: usize) -> [u8; 3] {
+    let h = (last as u32 | (len as u32) << 3).to_le_bytes();
+    [h[0], h[1], h[2]]
 }
 
 /// `Write::write_all_vectored`, which is not stable.

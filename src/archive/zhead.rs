@@ -14,19 +14,14 @@
 //! without its size, a dictionary, a frame over [`MAX_FRAME`], a long-name header) is
 //! not walked: the caller falls back to decompressing the head in order.
 
+use crate::archive::frames::{RAW_BLOCK, RAW_HEADER, raw_block_header, raw_frame_header};
 use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
 
-const MAGIC: u32 = 0xFD2F_B528;
+const MAGIC: u32 = zstd::zstd_safe::MAGICNUMBER;
 /// The most a frame may decompress to: ferry's frames hold at most 1 MiB.
 pub const MAX_FRAME: u64 = 4 << 20;
-/// The blocks of a raw frame, as archive::frames writes them.
-const RAW_BLOCK: usize = 128 << 10;
-/// A raw frame's header as archive::frames writes it: magic, then Frame_Content_Size_flag
-/// 2 (4 bytes) with Single_Segment_flag, no checksum, no dictionary.
-const RAW_FHD: u8 = (2 << 6) | (1 << 5);
-const RAW_HEADER: usize = 9;
 
 /// Why a head cannot be read in place (or a read failed), for the debug log and errors.
 pub type Why = String;
@@ -308,19 +303,14 @@ fn read_raw(file: &File, at: u64, end: u64, out: &mut [u8]) -> Result<bool, Why>
         nix::sys::uio::preadv(file, &mut iov, at as libc::off_t)
             .map_err(|e| format!("reading at {at}: {e}"))?
     };
-    let mut want = [0u8; RAW_HEADER];
-    want[..4].copy_from_slice(&MAGIC.to_le_bytes());
-    want[4] = RAW_FHD;
-    want[5..].copy_from_slice(&(out.len() as u32).to_le_bytes());
-    if n as u64 != len || header != want {
+    if n as u64 != len || header != raw_frame_header(out.len()) {
         return Ok(false);
     }
     let mut left = out.len();
     for (i, h) in heads.iter().enumerate() {
         let size = left.min(RAW_BLOCK);
         left -= size;
-        let expect = (i + 1 == blocks) as u32 | (size as u32) << 3;
-        if *h != expect.to_le_bytes()[..3] {
+        if *h != raw_block_header(i + 1 == blocks, size) {
             return Ok(false);
         }
     }
