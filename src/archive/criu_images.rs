@@ -753,6 +753,21 @@ impl Pagemap {
     }
 }
 
+/// The pages files (`pages-<id>.img`) in the image directory `dir`, in name order.
+pub fn pages_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Every task's memory in the image directory `dir` (one per `pagemap-<pid>.img`), each an
 /// error when its pagemap or mm image does not read; an error when `dir` does not.
 pub fn task_memory(dir: &std::path::Path) -> Result<Vec<Result<TaskMemory>>> {

@@ -638,17 +638,8 @@ pub fn copy_in_from(
     punch: bool,
     progress: Arc<Progress>,
 ) -> Result<Option<Feed>, Error> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(images)
-        .map_err(|e| Error::Corrupt(format!("reading {}: {e}", images.display())))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img"))
-        })
-        .collect();
-    paths.sort();
+    let paths = crate::archive::criu_images::pages_files(images)
+        .map_err(|e| Error::Corrupt(format!("reading {}: {e}", images.display())))?;
     let Some(plan) = Plan::make(images, &paths) else {
         return Ok(None);
     };

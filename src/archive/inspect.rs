@@ -267,13 +267,8 @@ pub fn inspect(path: &Path, storage: &Path) -> Result<Inspection, Error> {
             .sum(),
         pages_bytes: 0,
     };
-    if let Ok(dir) = std::fs::read_dir(&images) {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("pages-") && name.ends_with(".img") {
-                memory.pages_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
+    for f in crate::archive::criu_images::pages_files(&images).unwrap_or_default() {
+        memory.pages_bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
     }
     let rootfs = rootfs_changes(&unpacked.dir, config.as_ref(), &mut warnings);
     let dev_shm = dev_shm(&unpacked.dir, &mut warnings);
